@@ -1,0 +1,68 @@
+//! Word count: map + combine + reduce in one module.
+//!
+//! A word is a maximal run of Unicode alphabetic characters
+//! (`char::is_alphabetic`), case-sensitive; bytes that are not valid UTF-8
+//! separate words like any other non-letter.
+//!
+//! Run it: `cargo build --target wasm32-wasip2 --release` in `guest-examples/`, then
+//! `sandmill exec target/wasm32-wasip2/release/wordcount.wasm --kind map --input README.md`.
+
+use sandmill_sdk::{Context, Emitter, Result, Values};
+
+/// Calls `f` on every word of `input`.
+pub fn words(input: &[u8], mut f: impl FnMut(&str)) {
+    for chunk in input.utf8_chunks() {
+        for word in chunk.valid().split(|c: char| !c.is_alphabetic()) {
+            if !word.is_empty() {
+                f(word);
+            }
+        }
+    }
+}
+
+fn sum(values: &mut Values) -> Result<u64> {
+    let mut total = 0u64;
+    for value in values {
+        total += std::str::from_utf8(&value)?.parse::<u64>()?;
+    }
+    Ok(total)
+}
+
+/// Emits `word 1` for every word.
+#[sandmill_sdk::map]
+fn map(input: &[u8], ctx: &mut Context, out: &mut Emitter) -> Result<()> {
+    let mut count = 0i64;
+    words(input, |word| {
+        out.emit(word, "1");
+        count += 1;
+    });
+    ctx.counter("words", count);
+    Ok(())
+}
+
+/// Sums the counts of one word within one map's output.
+#[sandmill_sdk::combine]
+fn combine(key: &[u8], values: &mut Values, out: &mut Emitter) -> Result<()> {
+    out.emit(key, sum(values)?.to_string());
+    Ok(())
+}
+
+/// Sums the counts of one word.
+#[sandmill_sdk::reduce]
+fn reduce(key: &[u8], values: &mut Values, _ctx: &mut Context, out: &mut Emitter) -> Result<()> {
+    out.emit(key, sum(values)?.to_string());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_utf8_and_digits_separate_words() {
+        let mut out = Emitter::collecting();
+        map(b"na\xff\xc3\xafve 42x\xe2\x82", &mut Context::local(), &mut out).unwrap();
+        let keys: Vec<_> = out.records().iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(keys, vec![b"na".to_vec(), "ïve".as_bytes().to_vec(), b"x".to_vec()]);
+    }
+}

@@ -1,0 +1,21 @@
+//! # sandmill-runtime
+//!
+//! What runs on a worker: the sandbox that executes one guest call under hard
+//! limits, and the record format that guests and the host exchange.
+//!
+//! - [`sandbox`]: the only user of wasmtime. One [`Sandbox`] per process
+//!   holds the engine, the pooling allocator, the module cache (in memory and
+//!   on disk, keyed by sha256) and runs [`Call`]s, each in a fresh instance,
+//!   returning an [`Outcome`] whose failure is a classified [`ExecError`].
+//! - [`records`]: key/value records as the host keeps them (an arena), and
+//!   the `key value` line format users see.
+//!
+//! This crate knows nothing of HTTP or SQL.
+
+pub mod records;
+pub mod sandbox;
+
+pub use sandbox::{
+    Call, CallKind, ExecError, Grants, Limits, Module, Outcome, Output, Sandbox, SandboxConfig,
+    TrapKind,
+};

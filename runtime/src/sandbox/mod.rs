@@ -1,0 +1,752 @@
+//! The sandbox: runs one guest call in a fresh wasmtime instance under hard
+//! limits, and classifies every failure.
+//!
+//! One [`Sandbox`] per process. It owns a wasmtime engine with the pooling
+//! allocator and epoch interruption (a second, fuel-metering engine is made
+//! only when a call asks for fuel), and a module cache keyed by the module's
+//! sha256: in memory (an `InstancePre` per module, so a call only
+//! instantiates) and on disk (precompiled artifacts, so a module is compiled
+//! once per machine).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sandmill_runtime::ExecError> {
+//! use sandmill_runtime::{Call, Sandbox, SandboxConfig, Output};
+//!
+//! let sandbox = Sandbox::new(SandboxConfig::default())?;
+//! let module = sandbox.load(&std::fs::read("noop.wasm").unwrap())?;
+//! let outcome = sandbox.call(&module, Call::task(b"hello".to_vec())).await;
+//! match outcome.result {
+//!     Ok(Output::Bytes(bytes)) => assert_eq!(bytes, b"hello"),
+//!     other => panic!("{other:?}"),
+//! }
+//! # Ok(()) }
+//! ```
+
+mod cache;
+mod error;
+mod host;
+mod limits;
+mod wasi;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, ComponentExportIndex, HasSelf, InstancePre, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+pub use error::{ExecError, TrapKind};
+use error::{FailureContext, classify, one_line};
+use host::{HostState, LogSink, MemoryLimiter};
+pub use limits::*;
+pub use wasi::FIXED_WALL_CLOCK;
+
+use crate::records::Records;
+
+/// How often the epoch advances; a timeout is enforced to within one tick.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Process-wide sandbox settings (per-call limits live in [`Limits`]).
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// Where precompiled modules are kept; `None` keeps them in memory only.
+    pub cache_dir: Option<PathBuf>,
+    /// Largest module accepted, in bytes.
+    pub max_module_bytes: usize,
+    /// Instances alive at once (pool slots).
+    pub max_instances: u32,
+    /// Largest memory limit a call may set.
+    pub max_memory_ceiling: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            cache_dir: None,
+            max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
+            max_instances: DEFAULT_MAX_INSTANCES,
+            max_memory_ceiling: DEFAULT_MAX_MEMORY_CEILING,
+        }
+    }
+}
+
+/// The kind of guest function a call runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CallKind {
+    /// `mapper.map`, optionally followed by `combiner.combine`.
+    Map,
+    /// `reducer.reduce`, once per key.
+    Reduce,
+    /// `preprocessor.preprocess`.
+    Preprocess,
+    /// `runner.run`.
+    Task,
+}
+
+impl CallKind {
+    /// The name users type (`--kind map`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CallKind::Map => "map",
+            CallKind::Reduce => "reduce",
+            CallKind::Preprocess => "preprocess",
+            CallKind::Task => "task",
+        }
+    }
+
+    /// Parses a name users type.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Map, Self::Reduce, Self::Preprocess, Self::Task]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+}
+
+/// An export a module may have: interface and function name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Export {
+    Map,
+    Combine,
+    Reduce,
+    Preprocess,
+    Run,
+}
+
+impl Export {
+    const ALL: [Export; 5] = [
+        Export::Map,
+        Export::Combine,
+        Export::Reduce,
+        Export::Preprocess,
+        Export::Run,
+    ];
+
+    fn path(self) -> (&'static str, &'static str) {
+        match self {
+            Export::Map => ("sandmill:guest/mapper@0.1.0", "map"),
+            Export::Combine => ("sandmill:guest/combiner@0.1.0", "combine"),
+            Export::Reduce => ("sandmill:guest/reducer@0.1.0", "reduce"),
+            Export::Preprocess => ("sandmill:guest/preprocessor@0.1.0", "preprocess"),
+            Export::Run => ("sandmill:guest/runner@0.1.0", "run"),
+        }
+    }
+
+    fn of(kind: CallKind) -> Export {
+        match kind {
+            CallKind::Map => Export::Map,
+            CallKind::Reduce => Export::Reduce,
+            CallKind::Preprocess => Export::Preprocess,
+            CallKind::Task => Export::Run,
+        }
+    }
+}
+
+/// A key and an iterator over its values, as a reduce call consumes them.
+pub type Group = (Vec<u8>, Box<dyn Iterator<Item = Vec<u8>> + Send>);
+
+/// What a call reads.
+pub enum CallInput {
+    /// The bytes of one input (map, preprocess, task).
+    Bytes(Vec<u8>),
+    /// Keys in order with their values (reduce).
+    Groups(Box<dyn Iterator<Item = Group> + Send>),
+}
+
+/// One call of a guest function.
+pub struct Call {
+    /// Which function.
+    pub kind: CallKind,
+    /// What it reads.
+    pub input: CallInput,
+    /// For a map: run the module's `combine` (if it has one) over the
+    /// sorted output, as a map task of a MapReduce job does.
+    pub combine: bool,
+    /// Parameters as JSON, returned by `host.params`.
+    pub params: String,
+    /// The input's name, returned by `host.input-name`.
+    pub input_name: String,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Capabilities.
+    pub grants: Grants,
+    /// Seeds the guest's randomness when `random` is not granted.
+    pub seed: u64,
+}
+
+impl Call {
+    fn with_input(kind: CallKind, input: CallInput) -> Self {
+        Call {
+            kind,
+            input,
+            combine: true,
+            params: "{}".into(),
+            input_name: "-".into(),
+            limits: Limits::default(),
+            grants: Grants::default(),
+            seed: 0,
+        }
+    }
+
+    /// A map over one input (combining its output if the module can).
+    pub fn map(input: Vec<u8>) -> Self {
+        Self::with_input(CallKind::Map, CallInput::Bytes(input))
+    }
+
+    /// A reduce over keys in order.
+    pub fn reduce(groups: impl Iterator<Item = Group> + Send + 'static) -> Self {
+        Self::with_input(CallKind::Reduce, CallInput::Groups(Box::new(groups)))
+    }
+
+    /// A preprocessor over one input.
+    pub fn preprocess(input: Vec<u8>) -> Self {
+        Self::with_input(CallKind::Preprocess, CallInput::Bytes(input))
+    }
+
+    /// A plain task over one input.
+    pub fn task(input: Vec<u8>) -> Self {
+        Self::with_input(CallKind::Task, CallInput::Bytes(input))
+    }
+
+    /// The same call with these limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The same call with these grants.
+    pub fn with_grants(mut self, grants: Grants) -> Self {
+        self.grants = grants;
+        self
+    }
+
+    /// The same call with these JSON parameters.
+    pub fn with_params(mut self, params: impl Into<String>) -> Self {
+        self.params = params.into();
+        self
+    }
+
+    /// The same call with this input name.
+    pub fn with_input_name(mut self, name: impl Into<String>) -> Self {
+        self.input_name = name.into();
+        self
+    }
+}
+
+/// What a call produced.
+#[derive(Debug, PartialEq)]
+pub enum Output {
+    /// Records (map, reduce): sorted by key when combined.
+    Records(Records),
+    /// Bytes (preprocess, task).
+    Bytes(Vec<u8>),
+}
+
+impl PartialEq for Records {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+/// Everything known about a finished call, failed or not: a failed call's
+/// log and counters are what the user needs to see why.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The output, or why there is none.
+    pub result: Result<Output, ExecError>,
+    /// Log lines, stdout and stderr, in order, capped by the log limit.
+    pub log: Vec<u8>,
+    /// Whether the log was cut at the limit.
+    pub log_truncated: bool,
+    /// Counters the guest reported.
+    pub counters: BTreeMap<String, i64>,
+    /// The last progress the guest reported.
+    pub progress: Option<(u64, u64)>,
+    /// Fuel consumed, when metered.
+    pub fuel_used: Option<u64>,
+    /// Wall time of the call.
+    pub elapsed: Duration,
+}
+
+/// Counts of how modules were made ready, to check the caches work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Modules compiled by cranelift.
+    pub compiled: u64,
+    /// Modules loaded precompiled from the disk cache.
+    pub from_disk: u64,
+}
+
+/// A module ready to run: validated, compiled, its exports found.
+#[derive(Clone)]
+pub struct Module {
+    data: Arc<ModuleData>,
+}
+
+struct ModuleData {
+    hash: [u8; 32],
+    bytes: Arc<[u8]>,
+    plain: OnceLock<Arc<Loaded>>,
+    metered: OnceLock<Arc<Loaded>>,
+}
+
+impl Module {
+    /// The module's sha256, hex-encoded.
+    pub fn hash(&self) -> String {
+        hex::encode(self.data.hash)
+    }
+
+    /// Whether the module can run calls of this kind.
+    pub fn exports(&self, kind: CallKind) -> bool {
+        self.data
+            .plain
+            .get()
+            .is_some_and(|l| l.exports[Export::of(kind) as usize].is_some())
+    }
+}
+
+impl fmt::Debug for Module {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Module").field("hash", &self.hash()).finish()
+    }
+}
+
+/// A module compiled for one engine.
+struct Loaded {
+    pre: InstancePre<HostState>,
+    exports: [Option<ComponentExportIndex>; 5],
+}
+
+/// An engine and the linker that provides the host imports.
+struct Flavor {
+    name: &'static str,
+    engine: Engine,
+    linker: Linker<HostState>,
+}
+
+impl Flavor {
+    fn new(config: &SandboxConfig, metered: bool) -> Result<Flavor, ExecError> {
+        let mut pool = PoolingAllocationConfig::new();
+        let instances = config.max_instances;
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(16))
+            .max_core_instances_per_component(32)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16)
+            .total_memories(instances.saturating_mul(2))
+            .total_tables(instances.saturating_mul(16))
+            .total_stacks(instances)
+            .table_elements(MAX_TABLE_ELEMENTS)
+            .max_memory_size(usize::try_from(config.max_memory_ceiling).unwrap_or(usize::MAX));
+        let mut wasm = Config::new();
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            .consume_fuel(metered)
+            .wasm_component_model(true);
+        let engine = Engine::new(&wasm).map_err(|e| ExecError::Host(one_line(&e)))?;
+        spawn_epoch_ticker(&engine);
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .and_then(|()| host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s))
+            .map_err(|e| ExecError::Host(one_line(&e)))?;
+        Ok(Flavor {
+            name: if metered { "fuel" } else { "plain" },
+            engine,
+            linker,
+        })
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is gone.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("sandmill-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        // Without the ticker no timeout could fire; a process that cannot
+        // start one thread cannot run guests either.
+        .expect("start the epoch ticker thread");
+}
+
+/// The sandbox. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: SandboxConfig,
+    plain: Flavor,
+    metered: OnceLock<Result<Flavor, ExecError>>,
+    modules: Mutex<HashMap<[u8; 32], Module>>,
+    compiled: AtomicU64,
+    from_disk: AtomicU64,
+}
+
+/// The first bytes of a component binary: magic, version 0x0d, layer 1.
+const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+/// The first bytes of a core module: magic, version 1, layer 0.
+const CORE_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+
+/// Rejects what is plainly not a component, with a message that says what
+/// it is instead.
+fn check_header(bytes: &[u8]) -> Result<(), ExecError> {
+    if bytes.len() < 8 || bytes[..4] != COMPONENT_HEADER[..4] {
+        return Err(ExecError::InvalidModule(
+            "not a WebAssembly file (it does not start with \\0asm)".into(),
+        ));
+    }
+    if bytes[..8] == CORE_HEADER {
+        return Err(ExecError::InvalidModule(
+            "this is a core WebAssembly module, not a component; build the guest with \
+             `--target wasm32-wasip2` and sandmill-sdk"
+                .into(),
+        ));
+    }
+    if bytes[..8] != COMPONENT_HEADER {
+        return Err(ExecError::InvalidModule(format!(
+            "unsupported WebAssembly version {:02x?}",
+            &bytes[4..8]
+        )));
+    }
+    Ok(())
+}
+
+impl Sandbox {
+    /// Makes the engine (with its pool and epoch ticker) and the linker.
+    pub fn new(config: SandboxConfig) -> Result<Self, ExecError> {
+        if let Some(dir) = &config.cache_dir {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                ExecError::Host(format!("cannot create cache dir {}: {e}", dir.display()))
+            })?;
+        }
+        let plain = Flavor::new(&config, false)?;
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                config,
+                plain,
+                metered: OnceLock::new(),
+                modules: Mutex::new(HashMap::new()),
+                compiled: AtomicU64::new(0),
+                from_disk: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// How modules were made ready so far.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            compiled: self.inner.compiled.load(Ordering::Relaxed),
+            from_disk: self.inner.from_disk.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Validates and prepares a module. Loading the same bytes again is a
+    /// hash and a map lookup; a module seen by any process sharing the cache
+    /// directory is not compiled again.
+    pub fn load(&self, bytes: &[u8]) -> Result<Module, ExecError> {
+        let limit = self.inner.config.max_module_bytes;
+        if bytes.len() > limit {
+            return Err(ExecError::ModuleTooLarge {
+                size: bytes.len(),
+                limit,
+            });
+        }
+        check_header(bytes)?;
+        let hash: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some(module) = self.modules().get(&hash) {
+            return Ok(module.clone());
+        }
+        let module = Module {
+            data: Arc::new(ModuleData {
+                hash,
+                bytes: bytes.into(),
+                plain: OnceLock::new(),
+                metered: OnceLock::new(),
+            }),
+        };
+        self.loaded(&module, false)?;
+        self.modules().insert(hash, module.clone());
+        Ok(module)
+    }
+
+    fn modules(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Module>> {
+        // The map holds no invariant a panic could break mid-update.
+        self.inner.modules.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn flavor(&self, metered: bool) -> Result<&Flavor, ExecError> {
+        if !metered {
+            return Ok(&self.inner.plain);
+        }
+        self.inner
+            .metered
+            .get_or_init(|| Flavor::new(&self.inner.config, true))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The module compiled for the plain or the metered engine.
+    fn loaded(&self, module: &Module, metered: bool) -> Result<Arc<Loaded>, ExecError> {
+        let slot = if metered {
+            &module.data.metered
+        } else {
+            &module.data.plain
+        };
+        if let Some(loaded) = slot.get() {
+            return Ok(loaded.clone());
+        }
+        let flavor = self.flavor(metered)?;
+        let component = self.component(flavor, &module.data)?;
+        let pre = flavor.linker.instantiate_pre(&component).map_err(|e| {
+            ExecError::InvalidModule(format!(
+                "it imports what Sandmill does not provide: {}",
+                one_line(&e)
+            ))
+        })?;
+        let exports = Export::ALL.map(|export| {
+            let (interface, func) = export.path();
+            let interface = component.get_export_index(None, interface)?;
+            component.get_export_index(Some(&interface), func)
+        });
+        if exports.iter().all(Option::is_none) {
+            return Err(ExecError::InvalidModule(
+                "it exports no Sandmill function (map, combine, reduce, preprocess or task); \
+                 is it built with sandmill-sdk?"
+                    .into(),
+            ));
+        }
+        let loaded = Arc::new(Loaded { pre, exports });
+        Ok(slot.get_or_init(|| loaded).clone())
+    }
+
+    fn component(&self, flavor: &Flavor, data: &ModuleData) -> Result<Component, ExecError> {
+        let disk = self
+            .inner
+            .config
+            .cache_dir
+            .as_ref()
+            .map(|dir| cache::artifact_path(dir, &data.hash, flavor.name));
+        if let Some(path) = &disk
+            && let Some(component) = cache::read(&flavor.engine, path)
+        {
+            self.inner.from_disk.fetch_add(1, Ordering::Relaxed);
+            return Ok(component);
+        }
+        let component = Component::new(&flavor.engine, &data.bytes)
+            .map_err(|e| ExecError::InvalidModule(one_line(&e)))?;
+        self.inner.compiled.fetch_add(1, Ordering::Relaxed);
+        if let Some(path) = &disk {
+            cache::write(&component, path);
+        }
+        Ok(component)
+    }
+
+    /// Runs one call in a fresh instance. Never panics on guest behaviour:
+    /// every failure comes back classified in [`Outcome::result`].
+    #[tracing::instrument(skip_all, fields(module = %module.hash(), kind = call.kind.name()))]
+    pub async fn call(&self, module: &Module, call: Call) -> Outcome {
+        let start = Instant::now();
+        let log = LogSink::new(call.limits.log_bytes);
+        let mut outcome = Outcome {
+            result: Err(ExecError::Host("not run".into())),
+            log: Vec::new(),
+            log_truncated: false,
+            counters: BTreeMap::new(),
+            progress: None,
+            fuel_used: None,
+            elapsed: Duration::ZERO,
+        };
+        outcome.result = self.run(module, call, &log, &mut outcome).await;
+        (outcome.log, outcome.log_truncated) = log.take();
+        outcome.elapsed = start.elapsed();
+        if let Err(error) = &outcome.result {
+            tracing::debug!(reason = error.reason(), %error, "call failed");
+        }
+        outcome
+    }
+
+    async fn run(
+        &self,
+        module: &Module,
+        call: Call,
+        log: &LogSink,
+        outcome: &mut Outcome,
+    ) -> Result<Output, ExecError> {
+        let Call {
+            kind,
+            input,
+            combine,
+            params,
+            input_name,
+            limits,
+            grants,
+            seed,
+        } = call;
+        let metered = limits.fuel.is_some();
+        let flavor = self.flavor(metered)?;
+        let loaded = self.loaded(module, metered)?;
+        let export = loaded.exports[Export::of(kind) as usize]
+            .ok_or_else(|| {
+                let (interface, func) = Export::of(kind).path();
+                ExecError::MissingExport {
+                    kind: kind.name(),
+                    export: format!("{interface}#{func}"),
+                }
+            })?;
+        let combine = if kind == CallKind::Map && combine {
+            loaded.exports[Export::Combine as usize]
+        } else {
+            None
+        };
+        let state = HostState {
+            wasi: wasi::build(&grants, seed, log)?,
+            table: Default::default(),
+            limiter: MemoryLimiter {
+                limit: limits.memory_bytes,
+            },
+            log: log.clone(),
+            params,
+            input_name,
+            records: Records::new(),
+            output_limit: limits.output_bytes,
+            values: None,
+            counters: BTreeMap::new(),
+            progress: None,
+            panic: None,
+        };
+        let mut store = Store::new(&flavor.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let ticks = limits.timeout.as_millis() / EPOCH_TICK.as_millis() + 1;
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+        if let Some(fuel) = limits.fuel {
+            store.set_fuel(fuel).map_err(|e| ExecError::Host(one_line(&e)))?;
+        }
+
+        // The epoch deadline stops a guest that computes; this timer stops
+        // one that waits in the host (a WASI sleep or poll).
+        let run = invoke(&mut store, &loaded.pre, kind, export, combine, input);
+        let result = match tokio::time::timeout(limits.timeout, run).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(error)) => {
+                let cx = FailureContext {
+                    panic: store.data_mut().panic.take(),
+                    timeout: limits.timeout,
+                    fuel: limits.fuel,
+                };
+                Err(classify(error, cx))
+            }
+            Err(_elapsed) => Err(ExecError::Timeout(limits.timeout)),
+        };
+        if let Some(fuel) = limits.fuel {
+            outcome.fuel_used = store.get_fuel().ok().map(|left| fuel - left);
+        }
+        let state = store.data_mut();
+        outcome.counters = std::mem::take(&mut state.counters);
+        outcome.progress = state.progress;
+        let output = result?;
+        if let Output::Bytes(bytes) = &output
+            && bytes.len() as u64 > limits.output_bytes
+        {
+            return Err(ExecError::OutputTooLarge {
+                limit: limits.output_bytes,
+            });
+        }
+        Ok(output)
+    }
+}
+
+type GuestResult<T> = Result<T, String>;
+
+/// Instantiates and calls; a guest's own error comes back as `Ok(Err(..))`,
+/// anything wasmtime raised as `Err(..)` for [`classify`].
+async fn invoke(
+    store: &mut Store<HostState>,
+    pre: &InstancePre<HostState>,
+    kind: CallKind,
+    export: ComponentExportIndex,
+    combine: Option<ComponentExportIndex>,
+    input: CallInput,
+) -> wasmtime::Result<Result<Output, ExecError>> {
+    let instance = pre.instantiate_async(&mut *store).await?;
+    let guest = |r: GuestResult<()>| r.map_err(ExecError::Guest);
+    match (kind, input) {
+        (CallKind::Map, CallInput::Bytes(input)) => {
+            let map = instance.get_typed_func::<(&[u8],), (GuestResult<()>,)>(&mut *store, &export)?;
+            let (result,) = map.call_async(&mut *store, (&input,)).await?;
+            if let Err(e) = guest(result) {
+                return Ok(Err(e));
+            }
+            let mut records = std::mem::take(&mut store.data_mut().records);
+            let Some(combine) = combine else {
+                return Ok(Ok(Output::Records(records)));
+            };
+            records.sort_by_key();
+            let combine =
+                instance.get_typed_func::<(&[u8],), (GuestResult<()>,)>(&mut *store, &combine)?;
+            for (key, values) in records.groups() {
+                let values: Vec<Vec<u8>> = values.into_iter().map(<[u8]>::to_vec).collect();
+                store.data_mut().values = Some(Box::new(values.into_iter()));
+                let (result,) = combine.call_async(&mut *store, (key,)).await?;
+                if let Err(e) = guest(result) {
+                    return Ok(Err(e));
+                }
+            }
+            Ok(Ok(Output::Records(std::mem::take(&mut store.data_mut().records))))
+        }
+        (CallKind::Reduce, CallInput::Groups(groups)) => {
+            let reduce =
+                instance.get_typed_func::<(&[u8],), (GuestResult<()>,)>(&mut *store, &export)?;
+            for (key, values) in groups {
+                store.data_mut().values = Some(values);
+                let (result,) = reduce.call_async(&mut *store, (&key,)).await?;
+                if let Err(e) = guest(result) {
+                    return Ok(Err(e));
+                }
+            }
+            Ok(Ok(Output::Records(std::mem::take(&mut store.data_mut().records))))
+        }
+        (CallKind::Preprocess | CallKind::Task, CallInput::Bytes(input)) => {
+            let run = instance
+                .get_typed_func::<(&[u8],), (GuestResult<Vec<u8>>,)>(&mut *store, &export)?;
+            let (result,) = run.call_async(&mut *store, (&input,)).await?;
+            Ok(result.map(Output::Bytes).map_err(ExecError::Guest))
+        }
+        (kind, _) => Ok(Err(ExecError::Host(format!(
+            "a {} call needs {} input",
+            kind.name(),
+            if kind == CallKind::Reduce { "grouped" } else { "byte" }
+        )))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_told_apart() {
+        assert!(matches!(check_header(b"garbage!"), Err(ExecError::InvalidModule(m)) if m.contains("not a WebAssembly file")));
+        assert!(matches!(check_header(&CORE_HEADER), Err(ExecError::InvalidModule(m)) if m.contains("core WebAssembly module")));
+        assert!(check_header(&COMPONENT_HEADER).is_ok());
+        assert!(matches!(check_header(b"\0asm\x02\0\0\0"), Err(ExecError::InvalidModule(m)) if m.contains("unsupported")));
+    }
+
+    #[test]
+    fn kinds_parse_their_names() {
+        for kind in [CallKind::Map, CallKind::Reduce, CallKind::Preprocess, CallKind::Task] {
+            assert_eq!(CallKind::parse(kind.name()), Some(kind));
+        }
+        assert_eq!(CallKind::parse("combine"), None);
+    }
+}
