@@ -1,0 +1,29 @@
+//! The subcommands of `sandmill`.
+
+mod exec;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Sandmill: run WebAssembly map, reduce, preprocessor and task functions
+/// in a sandbox, on one machine or a fleet.
+#[derive(Parser, Debug)]
+#[command(name = "sandmill", version, about, long_about = None)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one call of a module locally and print what it produced.
+    Exec(exec::ExecArgs),
+}
+
+/// Runs the chosen subcommand; `Ok` carries the exit code.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Exec(exec) => exec::run(exec),
+    }
+}
