@@ -82,7 +82,10 @@ fn map_then_reduce_through_a_pipe_equals_the_combined_map() {
     assert_eq!(String::from_utf8_lossy(&raw.stdout).lines().count(), 6);
     let reduced = exec(guests::WORDCOUNT, &["--kind", "reduce"], &raw.stdout);
     assert!(reduced.status.success(), "{}", stderr_of(&reduced));
-    assert_eq!(String::from_utf8_lossy(&reduced.stdout), native_wordcount(text));
+    assert_eq!(
+        String::from_utf8_lossy(&reduced.stdout),
+        native_wordcount(text)
+    );
 }
 
 /// Text from letters of several scripts, digits, punctuation, white space
@@ -133,7 +136,12 @@ fn bad_modules_give_one_clear_line_and_a_nonzero_exit() {
     ] {
         let output = exec(path.to_str().expect("utf-8 path"), &["--kind", "task"], b"");
         assert_one_line_failure(&output, "module-invalid", contains);
-        assert_eq!(stderr_of(&output).lines().count(), 1, "{}", stderr_of(&output));
+        assert_eq!(
+            stderr_of(&output).lines().count(),
+            1,
+            "{}",
+            stderr_of(&output)
+        );
         assert!(output.stdout.is_empty());
     }
 }
@@ -141,14 +149,54 @@ fn bad_modules_give_one_clear_line_and_a_nonzero_exit() {
 #[test]
 fn hostile_guests_fail_classified_through_exec() {
     let cases: &[(&str, &[&str], &str, &str)] = &[
-        (guests::HOSTILE_LOOP, &["--kind", "task", "--timeout", "300ms"], "timeout", "300ms"),
-        (guests::HOSTILE_LOOP, &["--kind", "task", "--fuel", "1000000"], "out-of-fuel", "1000000"),
-        (guests::HOSTILE_MEMBOMB, &["--kind", "task", "--memory", "32MiB"], "out-of-memory", "33554432"),
-        (guests::HOSTILE_RECURSION, &["--kind", "task"], "trap", "stack overflow"),
-        (guests::HOSTILE_HUGE_OUTPUT, &["--kind", "map", "--output-limit", "1MiB"], "output-too-large", "1048576"),
-        (guests::HOSTILE_PANIC, &["--kind", "task"], "guest-panic", "src/lib.rs"),
-        (guests::HOSTILE_FS_ESCAPE, &["--kind", "task"], "guest-error", "/etc/passwd"),
-        (guests::NOOP, &["--kind", "reduce"], "module-invalid", "reduce"),
+        (
+            guests::HOSTILE_LOOP,
+            &["--kind", "task", "--timeout", "300ms"],
+            "timeout",
+            "300ms",
+        ),
+        (
+            guests::HOSTILE_LOOP,
+            &["--kind", "task", "--fuel", "1000000"],
+            "out-of-fuel",
+            "1000000",
+        ),
+        (
+            guests::HOSTILE_MEMBOMB,
+            &["--kind", "task", "--memory", "32MiB"],
+            "out-of-memory",
+            "33554432",
+        ),
+        (
+            guests::HOSTILE_RECURSION,
+            &["--kind", "task"],
+            "trap",
+            "stack overflow",
+        ),
+        (
+            guests::HOSTILE_HUGE_OUTPUT,
+            &["--kind", "map", "--output-limit", "1MiB"],
+            "output-too-large",
+            "1048576",
+        ),
+        (
+            guests::HOSTILE_PANIC,
+            &["--kind", "task"],
+            "guest-panic",
+            "src/lib.rs",
+        ),
+        (
+            guests::HOSTILE_FS_ESCAPE,
+            &["--kind", "task"],
+            "guest-error",
+            "/etc/passwd",
+        ),
+        (
+            guests::NOOP,
+            &["--kind", "reduce"],
+            "module-invalid",
+            "reduce",
+        ),
     ];
     for (module, args, reason, contains) in cases {
         let output = exec(module, args, b"");
@@ -175,15 +223,30 @@ fn the_clock_is_fixed_unless_granted() {
 fn params_reach_the_guest_and_bad_params_are_refused() {
     let output = exec(
         guests::GREP,
-        &["--kind", "map", "--params", r#"{"pattern":"b+"}"#, "--input-name", "f"],
+        &[
+            "--kind",
+            "map",
+            "--params",
+            r#"{"pattern":"b+"}"#,
+            "--input-name",
+            "f",
+        ],
         b"abc\nxyz\nbb\n",
     );
     assert!(output.status.success(), "{}", stderr_of(&output));
     assert_eq!(String::from_utf8_lossy(&output.stdout), "f 1:abc\nf 3:bb\n");
 
-    let bad = exec(guests::GREP, &["--kind", "map", "--params", "{not json"], b"");
+    let bad = exec(
+        guests::GREP,
+        &["--kind", "map", "--params", "{not json"],
+        b"",
+    );
     assert_eq!(bad.status.code(), Some(1));
-    assert!(stderr_of(&bad).contains("--params is not valid JSON"), "{}", stderr_of(&bad));
+    assert!(
+        stderr_of(&bad).contains("--params is not valid JSON"),
+        "{}",
+        stderr_of(&bad)
+    );
 }
 
 #[test]
@@ -196,7 +259,12 @@ fn preprocess_and_task_print_their_bytes() {
     std::fs::write(file.path(), b"from a file").expect("write");
     let output = exec(
         guests::NOOP,
-        &["--kind", "task", "--input", file.path().to_str().expect("utf-8")],
+        &[
+            "--kind",
+            "task",
+            "--input",
+            file.path().to_str().expect("utf-8"),
+        ],
         b"",
     );
     assert_eq!(output.stdout, b"from a file");

@@ -78,7 +78,9 @@ fn main() {
     let runner = component
         .get_export_index(None, "sandmill:guest/runner@0.1.0")
         .expect("runner");
-    let run = component.get_export_index(Some(&runner), "run").expect("run");
+    let run = component
+        .get_export_index(Some(&runner), "run")
+        .expect("run");
     let bare_call = || {
         let mut store = Store::new(
             &engine,
@@ -128,13 +130,24 @@ fn main() {
     }
     let (bare, sand) = (median(bare), median(sand));
     println!("instantiate + call of `noop` (median of {rounds} rounds x {calls} calls):");
-    println!("  bare wasmtime (pooling, InstancePre, fresh WASI ctx, sync): {:>8.1} us/call", micros(bare));
-    println!("  sandmill sandbox (limits, log capture, deterministic WASI): {:>8.1} us/call", micros(sand));
-    println!("  ratio sandbox / bare: {:.2}x", sand.as_secs_f64() / bare.as_secs_f64());
+    println!(
+        "  bare wasmtime (pooling, InstancePre, fresh WASI ctx, sync): {:>8.1} us/call",
+        micros(bare)
+    );
+    println!(
+        "  sandmill sandbox (limits, log capture, deterministic WASI): {:>8.1} us/call",
+        micros(sand)
+    );
+    println!(
+        "  ratio sandbox / bare: {:.2}x",
+        sand.as_secs_f64() / bare.as_secs_f64()
+    );
 
     // Word count throughput: sandbox map+combine vs the same rule natively.
     let text = generate_text(if quick { 64 << 10 } else { 8 << 20 });
-    let wc = sandbox.load(&std::fs::read(guests::WORDCOUNT).expect("wordcount")).expect("load");
+    let wc = sandbox
+        .load(&std::fs::read(guests::WORDCOUNT).expect("wordcount"))
+        .expect("load");
     let (mut native, mut guest) = (Vec::new(), Vec::new());
     for _ in 0..rounds.min(5) {
         let t = Instant::now();
@@ -150,10 +163,22 @@ fn main() {
     }
     let mb = text.len() as f64 / 1e6;
     let (native, guest) = (median(native), median(guest));
-    println!("word count of {mb:.1} MB (map + combine, median of {} runs):", rounds.min(5));
-    println!("  native Rust, same rule:   {:>8.1} MB/s", mb / native.as_secs_f64());
-    println!("  sandbox map + combine:    {:>8.1} MB/s", mb / guest.as_secs_f64());
-    println!("  ratio native / sandbox: {:.2}x", guest.as_secs_f64() / native.as_secs_f64());
+    println!(
+        "word count of {mb:.1} MB (map + combine, median of {} runs):",
+        rounds.min(5)
+    );
+    println!(
+        "  native Rust, same rule:   {:>8.1} MB/s",
+        mb / native.as_secs_f64()
+    );
+    println!(
+        "  sandbox map + combine:    {:>8.1} MB/s",
+        mb / guest.as_secs_f64()
+    );
+    println!(
+        "  ratio native / sandbox: {:.2}x",
+        guest.as_secs_f64() / native.as_secs_f64()
+    );
 }
 
 /// Zipf-ish English-like text from a fixed vocabulary, deterministic.

@@ -100,7 +100,9 @@ impl Records {
             frames += 1;
         }
         if frames % 2 != 0 {
-            return Err(MalformedBatch { offset: batch.len() });
+            return Err(MalformedBatch {
+                offset: batch.len(),
+            });
         }
         let before = self.data.len();
         self.data.reserve(batch.len() - 4 * frames);
@@ -108,8 +110,12 @@ impl Records {
         let mut pos = 0;
         while pos < batch.len() {
             // Both reads succeed: the loop above checked every frame.
-            let Some((key, next)) = read_frame(batch, pos) else { break };
-            let Some((value, next)) = read_frame(batch, next) else { break };
+            let Some((key, next)) = read_frame(batch, pos) else {
+                break;
+            };
+            let Some((value, next)) = read_frame(batch, next) else {
+                break;
+            };
             self.push(key, value);
             pos = next;
         }
@@ -127,7 +133,9 @@ impl Records {
 
     /// The records in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> + '_ {
-        self.spans.iter().map(|s| (self.key_of(s), self.value_of(s)))
+        self.spans
+            .iter()
+            .map(|s| (self.key_of(s), self.value_of(s)))
     }
 
     /// Sorts by key, keeping emission order among equal keys.
@@ -266,7 +274,10 @@ mod tests {
         let groups: Vec<_> = records.groups().collect();
         assert_eq!(
             groups,
-            vec![(&b"a"[..], vec![&b"2"[..]]), (&b"b"[..], vec![&b"1"[..], &b"3"[..]])]
+            vec![
+                (&b"a"[..], vec![&b"2"[..]]),
+                (&b"b"[..], vec![&b"1"[..], &b"3"[..]])
+            ]
         );
     }
 

@@ -48,7 +48,10 @@ fn records(outcome: &Outcome) -> Vec<(String, String)> {
 fn bytes(outcome: &Outcome) -> &[u8] {
     match &outcome.result {
         Ok(Output::Bytes(bytes)) => bytes,
-        other => panic!("expected bytes, got {other:?}\nlog: {}", String::from_utf8_lossy(&outcome.log)),
+        other => panic!(
+            "expected bytes, got {other:?}\nlog: {}",
+            String::from_utf8_lossy(&outcome.log)
+        ),
     }
 }
 
@@ -81,8 +84,14 @@ async fn wordcount_maps_combines_and_reduces() {
     let combined = run(&wc, Call::map(text.clone())).await;
     assert_eq!(
         records(&combined),
-        [("and", "1"), ("cat", "1"), ("end", "1"), ("hat", "1"), ("the", "3")]
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        [
+            ("and", "1"),
+            ("cat", "1"),
+            ("end", "1"),
+            ("hat", "1"),
+            ("the", "3")
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
     );
     assert_eq!(combined.counters.get("words"), Some(&7));
 
@@ -97,12 +106,18 @@ async fn wordcount_maps_combines_and_reduces() {
         (b"dog".to_vec(), vec![b"1".to_vec()]),
     ];
     let reduce = Call::reduce(groups.into_iter().map(|(k, vs)| {
-        (k, Box::new(vs.into_iter()) as Box<dyn Iterator<Item = Vec<u8>> + Send>)
+        (
+            k,
+            Box::new(vs.into_iter()) as Box<dyn Iterator<Item = Vec<u8>> + Send>,
+        )
     }));
     let reduced = run(&wc, reduce).await;
     assert_eq!(
         records(&reduced),
-        vec![("cat".to_owned(), "5".to_owned()), ("dog".to_owned(), "1".to_owned())]
+        vec![
+            ("cat".to_owned(), "5".to_owned()),
+            ("dog".to_owned(), "1".to_owned())
+        ]
     );
 }
 
@@ -116,26 +131,42 @@ async fn reduce_streams_many_values_of_one_key() {
         Box::new(values) as Box<dyn Iterator<Item = Vec<u8>> + Send>,
     )));
     let outcome = run(&wc, reduce).await;
-    assert_eq!(records(&outcome), vec![("w".to_owned(), "200000".to_owned())]);
+    assert_eq!(
+        records(&outcome),
+        vec![("w".to_owned(), "200000".to_owned())]
+    );
 }
 
 #[tokio::test]
 async fn indexer_lists_sorted_unique_inputs() {
     let indexer = load(guests::INDEXER);
-    let a = run(&indexer, Call::map(b"apple pie apple".to_vec()).with_input_name("b.txt")).await;
+    let a = run(
+        &indexer,
+        Call::map(b"apple pie apple".to_vec()).with_input_name("b.txt"),
+    )
+    .await;
     assert_eq!(
         records(&a),
-        vec![("apple".to_owned(), "b.txt".to_owned()), ("pie".to_owned(), "b.txt".to_owned())]
+        vec![
+            ("apple".to_owned(), "b.txt".to_owned()),
+            ("pie".to_owned(), "b.txt".to_owned())
+        ]
     );
     let groups = vec![(
         b"apple".to_vec(),
         vec![b"b.txt".to_vec(), b"a.txt".to_vec(), b"b.txt".to_vec()],
     )];
     let reduce = Call::reduce(groups.into_iter().map(|(k, vs)| {
-        (k, Box::new(vs.into_iter()) as Box<dyn Iterator<Item = Vec<u8>> + Send>)
+        (
+            k,
+            Box::new(vs.into_iter()) as Box<dyn Iterator<Item = Vec<u8>> + Send>,
+        )
     }));
     let reduced = run(&indexer, reduce).await;
-    assert_eq!(records(&reduced), vec![("apple".to_owned(), "a.txt,b.txt".to_owned())]);
+    assert_eq!(
+        records(&reduced),
+        vec![("apple".to_owned(), "a.txt,b.txt".to_owned())]
+    );
 }
 
 #[tokio::test]
@@ -156,7 +187,11 @@ async fn grep_takes_its_pattern_as_a_param() {
     );
     assert_eq!(outcome.counters.get("matched-lines"), Some(&2));
 
-    let bad = run(&grep, Call::map(b"x".to_vec()).with_params(r#"{"patern":"x"}"#)).await;
+    let bad = run(
+        &grep,
+        Call::map(b"x".to_vec()).with_params(r#"{"patern":"x"}"#),
+    )
+    .await;
     assert!(
         matches!(&bad.result, Err(ExecError::Guest(m)) if m.contains("unknown field `patern`")),
         "{:?}",
@@ -167,7 +202,11 @@ async fn grep_takes_its_pattern_as_a_param() {
 #[tokio::test]
 async fn csv2json_turns_rows_into_json_lines() {
     let csv = load(guests::CSV2JSON);
-    let outcome = run(&csv, Call::preprocess(b"name,age\nada,36\n\"lin, k\",7\n".to_vec())).await;
+    let outcome = run(
+        &csv,
+        Call::preprocess(b"name,age\nada,36\n\"lin, k\",7\n".to_vec()),
+    )
+    .await;
     assert_eq!(
         String::from_utf8_lossy(bytes(&outcome)),
         "{\"name\":\"ada\",\"age\":\"36\"}\n{\"name\":\"lin, k\",\"age\":\"7\"}\n"
@@ -192,7 +231,10 @@ async fn infinite_loop_times_out_within_twice_its_limit() {
     let started = Instant::now();
     let outcome = run(
         &guest,
-        Call::task(Vec::new()).with_limits(Limits { timeout, ..limits() }),
+        Call::task(Vec::new()).with_limits(Limits {
+            timeout,
+            ..limits()
+        }),
     )
     .await;
     let took = started.elapsed();
@@ -250,7 +292,10 @@ async fn memory_bomb_hits_the_memory_limit() {
 async fn unbounded_recursion_overflows_the_stack() {
     let guest = load(guests::HOSTILE_RECURSION);
     let outcome = run(&guest, Call::task(Vec::new()).with_limits(limits())).await;
-    assert_eq!(outcome.result, Err(ExecError::Trap(TrapKind::StackOverflow)));
+    assert_eq!(
+        outcome.result,
+        Err(ExecError::Trap(TrapKind::StackOverflow))
+    );
     still_works().await;
 }
 
@@ -281,7 +326,10 @@ async fn task_output_past_the_limit_is_refused() {
         }),
     )
     .await;
-    assert_eq!(outcome.result, Err(ExecError::OutputTooLarge { limit: 1024 }));
+    assert_eq!(
+        outcome.result,
+        Err(ExecError::OutputTooLarge { limit: 1024 })
+    );
 }
 
 #[tokio::test]
@@ -366,7 +414,11 @@ async fn clocks_and_randomness_are_fixed_unless_granted() {
     let mut seeded = Call::task(Vec::new());
     seeded.seed = 7;
     let other_seed = run(&guest, seeded).await;
-    assert_ne!(bytes(&other_seed), bytes(&first), "the seed drives randomness");
+    assert_ne!(
+        bytes(&other_seed),
+        bytes(&first),
+        "the seed drives randomness"
+    );
 
     let grants = Grants {
         clock: true,
@@ -393,7 +445,11 @@ async fn log_past_its_limit_is_cut_and_the_call_succeeds() {
     .await;
     assert_eq!(bytes(&outcome), b"done");
     assert!(outcome.log_truncated);
-    assert!(outcome.log.len() < limit as usize + 100, "{}", outcome.log.len());
+    assert!(
+        outcome.log.len() < limit as usize + 100,
+        "{}",
+        outcome.log.len()
+    );
     let log = String::from_utf8_lossy(&outcome.log);
     assert!(log.starts_with("[info] spam"), "{}", &log[..40]);
     assert!(log.contains("0 spam"), "stdout lands in the same log");
@@ -403,11 +459,16 @@ async fn log_past_its_limit_is_cut_and_the_call_succeeds() {
 #[tokio::test]
 async fn bad_modules_are_refused_with_one_clear_line() {
     let garbage = SANDBOX.load(b"this is not wasm at all").unwrap_err();
-    assert!(matches!(&garbage, ExecError::InvalidModule(m) if m.contains("not a WebAssembly file")));
+    assert!(
+        matches!(&garbage, ExecError::InvalidModule(m) if m.contains("not a WebAssembly file"))
+    );
 
     let noop = std::fs::read(guests::NOOP).expect("noop");
     let truncated = SANDBOX.load(&noop[..noop.len() / 2]).unwrap_err();
-    assert!(matches!(truncated, ExecError::InvalidModule(_)), "{truncated:?}");
+    assert!(
+        matches!(truncated, ExecError::InvalidModule(_)),
+        "{truncated:?}"
+    );
     assert!(!truncated.to_string().contains('\n'));
 
     // The smallest valid core module: header only.
@@ -441,13 +502,25 @@ async fn a_module_is_compiled_once_per_cache_directory() {
     let first = Sandbox::new(config.clone()).expect("sandbox");
     let module = first.load(&wasm).expect("load");
     first.load(&wasm).expect("load again");
-    assert_eq!(first.cache_stats(), CacheStats { compiled: 1, from_disk: 0 });
+    assert_eq!(
+        first.cache_stats(),
+        CacheStats {
+            compiled: 1,
+            from_disk: 0
+        }
+    );
     assert_eq!(module.hash().len(), 64);
 
     // Another process on the same machine: precompiled from disk.
     let second = Sandbox::new(config).expect("sandbox");
     let module = second.load(&wasm).expect("load");
-    assert_eq!(second.cache_stats(), CacheStats { compiled: 0, from_disk: 1 });
+    assert_eq!(
+        second.cache_stats(),
+        CacheStats {
+            compiled: 0,
+            from_disk: 1
+        }
+    );
     let outcome = tokio::time::timeout(
         Duration::from_secs(30),
         second.call(&module, Call::task(b"from disk".to_vec())),
@@ -466,5 +539,11 @@ async fn a_module_is_compiled_once_per_cache_directory() {
     })
     .expect("sandbox");
     third.load(&wasm).expect("load despite damage");
-    assert_eq!(third.cache_stats(), CacheStats { compiled: 1, from_disk: 0 });
+    assert_eq!(
+        third.cache_stats(),
+        CacheStats {
+            compiled: 1,
+            from_disk: 0
+        }
+    );
 }

@@ -203,6 +203,9 @@ mod tests {
         }
         let mut ctx = Context::local().with_params(r#"{"n":"x"}"#);
         let err = ctx.params::<P>().unwrap_err();
-        assert!(err.message().starts_with("invalid task parameters"), "{err}");
+        assert!(
+            err.message().starts_with("invalid task parameters"),
+            "{err}"
+        );
     }
 }

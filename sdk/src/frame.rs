@@ -5,7 +5,10 @@
 pub(crate) fn push(buf: &mut Vec<u8>, bytes: &[u8]) {
     let len = u32::try_from(bytes.len()).unwrap_or_else(|_| {
         // A single key or value of 4 GiB cannot exist in a 32-bit guest.
-        panic!("a frame of {} bytes does not fit the wire format", bytes.len())
+        panic!(
+            "a frame of {} bytes does not fit the wire format",
+            bytes.len()
+        )
     });
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(bytes);

@@ -8,7 +8,10 @@ use std::process::Command;
 
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let root = manifest.join("../..").canonicalize().expect("the workspace root exists");
+    let root = manifest
+        .join("../..")
+        .canonicalize()
+        .expect("the workspace root exists");
     let guests = root.join("guest-examples");
     for dir in ["guest-examples", "sdk", "wit"] {
         rerun_if_changed_tree(&root.join(dir));
@@ -18,11 +21,22 @@ fn main() {
     let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cargo
         .current_dir(&guests)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--workspace"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--workspace",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     // The outer build's flags are for the host, not for the guests.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_TARGET_DIR", "RUSTC_WORKSPACE_WRAPPER"] {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
         cargo.env_remove(var);
     }
     let status = cargo.status().expect("run cargo for the guests");
@@ -32,7 +46,8 @@ fn main() {
     );
 
     let out_dir = target_dir.join("wasm32-wasip2/release");
-    let metadata = std::fs::read_to_string(guests.join("Cargo.toml")).expect("read guest workspace");
+    let metadata =
+        std::fs::read_to_string(guests.join("Cargo.toml")).expect("read guest workspace");
     let mut consts = String::new();
     let mut names = Vec::new();
     for member in members(&metadata) {
@@ -40,7 +55,11 @@ fn main() {
             .expect("read guest manifest");
         let name = package_name(&package).replace('-', "_");
         let wasm = out_dir.join(format!("{name}.wasm"));
-        assert!(wasm.exists(), "guest {member} produced no {}", wasm.display());
+        assert!(
+            wasm.exists(),
+            "guest {member} produced no {}",
+            wasm.display()
+        );
         consts.push_str(&format!(
             "/// `{}` built for wasm32-wasip2.\npub const {}: &str = {:?};\n",
             member,
@@ -51,14 +70,20 @@ fn main() {
     }
     consts.push_str(&format!(
         "/// Every guest, by constant name and path.\npub const ALL: &[(&str, &str)] = &[{}];\n",
-        names.iter().map(|n| format!("({n:?}, {n})")).collect::<Vec<_>>().join(", ")
+        names
+            .iter()
+            .map(|n| format!("({n:?}, {n})"))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it")).join("guests.rs");
     std::fs::write(out, consts).expect("write guests.rs");
 }
 
 fn members(workspace: &str) -> Vec<String> {
-    let start = workspace.find("members = [").expect("guest workspace lists members");
+    let start = workspace
+        .find("members = [")
+        .expect("guest workspace lists members");
     let end = start + workspace[start..].find(']').expect("members list ends");
     workspace[start..end]
         .split('"')
@@ -73,11 +98,15 @@ fn package_name(manifest: &str) -> String {
         .lines()
         .find(|l| l.starts_with("name = "))
         .expect("guest manifest names its package");
-    line.trim_start_matches("name = ").trim_matches('"').to_owned()
+    line.trim_start_matches("name = ")
+        .trim_matches('"')
+        .to_owned()
 }
 
 fn rerun_if_changed_tree(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.file_name().is_some_and(|n| n == "target") {

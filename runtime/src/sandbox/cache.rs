@@ -37,12 +37,15 @@ pub(crate) fn read(engine: &Engine, path: &Path) -> Option<Component> {
 /// Writes to a temporary file and renames it into place, so a reader never
 /// sees half an artifact. Failure only costs a later recompilation.
 pub(crate) fn write(component: &Component, path: &Path) {
-    let result = component.serialize().map_err(|e| e.to_string()).and_then(|bytes| {
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, bytes)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| e.to_string())
-    });
+    let result = component
+        .serialize()
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes)
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .map_err(|e| e.to_string())
+        });
     if let Err(error) = result {
         tracing::warn!(path = %path.display(), %error, "cannot cache compiled module");
     }

@@ -108,7 +108,11 @@ impl Pollable for LogSink {
 }
 
 impl tokio::io::AsyncWrite for LogSink {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         LogSink::write(&self, buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -127,7 +131,12 @@ pub(crate) struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> Result<bool> {
         if desired as u64 > self.limit {
             return Err(wasmtime::Error::new(HostAbort(ExecError::MemoryLimit {
                 limit: self.limit,
@@ -136,7 +145,12 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
@@ -230,7 +244,8 @@ impl Host for HostState {
     }
 
     fn report_panic(&mut self, message: String, location: String) -> Result<()> {
-        self.log.write(format!("[panic] {location}: {message}\n").as_bytes());
+        self.log
+            .write(format!("[panic] {location}: {message}\n").as_bytes());
         self.panic = Some((message, location));
         Ok(())
     }

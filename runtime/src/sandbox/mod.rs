@@ -310,7 +310,9 @@ impl Module {
 
 impl fmt::Debug for Module {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Module").field("hash", &self.hash()).finish()
+        f.debug_struct("Module")
+            .field("hash", &self.hash())
+            .finish()
     }
 }
 
@@ -595,14 +597,13 @@ impl Sandbox {
         let metered = limits.fuel.is_some();
         let flavor = self.flavor(metered)?;
         let loaded = self.loaded(module, metered)?;
-        let export = loaded.exports[Export::of(kind) as usize]
-            .ok_or_else(|| {
-                let (interface, func) = Export::of(kind).path();
-                ExecError::MissingExport {
-                    kind: kind.name(),
-                    export: format!("{interface}#{func}"),
-                }
-            })?;
+        let export = loaded.exports[Export::of(kind) as usize].ok_or_else(|| {
+            let (interface, func) = Export::of(kind).path();
+            ExecError::MissingExport {
+                kind: kind.name(),
+                export: format!("{interface}#{func}"),
+            }
+        })?;
         let combine = if kind == CallKind::Map && combine {
             loaded.exports[Export::Combine as usize]
         } else {
@@ -630,7 +631,9 @@ impl Sandbox {
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
         store.epoch_deadline_trap();
         if let Some(fuel) = limits.fuel {
-            store.set_fuel(fuel).map_err(|e| ExecError::Host(one_line(&e)))?;
+            store
+                .set_fuel(fuel)
+                .map_err(|e| ExecError::Host(one_line(&e)))?;
         }
 
         // The epoch deadline stops a guest that computes; this timer stops
@@ -682,7 +685,8 @@ async fn invoke(
     let guest = |r: GuestResult<()>| r.map_err(ExecError::Guest);
     match (kind, input) {
         (CallKind::Map, CallInput::Bytes(input)) => {
-            let map = instance.get_typed_func::<(&[u8],), (GuestResult<()>,)>(&mut *store, &export)?;
+            let map =
+                instance.get_typed_func::<(&[u8],), (GuestResult<()>,)>(&mut *store, &export)?;
             let (result,) = map.call_async(&mut *store, (&input,)).await?;
             if let Err(e) = guest(result) {
                 return Ok(Err(e));
@@ -702,7 +706,9 @@ async fn invoke(
                     return Ok(Err(e));
                 }
             }
-            Ok(Ok(Output::Records(std::mem::take(&mut store.data_mut().records))))
+            Ok(Ok(Output::Records(std::mem::take(
+                &mut store.data_mut().records,
+            ))))
         }
         (CallKind::Reduce, CallInput::Groups(groups)) => {
             let reduce =
@@ -714,7 +720,9 @@ async fn invoke(
                     return Ok(Err(e));
                 }
             }
-            Ok(Ok(Output::Records(std::mem::take(&mut store.data_mut().records))))
+            Ok(Ok(Output::Records(std::mem::take(
+                &mut store.data_mut().records,
+            ))))
         }
         (CallKind::Preprocess | CallKind::Task, CallInput::Bytes(input)) => {
             let run = instance
@@ -725,7 +733,11 @@ async fn invoke(
         (kind, _) => Ok(Err(ExecError::Host(format!(
             "a {} call needs {} input",
             kind.name(),
-            if kind == CallKind::Reduce { "grouped" } else { "byte" }
+            if kind == CallKind::Reduce {
+                "grouped"
+            } else {
+                "byte"
+            }
         )))),
     }
 }
@@ -736,15 +748,26 @@ mod tests {
 
     #[test]
     fn headers_are_told_apart() {
-        assert!(matches!(check_header(b"garbage!"), Err(ExecError::InvalidModule(m)) if m.contains("not a WebAssembly file")));
-        assert!(matches!(check_header(&CORE_HEADER), Err(ExecError::InvalidModule(m)) if m.contains("core WebAssembly module")));
+        assert!(
+            matches!(check_header(b"garbage!"), Err(ExecError::InvalidModule(m)) if m.contains("not a WebAssembly file"))
+        );
+        assert!(
+            matches!(check_header(&CORE_HEADER), Err(ExecError::InvalidModule(m)) if m.contains("core WebAssembly module"))
+        );
         assert!(check_header(&COMPONENT_HEADER).is_ok());
-        assert!(matches!(check_header(b"\0asm\x02\0\0\0"), Err(ExecError::InvalidModule(m)) if m.contains("unsupported")));
+        assert!(
+            matches!(check_header(b"\0asm\x02\0\0\0"), Err(ExecError::InvalidModule(m)) if m.contains("unsupported"))
+        );
     }
 
     #[test]
     fn kinds_parse_their_names() {
-        for kind in [CallKind::Map, CallKind::Reduce, CallKind::Preprocess, CallKind::Task] {
+        for kind in [
+            CallKind::Map,
+            CallKind::Reduce,
+            CallKind::Preprocess,
+            CallKind::Task,
+        ] {
             assert_eq!(CallKind::parse(kind.name()), Some(kind));
         }
         assert_eq!(CallKind::parse("combine"), None);

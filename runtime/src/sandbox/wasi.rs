@@ -79,9 +79,7 @@ pub(crate) fn build(grants: &Grants, seed: u64, log: &LogSink) -> Result<WasiCtx
         };
         builder
             .preopened_dir(&dir.host, &dir.guest, perms)
-            .map_err(|e| {
-                ExecError::BadGrant(format!("directory {}: {e}", dir.host.display()))
-            })?;
+            .map_err(|e| ExecError::BadGrant(format!("directory {}: {e}", dir.host.display())))?;
     }
     Ok(builder.build())
 }

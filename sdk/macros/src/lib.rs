@@ -242,8 +242,5 @@ fn host_table() -> TokenStream2 {
 /// The contract, read when this crate is built (so a change to the WIT file
 /// rebuilds it).
 fn wit_text() -> syn::LitStr {
-    syn::LitStr::new(
-        include_str!("../../../wit/sandmill.wit"),
-        Span::call_site(),
-    )
+    syn::LitStr::new(include_str!("../../../wit/sandmill.wit"), Span::call_site())
 }

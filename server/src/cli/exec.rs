@@ -91,7 +91,8 @@ pub struct ExecArgs {
 }
 
 fn parse_kind(name: &str) -> Result<CallKind, String> {
-    CallKind::parse(name).ok_or_else(|| format!("`{name}` is not one of map, reduce, preprocess, task"))
+    CallKind::parse(name)
+        .ok_or_else(|| format!("`{name}` is not one of map, reduce, preprocess, task"))
 }
 
 fn default_cache_dir() -> Option<PathBuf> {
@@ -136,7 +137,9 @@ fn grants(args: &ExecArgs) -> anyhow::Result<Grants> {
 fn read_input(input: &str) -> anyhow::Result<Vec<u8>> {
     if input == "-" {
         let mut bytes = Vec::new();
-        std::io::stdin().read_to_end(&mut bytes).context("cannot read stdin")?;
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("cannot read stdin")?;
         return Ok(bytes);
     }
     std::fs::read(input).with_context(|| format!("cannot read input {input}"))
@@ -158,7 +161,10 @@ fn groups(input: &[u8]) -> anyhow::Result<Vec<Group>> {
         .groups()
         .map(|(key, values)| {
             let values: Vec<Vec<u8>> = values.into_iter().map(<[u8]>::to_vec).collect();
-            (key.to_vec(), Box::new(values.into_iter()) as Box<dyn Iterator<Item = Vec<u8>> + Send>)
+            (
+                key.to_vec(),
+                Box::new(values.into_iter()) as Box<dyn Iterator<Item = Vec<u8>> + Send>,
+            )
         })
         .collect())
 }
@@ -179,7 +185,11 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let module = match sandbox.load(&wasm) {
         Ok(module) => module,
         Err(error) => {
-            eprintln!("error[{}]: {}: {error}", error.reason(), args.module.display());
+            eprintln!(
+                "error[{}]: {}: {error}",
+                error.reason(),
+                args.module.display()
+            );
             return Ok(ExitCode::from(EXIT_CALL_FAILED));
         }
     };
