@@ -10,10 +10,19 @@
 //! - [`records`]: key/value records as the host keeps them (an arena), and
 //!   the `key value` line format users see.
 //!
+//! - [`broker`] and [`blob`]: traits for the task broker and the
+//!   content-addressed blob store, with their in-process implementations
+//!   (the embedded mode); [`message`]: what travels through them.
+//! - [`worker`]: the loop that fetches tasks, runs them and reports back.
+//!
 //! This crate knows nothing of HTTP or SQL.
 
+pub mod blob;
+pub mod broker;
+pub mod message;
 pub mod records;
 pub mod sandbox;
+pub mod worker;
 
 pub use sandbox::{
     Call, CallKind, ExecError, Grants, Limits, Module, Outcome, Output, Sandbox, SandboxConfig,

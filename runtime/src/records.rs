@@ -251,6 +251,30 @@ pub fn parse_line(line: &[u8]) -> Result<(Vec<u8>, Vec<u8>), LineError> {
     Ok((unescape(&line[..space])?, unescape(&line[space + 1..])?))
 }
 
+/// Reads `key value` lines into keys in order with their values: the input
+/// of a reduce.
+pub fn parse_groups(input: &[u8]) -> Result<Vec<crate::sandbox::Group>, String> {
+    let mut records = Records::new();
+    for (number, line) in input.split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let (key, value) = parse_line(line).map_err(|e| format!("line {}: {e}", number + 1))?;
+        records.push(&key, &value);
+    }
+    records.sort_by_key();
+    Ok(records
+        .groups()
+        .map(|(key, values)| {
+            let values: Vec<Vec<u8>> = values.into_iter().map(<[u8]>::to_vec).collect();
+            (
+                key.to_vec(),
+                Box::new(values.into_iter()) as Box<dyn Iterator<Item = Vec<u8>> + Send>,
+            )
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,7 +37,7 @@ pub const DEFAULT_MAX_INSTANCES: u32 = 64;
 pub const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 /// The resource limits of one call.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Linear memory in bytes (summed over the component's memories).
     pub memory_bytes: u64,
@@ -64,7 +64,7 @@ impl Default for Limits {
 }
 
 /// A host directory made visible to the guest.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DirGrant {
     /// Directory on the host.
     pub host: PathBuf,
@@ -76,7 +76,8 @@ pub struct DirGrant {
 
 /// Capabilities granted to a call. The default grants nothing: no files,
 /// no network, no environment, a fixed clock and seeded randomness.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Grants {
     /// The host's real wall and monotonic clocks.
     pub clock: bool,

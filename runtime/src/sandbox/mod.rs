@@ -75,7 +75,8 @@ impl Default for SandboxConfig {
 }
 
 /// The kind of guest function a call runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CallKind {
     /// `mapper.map`, optionally followed by `combiner.combine`.
     Map,

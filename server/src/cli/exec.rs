@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytesize::ByteSize;
 use clap::Args;
-use sandmill_runtime::records::{Records, parse_line};
-use sandmill_runtime::sandbox::{DEFAULT_MAX_MODULE_BYTES, DirGrant, Group};
+use sandmill_runtime::records::parse_groups;
+use sandmill_runtime::sandbox::{DEFAULT_MAX_MODULE_BYTES, DirGrant};
 use sandmill_runtime::{Call, CallKind, Grants, Limits, Output, Sandbox, SandboxConfig};
 
 /// Exit code of a call that ran and failed (2), as opposed to a usage or
@@ -145,30 +145,6 @@ fn read_input(input: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(input).with_context(|| format!("cannot read input {input}"))
 }
 
-/// Reads `key value` lines, sorts them by key and groups the values.
-fn groups(input: &[u8]) -> anyhow::Result<Vec<Group>> {
-    let mut records = Records::new();
-    for (number, line) in input.split(|b| *b == b'\n').enumerate() {
-        if line.is_empty() {
-            continue;
-        }
-        let (key, value) =
-            parse_line(line).with_context(|| format!("reduce input, line {}", number + 1))?;
-        records.push(&key, &value);
-    }
-    records.sort_by_key();
-    Ok(records
-        .groups()
-        .map(|(key, values)| {
-            let values: Vec<Vec<u8>> = values.into_iter().map(<[u8]>::to_vec).collect();
-            (
-                key.to_vec(),
-                Box::new(values.into_iter()) as Box<dyn Iterator<Item = Vec<u8>> + Send>,
-            )
-        })
-        .collect())
-}
-
 pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     serde_json::from_str::<serde_json::Value>(&args.params)
         .with_context(|| format!("--params is not valid JSON: {}", args.params))?;
@@ -196,7 +172,12 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
 
     let mut call = match args.kind {
         CallKind::Map => Call::map(input),
-        CallKind::Reduce => Call::reduce(groups(&input)?.into_iter()),
+        CallKind::Reduce => Call::reduce(
+            parse_groups(&input)
+                .map_err(|e| anyhow::anyhow!(e))
+                .context("reduce input")?
+                .into_iter(),
+        ),
         CallKind::Preprocess => Call::preprocess(input),
         CallKind::Task => Call::task(input),
     };

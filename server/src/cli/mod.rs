@@ -1,6 +1,8 @@
 //! The subcommands of `sandmill`.
 
 mod exec;
+mod resolve;
+mod run;
 
 use std::process::ExitCode;
 
@@ -19,11 +21,14 @@ pub struct Args {
 enum Command {
     /// Run one call of a module locally and print what it produced.
     Exec(exec::ExecArgs),
+    /// Run a job to completion in a throw-away embedded instance.
+    Run(run::RunArgs),
 }
 
 /// Runs the chosen subcommand; `Ok` carries the exit code.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Exec(exec) => exec::run(exec),
+        Command::Run(args) => run::run(args),
     }
 }

@@ -1,0 +1,93 @@
+//! [`DirBlobStore`]: blobs as files under a directory.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use super::{BlobError, BlobStore, hash};
+
+/// Blobs as `<dir>/<first two hex digits>/<hash>`, written atomically.
+pub struct DirBlobStore {
+    dir: PathBuf,
+}
+
+impl DirBlobStore {
+    /// A store rooted at `dir` (created if missing).
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self, BlobError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| BlobError(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(DirBlobStore { dir })
+    }
+
+    fn path(&self, hash: &str) -> Option<PathBuf> {
+        // Only names we made: 64 hex digits, so no path tricks.
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(self.dir.join(&hash[..2]).join(hash))
+    }
+}
+
+#[async_trait]
+impl BlobStore for DirBlobStore {
+    async fn put(&self, bytes: &[u8]) -> Result<String, BlobError> {
+        let hash = hash(bytes);
+        let Some(path) = self.path(&hash) else {
+            return Err(BlobError("bad hash".into()));
+        };
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Ok(hash);
+        }
+        let parent = path
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.dir.clone());
+        tokio::fs::create_dir_all(&parent)
+            .await
+            .map_err(|e| BlobError(format!("cannot create {}: {e}", parent.display())))?;
+        let tmp = path.with_extension(format!("tmp{}-{}", std::process::id(), rand_suffix()));
+        tokio::fs::write(&tmp, bytes)
+            .await
+            .map_err(|e| BlobError(format!("cannot write {}: {e}", tmp.display())))?;
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| BlobError(format!("cannot store {}: {e}", path.display())))?;
+        Ok(hash)
+    }
+
+    async fn get(&self, hash: &str) -> Result<Option<Vec<u8>>, BlobError> {
+        let Some(path) = self.path(hash) else {
+            return Ok(None);
+        };
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BlobError(format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn blobs_are_content_addressed_and_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirBlobStore::new(dir.path()).unwrap();
+        let a = store.put(b"hello").await.unwrap();
+        let b = store.put(b"hello").await.unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, hash(b"hello"));
+        assert_eq!(store.get(&a).await.unwrap(), Some(b"hello".to_vec()));
+        assert_eq!(store.get(&hash(b"other")).await.unwrap(), None);
+        assert_eq!(store.get("../../etc/passwd").await.unwrap(), None);
+    }
+}
