@@ -46,6 +46,7 @@ pub struct Embedded {
     pub engine: Engine,
     broker: Arc<MemoryBroker>,
     tasks: JoinSet<()>,
+    workers: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Starts an embedded instance; returns once queued work is re-published
@@ -77,6 +78,7 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
     let mut tasks = JoinSet::new();
     tasks.spawn(engine.clone().record_events());
     engine.recover().await?;
+    let mut workers = Vec::new();
     for n in 0..config.workers.max(1) {
         let worker = Worker::new(
             format!("embedded-{n}"),
@@ -84,13 +86,25 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
             broker.clone(),
             blobs.clone(),
         );
-        tasks.spawn(worker.run());
+        workers.push(spawn_worker_thread(n, worker)?);
     }
     Ok(Embedded {
         engine,
         broker,
         tasks,
+        workers,
     })
+}
+
+/// Guests compute without yielding; each worker loop gets its own thread
+/// and runtime so that they never hold up the API or the recorder.
+fn spawn_worker_thread(n: usize, worker: Worker) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(std::thread::Builder::new()
+        .name(format!("sandmill-worker-{n}"))
+        .spawn(move || runtime.block_on(worker.run()))?)
 }
 
 fn db_path(data: &Path) -> PathBuf {
@@ -102,5 +116,12 @@ impl Embedded {
     pub async fn shutdown(mut self) {
         self.broker.close();
         while self.tasks.join_next().await.is_some() {}
+        let workers = std::mem::take(&mut self.workers);
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        })
+        .await;
     }
 }
