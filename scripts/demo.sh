@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds everything and runs word count on a sample text, embedded, in this
-# process: the first command of the README.
+# Builds everything and runs the word count job on a sample text in embedded
+# mode (`sandmill run`): the first command of the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,7 +10,6 @@ cargo build --quiet --release --target wasm32-wasip2 --manifest-path guest-examp
 echo "demo: building sandmill" >&2
 cargo build --quiet -p sandmill-server
 
-wc=guest-examples/target/wasm32-wasip2/release/wordcount.wasm
+echo "demo: sandmill run examples/wordcount.toml (embedded: SQLite, in-process broker, workers)" >&2
 echo "demo: the ten most frequent words of examples/alice.txt" >&2
-target/debug/sandmill exec "$wc" --kind map --input examples/alice.txt --timeout 10s \
-    | sort -k2,2nr -k1,1 | head -n 10
+target/debug/sandmill run examples/wordcount.toml | sort -k2,2nr -k1,1 | head -n 10

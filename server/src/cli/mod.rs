@@ -1,5 +1,7 @@
 //! The subcommands of `sandmill`.
 
+mod client;
+mod dev;
 mod exec;
 mod resolve;
 mod run;
@@ -13,6 +15,14 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "sandmill", version, about, long_about = None)]
 pub struct Args {
+    /// The server's URL, for the commands that talk to one.
+    #[arg(
+        long,
+        global = true,
+        env = "SANDMILL_SERVER",
+        default_value = "http://127.0.0.1:7878"
+    )]
+    server: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -23,6 +33,10 @@ enum Command {
     Exec(exec::ExecArgs),
     /// Run a job to completion in a throw-away embedded instance.
     Run(run::RunArgs),
+    /// Serve the API with an in-process broker, blob store and workers.
+    Dev(dev::DevArgs),
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 /// Runs the chosen subcommand; `Ok` carries the exit code.
@@ -30,5 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Exec(exec) => exec::run(exec),
         Command::Run(args) => run::run(args),
+        Command::Dev(args) => dev::run(args),
+        Command::Client(command) => client::run(&args.server, command),
     }
 }
