@@ -638,6 +638,36 @@ impl Store {
         Ok(recorded)
     }
 
+    /// For crash tests and audits: tasks of a job, succeeded attempts, and
+    /// tasks with more than one succeeded attempt (which must never happen).
+    pub async fn success_audit(&self, job_id: i64) -> Result<(i64, i64, i64), StoreError> {
+        let audit = on_pool!(self, pool => {
+            let tasks: i64 = sqlx::query("SELECT COUNT(*) FROM tasks WHERE job_id = $1")
+                .bind(job_id)
+                .fetch_one(pool)
+                .await?
+                .try_get(0)?;
+            let successes: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM attempts a JOIN tasks t ON t.id = a.task_id \
+                 WHERE t.job_id = $1 AND a.state = 'succeeded'",
+            )
+            .bind(job_id)
+            .fetch_one(pool)
+            .await?
+            .try_get(0)?;
+            let duplicated: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM (SELECT a.task_id FROM attempts a JOIN tasks t ON t.id = a.task_id \
+                 WHERE t.job_id = $1 AND a.state = 'succeeded' GROUP BY a.task_id HAVING COUNT(*) > 1) d",
+            )
+            .bind(job_id)
+            .fetch_one(pool)
+            .await?
+            .try_get(0)?;
+            (tasks, successes, duplicated)
+        });
+        Ok(audit)
+    }
+
     /// At start-up: every task that was queued or running when the last
     /// process stopped, as messages to publish again. A running task gets a
     /// new attempt, so a late result of the lost one changes nothing.

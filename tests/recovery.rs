@@ -1,0 +1,145 @@
+//! Crash recovery of the embedded mode: SIGKILL `sandmill dev` in the
+//! middle of a sweep, start it again on the same data folder, and the sweep
+//! finishes with every task recorded once. Reported as ok / lost /
+//! duplicated counts.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sandmill_server::store::Store;
+use sandmill_test_artifacts as guests;
+use serde_json::{Value, json};
+
+const TASKS: i64 = 30_000;
+
+fn start_dev(data: &Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_sandmill"))
+        .args([
+            "dev",
+            "--workers",
+            "2",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data",
+        ])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sandmill dev")
+}
+
+async fn wait_ready(http: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sandmill dev did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn job(http: &reqwest::Client, base: &str, id: i64) -> Value {
+    http.get(format!("{base}/v1/jobs/{id}"))
+        .send()
+        .await
+        .expect("job request")
+        .json()
+        .await
+        .expect("job json")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_sweep_loses_nothing_and_records_each_task_once() {
+    tokio::time::timeout(Duration::from_secs(300), scenario())
+        .await
+        .expect("within 5 minutes");
+}
+
+async fn scenario() {
+    let data = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+
+    let mut dev = start_dev(data.path(), port);
+    wait_ready(&http, &base).await;
+    let module: Value = http
+        .post(format!("{base}/v1/modules"))
+        .body(std::fs::read(guests::NOOP).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hash = module["hash"].as_str().unwrap();
+    let created: Value = http
+        .post(format!("{base}/v1/jobs"))
+        .json(&json!({"name": "crash", "sweep": {"module": format!("sha256:{hash}"), "count": TASKS}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_i64().expect("job accepted");
+
+    // Kill it for real once some, not all, tasks are recorded.
+    let done_at_kill = loop {
+        let state = job(&http, &base, id).await;
+        let done = state["counts"]["succeeded"].as_i64().unwrap_or(0);
+        assert_eq!(
+            state["job"]["status"], "running",
+            "the sweep ended before the kill"
+        );
+        if done >= 500 {
+            dev.kill().expect("SIGKILL");
+            dev.wait().unwrap();
+            break done;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(done_at_kill < TASKS);
+
+    let mut dev = start_dev(data.path(), port);
+    wait_ready(&http, &base).await;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let finished = loop {
+        let state = job(&http, &base, id).await;
+        if state["job"]["status"] != "running" {
+            break state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sweep did not finish after the restart: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    dev.kill().unwrap();
+    dev.wait().unwrap();
+
+    let store = Store::connect(&data.path().join("sandmill.db").display().to_string())
+        .await
+        .unwrap();
+    let (tasks, successes, duplicated) = store.success_audit(id).await.unwrap();
+    let ok = finished["counts"]["succeeded"].as_i64().unwrap_or(0);
+    let lost = tasks - ok;
+    println!(
+        "crash test: killed at {done_at_kill}/{TASKS} recorded; after restart: ok {ok}, lost {lost}, \
+         duplicated {duplicated}, unknown {}",
+        successes - ok - duplicated
+    );
+    assert_eq!(finished["job"]["status"], "succeeded");
+    assert_eq!((tasks, ok, lost, duplicated), (TASKS, TASKS, 0, 0));
+    assert_eq!(successes, TASKS, "one succeeded attempt per task");
+}
