@@ -498,8 +498,17 @@ impl Store {
         let finished_jobs = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let mut jobs = BTreeSet::new();
+            // A start whose end is in the same batch needs no write of its own.
+            let ended: BTreeSet<(i64, i64)> = events
+                .iter()
+                .filter_map(|e| match e {
+                    TaskEvent::Finished(r) => Some((r.task_id, r.attempt)),
+                    TaskEvent::Started { .. } => None,
+                })
+                .collect();
             for event in events {
                 match event {
+                    TaskEvent::Started { task_id, attempt, .. } if ended.contains(&(*task_id, *attempt)) => {}
                     TaskEvent::Started { task_id, attempt, .. } => {
                         sqlx::query(
                             "UPDATE tasks SET state = 'running', started_at = $1 \
