@@ -4,7 +4,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn sandmill(state: &Path) -> Command {
@@ -124,18 +124,8 @@ fn client_commands_against_a_dev_server() {
     let data = tempfile::tempdir().unwrap();
     let port = support::free_port();
     let server = format!("http://127.0.0.1:{port}");
-    let mut dev = sandmill(state.path())
-        .args([
-            "dev",
-            "--workers",
-            "2",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data",
-        ])
-        .arg(data.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let mut dev = support::dev_command(data.path(), port)
+        .env("XDG_STATE_HOME", state.path())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use sandmill_server::store::Store;
@@ -16,18 +16,7 @@ use serde_json::{Value, json};
 const TASKS: i64 = 30_000;
 
 fn start_dev(data: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sandmill"))
-        .args([
-            "dev",
-            "--workers",
-            "2",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data",
-        ])
-        .arg(data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    support::dev_command(data, port)
         .spawn()
         .expect("start sandmill dev")
 }

@@ -186,3 +186,20 @@ impl Drop for Postgres {
         let _ = self.child.wait();
     }
 }
+
+/// `sandmill dev` with two workers on `127.0.0.1:port` and `data`, quiet.
+pub fn dev_command(data: &Path, port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandmill"));
+    cmd.args([
+        "dev",
+        "--workers",
+        "2",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data",
+    ])
+    .arg(data)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    cmd
+}
