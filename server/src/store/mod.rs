@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sandmill_runtime::message::{OutputRef, TaskEvent, TaskMessage, Verdict};
+use sandmill_runtime::message::{OutputRef, TaskEvent, TaskMessage, TaskResult, Verdict};
 use sandmill_runtime::sandbox::CallKind;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
@@ -24,6 +24,16 @@ pub use rows::*;
 
 /// Rows per multi-row INSERT: well under SQLite's 32,766 bound variables.
 const INSERT_CHUNK: usize = 1_000;
+
+/// Results per multi-row UPDATE or INSERT when recording (12 binds a row).
+const RECORD_CHUNK: usize = 500;
+
+fn verdict_state(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Succeeded => "succeeded",
+        Verdict::Failed => "failed",
+    }
+}
 
 /// Storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -506,6 +516,10 @@ impl Store {
                     TaskEvent::Started { .. } => None,
                 })
                 .collect();
+            // Final results (success, or a failure not to retry) are applied
+            // in a few multi-row statements; retries one by one (rare).
+            let mut finals: Vec<&TaskResult> = Vec::new();
+            let mut accepted: Vec<&TaskResult> = Vec::new();
             for event in events {
                 match event {
                     TaskEvent::Started { task_id, attempt, .. } if ended.contains(&(*task_id, *attempt)) => {}
@@ -520,86 +534,93 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                     }
-                    TaskEvent::Finished(result) => {
-                        let retry = result.verdict == Verdict::Failed && result.retryable;
-                        let (output, output_hash, output_size) = match &result.output {
-                            Some(OutputRef::Inline(bytes)) => (Some(bytes.clone()), None, Some(bytes.len() as i64)),
-                            Some(OutputRef::Blob { hash, size }) => (None, Some(hash.clone()), Some(*size as i64)),
-                            None => (None, None, None),
-                        };
-                        let state = match result.verdict {
-                            Verdict::Succeeded => "succeeded",
-                            Verdict::Failed => "failed",
-                        };
-                        // A retryable failure with attempts left goes back
-                        // to the queue as the next attempt.
-                        let requeued: Option<i64> = if retry {
-                            sqlx::query(sqlx::AssertSqlSafe(format!(
-                                "UPDATE tasks SET state = 'queued', attempt = attempt + 1, started_at = NULL \
-                                 WHERE id = $1 AND attempt = $2 AND state IN {LIVE_STATES} \
-                                 AND attempt + 1 < (SELECT max_attempts FROM jobs WHERE jobs.id = tasks.job_id) \
-                                 RETURNING job_id"
-                            )))
-                            .bind(result.task_id)
-                            .bind(result.attempt)
-                            .fetch_optional(&mut *tx)
-                            .await?
-                            .map(|r| r.try_get(0))
-                            .transpose()?
-                        } else {
-                            None
-                        };
-                        let job_id: Option<i64> = if requeued.is_some() {
-                            recorded.retried.push(result.task_id);
-                            requeued
-                        } else {
-                            sqlx::query(sqlx::AssertSqlSafe(format!(
-                                "UPDATE tasks SET state = $1, reason = $2, error = $3, output = $4, \
-                                 output_hash = $5, output_size = $6, finished_at = $7 \
-                                 WHERE id = $8 AND attempt = $9 AND state IN {LIVE_STATES} RETURNING job_id"
-                            )))
-                            .bind(state)
-                            .bind(result.reason.clone())
-                            .bind(result.error.clone())
-                            .bind(output)
-                            .bind(output_hash)
-                            .bind(output_size)
-                            .bind(now)
-                            .bind(result.task_id)
-                            .bind(result.attempt)
-                            .fetch_optional(&mut *tx)
-                            .await?
-                            .map(|r| r.try_get(0))
-                            .transpose()?
-                        };
-                        let Some(job_id) = job_id else {
-                            recorded.ignored += 1;
-                            continue;
-                        };
-                        recorded.accepted += 1;
-                        jobs.insert(job_id);
-                        sqlx::query(
-                            "INSERT INTO attempts (task_id, attempt, state, reason, error, worker, elapsed_ms, \
-                             fuel_used, log, log_truncated, counters, finished_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                             ON CONFLICT (task_id, attempt) DO NOTHING",
-                        )
+                    TaskEvent::Finished(result) if result.verdict == Verdict::Failed && result.retryable => {
+                        // Back to the queue as the next attempt, if attempts are left.
+                        let requeued: Option<i64> = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "UPDATE tasks SET state = 'queued', attempt = attempt + 1, started_at = NULL \
+                             WHERE id = $1 AND attempt = $2 AND state IN {LIVE_STATES} \
+                             AND attempt + 1 < (SELECT max_attempts FROM jobs WHERE jobs.id = tasks.job_id) \
+                             RETURNING job_id"
+                        )))
                         .bind(result.task_id)
                         .bind(result.attempt)
-                        .bind(state)
-                        .bind(result.reason.clone())
-                        .bind(result.error.clone())
-                        .bind(result.worker.clone())
-                        .bind(result.elapsed_ms)
-                        .bind(result.fuel_used.map(|f| f as i64))
-                        .bind(result.log.clone())
-                        .bind(i64::from(result.log_truncated))
-                        .bind(serde_json::to_string(&result.counters).unwrap_or_default())
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| r.try_get(0))
+                        .transpose()?;
+                        match requeued {
+                            Some(job_id) => {
+                                recorded.retried.push(result.task_id);
+                                jobs.insert(job_id);
+                                accepted.push(result);
+                            }
+                            None => finals.push(result),
+                        }
                     }
+                    TaskEvent::Finished(result) => finals.push(result),
                 }
+            }
+            let mut applied = BTreeSet::new();
+            for chunk in finals.chunks(RECORD_CHUNK) {
+                let mut update = QueryBuilder::new(
+                    "UPDATE tasks SET state = v.column3, reason = v.column4, error = v.column5, \
+                     output = v.column6, output_hash = v.column7, output_size = v.column8, finished_at = ",
+                );
+                update.push_bind(now).push(" FROM (");
+                update.push_values(chunk.iter(), |mut row, result| {
+                    let (output, output_hash, output_size) = match &result.output {
+                        Some(OutputRef::Inline(bytes)) => (Some(bytes.clone()), None, Some(bytes.len() as i64)),
+                        Some(OutputRef::Blob { hash, size }) => (None, Some(hash.clone()), Some(*size as i64)),
+                        None => (None, None, None),
+                    };
+                    row.push_bind(result.task_id)
+                        .push_bind(result.attempt)
+                        .push_bind(verdict_state(result.verdict))
+                        .push_bind(result.reason.clone())
+                        .push_bind(result.error.clone())
+                        .push_bind(output)
+                        .push_bind(output_hash)
+                        .push_bind(output_size);
+                });
+                update.push(format!(
+                    ") AS v WHERE tasks.id = v.column1 AND tasks.attempt = v.column2 \
+                     AND tasks.state IN {LIVE_STATES} RETURNING tasks.id, tasks.job_id"
+                ));
+                for row in update.build().fetch_all(&mut *tx).await? {
+                    applied.insert(row.try_get::<i64, _>(0)?);
+                    jobs.insert(row.try_get::<i64, _>(1)?);
+                }
+            }
+            for result in finals {
+                // `remove`: a duplicate in the same batch is recorded once.
+                if applied.remove(&result.task_id) {
+                    accepted.push(result);
+                } else {
+                    recorded.ignored += 1;
+                }
+            }
+            recorded.accepted = accepted.len();
+            for chunk in accepted.chunks(RECORD_CHUNK) {
+                let mut insert = QueryBuilder::new(
+                    "INSERT INTO attempts (task_id, attempt, state, reason, error, worker, elapsed_ms, \
+                     fuel_used, log, log_truncated, counters, finished_at) ",
+                );
+                insert.push_values(chunk.iter(), |mut row, result| {
+                    row.push_bind(result.task_id)
+                        .push_bind(result.attempt)
+                        .push_bind(verdict_state(result.verdict))
+                        .push_bind(result.reason.clone())
+                        .push_bind(result.error.clone())
+                        .push_bind(result.worker.clone())
+                        .push_bind(result.elapsed_ms)
+                        .push_bind(result.fuel_used.map(|f| f as i64))
+                        .push_bind(result.log.clone())
+                        .push_bind(i64::from(result.log_truncated))
+                        .push_bind(serde_json::to_string(&result.counters).unwrap_or_default())
+                        .push_bind(now);
+                });
+                insert.push(" ON CONFLICT (task_id, attempt) DO NOTHING");
+                insert.build().execute(&mut *tx).await?;
             }
             let mut finished = Vec::new();
             for job_id in jobs {
