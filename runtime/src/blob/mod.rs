@@ -3,11 +3,13 @@
 //! implements the same trait.
 
 mod dir;
+mod nats;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 pub use dir::DirBlobStore;
+pub use nats::NatsBlobStore;
 
 /// The blob store failed.
 #[derive(Debug, thiserror::Error)]

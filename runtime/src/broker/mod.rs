@@ -6,10 +6,12 @@
 //! control plane re-publishes whatever is queued when it starts.
 
 mod memory;
+mod nats;
 
 use async_trait::async_trait;
 
 pub use memory::MemoryBroker;
+pub use nats::NatsBroker;
 
 use crate::message::{TaskEvent, TaskMessage};
 
@@ -34,9 +36,22 @@ pub trait Broker: Send + Sync + 'static {
     /// Waits for at least one task and returns up to `max`.
     async fn fetch(&self, max: usize) -> Result<Vec<TaskMessage>, BrokerError>;
 
-    /// Sends events from a worker to the control plane.
+    /// Tells the broker a fetched task is finished with (its result was
+    /// reported): it will not be delivered again.
+    async fn done(&self, _task: &TaskMessage) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// Sends events from a worker to the control plane; returns once they
+    /// are durable.
     async fn report(&self, events: Vec<TaskEvent>) -> Result<(), BrokerError>;
 
     /// Waits for at least one event and returns up to `max` (control plane).
     async fn events(&self, max: usize) -> Result<Vec<TaskEvent>, BrokerError>;
+
+    /// The events last returned by [`events`](Broker::events) are recorded
+    /// in the database: they need not be delivered again.
+    async fn events_recorded(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
 }

@@ -3,6 +3,7 @@
 mod client;
 mod dev;
 mod exec;
+mod fleet;
 mod resolve;
 mod run;
 
@@ -35,6 +36,10 @@ enum Command {
     Run(run::RunArgs),
     /// Serve the API with an in-process broker, blob store and workers.
     Dev(dev::DevArgs),
+    /// Serve the API and scheduler of a fleet: NATS JetStream and a database.
+    Serve(fleet::ServeArgs),
+    /// Run tasks from NATS JetStream.
+    Worker(fleet::WorkerArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -45,6 +50,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Exec(exec) => exec::run(exec),
         Command::Run(args) => run::run(args),
         Command::Dev(args) => dev::run(args),
+        Command::Serve(args) => fleet::serve(args),
+        Command::Worker(args) => fleet::worker(args),
         Command::Client(command) => client::run(&args.server, command),
     }
 }

@@ -1,0 +1,223 @@
+//! The distributed mode: `sandmill serve` (API, scheduler, recorder) and
+//! `sandmill worker`, meeting on NATS JetStream; state in Postgres.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use sandmill_runtime::blob::NatsBlobStore;
+use sandmill_runtime::broker::NatsBroker;
+use sandmill_runtime::sandbox::{Sandbox, SandboxConfig};
+use sandmill_runtime::worker::Worker;
+use sandmill_server::api::{self, ApiConfig, DEFAULT_MAX_BODY_BYTES};
+use sandmill_server::engine::{Engine, EngineConfig};
+use sandmill_server::store::Store;
+
+/// How to reach NATS (the options the async-nats client offers).
+#[derive(Args, Debug, Clone)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "SANDMILL_NATS", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// A credentials file (JWT + nkey).
+    #[arg(long, env = "SANDMILL_NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
+    /// A token.
+    #[arg(long, env = "SANDMILL_NATS_TOKEN")]
+    nats_token: Option<String>,
+    /// User name (with --nats-password).
+    #[arg(long, env = "SANDMILL_NATS_USER")]
+    nats_user: Option<String>,
+    /// Password.
+    #[arg(long, env = "SANDMILL_NATS_PASSWORD")]
+    nats_password: Option<String>,
+    /// A CA certificate (PEM) to trust, which also requires TLS.
+    #[arg(long, env = "SANDMILL_NATS_CA")]
+    nats_ca: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// Connects, retrying with backoff and one log line per attempt.
+    async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        let mut options = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .name("sandmill")
+            .event_callback(|event| async move {
+                tracing::warn!(%event, "nats connection");
+            });
+        if let Some(creds) = &self.nats_creds {
+            options = async_nats::ConnectOptions::with_credentials_file(creds)
+                .await
+                .with_context(|| format!("cannot read {}", creds.display()))?
+                .retry_on_initial_connect()
+                .name("sandmill");
+        }
+        if let Some(token) = &self.nats_token {
+            options = options.token(token.clone());
+        }
+        if let (Some(user), Some(password)) = (&self.nats_user, &self.nats_password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(ca) = &self.nats_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let urls: Vec<String> = self.nats.split(',').map(str::to_owned).collect();
+        options
+            .connect(urls.as_slice())
+            .await
+            .with_context(|| format!("cannot connect to NATS at {}", self.nats))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// The database (postgres://...; a SQLite path works for one machine).
+    #[arg(long, env = "SANDMILL_DATABASE")]
+    database: String,
+    /// Address to serve the API on.
+    #[arg(long, env = "SANDMILL_LISTEN", default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    /// Where compiled modules are cached (modules are checked on upload).
+    #[arg(
+        long,
+        env = "SANDMILL_CACHE_DIR",
+        default_value = ".sandmill/module-cache"
+    )]
+    cache_dir: PathBuf,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    max_body: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Tasks run at once (default: one per core).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// This worker's name, stable across restarts (default: the host name).
+    #[arg(long, env = "SANDMILL_WORKER_ID")]
+    id: Option<String>,
+    /// Labels, k=v,... (matched against spec labels).
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Where compiled modules are cached.
+    #[arg(
+        long,
+        env = "SANDMILL_CACHE_DIR",
+        default_value = ".sandmill/module-cache"
+    )]
+    cache_dir: PathBuf,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Connects to the database, retrying with backoff and one log line per
+/// attempt (Postgres may start after us).
+async fn connect_store(url: &str) -> anyhow::Result<Store> {
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1.. {
+        match Store::connect(url).await {
+            Ok(store) => return Ok(store),
+            Err(error) if attempt < 10 => {
+                tracing::warn!(%error, attempt, retry_in = ?delay, "database not reachable");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(error) => return Err(error).context("cannot open the database"),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let client = args.nats.connect().await?;
+        let broker = Arc::new(NatsBroker::connect(client.clone()).await?);
+        let blobs = Arc::new(NatsBlobStore::connect(client).await?);
+        let store = connect_store(&args.database).await?;
+        let sandbox = Sandbox::new(SandboxConfig {
+            cache_dir: Some(args.cache_dir.clone()),
+            ..SandboxConfig::default()
+        })?;
+        let engine = Engine::new(store, broker, blobs, sandbox, EngineConfig::default());
+        tokio::spawn(engine.clone().record_events());
+        let republished = engine.recover().await?;
+        let app = api::router(
+            engine,
+            ApiConfig {
+                max_body_bytes: args.max_body,
+                ..ApiConfig::default()
+            },
+        );
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        eprintln!(
+            "sandmill serve: listening on http://{} (nats {}, {republished} task(s) re-published)",
+            listener.local_addr()?,
+            args.nats.nats
+        );
+        axum::serve(listener, app)
+            .with_graceful_shutdown(super::dev::shutdown_signal())
+            .await
+            .context("serving the API")?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let id = args.id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "worker".to_owned())
+        });
+        let client = args.nats.connect().await?;
+        let broker = Arc::new(NatsBroker::connect(client.clone()).await?);
+        let blobs = Arc::new(NatsBlobStore::connect(client).await?);
+        let sandbox = Sandbox::new(SandboxConfig {
+            cache_dir: Some(args.cache_dir.clone()),
+            ..SandboxConfig::default()
+        })?;
+        let concurrency = args
+            .concurrency
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        eprintln!(
+            "sandmill worker {id}: {concurrency} slot(s), labels [{}], nats {}",
+            args.labels.join(","),
+            args.nats.nats
+        );
+        // Guests compute without yielding: each slot has its own thread.
+        for n in 0..concurrency {
+            let worker = Worker::new(
+                format!("{id}/{n}"),
+                sandbox.clone(),
+                broker.clone(),
+                blobs.clone(),
+            );
+            let slot = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            std::thread::Builder::new()
+                .name(format!("sandmill-slot-{n}"))
+                .spawn(move || slot.block_on(worker.run()))?;
+        }
+        super::dev::shutdown_signal().await;
+        eprintln!("sandmill worker {id}: stopping; unfinished tasks will be delivered again");
+        Ok(ExitCode::SUCCESS)
+    })
+}
