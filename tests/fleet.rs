@@ -34,32 +34,6 @@ fn sandmill(args: &[&str], cache: &std::path::Path) -> Child {
         .expect("start sandmill")
 }
 
-async fn wait_ready(http: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sandmill serve did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn job(http: &reqwest::Client, base: &str, id: i64) -> Value {
-    http.get(format!("{base}/v1/jobs/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sweep_runs_on_worker_processes_and_survives_a_killed_worker() {
     tokio::time::timeout(Duration::from_secs(240), scenario())
@@ -106,7 +80,7 @@ async fn scenario() {
         ));
     }
     let http = reqwest::Client::new();
-    wait_ready(&http, &base).await;
+    support::wait_ready(&http, &base).await;
 
     let module: Value = http
         .post(format!("{base}/v1/modules"))
@@ -133,7 +107,7 @@ async fn scenario() {
     // Kill -9 one worker once work is under way; the other finishes, and the
     // killed one's unacked tasks come back after the ack wait.
     loop {
-        let state = job(&http, &base, id).await;
+        let state = support::job(&http, &base, id).await;
         if state["counts"]["succeeded"].as_i64().unwrap_or(0) >= 100 {
             break;
         }
@@ -146,7 +120,7 @@ async fn scenario() {
 
     let deadline = Instant::now() + Duration::from_secs(180);
     let finished = loop {
-        let state = job(&http, &base, id).await;
+        let state = support::job(&http, &base, id).await;
         if state["job"]["status"] != "running" {
             break state;
         }

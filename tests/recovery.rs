@@ -21,32 +21,6 @@ fn start_dev(data: &Path, port: u16) -> Child {
         .expect("start sandmill dev")
 }
 
-async fn wait_ready(http: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sandmill dev did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn job(http: &reqwest::Client, base: &str, id: i64) -> Value {
-    http.get(format!("{base}/v1/jobs/{id}"))
-        .send()
-        .await
-        .expect("job request")
-        .json()
-        .await
-        .expect("job json")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_mid_sweep_loses_nothing_and_records_each_task_once() {
     tokio::time::timeout(Duration::from_secs(300), scenario())
@@ -61,7 +35,7 @@ async fn scenario() {
     let http = reqwest::Client::new();
 
     let mut dev = start_dev(data.path(), port);
-    wait_ready(&http, &base).await;
+    support::wait_ready(&http, &base).await;
     let module: Value = http
         .post(format!("{base}/v1/modules"))
         .body(std::fs::read(guests::NOOP).unwrap())
@@ -85,7 +59,7 @@ async fn scenario() {
 
     // Kill it for real once some, not all, tasks are recorded.
     let done_at_kill = loop {
-        let state = job(&http, &base, id).await;
+        let state = support::job(&http, &base, id).await;
         let done = state["counts"]["succeeded"].as_i64().unwrap_or(0);
         assert_eq!(
             state["job"]["status"], "running",
@@ -101,10 +75,10 @@ async fn scenario() {
     assert!(done_at_kill < TASKS);
 
     let mut dev = start_dev(data.path(), port);
-    wait_ready(&http, &base).await;
+    support::wait_ready(&http, &base).await;
     let deadline = Instant::now() + Duration::from_secs(240);
     let finished = loop {
-        let state = job(&http, &base, id).await;
+        let state = support::job(&http, &base, id).await;
         if state["job"]["status"] != "running" {
             break state;
         }

@@ -256,3 +256,28 @@ impl Drop for Nats {
         let _ = self.child.wait();
     }
 }
+
+/// Waits until a server at `base` answers `/readyz`.
+pub async fn wait_ready(http: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{base} did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET /v1/jobs/{id}` as JSON.
+pub async fn job(http: &reqwest::Client, base: &str, id: i64) -> serde_json::Value {
+    http.get(format!("{base}/v1/jobs/{id}"))
+        .send()
+        .await
+        .expect("job request")
+        .json()
+        .await
+        .expect("job json")
+}

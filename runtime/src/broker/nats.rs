@@ -175,6 +175,37 @@ impl NatsBroker {
     }
 }
 
+/// Waits (5 s at a time) until the consumer has messages and returns up to
+/// `max`, decoded; a message nobody can read is terminated, never redelivered.
+async fn fetch_json<T: serde::de::DeserializeOwned>(
+    consumer: &PullConsumer,
+    max: usize,
+) -> Result<Vec<(T, jetstream::Message)>, BrokerError> {
+    loop {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(max.max(1))
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(transport)?;
+        let mut fetched = Vec::new();
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(transport)?;
+            match serde_json::from_slice::<T>(&message.payload) {
+                Ok(value) => fetched.push((value, message)),
+                Err(error) => {
+                    tracing::error!(%error, subject = %message.subject, "terminating an unreadable message");
+                    let _ = message.ack_with(AckKind::Term).await;
+                }
+            }
+        }
+        if !fetched.is_empty() {
+            return Ok(fetched);
+        }
+    }
+}
+
 fn event_key(event: &TaskEvent) -> (i64, i64, i64, &'static str) {
     match event {
         TaskEvent::Started {
@@ -205,37 +236,15 @@ impl Broker for NatsBroker {
     }
 
     async fn fetch(&self, max: usize) -> Result<Vec<TaskMessage>, BrokerError> {
-        loop {
-            let mut batch = self
-                .tasks
-                .fetch()
-                .max_messages(max.max(1))
-                .expires(Duration::from_secs(5))
-                .messages()
-                .await
-                .map_err(transport)?;
-            let mut tasks = Vec::new();
-            while let Some(message) = batch.next().await {
-                let message = message.map_err(transport)?;
-                match serde_json::from_slice::<TaskMessage>(&message.payload) {
-                    Ok(task) => {
-                        self.in_flight
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(task.dedup_key(), message);
-                        tasks.push(task);
-                    }
-                    Err(error) => {
-                        // A message no worker can read: never redeliver it.
-                        tracing::error!(%error, "terminating an unreadable task message");
-                        let _ = message.ack_with(AckKind::Term).await;
-                    }
-                }
-            }
-            if !tasks.is_empty() {
-                return Ok(tasks);
-            }
-        }
+        let fetched = fetch_json::<TaskMessage>(&self.tasks, max).await?;
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(fetched
+            .into_iter()
+            .map(|(task, message)| {
+                in_flight.insert(task.dedup_key(), message);
+                task
+            })
+            .collect())
     }
 
     async fn done(&self, task: &TaskMessage) -> Result<(), BrokerError> {
@@ -267,34 +276,15 @@ impl Broker for NatsBroker {
     }
 
     async fn events(&self, max: usize) -> Result<Vec<TaskEvent>, BrokerError> {
-        loop {
-            let mut batch = self
-                .events
-                .fetch()
-                .max_messages(max.max(1))
-                .expires(Duration::from_secs(5))
-                .messages()
-                .await
-                .map_err(transport)?;
-            let mut events = Vec::new();
-            let mut unacked = self.unacked_events.lock().await;
-            while let Some(message) = batch.next().await {
-                let message = message.map_err(transport)?;
-                match serde_json::from_slice::<TaskEvent>(&message.payload) {
-                    Ok(event) => {
-                        events.push(event);
-                        unacked.push(message);
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "terminating an unreadable event");
-                        let _ = message.ack_with(AckKind::Term).await;
-                    }
-                }
-            }
-            if !events.is_empty() {
-                return Ok(events);
-            }
-        }
+        let fetched = fetch_json::<TaskEvent>(&self.events, max).await?;
+        let mut unacked = self.unacked_events.lock().await;
+        Ok(fetched
+            .into_iter()
+            .map(|(event, message)| {
+                unacked.push(message);
+                event
+            })
+            .collect())
     }
 
     async fn events_recorded(&self) -> Result<(), BrokerError> {
