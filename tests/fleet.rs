@@ -1,140 +1,639 @@
 //! The distributed mode with real processes: `sandmill serve` on Postgres,
-//! `sandmill worker` processes, and a real `nats-server -js`.
+//! `sandmill worker` processes, and a real `nats-server -js`. Each test
+//! runs its own fleet; they take turns, since two cores hold one fleet.
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use sandmill_runtime::message::TaskMessage;
+use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
 use sandmill_server::store::Store;
 use sandmill_test_artifacts as guests;
 use serde_json::{Value, json};
 
+/// One fleet at a time.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Fleet {
-    children: Vec<Child>,
+    _pg: support::Postgres,
+    nats: support::Nats,
+    database: String,
+    cache: tempfile::TempDir,
+    port: u16,
+    base: String,
+    serve: Option<Child>,
+    serve_args: Vec<String>,
+    workers: Vec<(String, Child)>,
+    http: reqwest::Client,
 }
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        for child in &mut self.children {
+        let children = self
+            .serve
+            .iter_mut()
+            .chain(self.workers.iter_mut().map(|(_, c)| c));
+        for child in children {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 }
 
-fn sandmill(args: &[&str], cache: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sandmill"))
-        .args(args)
-        .arg("--cache-dir")
-        .arg(cache)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sandmill")
-}
+impl Fleet {
+    /// Postgres, nats-server and `sandmill serve` (with `serve_args`).
+    async fn start(serve_args: &[&str]) -> Fleet {
+        let pg = support::Postgres::start();
+        let database = pg.database();
+        let nats = support::Nats::start();
+        let port = support::free_port();
+        let mut fleet = Fleet {
+            _pg: pg,
+            nats,
+            database,
+            cache: tempfile::tempdir().unwrap(),
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+            serve: None,
+            serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
+            workers: Vec::new(),
+            http: reqwest::Client::new(),
+        };
+        fleet.start_serve().await;
+        fleet
+    }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_sweep_runs_on_worker_processes_and_survives_a_killed_worker() {
-    tokio::time::timeout(Duration::from_secs(240), scenario())
-        .await
-        .expect("within 4 minutes");
-}
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sandmill"));
+        command
+            .args(args)
+            .arg("--nats")
+            .arg(self.nats.url())
+            .arg("--cache-dir")
+            .arg(self.cache.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    }
 
-async fn scenario() {
-    let pg = support::Postgres::start();
-    let database = pg.database();
-    let nats = support::Nats::start();
-    let cache = tempfile::tempdir().unwrap();
-    let port = support::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let listen = format!("127.0.0.1:{port}");
-    let nats_url = nats.url();
-    let mut fleet = Fleet {
-        children: Vec::new(),
-    };
-    fleet.children.push(sandmill(
-        &[
-            "serve",
-            "--nats",
-            &nats_url,
-            "--database",
-            &database,
-            "--listen",
-            &listen,
-        ],
-        cache.path(),
-    ));
-    for id in ["w1", "w2"] {
-        fleet.children.push(sandmill(
-            &[
+    async fn start_serve(&mut self) {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let mut args = vec!["serve", "--database", &self.database, "--listen", &listen];
+        let extra = self.serve_args.clone();
+        args.extend(extra.iter().map(String::as_str));
+        self.serve = Some(self.command(&args).spawn().expect("start serve"));
+        support::wait_ready(&self.http, &self.base).await;
+    }
+
+    fn kill_serve(&mut self) {
+        if let Some(mut serve) = self.serve.take() {
+            serve.kill().unwrap();
+            serve.wait().unwrap();
+        }
+    }
+
+    fn start_worker(&mut self, id: &str, labels: &str, concurrency: usize) {
+        let concurrency = concurrency.to_string();
+        let child = self
+            .command(&[
                 "worker",
-                "--nats",
-                &nats_url,
                 "--id",
                 id,
+                "--labels",
+                labels,
                 "--concurrency",
-                "1",
-            ],
-            cache.path(),
-        ));
+                &concurrency,
+            ])
+            .spawn()
+            .expect("start worker");
+        self.workers.push((id.to_owned(), child));
     }
-    let http = reqwest::Client::new();
-    support::wait_ready(&http, &base).await;
 
-    let module: Value = http
-        .post(format!("{base}/v1/modules"))
-        .body(std::fs::read(guests::NOOP).unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let hash = module["hash"].as_str().unwrap().to_owned();
-    let total = 2_000;
-    let created: Value = http
-        .post(format!("{base}/v1/jobs"))
-        .json(&json!({"name": "fleet", "sweep": {"module": format!("sha256:{hash}"), "count": total}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_i64().expect("accepted");
+    fn take_worker(&mut self, id: &str) -> Child {
+        let i = self
+            .workers
+            .iter()
+            .position(|(w, _)| w == id)
+            .expect("a worker by that id");
+        self.workers.remove(i).1
+    }
 
-    // Kill -9 one worker once work is under way; the other finishes, and the
-    // killed one's unacked tasks come back after the ack wait.
+    async fn upload(&self, module: &str) -> String {
+        let row: Value = self
+            .http
+            .post(format!("{}/v1/modules", self.base))
+            .body(std::fs::read(module).unwrap())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        row["hash"].as_str().expect("module accepted").to_owned()
+    }
+
+    async fn submit(&self, job: Value) -> i64 {
+        let created: Value = self
+            .http
+            .post(format!("{}/v1/jobs", self.base))
+            .json(&job)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        created["id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("job refused: {created}"))
+    }
+
+    async fn job(&self, id: i64) -> Value {
+        support::job(&self.http, &self.base, id).await
+    }
+
+    /// Waits (polling the API, which may be down a moment) until `done`.
+    async fn until(
+        &self,
+        id: i64,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(response) = self
+                .http
+                .get(format!("{}/v1/jobs/{id}", self.base))
+                .send()
+                .await
+                && let Ok(state) = response.json::<Value>().await
+                && done(&state)
+            {
+                return state;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id}: {what} did not happen within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn finished(&self, id: i64, limit: Duration) -> Value {
+        self.until(id, "finishing", limit, |s| s["job"]["status"] != "running")
+            .await
+    }
+
+    async fn workers(&self) -> Vec<Value> {
+        self.http
+            .get(format!("{}/v1/workers", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn worker(&self, id: &str) -> Option<Value> {
+        self.workers().await.into_iter().find(|w| w["id"] == id)
+    }
+
+    /// Waits until worker `id`'s registry entry satisfies `done`.
+    async fn until_worker(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let entry = self.worker(id).await;
+            if let Some(entry) = entry.as_ref().filter(|w| done(w)) {
+                return entry.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {id}: not as expected: {entry:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Prints and returns (ok, lost, duplicated) the way Jepsen reports.
+    async fn audit(&self, name: &str, id: i64) -> (i64, i64, i64) {
+        let store = Store::connect(&self.database).await.unwrap();
+        let (tasks, successes, duplicated) = store.success_audit(id).await.unwrap();
+        let ok = successes - duplicated;
+        println!(
+            "{name}: ok {ok}, lost {}, duplicated {duplicated}, unknown 0",
+            tasks - ok
+        );
+        (ok, tasks - ok, duplicated)
+    }
+}
+
+fn sweep(hash: &str, count: u64) -> Value {
+    json!({"name": "sweep", "sweep": {"module": format!("sha256:{hash}"), "count": count}})
+}
+
+async fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
     loop {
-        let state = support::job(&http, &base, id).await;
-        if state["counts"]["succeeded"].as_i64().unwrap_or(0) >= 100 {
-            break;
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
         }
-        assert_eq!(state["job"]["status"], "running");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            Instant::now() < deadline,
+            "the process did not exit within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut killed = fleet.children.remove(1);
-    killed.kill().unwrap();
-    killed.wait().unwrap();
+}
 
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let finished = loop {
-        let state = support::job(&http, &base, id).await;
-        if state["job"]["status"] != "running" {
-            break state;
+fn run_test<F: Future<Output = ()>>(limit: Duration, test: F) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let _turn = TURN.lock().await;
+        let started = Instant::now();
+        tokio::time::timeout(limit, test)
+            .await
+            .expect("the test ran out of time");
+        println!("(took {:.1} s)", started.elapsed().as_secs_f64());
+    });
+}
+
+#[test]
+fn a_killed_worker_s_tasks_complete_on_another_recorded_once() {
+    run_test(Duration::from_secs(240), async {
+        // A short ack wait, so the killed worker's tasks come back soon.
+        let mut fleet = Fleet::start(&["--ack-wait", "5s"]).await;
+        let hash = fleet.upload(guests::NOOP).await;
+        fleet.start_worker("w1", "", 1);
+        fleet.start_worker("w2", "", 1);
+        let total = 2_000;
+        let id = fleet.submit(sweep(&hash, total)).await;
+        fleet
+            .until(id, "100 successes", Duration::from_secs(60), |s| {
+                s["counts"]["succeeded"].as_i64().unwrap_or(0) >= 100
+            })
+            .await;
+        let mut killed = fleet.take_worker("w1");
+        killed.kill().unwrap();
+        killed.wait().unwrap();
+
+        let finished = fleet.finished(id, Duration::from_secs(180)).await;
+        assert_eq!(finished["job"]["status"], "succeeded", "{finished}");
+        let (ok, lost, duplicated) = fleet.audit("killed worker", id).await;
+        assert_eq!((ok, lost, duplicated), (total as i64, 0, 0));
+
+        // The registry: the killed worker goes quiet and shows as lost.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let w1 = fleet.worker("w1").await.expect("w1 registered");
+            let w2 = fleet.worker("w2").await.expect("w2 registered");
+            assert_eq!(w2["status"], "live", "{w2}");
+            if w1["status"] == "lost" {
+                assert!(w2["finished"].as_u64().unwrap() > 0, "{w2}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "w1 never shown as lost: {w1}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        assert!(Instant::now() < deadline, "the job did not finish: {state}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    drop(fleet);
-    let store = Store::connect(&database).await.unwrap();
-    let (tasks, successes, duplicated) = store.success_audit(id).await.unwrap();
-    let ok = finished["counts"]["succeeded"].as_i64().unwrap_or(0);
-    println!(
-        "fleet test: ok {ok}, lost {}, duplicated {duplicated}",
-        tasks - ok
-    );
-    assert_eq!(finished["job"]["status"], "succeeded");
-    assert_eq!((ok, successes, duplicated), (total, total, 0));
+        let listed = Command::new(env!("CARGO_BIN_EXE_sandmill"))
+            .args(["--server", &fleet.base, "workers"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&listed.stdout);
+        assert!(listed.status.success());
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("w1 ") && l.contains("lost")),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("w2 ") && l.contains("live")),
+            "{text}"
+        );
+    });
+}
+
+#[test]
+fn restarting_nats_server_and_serve_mid_job_loses_nothing() {
+    run_test(Duration::from_secs(400), async {
+        let mut fleet = Fleet::start(&["--ack-wait", "5s"]).await;
+        let hash = fleet.upload(guests::NOOP).await;
+        fleet.start_worker("w1", "", 1);
+        fleet.start_worker("w2", "", 1);
+        let total = 20_000;
+        let id = fleet.submit(sweep(&hash, total)).await;
+        let succeeded =
+            |n: i64| move |s: &Value| s["counts"]["succeeded"].as_i64().unwrap_or(0) >= n;
+
+        fleet
+            .until(
+                id,
+                "1,000 successes",
+                Duration::from_secs(120),
+                succeeded(1_000),
+            )
+            .await;
+        fleet.nats.restart();
+        let after_nats = fleet.job(id).await["counts"]["succeeded"]
+            .as_i64()
+            .unwrap_or(0);
+        println!("nats-server restarted at {after_nats} successes");
+
+        fleet
+            .until(
+                id,
+                "progress after the nats restart",
+                Duration::from_secs(120),
+                succeeded(after_nats + 2_000),
+            )
+            .await;
+        fleet.kill_serve();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        fleet.start_serve().await;
+        let after_serve = fleet.job(id).await["counts"]["succeeded"]
+            .as_i64()
+            .unwrap_or(0);
+        println!("serve killed and started again at {after_serve} successes");
+
+        let finished = fleet.finished(id, Duration::from_secs(240)).await;
+        assert_eq!(finished["job"]["status"], "succeeded", "{finished}");
+        let (ok, lost, duplicated) = fleet.audit("restarts", id).await;
+        assert_eq!((ok, lost, duplicated), (total as i64, 0, 0));
+    });
+}
+
+#[test]
+fn a_task_delivered_twice_keeps_one_result() {
+    run_test(Duration::from_secs(120), async {
+        let mut fleet = Fleet::start(&[]).await;
+        let hash = fleet.upload(guests::NOOP).await;
+        // No worker yet: the task waits in its queue.
+        let id = fleet
+            .submit(json!({"name": "twice", "task": {"module": format!("sha256:{hash}"), "params": {"n": 1}}}))
+            .await;
+        let tasks: Vec<Value> = fleet
+            .http
+            .get(format!("{}/v1/jobs/{id}/tasks", fleet.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let task_id = tasks[0]["id"].as_i64().unwrap();
+        // A second message for the same attempt, past the broker's dedup (as
+        // a redelivery after a lost ack, or a re-publish after the window).
+        let copy = TaskMessage {
+            task_id,
+            job_id: id,
+            attempt: 0,
+            kind: CallKind::Task,
+            module: hash.clone(),
+            input: None,
+            input_name: "-".into(),
+            params: r#"{"n":1}"#.into(),
+            limits: Limits::default(),
+            grants: Grants::default(),
+            labels: Default::default(),
+            delivered: 1,
+        };
+        let client = async_nats::connect(fleet.nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "a-copy");
+        js.publish_with_headers(
+            format!("sandmill.tasks.any.{task_id}"),
+            headers,
+            serde_json::to_vec(&copy).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+        fleet.start_worker("solo", "", 1);
+        let finished = fleet.finished(id, Duration::from_secs(60)).await;
+        assert_eq!(finished["job"]["status"], "succeeded", "{finished}");
+        // The worker ran both deliveries...
+        fleet.until_worker("solo", |w| w["finished"] == 2).await;
+        // ...and one result was kept.
+        let attempts: Value = fleet
+            .http
+            .get(format!("{}/v1/tasks/{task_id}", fleet.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            attempts["attempts"].as_array().map(Vec::len),
+            Some(1),
+            "{attempts}"
+        );
+        let (ok, lost, duplicated) = fleet.audit("delivered twice", id).await;
+        assert_eq!((ok, lost, duplicated), (1, 0, 0));
+    });
+}
+
+#[test]
+fn labelled_tasks_go_only_to_workers_offering_the_labels() {
+    run_test(Duration::from_secs(180), async {
+        let mut fleet = Fleet::start(&[]).await;
+        let hash = fleet.upload(guests::NOOP).await;
+        fleet.start_worker("cpu", "zone=eu", 1);
+        let module = format!("sha256:{hash}");
+        let gpu = fleet
+            .submit(json!({"name": "gpu", "labels": {"gpu": "a100"}, "sweep": {"module": module, "count": 5}}))
+            .await;
+        let doomed = fleet
+            .submit(json!({"name": "doomed", "labels": {"gpu": "h100"},
+                "limits": {"queue_timeout": "3s"}, "sweep": {"module": module, "count": 2}}))
+            .await;
+
+        // Nobody offers gpu=a100: the job waits, and says why.
+        let waiting = fleet
+            .until(gpu, "a waiting reason", Duration::from_secs(30), |s| {
+                s["job"]["waiting"].is_string()
+            })
+            .await;
+        assert_eq!(
+            waiting["job"]["waiting"], "no live worker offers labels gpu=a100",
+            "{waiting}"
+        );
+        assert_eq!(waiting["counts"]["queued"], 5, "{waiting}");
+        let status = Command::new(env!("CARGO_BIN_EXE_sandmill"))
+            .args(["--server", &fleet.base, "status", &gpu.to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&status.stdout);
+        assert!(
+            text.contains("waiting: no live worker offers labels gpu=a100"),
+            "{text}"
+        );
+
+        // Past its queue timeout a job fails, naming why.
+        let failed = fleet.finished(doomed, Duration::from_secs(30)).await;
+        assert_eq!(failed["job"]["status"], "failed", "{failed}");
+        assert_eq!(failed["counts"]["failed"], 2, "{failed}");
+        let tasks: Vec<Value> = fleet
+            .http
+            .get(format!("{}/v1/jobs/{doomed}/tasks", fleet.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            tasks.iter().all(|t| t["reason"] == "queue-timeout"),
+            "{tasks:?}"
+        );
+        let error = tasks[0]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("no live worker offers labels gpu=h100"),
+            "{error}"
+        );
+
+        // A worker with the labels joins and takes the work; the other one
+        // never received any.
+        fleet.start_worker("gpu-1", "gpu=a100,zone=us", 1);
+        let done = fleet.finished(gpu, Duration::from_secs(60)).await;
+        assert_eq!(done["job"]["status"], "succeeded", "{done}");
+        assert!(done["job"]["waiting"].is_null(), "{done}");
+        let cpu = fleet.worker("cpu").await.expect("cpu registered");
+        assert_eq!(cpu["finished"], 0, "{cpu}");
+        assert_eq!(cpu["labels"], json!({"zone": "eu"}));
+        // (The registry is written every few seconds.)
+        fleet.until_worker("gpu-1", |w| w["finished"] == 5).await;
+        let cpu = fleet.worker("cpu").await.expect("cpu registered");
+        assert_eq!(cpu["finished"], 0, "{cpu}");
+    });
+}
+
+#[test]
+fn sigterm_drains_a_worker_and_it_leaves_the_registry() {
+    run_test(Duration::from_secs(180), async {
+        let mut fleet = Fleet::start(&[]).await;
+        let hash = fleet.upload(guests::HOSTILE_LOOP).await;
+        // Two tasks that each run 3 s (then time out); one attempt each.
+        let id = fleet
+            .submit(
+                json!({"name": "slow", "max_attempts": 1, "limits": {"timeout": "3s"},
+                "sweep": {"module": format!("sha256:{hash}"), "count": 2}}),
+            )
+            .await;
+        fleet.start_worker("drained", "", 1);
+        fleet
+            .until(id, "a task starting", Duration::from_secs(30), |s| {
+                s["counts"]["running"] == 1
+            })
+            .await;
+        let mut drained = fleet.take_worker("drained");
+        let term = Command::new("kill")
+            .arg(drained.id().to_string())
+            .status()
+            .unwrap();
+        assert!(term.success());
+        // The running task finishes (its 3 s), the other goes back unrun.
+        let status = wait_exit(&mut drained, Duration::from_secs(30)).await;
+        assert!(status.success(), "a drained worker exits 0, not {status}");
+        let state = fleet.job(id).await;
+        assert_eq!(state["counts"]["failed"], 1, "{state}");
+        assert!(
+            fleet.worker("drained").await.is_none(),
+            "a drained worker leaves the registry"
+        );
+
+        fleet.start_worker("next", "", 1);
+        let finished = fleet.finished(id, Duration::from_secs(60)).await;
+        assert_eq!(finished["counts"]["failed"], 2, "{finished}");
+        let tasks: Vec<Value> = fleet
+            .http
+            .get(format!("{}/v1/jobs/{id}/tasks", fleet.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut workers = Vec::new();
+        for task in &tasks {
+            assert_eq!(task["reason"], "timeout", "{task}");
+            let view: Value = fleet
+                .http
+                .get(format!("{}/v1/tasks/{}", fleet.base, task["id"]))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            workers.push(
+                view["attempts"][0]["worker"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+        workers.sort();
+        assert_eq!(workers, vec!["drained/0", "next/0"]);
+    });
+}
+
+#[test]
+fn a_task_whose_workers_keep_dying_fails_as_a_crash_loop() {
+    run_test(Duration::from_secs(180), async {
+        let mut fleet = Fleet::start(&["--ack-wait", "1s", "--max-deliveries", "2"]).await;
+        let hash = fleet.upload(guests::HOSTILE_LOOP).await;
+        let id = fleet
+            .submit(json!({"name": "deadly", "limits": {"timeout": "60s"},
+                "task": {"module": format!("sha256:{hash}")}}))
+            .await;
+        // Each worker that takes the task is killed while running it.
+        for round in 0..2 {
+            let name = format!("victim-{round}");
+            fleet.start_worker(&name, "", 1);
+            fleet
+                .until(id, "the task running", Duration::from_secs(30), |s| {
+                    s["counts"]["running"] == 1
+                })
+                .await;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while fleet
+                .worker(&name)
+                .await
+                .is_none_or(|w| w["running"].as_array().is_none_or(Vec::is_empty))
+            {
+                assert!(Instant::now() < deadline, "{name} never ran the task");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let mut victim = fleet.take_worker(&name);
+            victim.kill().unwrap();
+            victim.wait().unwrap();
+        }
+        // The next worker sees the third delivery and fails the task.
+        fleet.start_worker("survivor", "", 1);
+        let finished = fleet.finished(id, Duration::from_secs(60)).await;
+        assert_eq!(finished["job"]["status"], "failed", "{finished}");
+        let tasks: Vec<Value> = fleet
+            .http
+            .get(format!("{}/v1/jobs/{id}/tasks", fleet.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(tasks[0]["reason"], "crash-loop", "{:?}", tasks[0]);
+        let error = tasks[0]["error"].as_str().unwrap_or_default();
+        assert!(error.contains("delivered 2 times"), "{error}");
+    });
 }

@@ -20,6 +20,8 @@ fn job(n: usize, max_attempts: i64) -> NewJob {
         grants: "{}".into(),
         definition: "{}".into(),
         max_attempts,
+        labels: Default::default(),
+        queue_timeout_ms: 3_600_000,
         tasks: (0..n)
             .map(|i| NewTask {
                 params: format!("{{\"i\":{i}}}"),
@@ -115,6 +117,7 @@ async fn suite(store: Store) {
             task_id: first,
             attempt: 0,
             worker: "w1".into(),
+            delivery: 1,
         },
         result(first, 0, Verdict::Succeeded, false),
         result(first, 0, Verdict::Succeeded, false),
@@ -152,7 +155,9 @@ async fn suite(store: Store) {
         ("failed", Some("timeout"))
     );
 
-    // Recovery after a crash: running tasks get a new attempt.
+    // Recovery after a crash: queued and running tasks are published again
+    // at their attempt (a fleet's worker may still be running one); its
+    // result counts once.
     let third = messages[2].task_id;
     store
         .record(&[TaskEvent::Started {
@@ -160,21 +165,59 @@ async fn suite(store: Store) {
             task_id: third,
             attempt: 0,
             worker: "w1".into(),
+            delivery: 1,
         }])
         .await
         .unwrap();
     let recovered = store.recover().await.unwrap();
     assert_eq!(recovered.len(), 2_498);
     let third_msg = recovered.iter().find(|m| m.task_id == third).unwrap();
-    assert_eq!(third_msg.attempt, 1);
-    let stale = store
-        .record(&[result(third, 0, Verdict::Succeeded, false)])
+    assert_eq!(third_msg.attempt, 0);
+    let late = store
+        .record(&[
+            result(third, 0, Verdict::Succeeded, false),
+            result(third, 0, Verdict::Succeeded, false),
+        ])
         .await
         .unwrap();
+    assert_eq!((late.accepted, late.ignored), (1, 1));
+    let recovered: Vec<_> = recovered
+        .into_iter()
+        .filter(|m| m.task_id != third)
+        .collect();
+
+    // A task its workers vanished under: `worker-lost` after one start,
+    // `crash-loop` after two.
+    let (lost, crashed) = (recovered[0].task_id, recovered[1].task_id);
+    let start = |task_id, delivery| TaskEvent::Started {
+        job_id: 0,
+        task_id,
+        attempt: 0,
+        worker: "w1".into(),
+        delivery,
+    };
+    store
+        .record(&[start(lost, 1), start(crashed, 1), start(crashed, 2)])
+        .await
+        .unwrap();
+    let gone = |task_id| {
+        let mut r = result(task_id, 0, Verdict::Failed, false);
+        if let TaskEvent::Finished(r) = &mut r {
+            r.reason = Some("worker-lost".into());
+        }
+        r
+    };
+    store.record(&[gone(lost), gone(crashed)]).await.unwrap();
+    let reason = |row: sandmill_server::store::TaskRow| row.reason.unwrap_or_default();
     assert_eq!(
-        stale.ignored, 1,
-        "the lost attempt's late result changes nothing"
+        reason(store.task(lost).await.unwrap().unwrap()),
+        "worker-lost"
     );
+    assert_eq!(
+        reason(store.task(crashed).await.unwrap().unwrap()),
+        "crash-loop"
+    );
+    let recovered: Vec<_> = recovered[2..].to_vec();
 
     // Finishing every task finishes the job; one failure fails it.
     let rest: Vec<TaskEvent> = recovered

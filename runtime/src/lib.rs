@@ -13,12 +13,14 @@
 //! - [`broker`] and [`blob`]: traits for the task broker and the
 //!   content-addressed blob store, with their in-process implementations
 //!   (the embedded mode); [`message`]: what travels through them.
+//! - [`labels`]: what workers offer and tasks need.
 //! - [`worker`]: the loop that fetches tasks, runs them and reports back.
 //!
 //! This crate knows nothing of HTTP or SQL.
 
 pub mod blob;
 pub mod broker;
+pub mod labels;
 pub mod message;
 pub mod records;
 pub mod sandbox;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::labels::Labels;
 use crate::sandbox::{CallKind, Grants, Limits};
 
 /// Outputs up to this size travel inside the result; larger ones go to the
@@ -35,6 +36,17 @@ pub struct TaskMessage {
     pub limits: Limits,
     /// Grants of the call.
     pub grants: Grants,
+    /// Labels a worker must offer to take it (none: any worker).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+    /// How many times the broker has delivered this message, counting this
+    /// delivery (set on fetch; not part of the message).
+    #[serde(skip, default = "first_delivery")]
+    pub delivered: u32,
+}
+
+fn first_delivery() -> u32 {
+    1
 }
 
 impl TaskMessage {
@@ -116,7 +128,58 @@ pub enum TaskEvent {
         attempt: i64,
         /// The worker.
         worker: String,
+        /// Which delivery of the attempt this is (more than 1: a worker
+        /// that took it before vanished).
+        #[serde(default = "first_delivery")]
+        delivery: u32,
     },
     /// An attempt ended.
     Finished(TaskResult),
+}
+
+/// A worker process as the registry knows it. Written by the worker every
+/// [`HEARTBEAT_EVERY`]; one whose `last_seen` is older than [`LOST_AFTER`]
+/// is lost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Its name, stable across restarts.
+    pub id: String,
+    /// Random per process start: tells a restart from a second process
+    /// claiming the same name.
+    pub instance: String,
+    /// What it offers.
+    pub labels: Labels,
+    /// Tasks it runs at once.
+    pub capacity: usize,
+    /// The sandmill version it runs.
+    pub version: String,
+    /// Tasks it is running now.
+    pub running: Vec<i64>,
+    /// Tasks it has finished since it started.
+    pub finished: u64,
+    /// When it started (ms since the Unix epoch).
+    pub started_at: i64,
+    /// Its last heartbeat (ms since the Unix epoch).
+    pub last_seen: i64,
+    /// It is draining: taking no new tasks, finishing its running ones.
+    pub draining: bool,
+}
+
+/// How often a worker writes its registry entry.
+pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+/// A worker not heard from for this long is lost.
+pub const LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl WorkerInfo {
+    /// Whether it has gone quiet, as of `now_ms`.
+    pub fn is_lost(&self, now_ms: i64) -> bool {
+        now_ms - self.last_seen > LOST_AFTER.as_millis() as i64
+    }
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -1,17 +1,181 @@
 //! The worker loop: fetch task attempts from the broker, run each in the
 //! sandbox, report how it ended. Knows nothing of the database; the same
 //! loop runs inside `sandmill dev` and as `sandmill worker`.
+//!
+//! Results of quick tasks are reported in batches (one durable publish
+//! round and one round of acks per batch); a slow task's result goes out as
+//! soon as it ends. The fetch size adapts: many quick tasks per fetch, one
+//! at a time when tasks are slow, so one worker never hoards slow work.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use crate::blob::BlobStore;
 use crate::broker::{Broker, BrokerError};
-use crate::message::{INLINE_OUTPUT_BYTES, OutputRef, TaskEvent, TaskMessage, TaskResult, Verdict};
+use crate::message::{
+    HEARTBEAT_EVERY, INLINE_OUTPUT_BYTES, OutputRef, TaskEvent, TaskMessage, TaskResult, Verdict,
+    WorkerInfo, now_ms,
+};
 use crate::sandbox::{Call, CallInput, CallKind, ExecError, Module, Output, Sandbox};
 
-/// Task attempts one worker loop takes per fetch.
+/// Task attempts one worker loop takes per fetch, at most.
 pub const FETCH_BATCH: usize = 64;
+/// Results held back for a batched report at most this long.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+
+/// What a worker process is doing, for its registry entry: shared by its
+/// slots.
+#[derive(Debug, Default)]
+pub struct Presence {
+    running: Mutex<BTreeSet<i64>>,
+    finished: AtomicU64,
+}
+
+impl Presence {
+    fn start(&self, task_id: i64) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(task_id);
+    }
+
+    fn end(&self, task_id: i64) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&task_id);
+        self.finished.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `base` with the running tasks, the finished count and the time now.
+    pub fn entry(&self, base: &WorkerInfo) -> WorkerInfo {
+        WorkerInfo {
+            running: self
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .copied()
+                .collect(),
+            finished: self.finished.load(Ordering::Relaxed),
+            last_seen: now_ms(),
+            ..base.clone()
+        }
+    }
+}
+
+/// Keeps a worker's registry entry fresh until `stop` turns true, then
+/// writes it once more as draining. The caller removes it when done.
+pub async fn keep_registered(
+    broker: Arc<dyn Broker>,
+    base: WorkerInfo,
+    presence: Arc<Presence>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut delay = HEARTBEAT_EVERY;
+    loop {
+        let mut entry = presence.entry(&base);
+        entry.draining = *stop.borrow();
+        match broker.heartbeat(&entry).await {
+            Ok(()) => delay = HEARTBEAT_EVERY,
+            Err(BrokerError::Closed) => return,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "registry heartbeat failed");
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+        if entry.draining {
+            // Draining: keep the entry fresh (draining) until the caller
+            // removes it.
+            tokio::time::sleep(delay).await;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// A worker process's slots (one thread each: guests compute without
+/// yielding), its registry entry, and the way to stop them.
+pub struct WorkerPool {
+    id: String,
+    broker: Arc<dyn Broker>,
+    drain: watch::Sender<bool>,
+    slots: Vec<std::thread::JoinHandle<()>>,
+    registry: tokio::task::JoinHandle<()>,
+}
+
+impl WorkerPool {
+    /// Starts `base.capacity` slots named `<id>/<n>` and the heartbeat
+    /// (on the current tokio runtime).
+    pub fn start(
+        base: WorkerInfo,
+        sandbox: Sandbox,
+        broker: Arc<dyn Broker>,
+        blobs: Arc<dyn BlobStore>,
+    ) -> std::io::Result<WorkerPool> {
+        let presence = Arc::new(Presence::default());
+        let (drain, stop) = watch::channel(false);
+        let mut slots = Vec::new();
+        let modules: Arc<Mutex<HashMap<String, Module>>> = Arc::default();
+        for n in 0..base.capacity.max(1) {
+            let mut worker = Worker::new(
+                format!("{}/{n}", base.id),
+                sandbox.clone(),
+                broker.clone(),
+                blobs.clone(),
+            )
+            .with_presence(presence.clone());
+            worker.modules = modules.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let stop = stop.clone();
+            slots.push(
+                std::thread::Builder::new()
+                    .name(format!("sandmill-slot-{n}"))
+                    .spawn(move || runtime.block_on(worker.run(stop)))?,
+            );
+        }
+        let registry = tokio::spawn(keep_registered(
+            broker.clone(),
+            base.clone(),
+            presence,
+            stop,
+        ));
+        Ok(WorkerPool {
+            id: base.id,
+            broker,
+            drain,
+            slots,
+            registry,
+        })
+    }
+
+    /// Drains: no new fetches; running tasks finish and are reported;
+    /// fetched ones not started go back to the broker. Then the worker
+    /// leaves the registry.
+    pub async fn drain(self) {
+        let _ = self.drain.send(true);
+        let slots = self.slots;
+        let _ = tokio::task::spawn_blocking(move || {
+            for slot in slots {
+                let _ = slot.join();
+            }
+        })
+        .await;
+        self.registry.abort();
+        if let Err(error) = self.broker.leave(&self.id).await {
+            tracing::warn!(%error, "leaving the registry failed; the entry will show as lost");
+        }
+    }
+}
 
 /// Runs tasks from a broker in a sandbox.
 #[derive(Clone)]
@@ -21,6 +185,7 @@ pub struct Worker {
     broker: Arc<dyn Broker>,
     blobs: Arc<dyn BlobStore>,
     modules: Arc<Mutex<HashMap<String, Module>>>,
+    presence: Arc<Presence>,
 }
 
 impl Worker {
@@ -37,47 +202,153 @@ impl Worker {
             broker,
             blobs,
             modules: Arc::default(),
+            presence: Arc::default(),
         }
     }
 
-    /// Fetches and runs tasks until the broker closes.
-    pub async fn run(self) {
+    /// Shares `presence` (the process's registry view) with this loop.
+    pub fn with_presence(mut self, presence: Arc<Presence>) -> Self {
+        self.presence = presence;
+        self
+    }
+
+    /// Fetches and runs tasks until the broker closes or `drain` turns
+    /// true: then it takes no new tasks, finishes the one running, reports
+    /// it, and hands fetched tasks it has not started back to the broker.
+    pub async fn run(self, mut drain: watch::Receiver<bool>) {
+        let mut fetch_size = 8;
+        let mut fetch_retry = Duration::from_millis(500);
         loop {
-            let batch = match self.broker.fetch(FETCH_BATCH).await {
-                Ok(batch) => batch,
+            if *drain.borrow() {
+                return;
+            }
+            let fetched = tokio::select! {
+                fetched = self.broker.fetch(fetch_size) => fetched,
+                _ = drain.changed() => continue,
+            };
+            let batch = match fetched {
+                Ok(batch) => {
+                    fetch_retry = Duration::from_millis(500);
+                    batch
+                }
                 Err(BrokerError::Closed) => return,
                 Err(error) => {
-                    tracing::warn!(%error, "fetch failed; retrying in 1 s");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    tracing::warn!(%error, retry_in = ?fetch_retry, "fetch failed");
+                    tokio::time::sleep(fetch_retry).await;
+                    fetch_retry = (fetch_retry * 2).min(Duration::from_secs(10));
                     continue;
                 }
             };
-            let started = batch
-                .iter()
-                .map(|t| TaskEvent::Started {
-                    job_id: t.job_id,
-                    task_id: t.task_id,
-                    attempt: t.attempt,
-                    worker: self.id.clone(),
-                })
-                .collect();
-            if self.broker.report(started).await.is_err() {
+            let began = Instant::now();
+            let n = batch.len();
+            let mut pending: Vec<(TaskMessage, TaskResult)> = Vec::new();
+            let mut oldest: Option<Instant> = None;
+            let mut tasks = batch.into_iter();
+            while let Some(task) = tasks.next() {
+                if *drain.borrow() {
+                    for task in std::iter::once(task).chain(tasks.by_ref()) {
+                        if let Err(error) = self.broker.release(task).await {
+                            tracing::warn!(%error, "handing a task back failed; it returns after the ack wait");
+                        }
+                    }
+                    break;
+                }
+                let result = if task.delivered > self.broker.max_deliveries() {
+                    self.lost(&task)
+                } else {
+                    let started = TaskEvent::Started {
+                        job_id: task.job_id,
+                        task_id: task.task_id,
+                        attempt: task.attempt,
+                        worker: self.id.clone(),
+                        delivery: task.delivered,
+                    };
+                    if let Err(error) = self.broker.announce(vec![started]).await {
+                        tracing::warn!(%error, task_id = task.task_id, "announcing a start failed");
+                    }
+                    self.presence.start(task.task_id);
+                    let result = self.execute(&task).await;
+                    self.presence.end(task.task_id);
+                    result
+                };
+                pending.push((task, result));
+                let oldest = *oldest.get_or_insert_with(Instant::now);
+                if oldest.elapsed() >= FLUSH_AFTER && !self.flush(&mut pending).await {
+                    return;
+                }
+            }
+            if !self.flush(&mut pending).await {
                 return;
             }
-            for task in batch {
-                let result = self.execute(&task).await;
-                // Only once the result is durable is the task done with.
-                if let Err(error) = self.broker.report(vec![TaskEvent::Finished(result)]).await {
-                    tracing::warn!(%error, task_id = task.task_id, "reporting failed; the task will be redelivered");
-                    if matches!(error, BrokerError::Closed) {
-                        return;
-                    }
-                    continue;
-                }
-                if let Err(error) = self.broker.done(&task).await {
-                    tracing::warn!(%error, task_id = task.task_id, "ack failed; a duplicate result may follow");
-                }
+            // Quick tasks: fetch more at once; slow ones: one at a time.
+            let per_task = began.elapsed() / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+            fetch_size = if per_task < Duration::from_millis(5) {
+                (fetch_size * 2).min(FETCH_BATCH)
+            } else if per_task > Duration::from_millis(100) {
+                1
+            } else {
+                (fetch_size / 2).max(1)
+            };
+        }
+    }
+
+    /// Reports `pending` results (one durable publish round), then tells
+    /// the broker their tasks are done. False when the broker is closed.
+    async fn flush(&self, pending: &mut Vec<(TaskMessage, TaskResult)>) -> bool {
+        if pending.is_empty() {
+            return true;
+        }
+        let (tasks, results): (Vec<TaskMessage>, Vec<TaskResult>) = pending.drain(..).unzip();
+        let events = results.into_iter().map(TaskEvent::Finished).collect();
+        // Only once the results are durable are the tasks done with.
+        if let Err(error) = self.broker.report(events).await {
+            tracing::warn!(%error, tasks = tasks.len(), "reporting failed; the tasks will be delivered again");
+            if matches!(error, BrokerError::Closed) {
+                return false;
             }
+            // Stop keeping them alive, so they come back (now or after the
+            // ack wait, if the broker is unreachable).
+            for task in tasks {
+                let _ = self.broker.release(task).await;
+            }
+            return true;
+        }
+        let acks = tasks.iter().map(|task| self.broker.done(task));
+        for (task, ack) in tasks.iter().zip(futures_util::future::join_all(acks).await) {
+            if let Err(error) = ack {
+                tracing::warn!(%error, task_id = task.task_id, "ack failed; a duplicate result may follow (and be ignored)");
+            }
+        }
+        true
+    }
+
+    /// The result of a task its workers kept vanishing under.
+    fn lost(&self, task: &TaskMessage) -> TaskResult {
+        let mut result = self.blank(task);
+        result.reason = Some("worker-lost".to_owned());
+        result.error = Some(format!(
+            "delivered {} times; each worker that took it stopped (killed, crashed or cut off) before finishing it",
+            task.delivered - 1
+        ));
+        result
+    }
+
+    fn blank(&self, task: &TaskMessage) -> TaskResult {
+        TaskResult {
+            job_id: task.job_id,
+            task_id: task.task_id,
+            attempt: task.attempt,
+            worker: self.id.clone(),
+            verdict: Verdict::Failed,
+            reason: None,
+            error: None,
+            retryable: false,
+            output: None,
+            log: Vec::new(),
+            log_truncated: false,
+            counters: Default::default(),
+            elapsed_ms: 0,
+            fuel_used: None,
         }
     }
 
@@ -118,22 +389,7 @@ impl Worker {
     /// Runs one attempt; every failure becomes a failed result.
     #[tracing::instrument(skip_all, fields(task_id = task.task_id, attempt = task.attempt))]
     pub async fn execute(&self, task: &TaskMessage) -> TaskResult {
-        let mut result = TaskResult {
-            job_id: task.job_id,
-            task_id: task.task_id,
-            attempt: task.attempt,
-            worker: self.id.clone(),
-            verdict: Verdict::Failed,
-            reason: None,
-            error: None,
-            retryable: false,
-            output: None,
-            log: Vec::new(),
-            log_truncated: false,
-            counters: Default::default(),
-            elapsed_ms: 0,
-            fuel_used: None,
-        };
+        let mut result = self.blank(task);
         let prepared = async {
             let module = self.module(&task.module).await?;
             let input = self.input(task).await?;

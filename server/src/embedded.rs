@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use sandmill_runtime::blob::DirBlobStore;
 use sandmill_runtime::broker::MemoryBroker;
+use sandmill_runtime::message::{WorkerInfo, now_ms};
 use sandmill_runtime::sandbox::{Sandbox, SandboxConfig};
-use sandmill_runtime::worker::Worker;
+use sandmill_runtime::worker::WorkerPool;
 use tokio::task::JoinSet;
 
 use crate::engine::{Engine, EngineConfig};
@@ -46,7 +47,7 @@ pub struct Embedded {
     pub engine: Engine,
     broker: Arc<MemoryBroker>,
     tasks: JoinSet<()>,
-    workers: Vec<std::thread::JoinHandle<()>>,
+    workers: WorkerPool,
 }
 
 /// Starts an embedded instance; returns once queued work is re-published
@@ -78,33 +79,29 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
     let mut tasks = JoinSet::new();
     tasks.spawn(engine.clone().record_events());
     engine.recover().await?;
-    let mut workers = Vec::new();
-    for n in 0..config.workers.max(1) {
-        let worker = Worker::new(
-            format!("embedded-{n}"),
-            sandbox.clone(),
-            broker.clone(),
-            blobs.clone(),
-        );
-        workers.push(spawn_worker_thread(n, worker)?);
-    }
+    let workers = WorkerPool::start(
+        WorkerInfo {
+            id: "embedded".to_owned(),
+            instance: format!("{}-{}", std::process::id(), now_ms()),
+            labels: Default::default(),
+            capacity: config.workers.max(1),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            running: Vec::new(),
+            finished: 0,
+            started_at: now_ms(),
+            last_seen: now_ms(),
+            draining: false,
+        },
+        sandbox,
+        broker.clone(),
+        blobs,
+    )?;
     Ok(Embedded {
         engine,
         broker,
         tasks,
         workers,
     })
-}
-
-/// Guests compute without yielding; each worker loop gets its own thread
-/// and runtime so that they never hold up the API or the recorder.
-fn spawn_worker_thread(n: usize, worker: Worker) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    Ok(std::thread::Builder::new()
-        .name(format!("sandmill-worker-{n}"))
-        .spawn(move || runtime.block_on(worker.run()))?)
 }
 
 fn db_path(data: &Path) -> PathBuf {
@@ -114,14 +111,8 @@ fn db_path(data: &Path) -> PathBuf {
 impl Embedded {
     /// Stops workers and the recorder and waits for them.
     pub async fn shutdown(mut self) {
+        self.workers.drain().await;
         self.broker.close();
         while self.tasks.join_next().await.is_some() {}
-        let workers = std::mem::take(&mut self.workers);
-        let _ = tokio::task::spawn_blocking(move || {
-            for worker in workers {
-                let _ = worker.join();
-            }
-        })
-        .await;
     }
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use sandmill_runtime::blob::BlobStore;
 use sandmill_runtime::broker::{Broker, BrokerError};
+use sandmill_runtime::labels::Labels;
+use sandmill_runtime::message::{WorkerInfo, now_ms};
 use sandmill_runtime::sandbox::{CallKind, ExecError, Sandbox};
 use tokio::sync::watch;
 
@@ -20,6 +22,10 @@ use crate::store::{CancelRefused, JobRow, ModuleRow, NewJob, NewTask, Store, Sto
 
 /// Events recorded per transaction at most.
 const RECORD_BATCH: usize = 4_096;
+/// How often the reconciler checks who can take queued tasks.
+const WAITING_EVERY: Duration = Duration::from_secs(2);
+/// How often the reconciler looks for live tasks missing from the broker.
+const ABSENT_EVERY: Duration = Duration::from_secs(30);
 
 /// What went wrong, by what the caller should do about it.
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +173,8 @@ impl Engine {
         let params = job.task_params(self.inner.config.max_tasks_per_job)?;
         let mut limits = job.limits()?;
         let mut grants = job.grants()?;
+        let mut labels = job.labels()?;
+        let queue_timeout = job.queue_timeout()?;
         let mut kind = template
             .kind
             .map(|k| jobfile::parse_kind("kind", k))
@@ -196,6 +204,9 @@ impl Engine {
             }
             if job.grants == Default::default() {
                 grants = serde_json::from_str(&spec.grants).unwrap_or(grants);
+            }
+            if job.labels.is_empty() {
+                labels = serde_json::from_str(&spec.labels).unwrap_or(labels);
             }
             spec.module_hash
         };
@@ -263,6 +274,8 @@ impl Engine {
             grants: serde_json::to_string(&grants).unwrap_or_default(),
             definition: serde_json::to_string(job).unwrap_or_default(),
             max_attempts: i64::from(job.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS).max(1)),
+            labels,
+            queue_timeout_ms: i64::try_from(queue_timeout.as_millis()).unwrap_or(i64::MAX),
             tasks: params
                 .into_iter()
                 .zip(inputs)
@@ -349,6 +362,129 @@ impl Engine {
                 self.inner.finished.send_modify(|n| *n += 1);
             }
         }
+    }
+
+    /// The worker registry, sorted by id.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, EngineError> {
+        let mut workers = self.inner.broker.workers().await?;
+        workers.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(workers)
+    }
+
+    /// The reconciler, until the broker closes: every [`WAITING_EVERY`],
+    /// says which jobs wait for a worker that can take their tasks and
+    /// fails those that waited past their queue timeout; every
+    /// [`ABSENT_EVERY`], publishes again live tasks the broker has lost.
+    pub async fn reconcile(self) {
+        let mut last_absent = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(WAITING_EVERY).await;
+            if let Err(error) = self.check_waiting().await {
+                if matches!(error, EngineError::Broker(BrokerError::Closed)) {
+                    return;
+                }
+                tracing::warn!(%error, "checking waiting jobs failed");
+            }
+            if last_absent.elapsed() >= ABSENT_EVERY {
+                last_absent = tokio::time::Instant::now();
+                match self.republish_absent().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::warn!(tasks = n, "re-published live tasks missing from the broker")
+                    }
+                    Err(error) => tracing::warn!(%error, "looking for lost task messages failed"),
+                }
+            }
+        }
+    }
+
+    /// One pass of the waiting check (see [`reconcile`](Self::reconcile)).
+    pub async fn check_waiting(&self) -> Result<(), EngineError> {
+        if !self.inner.broker.enforces_labels() {
+            return Ok(());
+        }
+        self.inner.store.clear_stale_waiting().await?;
+        let jobs = self.inner.store.jobs_with_queued_tasks().await?;
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let live: Vec<WorkerInfo> = self
+            .inner
+            .broker
+            .workers()
+            .await?
+            .into_iter()
+            .filter(|w| !w.is_lost(now) && !w.draining)
+            .collect();
+        for (job_id, labels, queue_timeout_ms, waiting_since) in jobs {
+            let needs: Labels = serde_json::from_str(&labels).unwrap_or_default();
+            if live.iter().any(|w| needs.satisfied_by(&w.labels)) {
+                if waiting_since.is_some() {
+                    self.inner.store.set_waiting(job_id, None).await?;
+                }
+                continue;
+            }
+            let why = if live.is_empty() {
+                "no live worker".to_owned()
+            } else if needs.is_empty() {
+                "no live worker takes unlabelled tasks".to_owned()
+            } else {
+                format!("no live worker offers labels {needs}")
+            };
+            match waiting_since {
+                Some(since) if now - since >= queue_timeout_ms => {
+                    let error = format!(
+                        "waited {} s for a worker ({why}); the queue timeout is {} s",
+                        (now - since) / 1000,
+                        queue_timeout_ms / 1000
+                    );
+                    tracing::warn!(job_id, %error, "queued tasks timed out");
+                    if self.inner.store.expire_queued(job_id, &error).await? {
+                        self.inner.finished.send_modify(|n| *n += 1);
+                    }
+                }
+                _ => self.inner.store.set_waiting(job_id, Some(&why)).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes again every live task the broker holds no message for
+    /// (lost with a broker's store, or never published). Returns how many.
+    pub async fn republish_absent(&self) -> Result<usize, EngineError> {
+        let live = self.inner.store.live_tasks().await?;
+        if live.is_empty() {
+            return Ok(0);
+        }
+        let Some(absent) = self.inner.broker.absent(&live).await? else {
+            return Ok(0);
+        };
+        if absent.is_empty() {
+            return Ok(0);
+        }
+        // A task whose result is on its way to the database is absent too:
+        // look again once the recorder has caught up, and take only what
+        // is still live and still absent.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let still_live: Vec<i64> = self
+            .inner
+            .store
+            .live_messages(&absent.into_iter().collect::<Vec<_>>())
+            .await?
+            .iter()
+            .map(|m| m.task_id)
+            .collect();
+        let Some(absent) = self.inner.broker.absent(&still_live).await? else {
+            return Ok(0);
+        };
+        let absent: Vec<i64> = absent.into_iter().collect();
+        let messages = self.inner.store.live_messages(&absent).await?;
+        let n = messages.len();
+        for chunk in messages.chunks(10_000) {
+            self.inner.broker.publish(chunk.to_vec()).await?;
+        }
+        Ok(n)
     }
 
     /// Waits until the job has a final status or `timeout` passes; returns

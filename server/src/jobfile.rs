@@ -18,12 +18,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytesize::ByteSize;
+use sandmill_runtime::labels::Labels;
 use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// Tasks one job may have by default: bounds the work of accepting it.
 pub const DEFAULT_MAX_TASKS_PER_JOB: usize = 1_000_000;
+
+/// How long tasks wait for a worker that can take them, by default.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Attempts per task by default, for failures worth retrying (a timeout,
 /// a lost worker); deterministic failures are never retried.
@@ -50,6 +54,10 @@ pub struct JobFile {
     /// Capabilities of every task.
     #[serde(default)]
     pub grants: GrantsSection,
+    /// Labels a worker must offer to run its tasks (default: the spec's;
+    /// none: any worker).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `[task]`: one call.
@@ -131,6 +139,10 @@ pub struct LimitsSection {
     /// Log bytes, e.g. `1MiB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// How long tasks may wait while no live worker can take them, e.g.
+    /// `10m` (default: 1h); then they fail as `queue-timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<String>,
 }
 
 /// `[grants]`: capabilities beyond the sandbox's defaults.
@@ -295,6 +307,29 @@ impl JobFile {
         }
         limits.fuel = self.limits.fuel;
         Ok(limits)
+    }
+
+    /// The queue timeout, parsed (see [`LimitsSection::queue_timeout`]).
+    pub fn queue_timeout(&self) -> Result<Duration, Invalid> {
+        let Some(text) = &self.limits.queue_timeout else {
+            return Ok(DEFAULT_QUEUE_TIMEOUT);
+        };
+        let timeout = humantime::parse_duration(text).map_err(|e| {
+            Invalid(format!(
+                "limits.queue_timeout: `{text}` is not a duration like 10m ({e})"
+            ))
+        })?;
+        if timeout.is_zero() || timeout > Duration::from_secs(7 * 24 * 3600) {
+            return Err(Invalid(
+                "limits.queue_timeout must be between 1ms and 7 days".into(),
+            ));
+        }
+        Ok(timeout)
+    }
+
+    /// The labels, checked.
+    pub fn labels(&self) -> Result<Labels, Invalid> {
+        Labels::new(self.labels.clone()).map_err(|e| Invalid(e.to_string()))
     }
 
     /// The grants, checked.

@@ -221,9 +221,14 @@ impl Nats {
             .tempdir()
             .expect("tempdir");
         let port = free_port();
+        let child = Self::spawn(dir.path(), port);
+        Nats { dir, child, port }
+    }
+
+    fn spawn(dir: &Path, port: u16) -> Child {
         let child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -236,7 +241,17 @@ impl Nats {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Nats { dir, child, port }
+        child
+    }
+
+    /// Stops the server (SIGTERM, as an operator restarting it would) and
+    /// starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.dir.path(), self.port);
     }
 
     /// Its URL.

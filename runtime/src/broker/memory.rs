@@ -1,13 +1,13 @@
 //! [`MemoryBroker`]: the in-process broker of the embedded mode.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{Broker, BrokerError};
-use crate::message::{TaskEvent, TaskMessage};
+use crate::message::{TaskEvent, TaskMessage, WorkerInfo};
 
 /// Queues in memory. Nothing here needs to survive a crash: the control
 /// plane re-publishes queued tasks from the database on start.
@@ -17,6 +17,7 @@ pub struct MemoryBroker {
     task_ready: Notify,
     events: Mutex<VecDeque<TaskEvent>>,
     event_ready: Notify,
+    workers: Mutex<BTreeMap<String, WorkerInfo>>,
 }
 
 #[derive(Default)]
@@ -47,6 +48,10 @@ impl MemoryBroker {
     fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Tasks> {
         // Queue operations cannot panic halfway; a poisoned lock is usable.
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_workers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, WorkerInfo>> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_events(&self) -> std::sync::MutexGuard<'_, VecDeque<TaskEvent>> {
@@ -100,6 +105,30 @@ impl Broker for MemoryBroker {
         }
     }
 
+    async fn release(&self, task: TaskMessage) -> Result<(), BrokerError> {
+        let mut state = self.lock_tasks();
+        if state.queued.insert(task.dedup_key()) {
+            state.queue.push_front(task);
+        }
+        drop(state);
+        self.task_ready.notify_one();
+        Ok(())
+    }
+
+    async fn heartbeat(&self, info: &WorkerInfo) -> Result<(), BrokerError> {
+        self.lock_workers().insert(info.id.clone(), info.clone());
+        Ok(())
+    }
+
+    async fn leave(&self, id: &str) -> Result<(), BrokerError> {
+        self.lock_workers().remove(id);
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {
+        Ok(self.lock_workers().values().cloned().collect())
+    }
+
     async fn report(&self, events: Vec<TaskEvent>) -> Result<(), BrokerError> {
         self.lock_events().extend(events);
         self.event_ready.notify_one();
@@ -141,6 +170,8 @@ mod tests {
             params: "{}".into(),
             limits: Limits::default(),
             grants: Grants::default(),
+            labels: Default::default(),
+            delivered: 1,
         }
     }
 

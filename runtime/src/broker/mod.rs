@@ -11,9 +11,11 @@ mod nats;
 use async_trait::async_trait;
 
 pub use memory::MemoryBroker;
-pub use nats::NatsBroker;
+pub use nats::{MAX_DELIVERIES, NatsBroker, NatsConfig};
 
-use crate::message::{TaskEvent, TaskMessage};
+use std::collections::BTreeSet;
+
+use crate::message::{TaskEvent, TaskMessage, WorkerInfo};
 
 /// The broker failed (connection lost, closed).
 #[derive(Debug, thiserror::Error)]
@@ -42,9 +44,26 @@ pub trait Broker: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Hands a fetched task back unrun (a draining worker): it is
+    /// delivered again, to any worker, at once.
+    async fn release(&self, task: TaskMessage) -> Result<(), BrokerError>;
+
+    /// Deliveries of one message a worker may run; a message delivered
+    /// more often than this (its workers kept vanishing) is failed as
+    /// `worker-lost` instead of run again.
+    fn max_deliveries(&self) -> u32 {
+        u32::MAX
+    }
+
     /// Sends events from a worker to the control plane; returns once they
     /// are durable.
     async fn report(&self, events: Vec<TaskEvent>) -> Result<(), BrokerError>;
+
+    /// Sends events without waiting for them to be durable (a start: if
+    /// it is lost, the task's end still tells the whole story).
+    async fn announce(&self, events: Vec<TaskEvent>) -> Result<(), BrokerError> {
+        self.report(events).await
+    }
 
     /// Waits for at least one event and returns up to `max` (control plane).
     async fn events(&self, max: usize) -> Result<Vec<TaskEvent>, BrokerError>;
@@ -53,5 +72,27 @@ pub trait Broker: Send + Sync + 'static {
     /// in the database: they need not be delivered again.
     async fn events_recorded(&self) -> Result<(), BrokerError> {
         Ok(())
+    }
+
+    /// Writes a worker's registry entry (its heartbeat).
+    async fn heartbeat(&self, info: &WorkerInfo) -> Result<(), BrokerError>;
+
+    /// Removes a worker's registry entry (it left on purpose).
+    async fn leave(&self, id: &str) -> Result<(), BrokerError>;
+
+    /// Every registry entry, the lost ones included.
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError>;
+
+    /// Whether tasks go only to workers offering their labels (the
+    /// embedded mode runs everything on its own workers).
+    fn enforces_labels(&self) -> bool {
+        false
+    }
+
+    /// Of these live tasks, the ones with no message in the broker (lost in
+    /// transit, or never published), for the reconciler to publish again;
+    /// `None` when the broker cannot tell.
+    async fn absent(&self, _tasks: &[i64]) -> Result<Option<BTreeSet<i64>>, BrokerError> {
+        Ok(None)
     }
 }

@@ -1,51 +1,86 @@
-//! [`NatsBroker`]: tasks and events on NATS JetStream.
+//! [`NatsBroker`]: tasks, events and the worker registry on NATS JetStream.
 //!
-//! - Tasks: stream `SANDMILL_TASKS` (work-queue retention) on
-//!   `sandmill.tasks.default`, one durable pull consumer `workers` shared by
-//!   every worker. Each publish carries `Nats-Msg-Id: <task>-<attempt>`, so a
-//!   re-publish inside the dedup window is dropped. A worker acks a task
-//!   (double ack: confirmed) only after its result is durably published;
-//!   while a task runs, the broker sends in-progress acks so the ack wait
-//!   never expires under a live worker. A worker that dies leaves its
-//!   message unacked, and JetStream delivers it again after the ack wait.
+//! - Tasks: stream `SANDMILL_TASKS` (work-queue retention). A task needing
+//!   labels `L` is published on `sandmill.tasks.<token(L)>.<task id>`, and
+//!   each label set has its own durable pull consumer `q-<token(L)>` (its
+//!   description holds `L`), shared by every worker: a worker pulls from the
+//!   consumers whose labels it offers, so a task reaches only a worker that
+//!   can take it. Each publish carries `Nats-Msg-Id: task-<id>-<attempt>`,
+//!   so a re-publish inside the dedup window is dropped. A worker acks a
+//!   task (double ack: confirmed) only after its result is durably
+//!   published; while a task runs, the broker sends in-progress acks so the
+//!   ack wait never expires under a live worker. A worker that dies leaves
+//!   its message unacked, and JetStream delivers it again after the ack
+//!   wait; past [`NatsConfig::max_deliveries`] the task fails `worker-lost`.
 //! - Events: stream `SANDMILL_EVENTS` on `sandmill.events.<job>.<task>`
 //!   (JSON, limits retention, so any NATS client can subscribe); the control
 //!   plane reads them with the durable consumer `recorder` and acks them
-//!   after the database commit.
+//!   (ack-all: one ack per batch) after the database commit.
+//! - Registry: key/value bucket `sandmill-workers`, one entry per worker id,
+//!   rewritten every heartbeat, removed when a worker leaves on purpose.
 //!
 //! JetStream defaults are set on purpose here: ack wait, redeliveries, the
 //! dedup window and the message size are all named constants.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, stream};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv, stream};
 use async_trait::async_trait;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::{Broker, BrokerError};
-use crate::message::{TaskEvent, TaskMessage};
+use crate::labels::Labels;
+use crate::message::{TaskEvent, TaskMessage, WorkerInfo};
 
 /// How long a delivered task may go without an ack or progress before
-/// JetStream delivers it to another worker.
+/// JetStream delivers it to another worker (by default).
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
-/// In-progress acks for running tasks, well inside [`ACK_WAIT`].
-pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-/// Deliveries of one task attempt before JetStream gives up on it.
-pub const MAX_DELIVER: i64 = 5;
+/// Deliveries of one task attempt a worker may run (by default).
+pub const MAX_DELIVERIES: u32 = 5;
 /// Window in which a re-published task attempt is dropped as a duplicate.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
 /// Largest message: task messages and events carry no payloads.
 pub const MAX_MESSAGE_BYTES: i32 = 1 << 20;
 /// How long events are kept for subscribers.
 pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// How long a registry entry outlives its worker's last heartbeat.
+pub const REGISTRY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Task messages delivered and not yet acked, per label set.
+pub const MAX_ACK_PENDING: i64 = 10_000;
 /// Publish acks awaited at once (async-nats holds publishes back past a
 /// few hundred outstanding acks; awaiting only at the end would deadlock).
 const PUBLISH_WINDOW: usize = 256;
+/// How often a worker looks for new label-set queues.
+const QUEUE_REFRESH: Duration = Duration::from_secs(2);
 
 const TASK_STREAM: &str = "SANDMILL_TASKS";
 const EVENT_STREAM: &str = "SANDMILL_EVENTS";
+/// The registry bucket.
+pub const REGISTRY_BUCKET: &str = "sandmill-workers";
+
+/// How the task queues behave; the process that creates a queue first sets
+/// them (normally `sandmill serve`).
+#[derive(Clone, Debug)]
+pub struct NatsConfig {
+    /// See [`ACK_WAIT`].
+    pub ack_wait: Duration,
+    /// See [`MAX_DELIVERIES`].
+    pub max_deliveries: u32,
+    /// What this process offers as a worker; `None` for the control plane.
+    pub offers: Option<Labels>,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            ack_wait: ACK_WAIT,
+            max_deliveries: MAX_DELIVERIES,
+            offers: None,
+        }
+    }
+}
 
 fn transport(error: impl std::fmt::Display) -> BrokerError {
     BrokerError::Transport(error.to_string())
@@ -55,17 +90,45 @@ fn transport(error: impl std::fmt::Display) -> BrokerError {
 #[derive(Clone)]
 pub struct NatsBroker {
     js: jetstream::Context,
-    tasks: PullConsumer,
+    config: NatsConfig,
+    task_stream: stream::Stream,
     events: PullConsumer,
-    /// Fetched, not yet done: acked when their result is published.
-    in_flight: Arc<Mutex<HashMap<(i64, i64), jetstream::Message>>>,
-    /// Events handed to the recorder, acked once recorded.
-    unacked_events: Arc<tokio::sync::Mutex<Vec<jetstream::Message>>>,
+    registry: kv::Store,
+    /// Label-set tokens whose queue is known to exist (publisher side).
+    queues_made: Arc<Mutex<HashSet<String>>>,
+    /// The queues this worker pulls from, refreshed now and then.
+    pulls: Arc<tokio::sync::Mutex<Pulls>>,
+    /// The shortest ack wait of the queues pulled from (ms): in-progress
+    /// acks go out three times within it.
+    ack_wait_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// The smallest delivery limit of the queues pulled from (their
+    /// creator set it): a delivery past it fails the task as worker-lost.
+    max_deliveries: Arc<std::sync::atomic::AtomicU32>,
+    /// Fetched, not yet done: acked when their result is published. (Two
+    /// messages may carry one attempt: both are done with its result.)
+    in_flight: Arc<Mutex<InFlight>>,
+    /// The last event handed to the recorder: acking it acks all before it.
+    unacked_event: Arc<tokio::sync::Mutex<Option<jetstream::Message>>>,
+}
+
+/// Fetched messages by (task, attempt).
+type InFlight = HashMap<(i64, i64), Vec<jetstream::Message>>;
+
+#[derive(Default)]
+struct Pulls {
+    consumers: Vec<PullConsumer>,
+    names: BTreeSet<String>,
+    refreshed: Option<Instant>,
+    next: usize,
 }
 
 impl NatsBroker {
-    /// Connects and makes sure the streams and consumers exist.
-    pub async fn connect(client: async_nats::Client) -> Result<Self, BrokerError> {
+    /// Connects and makes sure the streams, the events consumer and the
+    /// registry exist.
+    pub async fn connect(
+        client: async_nats::Client,
+        config: NatsConfig,
+    ) -> Result<Self, BrokerError> {
         let js = jetstream::new(client);
         let task_stream = js
             .get_or_create_stream(stream::Config {
@@ -91,48 +154,135 @@ impl NatsBroker {
             })
             .await
             .map_err(transport)?;
-        let tasks = task_stream
-            .get_or_create_consumer(
-                "workers",
-                jetstream::consumer::pull::Config {
-                    durable_name: Some("workers".into()),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: ACK_WAIT,
-                    max_deliver: MAX_DELIVER,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(transport)?;
         let events = event_stream
             .get_or_create_consumer(
                 "recorder",
                 jetstream::consumer::pull::Config {
                     durable_name: Some("recorder".into()),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_policy: jetstream::consumer::AckPolicy::All,
                     ack_wait: ACK_WAIT,
+                    max_ack_pending: 100_000,
                     ..Default::default()
                 },
             )
             .await
             .map_err(transport)?;
+        let registry = match js.get_key_value(REGISTRY_BUCKET).await {
+            Ok(registry) => registry,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: REGISTRY_BUCKET.into(),
+                    description: "Sandmill workers, one entry each, rewritten every heartbeat"
+                        .into(),
+                    history: 1,
+                    max_age: REGISTRY_TTL,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(transport)?,
+        };
         let broker = NatsBroker {
             js,
-            tasks,
+            config: config.clone(),
+            task_stream,
             events,
+            registry,
+            queues_made: Arc::default(),
+            pulls: Arc::default(),
+            ack_wait_ms: Arc::new(std::sync::atomic::AtomicU64::new(
+                u64::try_from(config.ack_wait.as_millis()).unwrap_or(u64::MAX),
+            )),
+            max_deliveries: Arc::new(std::sync::atomic::AtomicU32::new(u32::MAX)),
             in_flight: Arc::default(),
-            unacked_events: Arc::default(),
+            unacked_event: Arc::default(),
         };
-        broker.spawn_progress_acks();
+        if broker.config.offers.is_some() {
+            // Unlabelled work needs no publisher to have run first.
+            broker.queue(&Labels::default()).await?;
+            broker.spawn_progress_acks();
+        }
         Ok(broker)
+    }
+
+    /// The queue (durable consumer) of one label set, created if missing.
+    async fn queue(&self, labels: &Labels) -> Result<PullConsumer, BrokerError> {
+        let token = labels.token();
+        let name = format!("q-{token}");
+        self.task_stream
+            .get_or_create_consumer(
+                &name,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    description: Some(labels.to_string()),
+                    filter_subject: format!("sandmill.tasks.{token}.>"),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: self.config.ack_wait,
+                    // One more than a worker may run: the last delivery
+                    // is the one that fails the task as worker-lost.
+                    max_deliver: i64::from(self.config.max_deliveries) + 1,
+                    max_ack_pending: MAX_ACK_PENDING,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(transport)
+    }
+
+    /// The queues a worker offering `offers` pulls from: every label set's
+    /// queue whose labels it has. Looked up again every [`QUEUE_REFRESH`].
+    async fn refresh_pulls(&self, offers: &Labels) -> Result<(), BrokerError> {
+        let mut pulls = self.pulls.lock().await;
+        if pulls
+            .refreshed
+            .is_some_and(|at| at.elapsed() < QUEUE_REFRESH)
+        {
+            return Ok(());
+        }
+        let infos: Vec<jetstream::consumer::Info> = self
+            .task_stream
+            .consumers()
+            .try_collect()
+            .await
+            .map_err(transport)?;
+        for info in infos {
+            let wanted = info.name.starts_with("q-")
+                && Labels::parse(info.config.description.as_deref().unwrap_or("")).is_ok_and(
+                    |needs| needs.token() == info.name[2..] && needs.satisfied_by(offers),
+                );
+            if wanted && !pulls.names.contains(&info.name) {
+                let consumer = self
+                    .task_stream
+                    .get_consumer(&info.name)
+                    .await
+                    .map_err(transport)?;
+                // The queue's creator set its ack wait: keep in-progress
+                // acks well inside it.
+                let ack_wait = u64::try_from(info.config.ack_wait.as_millis()).unwrap_or(u64::MAX);
+                self.ack_wait_ms
+                    .fetch_min(ack_wait.max(300), std::sync::atomic::Ordering::Relaxed);
+                let limit = u32::try_from(info.config.max_deliver - 1)
+                    .unwrap_or(u32::MAX)
+                    .max(1);
+                self.max_deliveries
+                    .fetch_min(limit, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(queue = %info.name, labels = info.config.description.as_deref().unwrap_or(""), "pulling from a new queue");
+                pulls.names.insert(info.name.clone());
+                pulls.consumers.push(consumer);
+            }
+        }
+        pulls.refreshed = Some(Instant::now());
+        Ok(())
     }
 
     /// Keeps running tasks' messages alive with in-progress acks.
     fn spawn_progress_acks(&self) {
         let in_flight = Arc::downgrade(&self.in_flight);
+        let ack_wait_ms = self.ack_wait_ms.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(PROGRESS_EVERY).await;
+                let ack_wait = ack_wait_ms.load(std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(ack_wait / 3)).await;
                 let Some(in_flight) = in_flight.upgrade() else {
                     return;
                 };
@@ -140,6 +290,7 @@ impl NatsBroker {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .values()
+                    .flatten()
                     .cloned()
                     .collect();
                 for message in messages {
@@ -175,76 +326,118 @@ impl NatsBroker {
     }
 }
 
-/// Waits (5 s at a time) until the consumer has messages and returns up to
-/// `max`, decoded; a message nobody can read is terminated, never redelivered.
+/// Fetches up to `max` messages, waiting up to `wait` for the first, and
+/// decodes them; a message nobody can read is terminated, never redelivered.
 async fn fetch_json<T: serde::de::DeserializeOwned>(
     consumer: &PullConsumer,
     max: usize,
+    wait: Duration,
 ) -> Result<Vec<(T, jetstream::Message)>, BrokerError> {
-    loop {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(max.max(1))
-            .expires(Duration::from_secs(5))
-            .messages()
-            .await
-            .map_err(transport)?;
-        let mut fetched = Vec::new();
-        while let Some(message) = batch.next().await {
-            let message = message.map_err(transport)?;
-            match serde_json::from_slice::<T>(&message.payload) {
-                Ok(value) => fetched.push((value, message)),
-                Err(error) => {
-                    tracing::error!(%error, subject = %message.subject, "terminating an unreadable message");
-                    let _ = message.ack_with(AckKind::Term).await;
-                }
+    let mut batch = consumer
+        .fetch()
+        .max_messages(max.max(1))
+        .expires(wait)
+        .messages()
+        .await
+        .map_err(transport)?;
+    let mut fetched = Vec::new();
+    while let Some(message) = batch.next().await {
+        let message = message.map_err(transport)?;
+        match serde_json::from_slice::<T>(&message.payload) {
+            Ok(value) => fetched.push((value, message)),
+            Err(error) => {
+                tracing::error!(%error, subject = %message.subject, "terminating an unreadable message");
+                let _ = message.ack_with(AckKind::Term).await;
             }
         }
-        if !fetched.is_empty() {
-            return Ok(fetched);
-        }
     }
+    Ok(fetched)
 }
 
-fn event_key(event: &TaskEvent) -> (i64, i64, i64, &'static str) {
+/// (job, task, attempt, what): the subject and the message id of an event.
+/// Every delivery's start is its own event; an attempt ends once.
+fn event_key(event: &TaskEvent) -> (i64, i64, i64, String) {
     match event {
         TaskEvent::Started {
             job_id,
             task_id,
             attempt,
+            delivery,
             ..
-        } => (*job_id, *task_id, *attempt, "started"),
-        TaskEvent::Finished(r) => (r.job_id, r.task_id, r.attempt, "finished"),
+        } => (*job_id, *task_id, *attempt, format!("started-{delivery}")),
+        TaskEvent::Finished(r) => (r.job_id, r.task_id, r.attempt, "finished".to_owned()),
     }
 }
 
 #[async_trait]
 impl Broker for NatsBroker {
     async fn publish(&self, tasks: Vec<TaskMessage>) -> Result<(), BrokerError> {
-        let items = tasks
-            .iter()
-            .map(|task| {
-                let payload = serde_json::to_vec(task).map_err(transport)?;
-                Ok((
-                    "sandmill.tasks.default".to_owned(),
-                    format!("task-{}-{}", task.task_id, task.attempt),
-                    payload,
-                ))
-            })
-            .collect::<Result<Vec<_>, BrokerError>>()?;
+        let mut items = Vec::with_capacity(tasks.len());
+        for task in &tasks {
+            let token = task.labels.token();
+            let known = self
+                .queues_made
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&token);
+            if !known {
+                self.queue(&task.labels).await?;
+                self.queues_made
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(token.clone());
+            }
+            let payload = serde_json::to_vec(task).map_err(transport)?;
+            items.push((
+                format!("sandmill.tasks.{token}.{}", task.task_id),
+                format!("task-{}-{}", task.task_id, task.attempt),
+                payload,
+            ));
+        }
         self.publish_all(items).await
     }
 
     async fn fetch(&self, max: usize) -> Result<Vec<TaskMessage>, BrokerError> {
-        let fetched = fetch_json::<TaskMessage>(&self.tasks, max).await?;
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(fetched
-            .into_iter()
-            .map(|(task, message)| {
-                in_flight.insert(task.dedup_key(), message);
-                task
-            })
-            .collect())
+        let offers = self.config.offers.clone().ok_or_else(|| {
+            BrokerError::Transport("this broker was not opened as a worker".into())
+        })?;
+        loop {
+            self.refresh_pulls(&offers).await?;
+            let (queues, start) = {
+                let mut pulls = self.pulls.lock().await;
+                pulls.next = pulls.next.wrapping_add(1);
+                (pulls.consumers.clone(), pulls.next)
+            };
+            if queues.is_empty() {
+                tokio::time::sleep(QUEUE_REFRESH).await;
+                continue;
+            }
+            // One queue: wait on it. Several: short waits in turn, so work
+            // on any of them is picked up within a fraction of a second.
+            let wait = if queues.len() == 1 {
+                Duration::from_secs(5)
+            } else {
+                Duration::from_millis(250)
+            };
+            for i in 0..queues.len() {
+                let queue = &queues[(start + i) % queues.len()];
+                let fetched = fetch_json::<TaskMessage>(queue, max, wait).await?;
+                if fetched.is_empty() {
+                    continue;
+                }
+                let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                return Ok(fetched
+                    .into_iter()
+                    .map(|(mut task, message)| {
+                        task.delivered = message
+                            .info()
+                            .map_or(1, |info| u32::try_from(info.delivered).unwrap_or(u32::MAX));
+                        in_flight.entry(task.dedup_key()).or_default().push(message);
+                        task
+                    })
+                    .collect());
+            }
+        }
     }
 
     async fn done(&self, task: &TaskMessage) -> Result<(), BrokerError> {
@@ -253,10 +446,30 @@ impl Broker for NatsBroker {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&task.dedup_key());
-        if let Some(message) = message {
+        for message in message.into_iter().flatten() {
             message.double_ack().await.map_err(transport)?;
         }
         Ok(())
+    }
+
+    async fn release(&self, task: TaskMessage) -> Result<(), BrokerError> {
+        let message = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&task.dedup_key());
+        for message in message.into_iter().flatten() {
+            message
+                .ack_with(AckKind::Nak(None))
+                .await
+                .map_err(transport)?;
+        }
+        Ok(())
+    }
+
+    fn max_deliveries(&self) -> u32 {
+        self.max_deliveries
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn report(&self, events: Vec<TaskEvent>) -> Result<(), BrokerError> {
@@ -275,23 +488,110 @@ impl Broker for NatsBroker {
         self.publish_all(items).await
     }
 
+    async fn announce(&self, events: Vec<TaskEvent>) -> Result<(), BrokerError> {
+        for event in &events {
+            let (job, task, attempt, kind) = event_key(event);
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                "Nats-Msg-Id",
+                format!("event-{task}-{attempt}-{kind}").as_str(),
+            );
+            let payload = serde_json::to_vec(event).map_err(transport)?;
+            // The ack future is dropped: async-nats awaits it in the
+            // background, within its bound on acks in flight.
+            drop(
+                self.js
+                    .publish_with_headers(
+                        format!("sandmill.events.{job}.{task}"),
+                        headers,
+                        payload.into(),
+                    )
+                    .await
+                    .map_err(transport)?,
+            );
+        }
+        Ok(())
+    }
+
     async fn events(&self, max: usize) -> Result<Vec<TaskEvent>, BrokerError> {
-        let fetched = fetch_json::<TaskEvent>(&self.events, max).await?;
-        let mut unacked = self.unacked_events.lock().await;
-        Ok(fetched
-            .into_iter()
-            .map(|(event, message)| {
-                unacked.push(message);
-                event
-            })
-            .collect())
+        loop {
+            let fetched =
+                fetch_json::<TaskEvent>(&self.events, max, Duration::from_secs(5)).await?;
+            let Some((_, last)) = fetched.last() else {
+                continue;
+            };
+            *self.unacked_event.lock().await = Some(last.clone());
+            return Ok(fetched.into_iter().map(|(event, _)| event).collect());
+        }
     }
 
     async fn events_recorded(&self) -> Result<(), BrokerError> {
-        let messages = std::mem::take(&mut *self.unacked_events.lock().await);
-        for message in messages {
-            message.ack().await.map_err(transport)?;
+        if let Some(last) = self.unacked_event.lock().await.take() {
+            // Ack-all: this acks every event delivered before it too.
+            last.ack().await.map_err(transport)?;
         }
         Ok(())
+    }
+
+    async fn heartbeat(&self, info: &WorkerInfo) -> Result<(), BrokerError> {
+        let value = serde_json::to_vec(info).map_err(transport)?;
+        self.registry
+            .put(&info.id, value.into())
+            .await
+            .map_err(transport)?;
+        Ok(())
+    }
+
+    async fn leave(&self, id: &str) -> Result<(), BrokerError> {
+        self.registry.purge(id).await.map_err(transport)
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {
+        let keys: Vec<String> = self
+            .registry
+            .keys()
+            .await
+            .map_err(transport)?
+            .try_collect()
+            .await
+            .map_err(transport)?;
+        let mut workers = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(value) = self.registry.get(&key).await.map_err(transport)?
+                && let Ok(info) = serde_json::from_slice::<WorkerInfo>(&value)
+            {
+                workers.push(info);
+            }
+        }
+        Ok(workers)
+    }
+
+    async fn absent(&self, tasks: &[i64]) -> Result<Option<BTreeSet<i64>>, BrokerError> {
+        let mut present = HashSet::new();
+        let mut subjects = self
+            .task_stream
+            .info_with_subjects("sandmill.tasks.>")
+            .await
+            .map_err(transport)?;
+        while let Some((subject, _count)) = subjects.try_next().await.map_err(transport)? {
+            if let Some(id) = subject
+                .rsplit('.')
+                .next()
+                .and_then(|id| id.parse::<i64>().ok())
+            {
+                present.insert(id);
+            }
+        }
+        Ok(Some(
+            tasks
+                .iter()
+                .copied()
+                .filter(|id| !present.contains(id))
+                .collect(),
+        ))
+    }
+
+    fn enforces_labels(&self) -> bool {
+        true
     }
 }

@@ -129,10 +129,12 @@ pub async fn put_spec(
     let as_job = JobFile {
         limits: request.limits.clone(),
         grants: request.grants.clone(),
+        labels: request.labels.clone(),
         ..JobFile::default()
     };
     let limits = as_job.limits()?;
     let grants = as_job.grants()?;
+    as_job.labels()?;
     let hash = request.module.strip_prefix("sha256:").ok_or_else(|| {
         ApiError::BadRequest("module: expected sha256:<hex> of an uploaded module".into())
     })?;
@@ -549,4 +551,60 @@ pub async fn run(
         response.headers_mut().insert("x-sandmill-job", value);
     }
     Ok(response)
+}
+
+/// A worker as `GET /v1/workers` shows it.
+#[derive(Serialize, ToSchema)]
+pub struct WorkerView {
+    /// Its name, stable across restarts.
+    pub id: String,
+    /// `live`, `draining` or `lost` (not heard from for a while).
+    pub status: String,
+    /// What it offers.
+    pub labels: BTreeMap<String, String>,
+    /// Tasks it runs at once.
+    pub capacity: usize,
+    /// Tasks it is running now.
+    pub running: Vec<i64>,
+    /// Tasks it has finished since it started.
+    pub finished: u64,
+    /// Its sandmill version.
+    pub version: String,
+    /// When it started (ms).
+    pub started_at: i64,
+    /// Its last heartbeat (ms).
+    pub last_seen: i64,
+}
+
+/// The worker registry: every worker that has a registry entry, live or
+/// lost. A worker that leaves on purpose (drained) has none.
+#[utoipa::path(get, path = "/v1/workers", responses((status = 200, body = Vec<WorkerView>), (status = 503, body = ErrorBody)))]
+pub async fn list_workers(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<WorkerView>>, ApiError> {
+    let now = now_ms();
+    let workers = state.engine.workers().await?;
+    Ok(Json(
+        workers
+            .into_iter()
+            .map(|w| WorkerView {
+                status: if w.is_lost(now) {
+                    "lost"
+                } else if w.draining {
+                    "draining"
+                } else {
+                    "live"
+                }
+                .to_owned(),
+                id: w.id,
+                labels: w.labels.0,
+                capacity: w.capacity,
+                running: w.running,
+                finished: w.finished,
+                version: w.version,
+                started_at: w.started_at,
+                last_seen: w.last_seen,
+            })
+            .collect(),
+    ))
 }

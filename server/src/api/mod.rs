@@ -79,6 +79,7 @@ pub fn router(engine: Engine, config: ApiConfig) -> Router {
         .route("/v1/tasks/{id}/output", get(handlers::task_output))
         .route("/v1/tasks/{id}/logs", get(handlers::task_logs))
         .route("/v1/run", post(handlers::run))
+        .route("/v1/workers", get(handlers::list_workers))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(AppState { engine, config })
 }
@@ -107,6 +108,7 @@ pub fn router(engine: Engine, config: ApiConfig) -> Router {
         handlers::task_output,
         handlers::task_logs,
         handlers::run,
+        handlers::list_workers,
     )
 )]
 struct ApiDoc;

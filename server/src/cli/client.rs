@@ -55,6 +55,8 @@ pub enum ClientCommand {
         /// Job id or LAST.
         job: String,
     },
+    /// List the fleet's workers: live, draining or lost.
+    Workers,
     /// List jobs, most recently updated first.
     Jobs {
         /// Only jobs with this status.
@@ -215,6 +217,9 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
                     counts_line(&job),
                     job["elapsed_ms"]
                 );
+                if let Some(why) = job["job"]["waiting"].as_str() {
+                    println!("waiting: {why}");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             ClientCommand::Wait { job } => wait_for(&server, job_id(&job)?).await,
@@ -273,6 +278,36 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             ClientCommand::Jobs { status, limit } => list(&server, status, limit).await,
+            ClientCommand::Workers => {
+                let workers: Vec<Value> = server.get("/v1/workers").await?.json().await?;
+                println!(
+                    "{:<20}  {:<8}  {:>8}  {:>7}  {:>9}  labels",
+                    "id", "status", "capacity", "running", "finished"
+                );
+                for w in &workers {
+                    let labels = w["labels"]
+                        .as_object()
+                        .map(|l| {
+                            l.iter()
+                                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default();
+                    println!(
+                        "{:<20}  {:<8}  {:>8}  {:>7}  {:>9}  {labels}",
+                        w["id"].as_str().unwrap_or_default(),
+                        w["status"].as_str().unwrap_or_default(),
+                        w["capacity"].as_u64().unwrap_or_default(),
+                        w["running"].as_array().map_or(0, Vec::len),
+                        w["finished"].as_u64().unwrap_or_default(),
+                    );
+                }
+                if workers.is_empty() {
+                    eprintln!("no workers have registered");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
         }
     })
 }
@@ -313,7 +348,10 @@ async fn wait_for(server: &Server, id: i64) -> anyhow::Result<ExitCode> {
             .map(|s| counts[s].as_u64().unwrap_or(0))
             .sum();
         bar.set_position(done);
-        bar.set_message(counts_line(&job));
+        match job["job"]["waiting"].as_str() {
+            Some(why) => bar.set_message(format!("{} (waiting: {why})", counts_line(&job))),
+            None => bar.set_message(counts_line(&job)),
+        }
         let status = job["job"]["status"].as_str().unwrap_or_default().to_owned();
         if status != "running" {
             bar.finish();

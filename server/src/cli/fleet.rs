@@ -10,9 +10,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use sandmill_runtime::blob::NatsBlobStore;
-use sandmill_runtime::broker::NatsBroker;
+use sandmill_runtime::broker::{Broker, NatsBroker, NatsConfig};
+use sandmill_runtime::labels::Labels;
+use sandmill_runtime::message::{WorkerInfo, now_ms};
 use sandmill_runtime::sandbox::{Sandbox, SandboxConfig};
-use sandmill_runtime::worker::Worker;
+use sandmill_runtime::worker::WorkerPool;
 use sandmill_server::api::{self, ApiConfig, DEFAULT_MAX_BODY_BYTES};
 use sandmill_server::engine::{Engine, EngineConfig};
 use sandmill_server::store::Store;
@@ -93,6 +95,14 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     max_body: usize,
+    /// How long a worker may hold a task without a sign of life before it
+    /// goes to another worker (set when the queues are first created).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    ack_wait: Duration,
+    /// Deliveries of one task a worker may run; past them it fails as
+    /// `worker-lost` (or `crash-loop`).
+    #[arg(long, default_value_t = sandmill_runtime::broker::MAX_DELIVERIES)]
+    max_deliveries: u32,
 }
 
 #[derive(Args, Debug)]
@@ -102,12 +112,14 @@ pub struct WorkerArgs {
     /// Tasks run at once (default: one per core).
     #[arg(long)]
     concurrency: Option<usize>,
-    /// This worker's name, stable across restarts (default: the host name).
+    /// This worker's name, stable across restarts (default: the host name);
+    /// letters, digits, `-`, `_` and `.`.
     #[arg(long, env = "SANDMILL_WORKER_ID")]
     id: Option<String>,
-    /// Labels, k=v,... (matched against spec labels).
-    #[arg(long, value_delimiter = ',')]
-    labels: Vec<String>,
+    /// Labels this worker offers, k=v,...: tasks needing labels (from their
+    /// job or spec) go only to workers offering all of them.
+    #[arg(long, env = "SANDMILL_WORKER_LABELS", default_value = "")]
+    labels: String,
     /// Where compiled modules are cached.
     #[arg(
         long,
@@ -145,7 +157,17 @@ async fn connect_store(url: &str) -> anyhow::Result<Store> {
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let client = args.nats.connect().await?;
-        let broker = Arc::new(NatsBroker::connect(client.clone()).await?);
+        let broker = Arc::new(
+            NatsBroker::connect(
+                client.clone(),
+                NatsConfig {
+                    ack_wait: args.ack_wait,
+                    max_deliveries: args.max_deliveries,
+                    offers: None,
+                },
+            )
+            .await?,
+        );
         let blobs = Arc::new(NatsBlobStore::connect(client).await?);
         let store = connect_store(&args.database).await?;
         let sandbox = Sandbox::new(SandboxConfig {
@@ -155,6 +177,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let engine = Engine::new(store, broker, blobs, sandbox, EngineConfig::default());
         tokio::spawn(engine.clone().record_events());
         let republished = engine.recover().await?;
+        tokio::spawn(engine.clone().reconcile());
         let app = api::router(
             engine,
             ApiConfig {
@@ -178,16 +201,63 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".to_owned());
+    let id: String = host
+        .trim()
+        .chars()
+        .map(|c| if valid_id_char(c) { c } else { '-' })
+        .collect();
+    if id.is_empty() {
+        "worker".to_owned()
+    } else {
+        id
+    }
+}
+
+fn valid_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
 pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let runtime = runtime()?;
-    runtime.block_on(async {
-        let id = args.id.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "worker".to_owned())
-        });
+    let id = args.id.clone().unwrap_or_else(default_worker_id);
+    if id.is_empty() || !id.chars().all(valid_id_char) || id.starts_with('.') || id.ends_with('.') {
+        anyhow::bail!("--id `{id}`: use letters, digits, `-`, `_` and `.` (not at either end)");
+    }
+    let labels = Labels::parse(&args.labels).context("--labels")?;
+    runtime()?.block_on(async {
         let client = args.nats.connect().await?;
-        let broker = Arc::new(NatsBroker::connect(client.clone()).await?);
+        let broker = Arc::new(
+            NatsBroker::connect(
+                client.clone(),
+                NatsConfig {
+                    offers: Some(labels.clone()),
+                    ..NatsConfig::default()
+                },
+            )
+            .await?,
+        );
+        let instance = format!("{}-{}", std::process::id(), now_ms());
+        // A second live process under the same name would make the
+        // registry lie. An entry that is fresh may be this name's previous
+        // life (killed a moment ago): it is live only if it still beats.
+        let entry = |workers: Vec<WorkerInfo>| workers.into_iter().find(|w| w.id == id);
+        if let Some(seen) = entry(broker.workers().await?).filter(|w| !w.is_lost(now_ms())) {
+            tokio::time::sleep(sandmill_runtime::message::HEARTBEAT_EVERY + Duration::from_secs(1)).await;
+            if let Some(again) = entry(broker.workers().await?)
+                && again.instance == seen.instance
+                && again.last_seen > seen.last_seen
+            {
+                anyhow::bail!(
+                    "worker id `{id}` is taken by a live worker (labels [{}], running since {} ms ago); give this one another --id",
+                    again.labels,
+                    now_ms() - again.started_at
+                );
+            }
+        }
         let blobs = Arc::new(NatsBlobStore::connect(client).await?);
         let sandbox = Sandbox::new(SandboxConfig {
             cache_dir: Some(args.cache_dir.clone()),
@@ -195,29 +265,33 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         })?;
         let concurrency = args
             .concurrency
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1);
         eprintln!(
-            "sandmill worker {id}: {concurrency} slot(s), labels [{}], nats {}",
-            args.labels.join(","),
+            "sandmill worker {id}: {concurrency} slot(s), labels [{labels}], nats {}",
             args.nats.nats
         );
-        // Guests compute without yielding: each slot has its own thread.
-        for n in 0..concurrency {
-            let worker = Worker::new(
-                format!("{id}/{n}"),
-                sandbox.clone(),
-                broker.clone(),
-                blobs.clone(),
-            );
-            let slot = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            std::thread::Builder::new()
-                .name(format!("sandmill-slot-{n}"))
-                .spawn(move || slot.block_on(worker.run()))?;
-        }
+        let pool = WorkerPool::start(
+            WorkerInfo {
+                id: id.clone(),
+                instance,
+                labels,
+                capacity: concurrency,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                running: Vec::new(),
+                finished: 0,
+                started_at: now_ms(),
+                last_seen: now_ms(),
+                draining: false,
+            },
+            sandbox,
+            broker,
+            blobs,
+        )?;
         super::dev::shutdown_signal().await;
-        eprintln!("sandmill worker {id}: stopping; unfinished tasks will be delivered again");
+        eprintln!("sandmill worker {id}: draining (running tasks finish, fetched ones go back)");
+        pool.drain().await;
+        eprintln!("sandmill worker {id}: stopped, left the registry");
         Ok(ExitCode::SUCCESS)
     })
 }

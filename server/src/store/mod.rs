@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sandmill_runtime::labels::Labels;
 use sandmill_runtime::message::{OutputRef, TaskEvent, TaskMessage, TaskResult, Verdict};
 use sandmill_runtime::sandbox::CallKind;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -110,6 +111,10 @@ pub struct NewJob {
     pub definition: String,
     /// Attempts per task before a retryable failure is final.
     pub max_attempts: i64,
+    /// Labels a worker must offer to take its tasks.
+    pub labels: Labels,
+    /// How long its tasks may wait while no live worker can take them (ms).
+    pub queue_timeout_ms: i64,
     /// The tasks.
     pub tasks: Vec<NewTask>,
 }
@@ -298,8 +303,8 @@ impl Store {
             let mut tx = pool.begin().await?;
             let job_id: i64 = sqlx::query(
                 "INSERT INTO jobs (name, kind, status, task_kind, module_hash, limits, grants, definition, \
-                 total_tasks, max_attempts, created_at, updated_at) \
-                 VALUES ($1, $2, 'running', $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING id",
+                 total_tasks, max_attempts, created_at, updated_at, labels, queue_timeout_ms) \
+                 VALUES ($1, $2, 'running', $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12) RETURNING id",
             )
             .bind(job.name.clone())
             .bind(job.kind.clone())
@@ -311,6 +316,8 @@ impl Store {
             .bind(job.tasks.len() as i64)
             .bind(job.max_attempts)
             .bind(now)
+            .bind(serde_json::to_string(&job.labels).unwrap_or_default())
+            .bind(job.queue_timeout_ms)
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
@@ -356,6 +363,8 @@ impl Store {
                 params: task.params.clone(),
                 limits: Clone::clone(&limits),
                 grants: Clone::clone(&grants),
+                labels: job.labels.clone(),
+                delivered: 1,
             })
             .collect();
         Ok((job_id, messages))
@@ -472,7 +481,7 @@ impl Store {
         let changed = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let changed = sqlx::query(
-                "UPDATE jobs SET status = 'cancelled', updated_at = $1, finished_at = $1 \
+                "UPDATE jobs SET status = 'cancelled', updated_at = $1, finished_at = $1, waiting = NULL, waiting_since = NULL \
                  WHERE id = $2 AND status = 'running'",
             )
             .bind(now)
@@ -524,9 +533,12 @@ impl Store {
                 match event {
                     TaskEvent::Started { task_id, attempt, .. } if ended.contains(&(*task_id, *attempt)) => {}
                     TaskEvent::Started { task_id, attempt, .. } => {
+                        // Each delivery's start counts: several starts and
+                        // no end mean workers died under this task.
                         sqlx::query(
-                            "UPDATE tasks SET state = 'running', started_at = $1 \
-                             WHERE id = $2 AND attempt = $3 AND state = 'queued'",
+                            "UPDATE tasks SET state = 'running', starts = starts + 1, \
+                             started_at = COALESCE(started_at, $1) \
+                             WHERE id = $2 AND attempt = $3 AND state IN ('queued', 'running')",
                         )
                         .bind(now)
                         .bind(*task_id)
@@ -563,7 +575,9 @@ impl Store {
             let mut applied = BTreeSet::new();
             for chunk in finals.chunks(RECORD_CHUNK) {
                 let mut update = QueryBuilder::new(
-                    "UPDATE tasks SET state = v.column3, reason = v.column4, error = v.column5, \
+                    "UPDATE tasks SET state = v.column3, \
+                     reason = CASE WHEN v.column4 = 'worker-lost' AND tasks.starts >= 2 THEN 'crash-loop' ELSE v.column4 END, \
+                     error = v.column5, \
                      output = v.column6, output_hash = v.column7, output_size = v.column8, finished_at = ",
                 );
                 update.push_bind(now).push(" FROM (");
@@ -649,7 +663,7 @@ impl Store {
                 .try_get(0)?;
                 let status = if failed > 0 { "failed" } else { "succeeded" };
                 let done = sqlx::query(
-                    "UPDATE jobs SET status = $1, updated_at = $2, finished_at = $2 \
+                    "UPDATE jobs SET status = $1, updated_at = $2, finished_at = $2, waiting = NULL, waiting_since = NULL \
                      WHERE id = $3 AND status = 'running'",
                 )
                 .bind(status)
@@ -700,15 +714,151 @@ impl Store {
     }
 
     /// At start-up: every task that was queued or running when the last
-    /// process stopped, as messages to publish again. A running task gets a
-    /// new attempt, so a late result of the lost one changes nothing.
+    /// process stopped, as messages to publish again at their current
+    /// attempt. A fleet's workers may still hold them: the broker drops a
+    /// re-publish it still has, and should a task run twice, its first
+    /// result counts and the second changes nothing.
     pub async fn recover(&self) -> Result<Vec<TaskMessage>, StoreError> {
-        on_pool!(self, pool => {
-            sqlx::query("UPDATE tasks SET state = 'queued', attempt = attempt + 1, started_at = NULL WHERE state = 'running'")
-                .execute(pool)
-                .await?;
+        self.messages_where("t.state IN ('queued', 'running')", &[])
+            .await
+    }
+
+    /// Ids of every queued or running task of a running job, oldest first.
+    pub async fn live_tasks(&self) -> Result<Vec<i64>, StoreError> {
+        let ids = on_pool!(self, pool => {
+            sqlx::query("SELECT id FROM tasks WHERE state IN ('queued', 'running') ORDER BY id")
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| r.try_get::<i64, _>(0))
+                .collect::<Result<Vec<_>, _>>()?
         });
-        self.messages_where("t.state = 'queued'", &[]).await
+        Ok(ids)
+    }
+
+    /// Live tasks as messages to publish again (any attempt).
+    pub async fn live_messages(&self, task_ids: &[i64]) -> Result<Vec<TaskMessage>, StoreError> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut messages = Vec::new();
+        for chunk in task_ids.chunks(RECORD_CHUNK) {
+            messages.extend(
+                self.messages_where("t.state IN ('queued', 'running') AND t.id IN ", chunk)
+                    .await?,
+            );
+        }
+        Ok(messages)
+    }
+
+    /// Running jobs with tasks still queued: (id, labels JSON, queue
+    /// timeout, waiting since).
+    pub async fn jobs_with_queued_tasks(
+        &self,
+    ) -> Result<Vec<(i64, String, i64, Option<i64>)>, StoreError> {
+        let rows = on_pool!(self, pool => {
+            sqlx::query(
+                "SELECT j.id, j.labels, j.queue_timeout_ms, j.waiting_since FROM jobs j \
+                 WHERE j.status = 'running' AND EXISTS \
+                 (SELECT 1 FROM tasks t WHERE t.job_id = j.id AND t.state = 'queued')",
+            )
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok::<_, sqlx::Error>((
+                    r.try_get::<i64, _>(0)?,
+                    r.try_get::<String, _>(1)?,
+                    r.try_get::<i64, _>(2)?,
+                    r.try_get::<Option<i64>, _>(3)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(rows)
+    }
+
+    /// Clears the waiting reason of jobs that ended or have nothing queued.
+    pub async fn clear_stale_waiting(&self) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE jobs SET waiting = NULL, waiting_since = NULL WHERE waiting_since IS NOT NULL \
+                 AND (status <> 'running' OR NOT EXISTS \
+                 (SELECT 1 FROM tasks t WHERE t.job_id = jobs.id AND t.state = 'queued'))",
+            )
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Says why a job's queued tasks wait (`None`: they do not), keeping the
+    /// time the wait began.
+    pub async fn set_waiting(&self, job_id: i64, why: Option<&str>) -> Result<(), StoreError> {
+        let now = now_ms();
+        on_pool!(self, pool => {
+            match why {
+                Some(why) => sqlx::query(
+                    "UPDATE jobs SET waiting = $1, waiting_since = COALESCE(waiting_since, $2) \
+                     WHERE id = $3 AND status = 'running'",
+                )
+                .bind(why.to_owned())
+                .bind(now)
+                .bind(job_id)
+                .execute(pool)
+                .await?,
+                None => sqlx::query(
+                    "UPDATE jobs SET waiting = NULL, waiting_since = NULL \
+                     WHERE id = $1 AND waiting_since IS NOT NULL",
+                )
+                .bind(job_id)
+                .execute(pool)
+                .await?,
+            };
+        });
+        Ok(())
+    }
+
+    /// Fails a job's queued tasks as `queue-timeout` and ends the job if
+    /// nothing else is live. Returns whether the job ended.
+    pub async fn expire_queued(&self, job_id: i64, error: &str) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let ended = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "UPDATE tasks SET state = 'failed', reason = 'queue-timeout', error = $1, finished_at = $2 \
+                 WHERE job_id = $3 AND state = 'queued'",
+            )
+            .bind(error.to_owned())
+            .bind(now)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+            let live = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT 1 FROM tasks WHERE job_id = $1 AND state IN {LIVE_STATES} LIMIT 1"
+            )))
+            .bind(job_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+            let ended = if live {
+                false
+            } else {
+                sqlx::query(
+                    "UPDATE jobs SET status = 'failed', updated_at = $1, finished_at = $1, waiting = NULL, waiting_since = NULL \
+                     WHERE id = $2 AND status = 'running'",
+                )
+                .bind(now)
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1
+            };
+            tx.commit().await?;
+            ended
+        });
+        Ok(ended)
     }
 
     /// Messages for these (queued) tasks, to publish them again.
@@ -728,7 +878,7 @@ impl Store {
         let rows = on_pool!(self, pool => {
             let mut q = QueryBuilder::new(
                 "SELECT t.id, t.job_id, t.attempt, j.task_kind, j.module_hash, t.input_hash, t.input_name, \
-                 t.params, j.limits, j.grants FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE ",
+                 t.params, j.limits, j.grants, j.labels FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE ",
             );
             q.push(condition);
             if !ids.is_empty() {
@@ -754,6 +904,7 @@ impl Store {
                         r.try_get::<String, _>(7)?,
                         r.try_get::<String, _>(8)?,
                         r.try_get::<String, _>(9)?,
+                        r.try_get::<String, _>(10)?,
                     ))
                 })
                 .collect::<Result<Vec<_>, _>>()?
@@ -772,6 +923,7 @@ impl Store {
                     params,
                     limits,
                     grants,
+                    labels,
                 )| TaskMessage {
                     task_id,
                     job_id,
@@ -783,6 +935,8 @@ impl Store {
                     params,
                     limits: serde_json::from_str(&limits).unwrap_or_default(),
                     grants: serde_json::from_str(&grants).unwrap_or_default(),
+                    labels: serde_json::from_str(&labels).unwrap_or_default(),
+                    delivered: 1,
                 },
             )
             .collect())

@@ -5,7 +5,7 @@ use utoipa::ToSchema;
 
 /// Columns of [`JobRow`], in order.
 pub const JOB_COLUMNS: &str = "id, name, kind, status, task_kind, module_hash, limits, grants, total_tasks, \
-     max_attempts, created_at, updated_at, finished_at";
+     max_attempts, created_at, updated_at, finished_at, labels, queue_timeout_ms, waiting, waiting_since";
 
 /// Columns of [`TaskRow`], in order.
 pub const TASK_COLUMNS: &str = "id, job_id, seq, state, params, input_hash, input_name, attempt, reason, error, \
@@ -74,6 +74,14 @@ pub struct JobRow {
     pub updated_at: i64,
     /// End time (ms).
     pub finished_at: Option<i64>,
+    /// Labels a worker must offer to take its tasks, JSON.
+    pub labels: String,
+    /// How long its tasks may wait while no live worker can take them (ms).
+    pub queue_timeout_ms: i64,
+    /// Why its queued tasks are waiting, while no live worker can take them.
+    pub waiting: Option<String>,
+    /// Since when (ms).
+    pub waiting_since: Option<i64>,
 }
 
 /// A task.
