@@ -327,7 +327,7 @@ fn restarting_nats_server_and_serve_mid_job_loses_nothing() {
         let hash = fleet.upload(guests::NOOP).await;
         fleet.start_worker("w1", "", 1);
         fleet.start_worker("w2", "", 1);
-        let total = 20_000;
+        let total = 12_000;
         let id = fleet.submit(sweep(&hash, total)).await;
         let succeeded =
             |n: i64| move |s: &Value| s["counts"]["succeeded"].as_i64().unwrap_or(0) >= n;

@@ -324,13 +324,18 @@ impl Engine {
     /// Records worker events until the broker closes: each wake-up takes
     /// every event waiting (up to [`RECORD_BATCH`]) into one transaction.
     pub async fn record_events(self) {
+        let mut retry = Duration::from_millis(250);
         loop {
             let events = match self.inner.broker.events(RECORD_BATCH).await {
-                Ok(events) => events,
+                Ok(events) => {
+                    retry = Duration::from_millis(250);
+                    events
+                }
                 Err(BrokerError::Closed) => return,
                 Err(error) => {
-                    tracing::warn!(%error, "receiving events failed; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tracing::warn!(%error, retry_in = ?retry, "receiving events failed");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(Duration::from_secs(10));
                     continue;
                 }
             };

@@ -1,0 +1,236 @@
+//! Delivery semantics through the `Broker` trait, against both
+//! implementations: the in-process one and JetStream on a real
+//! `nats-server -js`. Same suite, same assertions.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sandmill_runtime::broker::{Broker, MemoryBroker, NatsBroker, NatsConfig};
+use sandmill_runtime::labels::Labels;
+use sandmill_runtime::message::{TaskEvent, TaskMessage, WorkerInfo, now_ms};
+use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
+
+fn task(id: i64, attempt: i64, labels: &str) -> TaskMessage {
+    TaskMessage {
+        task_id: id,
+        job_id: 1,
+        attempt,
+        kind: CallKind::Task,
+        module: "m".into(),
+        input: None,
+        input_name: "-".into(),
+        params: "{}".into(),
+        limits: Limits::default(),
+        grants: Grants::default(),
+        labels: Labels::parse(labels).unwrap(),
+        delivered: 1,
+    }
+}
+
+fn entry(id: &str) -> WorkerInfo {
+    WorkerInfo {
+        id: id.into(),
+        instance: "i1".into(),
+        labels: Labels::parse("zone=eu").unwrap(),
+        capacity: 2,
+        version: "test".into(),
+        running: vec![7],
+        finished: 3,
+        started_at: now_ms(),
+        last_seen: now_ms(),
+        draining: false,
+    }
+}
+
+async fn fetch(broker: &dyn Broker, max: usize) -> Vec<TaskMessage> {
+    tokio::time::timeout(Duration::from_secs(20), broker.fetch(max))
+        .await
+        .expect("a task within 20 s")
+        .expect("fetch")
+}
+
+/// What both brokers promise. `publisher` publishes and records; `worker`
+/// fetches (for the memory broker they are the same object).
+async fn suite(publisher: Arc<dyn Broker>, worker: Arc<dyn Broker>) {
+    // A re-published attempt is dropped; a new attempt is not.
+    publisher
+        .publish(vec![task(1, 0, ""), task(2, 0, "")])
+        .await
+        .unwrap();
+    publisher
+        .publish(vec![task(1, 0, ""), task(1, 1, "")])
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.extend(fetch(worker.as_ref(), 10).await);
+    }
+    let mut keys: Vec<_> = got.iter().map(TaskMessage::dedup_key).collect();
+    keys.sort();
+    assert_eq!(keys, vec![(1, 0), (1, 1), (2, 0)]);
+    assert!(got.iter().all(|t| t.delivered == 1));
+
+    // Released (a draining worker) comes back at once; done does not.
+    for t in &got[1..] {
+        worker.done(t).await.unwrap();
+    }
+    let first = got[0].clone();
+    worker.release(first.clone()).await.unwrap();
+    let again = fetch(worker.as_ref(), 10).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].dedup_key(), first.dedup_key());
+    worker.done(&again[0]).await.unwrap();
+
+    // Events: reported durably, received by the control plane.
+    worker
+        .report(vec![TaskEvent::Started {
+            job_id: 1,
+            task_id: 1,
+            attempt: 0,
+            worker: "w/0".into(),
+            delivery: 1,
+        }])
+        .await
+        .unwrap();
+    let events = tokio::time::timeout(Duration::from_secs(20), publisher.events(100))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        events[..],
+        [TaskEvent::Started { task_id: 1, .. }]
+    ));
+    publisher.events_recorded().await.unwrap();
+
+    // Registry: an entry per worker, gone when it leaves.
+    worker.heartbeat(&entry("alpha")).await.unwrap();
+    worker.heartbeat(&entry("beta")).await.unwrap();
+    let mut ids: Vec<_> = publisher
+        .workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["alpha", "beta"]);
+    entry_like(&publisher, "alpha").await;
+    worker.leave("alpha").await.unwrap();
+    let ids: Vec<_> = publisher
+        .workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(ids, vec!["beta"]);
+}
+
+async fn entry_like(broker: &Arc<dyn Broker>, id: &str) -> WorkerInfo {
+    let stored = broker
+        .workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|w| w.id == id)
+        .unwrap();
+    let mut expected = entry(id);
+    expected.started_at = stored.started_at;
+    expected.last_seen = stored.last_seen;
+    assert_eq!(stored, expected, "the entry comes back as written");
+    stored
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_broker_semantics() {
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+    suite(broker.clone(), broker).await;
+}
+
+async fn nats(config: NatsConfig, url: &str) -> Arc<dyn Broker> {
+    let client = async_nats::connect(url).await.unwrap();
+    Arc::new(NatsBroker::connect(client, config).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_broker_semantics() {
+    let server = support::Nats::start();
+    let publisher = nats(NatsConfig::default(), &server.url()).await;
+    let worker = nats(
+        NatsConfig {
+            offers: Some(Labels::default()),
+            ..NatsConfig::default()
+        },
+        &server.url(),
+    )
+    .await;
+    suite(publisher, worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_redelivers_what_a_vanished_worker_held_and_routes_by_labels() {
+    let server = support::Nats::start();
+    let publisher = nats(
+        NatsConfig {
+            ack_wait: Duration::from_secs(1),
+            max_deliveries: 2,
+            offers: None,
+        },
+        &server.url(),
+    )
+    .await;
+    let offering = |labels: &str| NatsConfig {
+        offers: Some(Labels::parse(labels).unwrap()),
+        ..NatsConfig::default()
+    };
+    // Published first: the publisher creates the queues, with its settings.
+    publisher
+        .publish(vec![task(10, 0, "gpu=a100"), task(11, 0, "")])
+        .await
+        .unwrap();
+
+    // A plain worker takes the unlabelled task and vanishes holding it.
+    let plain = nats(offering(""), &server.url()).await;
+    let got = fetch(plain.as_ref(), 10).await;
+    assert_eq!(got.iter().map(|t| t.task_id).collect::<Vec<_>>(), vec![11]);
+    drop(plain);
+
+    // After the ack wait it is delivered again, counted; the gpu worker
+    // also gets the labelled one, and knows the delivery limit.
+    let gpu = nats(offering("gpu=a100,zone=eu"), &server.url()).await;
+    let mut all: Vec<TaskMessage> = Vec::new();
+    while !(all.iter().any(|t| t.task_id == 10) && all.iter().any(|t| t.task_id == 11)) {
+        all.extend(fetch(gpu.as_ref(), 10).await);
+    }
+    let delivered = |id| all.iter().find(|t| t.task_id == id).unwrap().delivered;
+    assert_eq!((delivered(10), delivered(11)), (1, 2));
+    assert_eq!(gpu.max_deliveries(), 2);
+    for t in &all {
+        gpu.done(t).await.unwrap();
+    }
+
+    // A worker without gpu=a100 never receives a gpu task.
+    publisher
+        .publish(vec![task(13, 0, "gpu=a100")])
+        .await
+        .unwrap();
+    let other = nats(offering("zone=eu"), &server.url()).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), other.fetch(10))
+            .await
+            .is_err(),
+        "a worker without gpu=a100 received the gpu task"
+    );
+    let thirteen = fetch(gpu.as_ref(), 10).await;
+    assert_eq!(thirteen[0].task_id, 13);
+    gpu.done(&thirteen[0]).await.unwrap();
+
+    // Which live tasks have no message in the stream (for the reconciler).
+    let absent = publisher.absent(&[10, 11, 12]).await.unwrap().unwrap();
+    assert_eq!(absent.into_iter().collect::<Vec<_>>(), vec![10, 11, 12]);
+    publisher.publish(vec![task(12, 0, "")]).await.unwrap();
+    let absent = publisher.absent(&[12, 14]).await.unwrap().unwrap();
+    assert_eq!(absent.into_iter().collect::<Vec<_>>(), vec![14]);
+}
