@@ -103,12 +103,22 @@ async fn suite(database: Option<String>) {
         "/v1/jobs/{id}/cancel",
         "/v1/tasks/{id}/logs",
         "/v1/specs/{name}",
+        "/v1/workers",
     ] {
         assert!(
             openapi.json()["paths"].get(path).is_some(),
             "{path} documented"
         );
     }
+
+    // The registry: the embedded worker pool is one live worker.
+    let workers = client.get("/v1/workers").await;
+    assert_eq!(workers.status, StatusCode::OK);
+    let workers = workers.json();
+    assert_eq!(workers.as_array().map(Vec::len), Some(1), "{workers}");
+    assert_eq!(workers[0]["id"], "embedded");
+    assert_eq!(workers[0]["status"], "live");
+    assert_eq!(workers[0]["capacity"], 2);
 
     // Modules: idempotent upload; garbage is 400 and stores nothing; too big is 413.
     let noop = std::fs::read(guests::NOOP).unwrap();
@@ -244,7 +254,7 @@ async fn suite(database: Option<String>) {
     let task = client.get(&format!("/v1/tasks/{task_id}")).await.json();
     assert_eq!(task["attempts"][0]["state"], "succeeded");
     let logs = client.get(&format!("/v1/tasks/{task_id}/logs")).await;
-    assert!(String::from_utf8_lossy(&logs.body).starts_with("== attempt 0 on embedded-"));
+    assert!(String::from_utf8_lossy(&logs.body).starts_with("== attempt 0 on embedded/"));
 
     let sweep = json!({"name": "sweep", "sweep": {"module": format!("sha256:{hash}"), "count": 5}});
     let sweep_id = client.post_json("/v1/jobs", sweep).await.json()["id"]
@@ -301,6 +311,21 @@ async fn suite(database: Option<String>) {
             .unwrap()
             .starts_with("limits.memory")
     );
+    for (field, job) in [
+        (
+            "limits.queue_timeout",
+            json!({"name": "x", "task": {"module": "echo@1"}, "limits": {"queue_timeout": "soon"}}),
+        ),
+        (
+            "labels",
+            json!({"name": "x", "task": {"module": "echo@1"}, "labels": {"gpu": ""}}),
+        ),
+    ] {
+        let bad = client.post_json("/v1/jobs", job).await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        let message = bad.json()["message"].as_str().unwrap().to_owned();
+        assert!(message.starts_with(field), "{message}");
+    }
     let missing = client
         .post_json(
             "/v1/jobs",

@@ -171,7 +171,7 @@ fn client_commands_against_a_dev_server() {
             .contains("Alice 6\n")
     );
     let logs = ok(&client(&["logs", "1"]));
-    assert!(logs.starts_with("== attempt 0 on embedded-"), "{logs}");
+    assert!(logs.starts_with("== attempt 0 on embedded/"), "{logs}");
     let cancel = client(&["cancel", "LAST"]);
     assert_eq!(cancel.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&cancel.stderr).contains("[conflict]"));

@@ -113,17 +113,19 @@ pub struct WorkerPool {
 
 impl WorkerPool {
     /// Starts `base.capacity` slots named `<id>/<n>` and the heartbeat
-    /// (on the current tokio runtime).
+    /// (on the current tokio runtime). Modules are read from `modules`
+    /// (say, a [`LocalCopy`](crate::blob::LocalCopy) of `blobs`).
     pub fn start(
         base: WorkerInfo,
         sandbox: Sandbox,
         broker: Arc<dyn Broker>,
         blobs: Arc<dyn BlobStore>,
+        modules: Arc<dyn BlobStore>,
     ) -> std::io::Result<WorkerPool> {
         let presence = Arc::new(Presence::default());
         let (drain, stop) = watch::channel(false);
         let mut slots = Vec::new();
-        let modules: Arc<Mutex<HashMap<String, Module>>> = Arc::default();
+        let loaded: Arc<Mutex<HashMap<String, Module>>> = Arc::default();
         for n in 0..base.capacity.max(1) {
             let mut worker = Worker::new(
                 format!("{}/{n}", base.id),
@@ -132,7 +134,8 @@ impl WorkerPool {
                 blobs.clone(),
             )
             .with_presence(presence.clone());
-            worker.modules = modules.clone();
+            worker.modules = loaded.clone();
+            worker.module_blobs = modules.clone();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -184,6 +187,7 @@ pub struct Worker {
     sandbox: Sandbox,
     broker: Arc<dyn Broker>,
     blobs: Arc<dyn BlobStore>,
+    module_blobs: Arc<dyn BlobStore>,
     modules: Arc<Mutex<HashMap<String, Module>>>,
     presence: Arc<Presence>,
 }
@@ -200,6 +204,7 @@ impl Worker {
             id: id.into(),
             sandbox,
             broker,
+            module_blobs: blobs.clone(),
             blobs,
             modules: Arc::default(),
             presence: Arc::default(),
@@ -362,7 +367,7 @@ impl Worker {
             return Ok(module.clone());
         }
         let bytes = self
-            .blobs
+            .module_blobs
             .get(hash)
             .await
             .map_err(|e| ExecError::Host(e.to_string()))?

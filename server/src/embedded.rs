@@ -94,6 +94,7 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
         },
         sandbox,
         broker.clone(),
+        blobs.clone(),
         blobs,
     )?;
     Ok(Embedded {

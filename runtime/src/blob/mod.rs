@@ -3,12 +3,14 @@
 //! implements the same trait.
 
 mod dir;
+mod local_copy;
 mod nats;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 pub use dir::DirBlobStore;
+pub use local_copy::LocalCopy;
 pub use nats::NatsBlobStore;
 
 /// The blob store failed.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use sandmill_runtime::blob::NatsBlobStore;
+use sandmill_runtime::blob::{BlobStore, DirBlobStore, LocalCopy, NatsBlobStore};
 use sandmill_runtime::broker::{Broker, NatsBroker, NatsConfig};
 use sandmill_runtime::labels::Labels;
 use sandmill_runtime::message::{WorkerInfo, now_ms};
@@ -258,7 +258,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        let blobs = Arc::new(NatsBlobStore::connect(client).await?);
+        let blobs: Arc<dyn BlobStore> = Arc::new(NatsBlobStore::connect(client).await?);
         let sandbox = Sandbox::new(SandboxConfig {
             cache_dir: Some(args.cache_dir.clone()),
             ..SandboxConfig::default()
@@ -286,7 +286,8 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             },
             sandbox,
             broker,
-            blobs,
+            blobs.clone(),
+            Arc::new(LocalCopy::new(blobs, DirBlobStore::new(args.cache_dir.join("modules"))?)),
         )?;
         super::dev::shutdown_signal().await;
         eprintln!("sandmill worker {id}: draining (running tasks finish, fetched ones go back)");
