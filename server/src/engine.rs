@@ -287,10 +287,15 @@ impl Engine {
                 .collect(),
         };
         let (job_id, messages) = self.inner.store.create_job(&new).await?;
-        // Committed first: if this publish is lost, `recover` re-publishes.
-        if let Err(error) = self.inner.broker.publish(messages).await {
-            tracing::warn!(job_id, %error, "publish failed; tasks stay queued for recovery");
-        }
+        // Committed first (the outbox): the job is accepted now, and its
+        // tasks go out behind the answer. If this publish is lost, the
+        // reconciler (or `recover`, after a crash) publishes them again.
+        let broker = self.inner.broker.clone();
+        tokio::spawn(async move {
+            if let Err(error) = broker.publish(messages).await {
+                tracing::warn!(job_id, %error, "publish failed; tasks stay queued for the reconciler");
+            }
+        });
         Ok(job_id)
     }
 
