@@ -65,6 +65,17 @@ impl Fleet {
         fleet
     }
 
+    /// A fleet with a short ack wait (a killed worker's tasks come back
+    /// soon), workers w1 and w2, and a sweep of `total` noop tasks.
+    async fn two_workers_on_a_sweep(total: u64) -> (Fleet, i64) {
+        let mut fleet = Fleet::start(&["--ack-wait", "5s"]).await;
+        let hash = fleet.upload(guests::NOOP).await;
+        fleet.start_worker("w1", "", 1);
+        fleet.start_worker("w2", "", 1);
+        let id = fleet.submit(sweep(&hash, total)).await;
+        (fleet, id)
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sandmill"));
         command
@@ -150,6 +161,23 @@ impl Fleet {
             .unwrap_or_else(|| panic!("job refused: {created}"))
     }
 
+    async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /v1/jobs/{id}/tasks`.
+    async fn tasks(&self, id: i64) -> Vec<Value> {
+        let tasks = self.get(&format!("/v1/jobs/{id}/tasks")).await;
+        tasks.as_array().cloned().unwrap_or_default()
+    }
+
     async fn job(&self, id: i64) -> Value {
         support::job(&self.http, &self.base, id).await
     }
@@ -188,14 +216,7 @@ impl Fleet {
     }
 
     async fn workers(&self) -> Vec<Value> {
-        self.http
-            .get(format!("{}/v1/workers", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        serde_json::from_value(self.get("/v1/workers").await).unwrap()
     }
 
     async fn worker(&self, id: &str) -> Option<Value> {
@@ -267,13 +288,8 @@ fn run_test<F: Future<Output = ()>>(limit: Duration, test: F) {
 #[test]
 fn a_killed_worker_s_tasks_complete_on_another_recorded_once() {
     run_test(Duration::from_secs(240), async {
-        // A short ack wait, so the killed worker's tasks come back soon.
-        let mut fleet = Fleet::start(&["--ack-wait", "5s"]).await;
-        let hash = fleet.upload(guests::NOOP).await;
-        fleet.start_worker("w1", "", 1);
-        fleet.start_worker("w2", "", 1);
         let total = 2_000;
-        let id = fleet.submit(sweep(&hash, total)).await;
+        let (mut fleet, id) = Fleet::two_workers_on_a_sweep(total).await;
         fleet
             .until(id, "100 successes", Duration::from_secs(60), |s| {
                 s["counts"]["succeeded"].as_i64().unwrap_or(0) >= 100
@@ -323,12 +339,8 @@ fn a_killed_worker_s_tasks_complete_on_another_recorded_once() {
 #[test]
 fn restarting_nats_server_and_serve_mid_job_loses_nothing() {
     run_test(Duration::from_secs(400), async {
-        let mut fleet = Fleet::start(&["--ack-wait", "5s"]).await;
-        let hash = fleet.upload(guests::NOOP).await;
-        fleet.start_worker("w1", "", 1);
-        fleet.start_worker("w2", "", 1);
         let total = 12_000;
-        let id = fleet.submit(sweep(&hash, total)).await;
+        let (mut fleet, id) = Fleet::two_workers_on_a_sweep(total).await;
         let succeeded =
             |n: i64| move |s: &Value| s["counts"]["succeeded"].as_i64().unwrap_or(0) >= n;
 
@@ -378,15 +390,7 @@ fn a_task_delivered_twice_keeps_one_result() {
         let id = fleet
             .submit(json!({"name": "twice", "task": {"module": format!("sha256:{hash}"), "params": {"n": 1}}}))
             .await;
-        let tasks: Vec<Value> = fleet
-            .http
-            .get(format!("{}/v1/jobs/{id}/tasks", fleet.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let tasks: Vec<Value> = fleet.tasks(id).await;
         let task_id = tasks[0]["id"].as_i64().unwrap();
         // A second message for the same attempt, past the broker's dedup (as
         // a redelivery after a lost ack, or a re-publish after the window).
@@ -424,15 +428,7 @@ fn a_task_delivered_twice_keeps_one_result() {
         // The worker ran both deliveries...
         fleet.until_worker("solo", |w| w["finished"] == 2).await;
         // ...and one result was kept.
-        let attempts: Value = fleet
-            .http
-            .get(format!("{}/v1/tasks/{task_id}", fleet.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let attempts: Value = fleet.get(&format!("/v1/tasks/{task_id}")).await;
         assert_eq!(
             attempts["attempts"].as_array().map(Vec::len),
             Some(1),
@@ -483,15 +479,7 @@ fn labelled_tasks_go_only_to_workers_offering_the_labels() {
         let failed = fleet.finished(doomed, Duration::from_secs(30)).await;
         assert_eq!(failed["job"]["status"], "failed", "{failed}");
         assert_eq!(failed["counts"]["failed"], 2, "{failed}");
-        let tasks: Vec<Value> = fleet
-            .http
-            .get(format!("{}/v1/jobs/{doomed}/tasks", fleet.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let tasks: Vec<Value> = fleet.tasks(doomed).await;
         assert!(
             tasks.iter().all(|t| t["reason"] == "queue-timeout"),
             "{tasks:?}"
@@ -555,27 +543,11 @@ fn sigterm_drains_a_worker_and_it_leaves_the_registry() {
         fleet.start_worker("next", "", 1);
         let finished = fleet.finished(id, Duration::from_secs(60)).await;
         assert_eq!(finished["counts"]["failed"], 2, "{finished}");
-        let tasks: Vec<Value> = fleet
-            .http
-            .get(format!("{}/v1/jobs/{id}/tasks", fleet.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let tasks: Vec<Value> = fleet.tasks(id).await;
         let mut workers = Vec::new();
         for task in &tasks {
             assert_eq!(task["reason"], "timeout", "{task}");
-            let view: Value = fleet
-                .http
-                .get(format!("{}/v1/tasks/{}", fleet.base, task["id"]))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let view: Value = fleet.get(&format!("/v1/tasks/{}", task["id"])).await;
             workers.push(
                 view["attempts"][0]["worker"]
                     .as_str()
@@ -623,15 +595,7 @@ fn a_task_whose_workers_keep_dying_fails_as_a_crash_loop() {
         fleet.start_worker("survivor", "", 1);
         let finished = fleet.finished(id, Duration::from_secs(60)).await;
         assert_eq!(finished["job"]["status"], "failed", "{finished}");
-        let tasks: Vec<Value> = fleet
-            .http
-            .get(format!("{}/v1/jobs/{id}/tasks", fleet.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let tasks: Vec<Value> = fleet.tasks(id).await;
         assert_eq!(tasks[0]["reason"], "crash-loop", "{:?}", tasks[0]);
         let error = tasks[0]["error"].as_str().unwrap_or_default();
         assert!(error.contains("delivered 2 times"), "{error}");

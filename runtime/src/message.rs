@@ -171,6 +171,23 @@ pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(
 pub const LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl WorkerInfo {
+    /// A worker process starting now, of this sandmill version.
+    pub fn starting(id: impl Into<String>, labels: Labels, capacity: usize) -> Self {
+        let now = now_ms();
+        WorkerInfo {
+            id: id.into(),
+            instance: format!("{}-{now}", std::process::id()),
+            labels,
+            capacity,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            running: Vec::new(),
+            finished: 0,
+            started_at: now,
+            last_seen: now,
+            draining: false,
+        }
+    }
+
     /// Whether it has gone quiet, as of `now_ms`.
     pub fn is_lost(&self, now_ms: i64) -> bool {
         now_ms - self.last_seen > LOST_AFTER.as_millis() as i64

@@ -163,8 +163,8 @@ impl WorkerPool {
 
     /// Drains: no new fetches; running tasks finish and are reported;
     /// fetched ones not started go back to the broker. Then the worker
-    /// leaves the registry.
-    pub async fn drain(self) {
+    /// leaves the registry; returns whether it could.
+    pub async fn drain(self) -> bool {
         let _ = self.drain.send(true);
         let slots = self.slots;
         let _ = tokio::task::spawn_blocking(move || {
@@ -174,8 +174,12 @@ impl WorkerPool {
         })
         .await;
         self.registry.abort();
-        if let Err(error) = self.broker.leave(&self.id).await {
-            tracing::warn!(%error, "leaving the registry failed; the entry will show as lost");
+        match self.broker.leave(&self.id).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, "leaving the registry failed; the entry will show as lost");
+                false
+            }
         }
     }
 }

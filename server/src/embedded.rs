@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use sandmill_runtime::blob::DirBlobStore;
 use sandmill_runtime::broker::MemoryBroker;
-use sandmill_runtime::message::{WorkerInfo, now_ms};
+use sandmill_runtime::message::WorkerInfo;
 use sandmill_runtime::sandbox::{Sandbox, SandboxConfig};
 use sandmill_runtime::worker::WorkerPool;
 use tokio::task::JoinSet;
@@ -80,18 +80,7 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
     tasks.spawn(engine.clone().record_events());
     engine.recover().await?;
     let workers = WorkerPool::start(
-        WorkerInfo {
-            id: "embedded".to_owned(),
-            instance: format!("{}-{}", std::process::id(), now_ms()),
-            labels: Default::default(),
-            capacity: config.workers.max(1),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            running: Vec::new(),
-            finished: 0,
-            started_at: now_ms(),
-            last_seen: now_ms(),
-            draining: false,
-        },
+        WorkerInfo::starting("embedded", Default::default(), config.workers.max(1)),
         sandbox,
         broker.clone(),
         blobs.clone(),
@@ -112,7 +101,7 @@ fn db_path(data: &Path) -> PathBuf {
 impl Embedded {
     /// Stops workers and the recorder and waits for them.
     pub async fn shutdown(mut self) {
-        self.workers.drain().await;
+        let _ = self.workers.drain().await;
         self.broker.close();
         while self.tasks.join_next().await.is_some() {}
     }

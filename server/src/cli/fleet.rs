@@ -240,7 +240,6 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             )
             .await?,
         );
-        let instance = format!("{}-{}", std::process::id(), now_ms());
         // A second live process under the same name would make the
         // registry lie. An entry that is fresh may be this name's previous
         // life (killed a moment ago): it is live only if it still beats.
@@ -272,18 +271,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             args.nats.nats
         );
         let pool = WorkerPool::start(
-            WorkerInfo {
-                id: id.clone(),
-                instance,
-                labels,
-                capacity: concurrency,
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                running: Vec::new(),
-                finished: 0,
-                started_at: now_ms(),
-                last_seen: now_ms(),
-                draining: false,
-            },
+            WorkerInfo::starting(id.clone(), labels, concurrency),
             sandbox,
             broker,
             blobs.clone(),
@@ -291,8 +279,11 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         )?;
         super::dev::shutdown_signal().await;
         eprintln!("sandmill worker {id}: draining (running tasks finish, fetched ones go back)");
-        pool.drain().await;
-        eprintln!("sandmill worker {id}: stopped, left the registry");
+        if pool.drain().await {
+            eprintln!("sandmill worker {id}: stopped, left the registry");
+        } else {
+            eprintln!("sandmill worker {id}: stopped (its registry entry will show as lost)");
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
