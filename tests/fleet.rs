@@ -490,6 +490,20 @@ fn labelled_tasks_go_only_to_workers_offering_the_labels() {
             "{error}"
         );
 
+        // A second process under a live worker's name is refused.
+        fleet.until_worker("cpu", |w| w["status"] == "live").await;
+        let twin = fleet
+            .command(&["worker", "--id", "cpu", "--concurrency", "1"])
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&twin.stderr);
+        assert!(!twin.status.success());
+        assert!(
+            said.contains("worker id `cpu` is taken by a live worker"),
+            "{said}"
+        );
+
         // A worker with the labels joins and takes the work; the other one
         // never received any.
         fleet.start_worker("gpu-1", "gpu=a100,zone=us", 1);
@@ -570,24 +584,19 @@ fn a_task_whose_workers_keep_dying_fails_as_a_crash_loop() {
                 "task": {"module": format!("sha256:{hash}")}}))
             .await;
         // Each worker that takes the task is killed while running it.
-        for round in 0..2 {
-            let name = format!("victim-{round}");
-            fleet.start_worker(&name, "", 1);
-            fleet
-                .until(id, "the task running", Duration::from_secs(30), |s| {
-                    s["counts"]["running"] == 1
+        // Each time the worker (the same name: a restart after a crash is
+        // no twin) takes the task, it is killed while running it.
+        let mut last_start = 0;
+        for _ in 0..2 {
+            fleet.start_worker("victim", "", 1);
+            let entry = fleet
+                .until_worker("victim", |w| {
+                    w["started_at"].as_i64().unwrap_or(0) > last_start
+                        && w["running"].as_array().is_some_and(|r| !r.is_empty())
                 })
                 .await;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while fleet
-                .worker(&name)
-                .await
-                .is_none_or(|w| w["running"].as_array().is_none_or(Vec::is_empty))
-            {
-                assert!(Instant::now() < deadline, "{name} never ran the task");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let mut victim = fleet.take_worker(&name);
+            last_start = entry["started_at"].as_i64().unwrap();
+            let mut victim = fleet.take_worker("victim");
             victim.kill().unwrap();
             victim.wait().unwrap();
         }
