@@ -83,6 +83,17 @@ async fn suite(publisher: Arc<dyn Broker>, worker: Arc<dyn Broker>) {
     assert_eq!(again[0].dedup_key(), first.dedup_key());
     worker.done(&again[0]).await.unwrap();
 
+    // An ended job's queued messages are dropped; others stay.
+    let mut doomed = task(20, 0, "");
+    doomed.job_id = 5;
+    let mut kept = task(21, 0, "");
+    kept.job_id = 6;
+    publisher.publish(vec![doomed, kept]).await.unwrap();
+    publisher.forget_job(5, &Labels::default()).await.unwrap();
+    let left = fetch(worker.as_ref(), 10).await;
+    assert_eq!(left.iter().map(|t| t.task_id).collect::<Vec<_>>(), vec![21]);
+    worker.done(&left[0]).await.unwrap();
+
     // Events: reported durably, received by the control plane.
     worker
         .report(vec![TaskEvent::Started {

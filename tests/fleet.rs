@@ -223,6 +223,22 @@ impl Fleet {
         self.workers().await.into_iter().find(|w| w["id"] == id)
     }
 
+    /// Task messages of job `id` in the task stream.
+    async fn queued_messages(&self, id: i64) -> usize {
+        use futures_util::TryStreamExt;
+        let client = async_nats::connect(self.nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream("SANDMILL_TASKS").await.unwrap();
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects(format!("sandmill.tasks.*.{id}.>"))
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        subjects.iter().map(|(_, n)| n).sum()
+    }
+
     /// Waits until worker `id`'s registry entry satisfies `done`.
     async fn until_worker(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -413,7 +429,7 @@ fn a_task_delivered_twice_keeps_one_result() {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", "a-copy");
         js.publish_with_headers(
-            format!("sandmill.tasks.any.{task_id}"),
+            format!("sandmill.tasks.any.{id}.{task_id}"),
             headers,
             serde_json::to_vec(&copy).unwrap().into(),
         )
@@ -475,7 +491,9 @@ fn labelled_tasks_go_only_to_workers_offering_the_labels() {
             "{text}"
         );
 
-        // Past its queue timeout a job fails, naming why.
+        // Past its queue timeout a job fails, naming why, and its queued
+        // messages are dropped.
+        assert_eq!(fleet.queued_messages(doomed).await, 2);
         let failed = fleet.finished(doomed, Duration::from_secs(30)).await;
         assert_eq!(failed["job"]["status"], "failed", "{failed}");
         assert_eq!(failed["counts"]["failed"], 2, "{failed}");
@@ -484,11 +502,40 @@ fn labelled_tasks_go_only_to_workers_offering_the_labels() {
             tasks.iter().all(|t| t["reason"] == "queue-timeout"),
             "{tasks:?}"
         );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fleet.queued_messages(doomed).await > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the timed-out job's messages stayed queued"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let error = tasks[0]["error"].as_str().unwrap_or_default();
         assert!(
             error.contains("no live worker offers labels gpu=h100"),
             "{error}"
         );
+
+        // Cancelling a job drops its queued messages at once.
+        let cancelled = fleet
+            .submit(json!({"name": "cancelled", "labels": {"gpu": "h100"}, "sweep": {"module": module, "count": 3}}))
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fleet.queued_messages(cancelled).await < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "the job's tasks were never published"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let reply = fleet
+            .http
+            .post(format!("{}/v1/jobs/{cancelled}/cancel", fleet.base))
+            .send()
+            .await
+            .unwrap();
+        assert!(reply.status().is_success());
+        assert_eq!(fleet.queued_messages(cancelled).await, 0);
 
         // A second process under a live worker's name is refused.
         fleet.until_worker("cpu", |w| w["status"] == "live").await;

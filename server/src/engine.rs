@@ -304,12 +304,25 @@ impl Engine {
         match self.inner.store.cancel_job(job_id).await? {
             Ok(()) => {
                 self.inner.finished.send_modify(|n| *n += 1);
+                self.forget(job_id).await;
                 Ok(())
             }
             Err(CancelRefused::NotFound) => Err(EngineError::NotFound(format!("job {job_id}"))),
             Err(CancelRefused::Finished(status)) => Err(EngineError::Conflict(format!(
                 "job {job_id} already finished ({status})"
             ))),
+        }
+    }
+
+    /// Drops the queued messages of a job that ended early, so workers do
+    /// not run its tasks for nothing (best effort).
+    async fn forget(&self, job_id: i64) {
+        let labels = match self.inner.store.job(job_id).await {
+            Ok(Some(job)) => serde_json::from_str(&job.labels).unwrap_or_default(),
+            _ => Labels::default(),
+        };
+        if let Err(error) = self.inner.broker.forget_job(job_id, &labels).await {
+            tracing::warn!(job_id, %error, "could not drop the job's queued messages; workers will run and ignore them");
         }
     }
 
@@ -453,6 +466,7 @@ impl Engine {
                     if self.inner.store.expire_queued(job_id, &error).await? {
                         self.inner.finished.send_modify(|n| *n += 1);
                     }
+                    self.forget(job_id).await;
                 }
                 _ => self.inner.store.set_waiting(job_id, Some(&why)).await?,
             }

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{Broker, BrokerError};
+use crate::labels::Labels;
 use crate::message::{TaskEvent, TaskMessage, WorkerInfo};
 
 /// Queues in memory. Nothing here needs to survive a crash: the control
@@ -112,6 +113,19 @@ impl Broker for MemoryBroker {
         }
         drop(state);
         self.task_ready.notify_one();
+        Ok(())
+    }
+
+    async fn forget_job(&self, job_id: i64, _labels: &Labels) -> Result<(), BrokerError> {
+        let mut state = self.lock_tasks();
+        let Tasks { queue, queued, .. } = &mut *state;
+        queue.retain(|task| {
+            let keep = task.job_id != job_id;
+            if !keep {
+                queued.remove(&task.dedup_key());
+            }
+            keep
+        });
         Ok(())
     }
 

@@ -15,6 +15,7 @@ pub use nats::{MAX_DELIVERIES, NatsBroker, NatsConfig};
 
 use std::collections::BTreeSet;
 
+use crate::labels::Labels;
 use crate::message::{TaskEvent, TaskMessage, WorkerInfo};
 
 /// The broker failed (connection lost, closed).
@@ -82,6 +83,13 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Every registry entry, the lost ones included.
     async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError>;
+
+    /// Drops every queued message of a job that ended (cancelled, or its
+    /// queue timeout passed), so no worker runs its tasks for nothing.
+    /// Best effort: a message it misses only runs and is ignored.
+    async fn forget_job(&self, _job_id: i64, _labels: &Labels) -> Result<(), BrokerError> {
+        Ok(())
+    }
 
     /// Whether tasks go only to workers offering their labels (the
     /// embedded mode runs everything on its own workers).

@@ -1,7 +1,7 @@
 //! [`NatsBroker`]: tasks, events and the worker registry on NATS JetStream.
 //!
 //! - Tasks: stream `SANDMILL_TASKS` (work-queue retention). A task needing
-//!   labels `L` is published on `sandmill.tasks.<token(L)>.<task id>`, and
+//!   labels `L` is published on `sandmill.tasks.<token(L)>.<job>.<task>`, and
 //!   each label set has its own durable pull consumer `q-<token(L)>` (its
 //!   description holds `L`), shared by every worker: a worker pulls from the
 //!   consumers whose labels it offers, so a task reaches only a worker that
@@ -389,7 +389,7 @@ impl Broker for NatsBroker {
             }
             let payload = serde_json::to_vec(task).map_err(transport)?;
             items.push((
-                format!("sandmill.tasks.{token}.{}", task.task_id),
+                format!("sandmill.tasks.{token}.{}.{}", task.job_id, task.task_id),
                 format!("task-{}-{}", task.task_id, task.attempt),
                 payload,
             ));
@@ -593,5 +593,20 @@ impl Broker for NatsBroker {
 
     fn enforces_labels(&self) -> bool {
         true
+    }
+
+    async fn forget_job(&self, job_id: i64, labels: &Labels) -> Result<(), BrokerError> {
+        let purged = self
+            .task_stream
+            .purge()
+            .filter(format!("sandmill.tasks.{}.{job_id}.>", labels.token()))
+            .await
+            .map_err(transport)?;
+        tracing::debug!(
+            job_id,
+            messages = purged.purged,
+            "purged the task messages of an ended job"
+        );
+        Ok(())
     }
 }
