@@ -657,3 +657,39 @@ fn a_task_whose_workers_keep_dying_fails_as_a_crash_loop() {
         assert!(error.contains("delivered 2 times"), "{error}");
     });
 }
+
+#[test]
+fn task_messages_lost_by_nats_are_published_again() {
+    run_test(Duration::from_secs(120), async {
+        let mut fleet = Fleet::start(&["--reconcile-every", "2s"]).await;
+        let hash = fleet.upload(guests::NOOP).await;
+        let total = 50;
+        let id = fleet.submit(sweep(&hash, total)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fleet.queued_messages(id).await < total as usize {
+            assert!(Instant::now() < deadline, "the tasks were never published");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The messages vanish (as with a nats-server that lost its disk);
+        // the database still says queued.
+        let client = async_nats::connect(fleet.nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream("SANDMILL_TASKS").await.unwrap();
+        stream.purge().await.unwrap();
+        assert_eq!(fleet.queued_messages(id).await, 0);
+
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while fleet.queued_messages(id).await < total as usize {
+            assert!(
+                Instant::now() < deadline,
+                "the reconciler never published the lost tasks again"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        fleet.start_worker("w1", "", 1);
+        let finished = fleet.finished(id, Duration::from_secs(60)).await;
+        assert_eq!(finished["job"]["status"], "succeeded", "{finished}");
+        let (ok, lost, duplicated) = fleet.audit("lost messages", id).await;
+        assert_eq!((ok, lost, duplicated), (total as i64, 0, 0));
+    });
+}

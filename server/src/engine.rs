@@ -24,8 +24,9 @@ use crate::store::{CancelRefused, JobRow, ModuleRow, NewJob, NewTask, Store, Sto
 const RECORD_BATCH: usize = 4_096;
 /// How often the reconciler checks who can take queued tasks.
 const WAITING_EVERY: Duration = Duration::from_secs(2);
-/// How often the reconciler looks for live tasks missing from the broker.
-const ABSENT_EVERY: Duration = Duration::from_secs(30);
+/// How often the reconciler looks for live tasks missing from the broker,
+/// by default.
+pub const DEFAULT_ABSENT_EVERY: Duration = Duration::from_secs(30);
 
 /// What went wrong, by what the caller should do about it.
 #[derive(Debug, thiserror::Error)]
@@ -64,12 +65,16 @@ impl From<jobfile::Invalid> for EngineError {
 pub struct EngineConfig {
     /// Tasks one job may have.
     pub max_tasks_per_job: usize,
+    /// How often the reconciler looks for live tasks whose messages the
+    /// broker lost (see [`DEFAULT_ABSENT_EVERY`]).
+    pub absent_every: Duration,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             max_tasks_per_job: DEFAULT_MAX_TASKS_PER_JOB,
+            absent_every: DEFAULT_ABSENT_EVERY,
         }
     }
 }
@@ -397,7 +402,8 @@ impl Engine {
     /// The reconciler, until the broker closes: every [`WAITING_EVERY`],
     /// says which jobs wait for a worker that can take their tasks and
     /// fails those that waited past their queue timeout; every
-    /// [`ABSENT_EVERY`], publishes again live tasks the broker has lost.
+    /// [`EngineConfig::absent_every`], publishes again live tasks the
+    /// broker has lost.
     pub async fn reconcile(self) {
         let mut last_absent = tokio::time::Instant::now();
         loop {
@@ -408,7 +414,7 @@ impl Engine {
                 }
                 tracing::warn!(%error, "checking waiting jobs failed");
             }
-            if last_absent.elapsed() >= ABSENT_EVERY {
+            if last_absent.elapsed() >= self.inner.config.absent_every {
                 last_absent = tokio::time::Instant::now();
                 match self.republish_absent().await {
                     Ok(0) => {}
@@ -506,7 +512,7 @@ impl Engine {
         let messages = self.inner.store.live_messages(&absent).await?;
         let n = messages.len();
         for chunk in messages.chunks(10_000) {
-            self.inner.broker.publish(chunk.to_vec()).await?;
+            self.inner.broker.republish(chunk.to_vec()).await?;
         }
         Ok(n)
     }

@@ -36,6 +36,13 @@ pub trait Broker: Send + Sync + 'static {
     /// is a no-op, so re-publishing after a crash is safe.
     async fn publish(&self, tasks: Vec<TaskMessage>) -> Result<(), BrokerError>;
 
+    /// Publishes again tasks whose messages the broker lost (the
+    /// reconciler found them absent): unlike [`publish`](Broker::publish),
+    /// never dropped as a duplicate of the lost message.
+    async fn republish(&self, tasks: Vec<TaskMessage>) -> Result<(), BrokerError> {
+        self.publish(tasks).await
+    }
+
     /// Waits for at least one task and returns up to `max`.
     async fn fetch(&self, max: usize) -> Result<Vec<TaskMessage>, BrokerError>;
 

@@ -302,6 +302,42 @@ impl NatsBroker {
         });
     }
 
+    /// Publishes task messages, creating label-set queues as needed;
+    /// `again` marks a re-publish of a lost message (another message id).
+    async fn publish_tasks(
+        &self,
+        tasks: Vec<TaskMessage>,
+        again: Option<i64>,
+    ) -> Result<(), BrokerError> {
+        let mut items = Vec::with_capacity(tasks.len());
+        for task in &tasks {
+            let token = task.labels.token();
+            let known = self
+                .queues_made
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&token);
+            if !known {
+                self.queue(&task.labels).await?;
+                self.queues_made
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(token.clone());
+            }
+            let payload = serde_json::to_vec(task).map_err(transport)?;
+            let mut id = format!("task-{}-{}", task.task_id, task.attempt);
+            if let Some(at) = again {
+                id.push_str(&format!("-again-{at}"));
+            }
+            items.push((
+                format!("sandmill.tasks.{token}.{}.{}", task.job_id, task.task_id),
+                id,
+                payload,
+            ));
+        }
+        self.publish_all(items).await
+    }
+
     async fn publish_all(&self, items: Vec<(String, String, Vec<u8>)>) -> Result<(), BrokerError> {
         let mut pending = futures_util::stream::FuturesOrdered::new();
         for (subject, id, payload) in items {
@@ -372,29 +408,14 @@ fn event_key(event: &TaskEvent) -> (i64, i64, i64, String) {
 #[async_trait]
 impl Broker for NatsBroker {
     async fn publish(&self, tasks: Vec<TaskMessage>) -> Result<(), BrokerError> {
-        let mut items = Vec::with_capacity(tasks.len());
-        for task in &tasks {
-            let token = task.labels.token();
-            let known = self
-                .queues_made
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&token);
-            if !known {
-                self.queue(&task.labels).await?;
-                self.queues_made
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(token.clone());
-            }
-            let payload = serde_json::to_vec(task).map_err(transport)?;
-            items.push((
-                format!("sandmill.tasks.{token}.{}.{}", task.job_id, task.task_id),
-                format!("task-{}-{}", task.task_id, task.attempt),
-                payload,
-            ));
-        }
-        self.publish_all(items).await
+        self.publish_tasks(tasks, None).await
+    }
+
+    async fn republish(&self, tasks: Vec<TaskMessage>) -> Result<(), BrokerError> {
+        // A fresh message id: the lost message's id may still sit in the
+        // dedup window, which would drop this publish.
+        self.publish_tasks(tasks, Some(crate::message::now_ms()))
+            .await
     }
 
     async fn fetch(&self, max: usize) -> Result<Vec<TaskMessage>, BrokerError> {

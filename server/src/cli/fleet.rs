@@ -103,6 +103,10 @@ pub struct ServeArgs {
     /// `worker-lost` (or `crash-loop`).
     #[arg(long, default_value_t = sandmill_runtime::broker::MAX_DELIVERIES)]
     max_deliveries: u32,
+    /// How often to look for queued or running tasks whose messages NATS
+    /// lost (say, with a server's disk), and publish them again.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    reconcile_every: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -174,7 +178,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             cache_dir: Some(args.cache_dir.clone()),
             ..SandboxConfig::default()
         })?;
-        let engine = Engine::new(store, broker, blobs, sandbox, EngineConfig::default());
+        let engine = Engine::new(
+            store,
+            broker,
+            blobs,
+            sandbox,
+            EngineConfig {
+                absent_every: args.reconcile_every,
+                ..EngineConfig::default()
+            },
+        );
         tokio::spawn(engine.clone().record_events());
         let republished = engine.recover().await?;
         tokio::spawn(engine.clone().reconcile());
