@@ -86,6 +86,17 @@ impl Fleet {
             .arg(self.cache.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        // SANDMILL_TEST_LOGS=DIR keeps each process's log there.
+        if let Some(dir) = std::env::var_os("SANDMILL_TEST_LOGS") {
+            let name = format!(
+                "{}-{}.log",
+                args.join("-").replace('/', "_"),
+                support::free_port()
+            );
+            if let Ok(file) = std::fs::File::create(std::path::Path::new(&dir).join(name)) {
+                command.stderr(file);
+            }
+        }
         command
     }
 
@@ -372,6 +383,7 @@ fn restarting_nats_server_and_serve_mid_job_loses_nothing() {
         let after_nats = fleet.job(id).await["counts"]["succeeded"]
             .as_i64()
             .unwrap_or(0);
+        let began = Instant::now();
         println!("nats-server restarted at {after_nats} successes");
 
         fleet
@@ -388,10 +400,17 @@ fn restarting_nats_server_and_serve_mid_job_loses_nothing() {
         let after_serve = fleet.job(id).await["counts"]["succeeded"]
             .as_i64()
             .unwrap_or(0);
-        println!("serve killed and started again at {after_serve} successes");
+        println!(
+            "serve killed and started again at {after_serve} successes, {:.1} s after the nats restart",
+            began.elapsed().as_secs_f64()
+        );
 
         let finished = fleet.finished(id, Duration::from_secs(240)).await;
         assert_eq!(finished["job"]["status"], "succeeded", "{finished}");
+        println!(
+            "finished {:.1} s after the nats restart",
+            began.elapsed().as_secs_f64()
+        );
         let (ok, lost, duplicated) = fleet.audit("restarts", id).await;
         assert_eq!((ok, lost, duplicated), (total as i64, 0, 0));
     });

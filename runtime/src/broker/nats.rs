@@ -14,8 +14,8 @@
 //!   wait; past [`NatsConfig::max_deliveries`] the task fails `worker-lost`.
 //! - Events: stream `SANDMILL_EVENTS` on `sandmill.events.<job>.<task>`
 //!   (JSON, limits retention, so any NATS client can subscribe); the control
-//!   plane reads them with the durable consumer `recorder` and acks them
-//!   (ack-all: one ack per batch) after the database commit.
+//!   plane reads them with the durable consumer `recorder` and acks each
+//!   after the database commit.
 //! - Registry: key/value bucket `sandmill-workers`, one entry per worker id,
 //!   rewritten every heartbeat, removed when a worker leaves on purpose.
 //!
@@ -39,6 +39,9 @@ use crate::message::{TaskEvent, TaskMessage, WorkerInfo};
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Deliveries of one task attempt a worker may run (by default).
 pub const MAX_DELIVERIES: u32 = 5;
+/// How long events handed to a control plane that died stay unacked before
+/// they go to its successor.
+pub const RECORDER_ACK_WAIT: Duration = Duration::from_secs(10);
 /// Window in which a re-published task attempt is dropped as a duplicate.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
 /// Largest message: task messages and events carry no payloads.
@@ -107,8 +110,10 @@ pub struct NatsBroker {
     /// Fetched, not yet done: acked when their result is published. (Two
     /// messages may carry one attempt: both are done with its result.)
     in_flight: Arc<Mutex<InFlight>>,
-    /// The last event handed to the recorder: acking it acks all before it.
-    unacked_event: Arc<tokio::sync::Mutex<Option<jetstream::Message>>>,
+    /// Events handed to the recorder, acked once recorded. (Each one: an
+    /// ack-all of the last would also ack a message lost in transit during
+    /// a reconnect, which then is never recorded.)
+    unacked_events: Arc<tokio::sync::Mutex<Vec<jetstream::Message>>>,
 }
 
 /// Fetched messages by (task, attempt).
@@ -159,8 +164,8 @@ impl NatsBroker {
                 "recorder",
                 jetstream::consumer::pull::Config {
                     durable_name: Some("recorder".into()),
-                    ack_policy: jetstream::consumer::AckPolicy::All,
-                    ack_wait: ACK_WAIT,
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: RECORDER_ACK_WAIT,
                     max_ack_pending: 100_000,
                     ..Default::default()
                 },
@@ -195,7 +200,7 @@ impl NatsBroker {
             )),
             max_deliveries: Arc::new(std::sync::atomic::AtomicU32::new(u32::MAX)),
             in_flight: Arc::default(),
-            unacked_event: Arc::default(),
+            unacked_events: Arc::default(),
         };
         if broker.config.offers.is_some() {
             // Unlabelled work needs no publisher to have run first.
@@ -538,18 +543,26 @@ impl Broker for NatsBroker {
         loop {
             let fetched =
                 fetch_json::<TaskEvent>(&self.events, max, Duration::from_secs(5)).await?;
-            let Some((_, last)) = fetched.last() else {
+            if fetched.is_empty() {
                 continue;
-            };
-            *self.unacked_event.lock().await = Some(last.clone());
-            return Ok(fetched.into_iter().map(|(event, _)| event).collect());
+            }
+            let mut unacked = self.unacked_events.lock().await;
+            return Ok(fetched
+                .into_iter()
+                .map(|(event, message)| {
+                    unacked.push(message);
+                    event
+                })
+                .collect());
         }
     }
 
     async fn events_recorded(&self) -> Result<(), BrokerError> {
-        if let Some(last) = self.unacked_event.lock().await.take() {
-            // Ack-all: this acks every event delivered before it too.
-            last.ack().await.map_err(transport)?;
+        let messages = std::mem::take(&mut *self.unacked_events.lock().await);
+        // An ack is one publish, no reply awaited: these go out as fast as
+        // the connection takes them.
+        for message in messages {
+            message.ack().await.map_err(transport)?;
         }
         Ok(())
     }
