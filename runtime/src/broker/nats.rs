@@ -39,6 +39,10 @@ use crate::message::{TaskEvent, TaskMessage, WorkerInfo};
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Deliveries of one task attempt a worker may run (by default).
 pub const MAX_DELIVERIES: u32 = 5;
+/// The longest wait before a lost worker's task is delivered again.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// Where a queue keeps its delivery limit (consumer metadata).
+const MAX_DELIVERIES_KEY: &str = "sandmill.max_deliveries";
 /// How long events handed to a control plane that died stay unacked before
 /// they go to its successor.
 pub const RECORDER_ACK_WAIT: Duration = Duration::from_secs(10);
@@ -223,9 +227,21 @@ impl NatsBroker {
                     filter_subject: format!("sandmill.tasks.{token}.>"),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait: self.config.ack_wait,
-                    // One more than a worker may run: the last delivery
-                    // is the one that fails the task as worker-lost.
-                    max_deliver: i64::from(self.config.max_deliveries) + 1,
+                    // A lost worker's task comes back after the ack wait,
+                    // then after twice, four times that...
+                    backoff: (0..self.config.max_deliveries.min(16))
+                        .map(|i| (self.config.ack_wait * 2u32.pow(i)).min(MAX_BACKOFF))
+                        .collect(),
+                    // ...with no limit in JetStream: the workers enforce
+                    // ours (a delivery past it fails the task as
+                    // worker-lost, unrun), so a task is never stranded,
+                    // even if the worker holding its last delivery dies.
+                    max_deliver: -1,
+                    metadata: [(
+                        MAX_DELIVERIES_KEY.to_owned(),
+                        self.config.max_deliveries.to_string(),
+                    )]
+                    .into(),
                     max_ack_pending: MAX_ACK_PENDING,
                     ..Default::default()
                 },
@@ -266,8 +282,12 @@ impl NatsBroker {
                 let ack_wait = u64::try_from(info.config.ack_wait.as_millis()).unwrap_or(u64::MAX);
                 self.ack_wait_ms
                     .fetch_min(ack_wait.max(300), std::sync::atomic::Ordering::Relaxed);
-                let limit = u32::try_from(info.config.max_deliver - 1)
-                    .unwrap_or(u32::MAX)
+                let limit = info
+                    .config
+                    .metadata
+                    .get(MAX_DELIVERIES_KEY)
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .unwrap_or(MAX_DELIVERIES)
                     .max(1);
                 self.max_deliveries
                     .fetch_min(limit, std::sync::atomic::Ordering::Relaxed);
