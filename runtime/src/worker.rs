@@ -96,7 +96,8 @@ pub async fn keep_registered(
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = stop.changed() => {}
+            // The pool is gone: nothing left to announce.
+            changed = stop.changed() => if changed.is_err() { return },
         }
     }
 }
@@ -233,7 +234,13 @@ impl Worker {
             }
             let fetched = tokio::select! {
                 fetched = self.broker.fetch(fetch_size) => fetched,
-                _ = drain.changed() => continue,
+                // Drain (or the pool is gone): the loop top decides.
+                changed = drain.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue;
+                }
             };
             let batch = match fetched {
                 Ok(batch) => {
