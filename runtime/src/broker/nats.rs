@@ -327,6 +327,15 @@ impl NatsBroker {
         });
     }
 
+    /// The messages of a fetched task, no longer kept alive.
+    fn take_in_flight(&self, task: &TaskMessage) -> Vec<jetstream::Message> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&task.dedup_key())
+            .unwrap_or_default()
+    }
+
     /// Publishes task messages, creating label-set queues as needed;
     /// `again` marks a re-publish of a lost message (another message id).
     async fn publish_tasks(
@@ -487,24 +496,14 @@ impl Broker for NatsBroker {
     }
 
     async fn done(&self, task: &TaskMessage) -> Result<(), BrokerError> {
-        let message = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&task.dedup_key());
-        for message in message.into_iter().flatten() {
+        for message in self.take_in_flight(task) {
             message.double_ack().await.map_err(transport)?;
         }
         Ok(())
     }
 
     async fn release(&self, task: TaskMessage) -> Result<(), BrokerError> {
-        let message = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&task.dedup_key());
-        for message in message.into_iter().flatten() {
+        for message in self.take_in_flight(&task) {
             message
                 .ack_with(AckKind::Nak(None))
                 .await
