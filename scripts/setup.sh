@@ -8,6 +8,14 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
 
+# rustfmt and clippy, for the test command's style and lint checks.
+for component in rustfmt clippy; do
+    if ! rustup component list --installed | grep -q "^$component"; then
+        echo "setup: adding the $component component" >&2
+        rustup component add "$component"
+    fi
+done
+
 # Postgres, for the storage and API suites that run once per backend.
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
     echo "setup: installing postgresql (Debian)" >&2

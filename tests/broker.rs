@@ -2,6 +2,8 @@
 //! implementations: the in-process one and JetStream on a real
 //! `nats-server -js`. Same suite, same assertions.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::Arc;
@@ -17,11 +19,13 @@ fn task(id: i64, attempt: i64, labels: &str) -> TaskMessage {
         task_id: id,
         job_id: 1,
         attempt,
+        priority: 0,
         kind: CallKind::Task,
         module: "m".into(),
         input: None,
         input_name: "-".into(),
         params: "{}".into(),
+        params_blob: None,
         limits: Limits::default(),
         grants: Grants::default(),
         labels: Labels::parse(labels).unwrap(),
@@ -83,6 +87,38 @@ async fn suite(publisher: Arc<dyn Broker>, worker: Arc<dyn Broker>) {
     assert_eq!(again[0].dedup_key(), first.dedup_key());
     worker.done(&again[0]).await.unwrap();
 
+    // Higher priorities first: an interactive call does not wait behind a
+    // sweep.
+    let sweep: Vec<TaskMessage> = (30..40).map(|i| task(i, 0, "")).collect();
+    publisher.publish(sweep).await.unwrap();
+    let mut urgent = task(40, 0, "");
+    urgent.priority = 9;
+    publisher.publish(vec![urgent]).await.unwrap();
+    let first = fetch(worker.as_ref(), 1).await;
+    assert_eq!(first[0].task_id, 40, "the priority-9 task comes first");
+    worker.done(&first[0]).await.unwrap();
+    let mut rest = Vec::new();
+    while rest.len() < 10 {
+        rest.extend(fetch(worker.as_ref(), 10).await);
+    }
+    for t in &rest {
+        worker.done(t).await.unwrap();
+    }
+
+    // Handed back after a delay (the blob store was out): delivered again.
+    publisher.publish(vec![task(50, 0, "")]).await.unwrap();
+    let held = fetch(worker.as_ref(), 1).await;
+    worker
+        .release_after(held[0].clone(), Duration::from_millis(200))
+        .await
+        .unwrap();
+    let back = fetch(worker.as_ref(), 1).await;
+    assert_eq!(back[0].task_id, 50);
+    worker.done(&back[0]).await.unwrap();
+
+    // Registry pages: by id, after a cursor.
+    // (Checked below with the entries.)
+
     // An ended job's queued messages are dropped; others stay.
     let mut doomed = task(20, 0, "");
     doomed.job_id = 5;
@@ -119,7 +155,7 @@ async fn suite(publisher: Arc<dyn Broker>, worker: Arc<dyn Broker>) {
     worker.heartbeat(&entry("alpha")).await.unwrap();
     worker.heartbeat(&entry("beta")).await.unwrap();
     let mut ids: Vec<_> = publisher
-        .workers()
+        .workers(None, 100)
         .await
         .unwrap()
         .into_iter()
@@ -127,10 +163,21 @@ async fn suite(publisher: Arc<dyn Broker>, worker: Arc<dyn Broker>) {
         .collect();
     ids.sort();
     assert_eq!(ids, vec!["alpha", "beta"]);
+    let page = publisher.workers(Some("alpha"), 10).await.unwrap();
+    assert_eq!(
+        page.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
+        vec!["beta"]
+    );
+    assert_eq!(publisher.workers(None, 1).await.unwrap().len(), 1);
+    assert_eq!(
+        publisher.worker("beta").await.unwrap().map(|w| w.id),
+        Some("beta".into())
+    );
+    assert!(publisher.worker("gamma").await.unwrap().is_none());
     entry_like(&publisher, "alpha").await;
     worker.leave("alpha").await.unwrap();
     let ids: Vec<_> = publisher
-        .workers()
+        .workers(None, 100)
         .await
         .unwrap()
         .into_iter()
@@ -141,7 +188,7 @@ async fn suite(publisher: Arc<dyn Broker>, worker: Arc<dyn Broker>) {
 
 async fn entry_like(broker: &Arc<dyn Broker>, id: &str) -> WorkerInfo {
     let stored = broker
-        .workers()
+        .workers(None, 100)
         .await
         .unwrap()
         .into_iter()

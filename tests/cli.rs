@@ -1,17 +1,28 @@
 //! The `sandmill` commands a user lives in: `run` (embedded, throw-away)
-//! and the client commands against a real `sandmill dev`.
+//! and the client commands against a real `sandmill dev`. Every process is
+//! bounded in time and killed when a test fails.
+
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// A command that ends on its own; killed (and the test failed) past this.
+const LIMIT: Duration = Duration::from_secs(120);
 
 fn sandmill(state: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandmill"));
     cmd.env("XDG_STATE_HOME", state)
         .env_remove("SANDMILL_SERVER");
     cmd
+}
+
+/// Runs `sandmill ARGS` to its end, bounded.
+fn run(state: &Path, args: &[&str]) -> Output {
+    support::output_within(sandmill(state).args(args), LIMIT)
 }
 
 fn ok(output: &Output) -> String {
@@ -29,6 +40,10 @@ fn examples() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
 /// The example job files name guests by path; make sure they are built.
 fn guests_built() {
     assert!(Path::new(sandmill_test_artifacts::WORDCOUNT).exists());
@@ -38,22 +53,20 @@ fn guests_built() {
 fn run_prints_the_same_word_count_as_exec() {
     guests_built();
     let state = tempfile::tempdir().unwrap();
-    let ran = ok(&sandmill(state.path())
-        .arg("run")
-        .arg(examples().join("wordcount.toml"))
-        .output()
-        .unwrap());
-    let exec = ok(&sandmill(state.path())
-        .args([
+    let wordcount = examples().join("wordcount.toml");
+    let ran = ok(&run(state.path(), &["run", path(&wordcount)]));
+    let alice = examples().join("alice.txt");
+    let exec = ok(&run(
+        state.path(),
+        &[
             "exec",
             sandmill_test_artifacts::WORDCOUNT,
             "--kind",
             "map",
             "--input",
-        ])
-        .arg(examples().join("alice.txt"))
-        .output()
-        .unwrap());
+            path(&alice),
+        ],
+    ));
     assert_eq!(ran, exec);
     assert!(ran.contains("Alice 6\n"));
 }
@@ -66,15 +79,18 @@ fn run_over_a_folder_writes_a_part_per_input_and_a_failed_job_exits_2() {
     std::fs::write(inputs.path().join("a.txt"), "one fish two fish").unwrap();
     std::fs::write(inputs.path().join("b.txt"), "red fish").unwrap();
     let out = tempfile::tempdir().unwrap();
-    ok(&sandmill(state.path())
-        .arg("run")
-        .arg(examples().join("wordcount.toml"))
-        .arg("--input")
-        .arg(inputs.path())
-        .arg("--output")
-        .arg(out.path())
-        .output()
-        .unwrap());
+    let wordcount = examples().join("wordcount.toml");
+    ok(&run(
+        state.path(),
+        &[
+            "run",
+            path(&wordcount),
+            "--input",
+            path(inputs.path()),
+            "--output",
+            path(out.path()),
+        ],
+    ));
     assert_eq!(
         std::fs::read_to_string(out.path().join("part-00000")).unwrap(),
         "fish 2\none 1\ntwo 1\n"
@@ -93,28 +109,82 @@ fn run_over_a_folder_writes_a_part_per_input_and_a_failed_job_exits_2() {
         ),
     )
     .unwrap();
-    let failed = sandmill(state.path())
-        .arg("run")
-        .arg(&job)
-        .output()
-        .unwrap();
+    let failed = run(state.path(), &["run", path(&job)]);
     assert_eq!(failed.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(stderr.contains("failed[guest-panic]"), "{stderr}");
+}
 
-    let typo = state.path().join("typo.toml");
+#[test]
+fn job_file_errors_name_the_key_and_the_line() {
+    let state = tempfile::tempdir().unwrap();
+    for (text, said) in [
+        (
+            "name = \"x\"\n[task]\nmodule = \"m.wasm\"\nkind = \"task\"\ninptu = \"x\"\n",
+            "task.inptu, line 5: unknown field `inptu`",
+        ),
+        (
+            "name = \"x\"\n\n[sweep]\nmodule = \"m.wasm\"\ncount = \"ten\"\n",
+            "sweep.count, line 5: expected an integer, found a string (\"ten\")",
+        ),
+        (
+            "name = \"x\"\npriority = 12\n[task]\nmodule = \"m.wasm\"\n",
+            "priority",
+        ),
+    ] {
+        let job = state.path().join("job.toml");
+        std::fs::write(&job, text).unwrap();
+        let refused = run(state.path(), &["run", path(&job)]);
+        assert_eq!(refused.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(said), "{stderr}");
+    }
+}
+
+/// A loopback listener that takes one connection and returns its first
+/// line.
+fn one_connection() -> (String, std::thread::JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let (stream, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stream)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    });
+    (addr, accepted)
+}
+
+/// A job file running the network guest against `addr`, granted the
+/// network.
+fn network_job(dir: &Path, addr: &str) -> std::path::PathBuf {
+    let input = dir.join("addr.txt");
+    std::fs::write(&input, addr).unwrap();
+    let job = dir.join("net.toml");
     std::fs::write(
-        &typo,
-        "name = \"x\"\n[task]\nmodule = \"m.wasm\"\nkind = \"task\"\ninptu = \"x\"\n",
+        &job,
+        format!(
+            "name = \"net\"\n[task]\nmodule = \"{}\"\ninput = \"{}\"\n[grants]\nallow = [\"network\"]\n",
+            sandmill_test_artifacts::HOSTILE_NET_ESCAPE,
+            input.display()
+        ),
     )
     .unwrap();
-    let refused = sandmill(state.path())
-        .arg("run")
-        .arg(&typo)
-        .output()
-        .unwrap();
-    assert_eq!(refused.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("inptu"));
+    job
+}
+
+#[test]
+fn a_guest_granted_the_network_connects_under_sandmill_run() {
+    let state = tempfile::tempdir().unwrap();
+    let (addr, accepted) = one_connection();
+    let job = network_job(state.path(), &addr);
+    let out = ok(&run(state.path(), &["run", path(&job)]));
+    assert_eq!(out, "connected");
+    assert_eq!(accepted.join().unwrap(), "escaped\n");
 }
 
 #[test]
@@ -124,30 +194,18 @@ fn client_commands_against_a_dev_server() {
     let data = tempfile::tempdir().unwrap();
     let port = support::free_port();
     let server = format!("http://127.0.0.1:{port}");
-    let mut dev = support::dev_command(data.path(), port)
-        .env("XDG_STATE_HOME", state.path())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "dev did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _dev = support::Killed::spawn(
+        support::dev_command(data.path(), port).env("XDG_STATE_HOME", state.path()),
+    );
+    support::wait_port(port, Duration::from_secs(60));
     let client = |args: &[&str]| -> Output {
-        sandmill(state.path())
-            .args(["--server", &server])
-            .args(args)
-            .output()
-            .unwrap()
+        let mut all = vec!["--server", server.as_str()];
+        all.extend_from_slice(args);
+        run(state.path(), &all)
     };
 
     let wordcount = examples().join("wordcount.toml");
-    let id = ok(&sandmill(state.path())
-        .args(["--server", &server, "submit"])
-        .arg(&wordcount)
-        .arg("--wait")
-        .output()
-        .unwrap());
+    let id = ok(&client(&["submit", path(&wordcount), "--wait"]));
     let id = id.trim().to_owned();
     let status = ok(&client(&["status", "LAST"]));
     assert!(
@@ -155,16 +213,11 @@ fn client_commands_against_a_dev_server() {
         "{status}"
     );
     assert_eq!(ok(&client(&["status", &id])), status);
-    let waited = client(&["wait", "LAST"]);
-    ok(&waited);
+    ok(&client(&["wait", "LAST"]));
     assert!(ok(&client(&["jobs"])).contains("wordcount"));
+    assert!(ok(&client(&["jobs", "--status", "succeeded"])).contains("wordcount"));
     let out = tempfile::tempdir().unwrap();
-    ok(&client(&[
-        "fetch",
-        "LAST",
-        "-o",
-        out.path().to_str().unwrap(),
-    ]));
+    ok(&client(&["fetch", "LAST", "-o", path(out.path())]));
     assert!(
         std::fs::read_to_string(out.path().join("part-00000"))
             .unwrap()
@@ -177,6 +230,19 @@ fn client_commands_against_a_dev_server() {
     assert!(String::from_utf8_lossy(&cancel.stderr).contains("[conflict]"));
     let missing = client(&["status", "424242"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("[not_found]"));
+    let workers = ok(&client(&["workers"]));
+    assert!(
+        workers
+            .lines()
+            .any(|l| l.starts_with("embedded ") && l.contains("live")),
+        "{workers}"
+    );
+
+    // A guest granted the network connects from the dev server's workers.
+    let (addr, accepted) = one_connection();
+    let job = network_job(state.path(), &addr);
+    ok(&client(&["submit", path(&job), "--wait"]));
+    assert_eq!(accepted.join().unwrap(), "escaped\n");
 
     // A job that fails: wait exits 2.
     let sweep = state.path().join("sweep.toml");
@@ -188,18 +254,11 @@ fn client_commands_against_a_dev_server() {
         ),
     )
     .unwrap();
-    let failed = sandmill(state.path())
-        .args(["--server", &server, "submit"])
-        .arg(&sweep)
-        .arg("--wait")
-        .output()
-        .unwrap();
+    let failed = client(&["submit", path(&sweep), "--wait"]);
     assert_eq!(
         failed.status.code(),
         Some(2),
         "{}",
         String::from_utf8_lossy(&failed.stderr)
     );
-    dev.kill().unwrap();
-    dev.wait().unwrap();
 }

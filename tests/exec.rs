@@ -1,5 +1,7 @@
 //! `sandmill exec` end to end: the real binary, real guests.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -34,9 +36,22 @@ fn exec(module: &str, args: &[&str], stdin: &[u8]) -> Output {
         .spawn()
         .expect("start sandmill");
     let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin).expect("write stdin");
+    // A guest may stop reading before the end; that is not our failure.
+    let _ = input.write_all(stdin);
     drop(input);
-    child.wait_with_output().expect("sandmill finished")
+    // Bounded: the call's own timeout plus time to start and print.
+    let limit = std::time::Duration::from_secs(120);
+    let (done, finished) = std::sync::mpsc::channel();
+    let id = child.id();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(limit).is_err() {
+            let _ = Command::new("kill").args(["-9", &id.to_string()]).status();
+        }
+    });
+    let output = child.wait_with_output().expect("sandmill finished");
+    let _ = done.send(());
+    let _ = watchdog.join();
+    output
 }
 
 fn stderr_of(output: &Output) -> String {
@@ -269,4 +284,81 @@ fn preprocess_and_task_print_their_bytes() {
     );
     assert_eq!(output.stdout, b"from a file");
     assert!(Path::new(guests::NOOP).exists());
+}
+
+/// A loopback listener that takes one connection and returns its first
+/// line.
+fn one_connection() -> (String, std::thread::JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let accepted = std::thread::spawn(move || {
+        use std::io::BufRead;
+        listener.set_nonblocking(false).expect("blocking listener");
+        let (stream, _) = listener.accept().expect("a connection");
+        let mut line = String::new();
+        std::io::BufReader::new(stream)
+            .read_line(&mut line)
+            .expect("a line");
+        line
+    });
+    (addr, accepted)
+}
+
+#[test]
+fn a_guest_granted_the_network_connects_to_a_loopback_listener() {
+    let (addr, accepted) = one_connection();
+    let output = exec(
+        guests::HOSTILE_NET_ESCAPE,
+        &["--kind", "task", "--allow", "network"],
+        addr.as_bytes(),
+    );
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert_eq!(output.stdout, b"connected");
+    assert_eq!(accepted.join().expect("listener"), "escaped\n");
+    // And without the grant it cannot.
+    let (addr, _unused) = one_connection();
+    let denied = exec(
+        guests::HOSTILE_NET_ESCAPE,
+        &["--kind", "task"],
+        addr.as_bytes(),
+    );
+    assert_one_line_failure(&denied, "guest-error", "cannot connect");
+}
+
+/// Runs `sandmill exec` in a shell pipeline into `head -c 400`; returns
+/// sandmill's exit status and what its stderr (when not in the pipe) said.
+fn into_head(module: &str, args: &str, both: bool) -> (String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = dir.path().join("stderr");
+    let redirect = if both {
+        "2>&1".to_owned()
+    } else {
+        format!("2>{}", err.display())
+    };
+    let script = format!(
+        "\"$0\" exec \"$1\" {args} </dev/null {redirect} | head -c 400 >/dev/null; echo \"${{PIPESTATUS[0]}}\""
+    );
+    let output = Command::new("bash")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_sandmill"), module])
+        .env("SANDMILL_CACHE_DIR", CACHE.path())
+        .output()
+        .expect("bash");
+    let status = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    (status, std::fs::read_to_string(err).unwrap_or_default())
+}
+
+#[test]
+fn a_closed_pipe_ends_exec_quietly() {
+    // A guest that logs a megabyte, stdout and stderr both into `head`.
+    let (status, _) = into_head(guests::HOSTILE_LOG_SPAM, "--kind task", true);
+    assert_eq!(status, "0", "exit status with stderr closed");
+    // A task with a large output into `head`, stderr kept: nothing about a
+    // panic or a broken pipe.
+    let big = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(big.path(), vec![b'x'; 4 << 20]).expect("write");
+    let args = format!("--kind task --input {}", big.path().display());
+    let (status, stderr) = into_head(guests::NOOP, &args, false);
+    assert_eq!(status, "0", "exit status with stdout closed: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("broken pipe"), "{stderr}");
 }

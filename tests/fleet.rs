@@ -2,6 +2,8 @@
 //! `sandmill worker` processes, and a real `nats-server -js`. Each test
 //! runs its own fleet; they take turns, since two cores hold one fleet.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -153,7 +155,11 @@ impl Fleet {
             .json()
             .await
             .unwrap();
-        row["hash"].as_str().expect("module accepted").to_owned()
+        row["module"]
+            .as_str()
+            .expect("module accepted")
+            .trim_start_matches("sha256:")
+            .to_owned()
     }
 
     async fn submit(&self, job: Value) -> i64 {
@@ -186,7 +192,7 @@ impl Fleet {
     /// `GET /v1/jobs/{id}/tasks`.
     async fn tasks(&self, id: i64) -> Vec<Value> {
         let tasks = self.get(&format!("/v1/jobs/{id}/tasks")).await;
-        tasks.as_array().cloned().unwrap_or_default()
+        tasks["items"].as_array().cloned().unwrap_or_default()
     }
 
     async fn job(&self, id: i64) -> Value {
@@ -222,12 +228,12 @@ impl Fleet {
     }
 
     async fn finished(&self, id: i64, limit: Duration) -> Value {
-        self.until(id, "finishing", limit, |s| s["job"]["status"] != "running")
+        self.until(id, "finishing", limit, |s| s["status"] != "running")
             .await
     }
 
     async fn workers(&self) -> Vec<Value> {
-        serde_json::from_value(self.get("/v1/workers").await).unwrap()
+        serde_json::from_value(self.get("/v1/workers").await["items"].clone()).unwrap()
     }
 
     async fn worker(&self, id: &str) -> Option<Value> {
@@ -241,7 +247,7 @@ impl Fleet {
         let js = async_nats::jetstream::new(client);
         let stream = js.get_stream("SANDMILL_TASKS").await.unwrap();
         let subjects: Vec<(String, usize)> = stream
-            .info_with_subjects(format!("sandmill.tasks.*.{id}.>"))
+            .info_with_subjects(format!("sandmill.tasks.*.*.{id}.>"))
             .await
             .unwrap()
             .try_collect()
@@ -319,7 +325,7 @@ fn a_killed_worker_s_tasks_complete_on_another_recorded_once() {
         let (mut fleet, id) = Fleet::two_workers_on_a_sweep(total).await;
         fleet
             .until(id, "100 successes", Duration::from_secs(60), |s| {
-                s["counts"]["succeeded"].as_i64().unwrap_or(0) >= 100
+                s["tasks"]["succeeded"].as_i64().unwrap_or(0) >= 100
             })
             .await;
         let mut killed = fleet.take_worker("w1");
@@ -327,7 +333,7 @@ fn a_killed_worker_s_tasks_complete_on_another_recorded_once() {
         killed.wait().unwrap();
 
         let finished = fleet.finished(id, Duration::from_secs(180)).await;
-        assert_eq!(finished["job"]["status"], "succeeded", "{finished}");
+        assert_eq!(finished["status"], "succeeded", "{finished}");
         let (ok, lost, duplicated) = fleet.audit("killed worker", id).await;
         assert_eq!((ok, lost, duplicated), (total as i64, 0, 0));
 
@@ -369,7 +375,7 @@ fn restarting_nats_server_and_serve_mid_job_loses_nothing() {
         let total = 12_000;
         let (mut fleet, id) = Fleet::two_workers_on_a_sweep(total).await;
         let succeeded =
-            |n: i64| move |s: &Value| s["counts"]["succeeded"].as_i64().unwrap_or(0) >= n;
+            |n: i64| move |s: &Value| s["tasks"]["succeeded"].as_i64().unwrap_or(0) >= n;
 
         fleet
             .until(
@@ -380,7 +386,7 @@ fn restarting_nats_server_and_serve_mid_job_loses_nothing() {
             )
             .await;
         fleet.nats.restart();
-        let after_nats = fleet.job(id).await["counts"]["succeeded"]
+        let after_nats = fleet.job(id).await["tasks"]["succeeded"]
             .as_i64()
             .unwrap_or(0);
         let began = Instant::now();
@@ -397,7 +403,7 @@ fn restarting_nats_server_and_serve_mid_job_loses_nothing() {
         fleet.kill_serve();
         tokio::time::sleep(Duration::from_secs(1)).await;
         fleet.start_serve().await;
-        let after_serve = fleet.job(id).await["counts"]["succeeded"]
+        let after_serve = fleet.job(id).await["tasks"]["succeeded"]
             .as_i64()
             .unwrap_or(0);
         println!(
@@ -406,7 +412,7 @@ fn restarting_nats_server_and_serve_mid_job_loses_nothing() {
         );
 
         let finished = fleet.finished(id, Duration::from_secs(240)).await;
-        assert_eq!(finished["job"]["status"], "succeeded", "{finished}");
+        assert_eq!(finished["status"], "succeeded", "{finished}");
         println!(
             "finished {:.1} s after the nats restart",
             began.elapsed().as_secs_f64()
@@ -433,11 +439,13 @@ fn a_task_delivered_twice_keeps_one_result() {
             task_id,
             job_id: id,
             attempt: 0,
+            priority: 0,
             kind: CallKind::Task,
             module: hash.clone(),
             input: None,
             input_name: "-".into(),
             params: r#"{"n":1}"#.into(),
+            params_blob: None,
             limits: Limits::default(),
             grants: Grants::default(),
             labels: Default::default(),
@@ -448,7 +456,7 @@ fn a_task_delivered_twice_keeps_one_result() {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", "a-copy");
         js.publish_with_headers(
-            format!("sandmill.tasks.any.{id}.{task_id}"),
+            format!("sandmill.tasks.any.0.{id}.{task_id}"),
             headers,
             serde_json::to_vec(&copy).unwrap().into(),
         )
@@ -459,7 +467,7 @@ fn a_task_delivered_twice_keeps_one_result() {
 
         fleet.start_worker("solo", "", 1);
         let finished = fleet.finished(id, Duration::from_secs(60)).await;
-        assert_eq!(finished["job"]["status"], "succeeded", "{finished}");
+        assert_eq!(finished["status"], "succeeded", "{finished}");
         // The worker ran both deliveries...
         fleet.until_worker("solo", |w| w["finished"] == 2).await;
         // ...and one result was kept.
@@ -492,14 +500,14 @@ fn labelled_tasks_go_only_to_workers_offering_the_labels() {
         // Nobody offers gpu=a100: the job waits, and says why.
         let waiting = fleet
             .until(gpu, "a waiting reason", Duration::from_secs(30), |s| {
-                s["job"]["waiting"].is_string()
+                s["waiting"]["reason"].is_string()
             })
             .await;
         assert_eq!(
-            waiting["job"]["waiting"], "no live worker offers labels gpu=a100",
+            waiting["waiting"]["reason"], "no live worker offers labels gpu=a100",
             "{waiting}"
         );
-        assert_eq!(waiting["counts"]["queued"], 5, "{waiting}");
+        assert_eq!(waiting["tasks"]["queued"], 5, "{waiting}");
         let status = Command::new(env!("CARGO_BIN_EXE_sandmill"))
             .args(["--server", &fleet.base, "status", &gpu.to_string()])
             .output()
@@ -514,8 +522,8 @@ fn labelled_tasks_go_only_to_workers_offering_the_labels() {
         // messages are dropped.
         assert_eq!(fleet.queued_messages(doomed).await, 2);
         let failed = fleet.finished(doomed, Duration::from_secs(30)).await;
-        assert_eq!(failed["job"]["status"], "failed", "{failed}");
-        assert_eq!(failed["counts"]["failed"], 2, "{failed}");
+        assert_eq!(failed["status"], "failed", "{failed}");
+        assert_eq!(failed["tasks"]["failed"], 2, "{failed}");
         let tasks: Vec<Value> = fleet.tasks(doomed).await;
         assert!(
             tasks.iter().all(|t| t["reason"] == "queue-timeout"),
@@ -574,8 +582,8 @@ fn labelled_tasks_go_only_to_workers_offering_the_labels() {
         // never received any.
         fleet.start_worker("gpu-1", "gpu=a100,zone=us", 1);
         let done = fleet.finished(gpu, Duration::from_secs(60)).await;
-        assert_eq!(done["job"]["status"], "succeeded", "{done}");
-        assert!(done["job"]["waiting"].is_null(), "{done}");
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert!(done["waiting"].is_null(), "{done}");
         // (The registry is written every few seconds.)
         fleet.until_worker("gpu-1", |w| w["finished"] == 5).await;
         let cpu = fleet.worker("cpu").await.expect("cpu registered");
@@ -599,7 +607,7 @@ fn sigterm_drains_a_worker_and_it_leaves_the_registry() {
         fleet.start_worker("drained", "", 1);
         fleet
             .until(id, "a task starting", Duration::from_secs(30), |s| {
-                s["counts"]["running"] == 1
+                s["tasks"]["running"] == 1
             })
             .await;
         let mut drained = fleet.take_worker("drained");
@@ -612,7 +620,7 @@ fn sigterm_drains_a_worker_and_it_leaves_the_registry() {
         let status = wait_exit(&mut drained, Duration::from_secs(30)).await;
         assert!(status.success(), "a drained worker exits 0, not {status}");
         let state = fleet.job(id).await;
-        assert_eq!(state["counts"]["failed"], 1, "{state}");
+        assert_eq!(state["tasks"]["failed"], 1, "{state}");
         assert!(
             fleet.worker("drained").await.is_none(),
             "a drained worker leaves the registry"
@@ -620,7 +628,7 @@ fn sigterm_drains_a_worker_and_it_leaves_the_registry() {
 
         fleet.start_worker("next", "", 1);
         let finished = fleet.finished(id, Duration::from_secs(60)).await;
-        assert_eq!(finished["counts"]["failed"], 2, "{finished}");
+        assert_eq!(finished["tasks"]["failed"], 2, "{finished}");
         let tasks: Vec<Value> = fleet.tasks(id).await;
         let mut workers = Vec::new();
         for task in &tasks {
@@ -650,16 +658,17 @@ fn a_task_whose_workers_keep_dying_fails_as_a_crash_loop() {
         // Each worker that takes the task is killed while running it.
         // Each time the worker (the same name: a restart after a crash is
         // no twin) takes the task, it is killed while running it.
-        let mut last_start = 0;
+        // Times are RFC 3339 in one format: they order as strings.
+        let mut last_start = String::new();
         for _ in 0..2 {
             fleet.start_worker("victim", "", 1);
             let entry = fleet
                 .until_worker("victim", |w| {
-                    w["started_at"].as_i64().unwrap_or(0) > last_start
+                    w["started_at"].as_str().unwrap_or_default() > last_start.as_str()
                         && w["running"].as_array().is_some_and(|r| !r.is_empty())
                 })
                 .await;
-            last_start = entry["started_at"].as_i64().unwrap();
+            last_start = entry["started_at"].as_str().unwrap().to_owned();
             let mut victim = fleet.take_worker("victim");
             victim.kill().unwrap();
             victim.wait().unwrap();
@@ -667,7 +676,7 @@ fn a_task_whose_workers_keep_dying_fails_as_a_crash_loop() {
         // The next worker sees the third delivery and fails the task.
         fleet.start_worker("survivor", "", 1);
         let finished = fleet.finished(id, Duration::from_secs(60)).await;
-        assert_eq!(finished["job"]["status"], "failed", "{finished}");
+        assert_eq!(finished["status"], "failed", "{finished}");
         let tasks: Vec<Value> = fleet.tasks(id).await;
         assert_eq!(tasks[0]["reason"], "crash-loop", "{:?}", tasks[0]);
         let error = tasks[0]["error"].as_str().unwrap_or_default();
@@ -705,7 +714,7 @@ fn task_messages_lost_by_nats_are_published_again() {
         }
         fleet.start_worker("w1", "", 1);
         let finished = fleet.finished(id, Duration::from_secs(60)).await;
-        assert_eq!(finished["job"]["status"], "succeeded", "{finished}");
+        assert_eq!(finished["status"], "succeeded", "{finished}");
         let (ok, lost, duplicated) = fleet.audit("lost messages", id).await;
         assert_eq!((ok, lost, duplicated), (total as i64, 0, 0));
     });

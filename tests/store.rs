@@ -1,35 +1,48 @@
 //! The storage suite, run once per backend: SQLite in a temporary folder
 //! and a real Postgres started for the test.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sandmill_runtime::message::{OutputRef, TaskEvent, TaskResult, Verdict};
+use sandmill_runtime::Reason;
+use sandmill_runtime::message::{OutputRef, TaskEvent, TaskMessage, TaskResult, Verdict};
 use sandmill_runtime::sandbox::CallKind;
-use sandmill_server::store::{CancelRefused, NewJob, NewTask, SpecRow, Store};
+use sandmill_server::model::{JobKind, JobStatus, TaskState};
+use sandmill_server::store::{CancelRefused, Item, NewJob, NewSpec, Store, Stored};
 
-fn job(n: usize, max_attempts: i64) -> NewJob {
+fn job(total: i64, items: Vec<Item>, max_attempts: i64) -> NewJob {
     NewJob {
         name: "suite".into(),
-        kind: "sweep".into(),
+        kind: JobKind::Sweep,
+        priority: 0,
         task_kind: CallKind::Task,
         module_hash: "ab".repeat(32),
-        limits: serde_json::to_string(&sandmill_runtime::Limits::default()).unwrap(),
-        grants: "{}".into(),
-        definition: "{}".into(),
-        max_attempts,
+        limits: sandmill_runtime::Limits::default(),
+        grants: Default::default(),
         labels: Default::default(),
+        definition: "{}".into(),
+        task_params: "{\"shared\":true}".into(),
+        task_input: None,
+        task_input_name: "-".into(),
+        total,
+        items,
+        max_attempts,
         queue_timeout_ms: 3_600_000,
-        tasks: (0..n)
-            .map(|i| NewTask {
-                params: format!("{{\"i\":{i}}}"),
-                input_hash: None,
-                input_name: "-".into(),
-            })
-            .collect(),
     }
+}
+
+fn items(n: usize) -> Vec<Item> {
+    (0..n)
+        .map(|i| Item {
+            params: format!("{{\"i\":{i}}}"),
+            input_hash: None,
+            input_name: format!("in-{i}"),
+        })
+        .collect()
 }
 
 fn result(task_id: i64, attempt: i64, verdict: Verdict, retryable: bool) -> TaskEvent {
@@ -39,11 +52,12 @@ fn result(task_id: i64, attempt: i64, verdict: Verdict, retryable: bool) -> Task
         attempt,
         worker: "w1".into(),
         verdict,
-        reason: (verdict == Verdict::Failed).then(|| "timeout".to_owned()),
+        reason: (verdict == Verdict::Failed).then_some(Reason::Timeout),
         error: (verdict == Verdict::Failed).then(|| "timed out".to_owned()),
         retryable,
         output: (verdict == Verdict::Succeeded).then(|| OutputRef::Inline(b"out".to_vec())),
         log: b"log line\n".to_vec(),
+        log_blob: None,
         log_truncated: false,
         counters: BTreeMap::from([("n".to_owned(), 1)]),
         elapsed_ms: 3,
@@ -51,41 +65,80 @@ fn result(task_id: i64, attempt: i64, verdict: Verdict, retryable: bool) -> Task
     })
 }
 
-async fn suite(store: Store) {
+fn start(task_id: i64, delivery: u32) -> TaskEvent {
+    TaskEvent::Started {
+        job_id: 0,
+        task_id,
+        attempt: 0,
+        worker: "w1".into(),
+        delivery,
+    }
+}
+
+/// Every page of live messages.
+async fn all_live(store: &Store) -> Vec<TaskMessage> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.live_messages_page(after, 1_000).await.unwrap();
+        let Some(last) = page.last() else { return all };
+        after = last.task_id;
+        all.extend(page);
+    }
+}
+
+async fn catalogue(store: &Store) {
     // Modules: content-addressed and idempotent.
     let hash = "ab".repeat(32);
-    assert!(store.put_module(&hash, 10, &["task"]).await.unwrap());
-    assert!(!store.put_module(&hash, 10, &["task"]).await.unwrap());
-    assert_eq!(store.module(&hash).await.unwrap().unwrap().exports, "task");
+    assert!(
+        store
+            .put_module(&hash, 10, &[CallKind::Task])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put_module(&hash, 10, &[CallKind::Task])
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .module(&hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .exports
+            .has(CallKind::Task)
+    );
     assert!(store.module(&"cd".repeat(32)).await.unwrap().is_none());
 
     // Specs: versions are immutable.
-    let spec = SpecRow {
+    let spec = NewSpec {
         name: "thumb".into(),
         version: "1".into(),
         module_hash: hash.clone(),
-        kind: "task".into(),
-        limits: "{}".into(),
-        grants: "{}".into(),
-        labels: "{}".into(),
-        created_at: 1,
+        kind: CallKind::Task,
+        limits: Default::default(),
+        grants: Default::default(),
+        labels: Default::default(),
     };
     assert!(store.put_spec(&spec).await.unwrap());
     assert!(
         store.put_spec(&spec).await.unwrap(),
         "the same again is fine"
     );
-    let changed = SpecRow {
-        kind: "map".into(),
+    let changed = NewSpec {
+        kind: CallKind::Map,
         ..spec.clone()
     };
     assert!(
         !store.put_spec(&changed).await.unwrap(),
         "a changed version is refused"
     );
-    let v2 = SpecRow {
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let v2 = NewSpec {
         version: "2".into(),
-        created_at: 2,
         ..spec.clone()
     };
     assert!(store.put_spec(&v2).await.unwrap());
@@ -94,46 +147,114 @@ async fn suite(store: Store) {
         "2"
     );
     assert_eq!(
-        store.spec("thumb", Some("1")).await.unwrap().unwrap().kind,
-        "task"
+        store
+            .spec("thumb", Some("1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .kind
+            .0,
+        CallKind::Task
     );
-    assert_eq!(store.specs().await.unwrap().len(), 2);
+    // Paged: one at a time, newest first.
+    let first = store.specs(None, None, 1).await.unwrap();
+    assert_eq!(first[0].version, "2");
+    let cursor = (
+        first[0].name.clone(),
+        first[0].created_at,
+        first[0].version.clone(),
+    );
+    let second = store.specs(None, Some(cursor), 1).await.unwrap();
+    assert_eq!(second[0].version, "1");
+}
 
-    // A job with more tasks than one insert statement holds.
-    let (job_id, messages) = store.create_job(&job(2_500, 2)).await.unwrap();
+async fn suite(store: Store) {
+    catalogue(&store).await;
+
+    // A sweep over items larger than one insert statement: nothing is a
+    // task until dispatched, a window at a time.
+    let (job_id, messages) = store
+        .create_job(&job(2_500, items(2_500), 2), 0)
+        .await
+        .unwrap();
+    assert!(messages.is_empty());
+    let row = store.job(job_id).await.unwrap().unwrap();
+    let counts = store.counts(&row).await.unwrap();
+    assert_eq!((counts.pending, counts.queued), (2_500, 0));
+    let backlog = store.backlog(10).await.unwrap();
+    assert_eq!((backlog[0].job_id, backlog[0].remaining), (job_id, 2_500));
+    let mut messages = store.dispatch(job_id, 1_000).await.unwrap();
+    messages.extend(store.dispatch(job_id, 2_000).await.unwrap());
     assert_eq!(messages.len(), 2_500);
+    assert!(
+        store.dispatch(job_id, 10).await.unwrap().is_empty(),
+        "nothing left"
+    );
+    assert!(store.backlog(10).await.unwrap().is_empty());
     assert_eq!(messages[2_499].params, "{\"i\":2499}");
-    let counts = store.task_counts(job_id).await.unwrap();
-    assert_eq!(counts.get("queued"), Some(&2_500));
-    let tasks = store.tasks(job_id, 10, 1_000).await.unwrap();
-    assert_eq!(tasks[0].seq, 1_000);
-    assert_eq!(tasks[0].id, messages[1_000].task_id);
+    assert_eq!(messages[2_499].input_name, "in-2499");
+    let row = store.job(job_id).await.unwrap().unwrap();
+    let counts = store.counts(&row).await.unwrap();
+    assert_eq!((counts.pending, counts.queued), (0, 2_500));
+    assert_eq!(store.live_count().await.unwrap(), 2_500);
+    // Tasks page by seq, and by state.
+    let page = store.tasks(job_id, None, Some(999), 10).await.unwrap();
+    assert_eq!(page[0].seq, 1_000);
+    assert_eq!(page[0].id, messages[1_000].task_id);
+    assert_eq!(page[0].params, "{\"i\":1000}");
 
     // Recording: started, succeeded; a duplicate and a stale result change nothing.
     let first = messages[0].task_id;
     let events = vec![
-        TaskEvent::Started {
-            job_id: 0,
-            task_id: first,
-            attempt: 0,
-            worker: "w1".into(),
-            delivery: 1,
-        },
+        start(first, 1),
         result(first, 0, Verdict::Succeeded, false),
         result(first, 0, Verdict::Succeeded, false),
         result(messages[1].task_id, 5, Verdict::Succeeded, false),
     ];
     let recorded = store.record(&events).await.unwrap();
-    assert_eq!((recorded.accepted, recorded.ignored), (1, 2));
+    assert_eq!(
+        (recorded.finished_tasks.clone(), recorded.ignored),
+        (vec![first], 2)
+    );
     let task = store.task(first).await.unwrap().unwrap();
-    assert_eq!(task.state, "succeeded");
+    assert_eq!(task.state(), TaskState::Succeeded);
     assert_eq!(
         store.task_output(first).await.unwrap(),
-        Some((Some(b"out".to_vec()), None))
+        Some(Stored::Inline(b"out".to_vec()))
     );
     let attempts = store.attempts(first).await.unwrap();
     assert_eq!(attempts.len(), 1);
-    assert_eq!(attempts[0].log, b"log line\n");
+    assert_eq!(attempts[0].log_size, 9);
+    assert_eq!(
+        store.attempt_log(first, 0).await.unwrap(),
+        Stored::Inline(b"log line\n".to_vec())
+    );
+    let succeeded = store
+        .tasks(job_id, Some(TaskState::Succeeded), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        succeeded.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![first]
+    );
+
+    // Two different results of one attempt in one batch: the first is
+    // recorded, in the task row and the attempt row alike.
+    let fourth = messages[3].task_id;
+    let mut other = result(fourth, 0, Verdict::Succeeded, false);
+    if let TaskEvent::Finished(r) = &mut other {
+        r.output = Some(OutputRef::Inline(b"second".to_vec()));
+        r.worker = "w2".into();
+    }
+    store
+        .record(&[result(fourth, 0, Verdict::Succeeded, false), other])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.task_output(fourth).await.unwrap(),
+        Some(Stored::Inline(b"out".to_vec()))
+    );
+    assert_eq!(store.attempts(fourth).await.unwrap()[0].worker, "w1");
 
     // A retryable failure is queued again as the next attempt, once.
     let second = messages[1].task_id;
@@ -142,7 +263,7 @@ async fn suite(store: Store) {
         .await
         .unwrap();
     assert_eq!(recorded.retried, vec![second]);
-    let again = store.messages_for(&[second]).await.unwrap();
+    let again = store.queued_messages(&[second]).await.unwrap();
     assert_eq!((again.len(), again[0].attempt), (1, 1));
     let recorded = store
         .record(&[result(second, 1, Verdict::Failed, true)])
@@ -151,26 +272,17 @@ async fn suite(store: Store) {
     assert!(recorded.retried.is_empty(), "max_attempts = 2");
     let task = store.task(second).await.unwrap().unwrap();
     assert_eq!(
-        (task.state.as_str(), task.reason.as_deref()),
-        ("failed", Some("timeout"))
+        (task.state(), task.reason.map(|r| r.0)),
+        (TaskState::Failed, Some(Reason::Timeout))
     );
 
     // Recovery after a crash: queued and running tasks are published again
     // at their attempt (a fleet's worker may still be running one); its
     // result counts once.
     let third = messages[2].task_id;
-    store
-        .record(&[TaskEvent::Started {
-            job_id: 0,
-            task_id: third,
-            attempt: 0,
-            worker: "w1".into(),
-            delivery: 1,
-        }])
-        .await
-        .unwrap();
-    let recovered = store.recover().await.unwrap();
-    assert_eq!(recovered.len(), 2_498);
+    store.record(&[start(third, 1)]).await.unwrap();
+    let recovered = all_live(&store).await;
+    assert_eq!(recovered.len(), 2_497);
     let third_msg = recovered.iter().find(|m| m.task_id == third).unwrap();
     assert_eq!(third_msg.attempt, 0);
     let late = store
@@ -180,7 +292,7 @@ async fn suite(store: Store) {
         ])
         .await
         .unwrap();
-    assert_eq!((late.accepted, late.ignored), (1, 1));
+    assert_eq!((late.finished_tasks.len(), late.ignored), (1, 1));
     let recovered: Vec<_> = recovered
         .into_iter()
         .filter(|m| m.task_id != third)
@@ -189,13 +301,6 @@ async fn suite(store: Store) {
     // A task its workers vanished under: `worker-lost` after one start,
     // `crash-loop` after two.
     let (lost, crashed) = (recovered[0].task_id, recovered[1].task_id);
-    let start = |task_id, delivery| TaskEvent::Started {
-        job_id: 0,
-        task_id,
-        attempt: 0,
-        worker: "w1".into(),
-        delivery,
-    };
     store
         .record(&[start(lost, 1), start(crashed, 1), start(crashed, 2)])
         .await
@@ -203,23 +308,24 @@ async fn suite(store: Store) {
     let gone = |task_id| {
         let mut r = result(task_id, 0, Verdict::Failed, false);
         if let TaskEvent::Finished(r) = &mut r {
-            r.reason = Some("worker-lost".into());
+            r.reason = Some(Reason::WorkerLost);
         }
         r
     };
     store.record(&[gone(lost), gone(crashed)]).await.unwrap();
-    let reason = |row: sandmill_server::store::TaskRow| row.reason.unwrap_or_default();
+    let reason = |row: sandmill_server::store::TaskRow| row.reason.map(|r| r.0);
     assert_eq!(
         reason(store.task(lost).await.unwrap().unwrap()),
-        "worker-lost"
+        Some(Reason::WorkerLost)
     );
     assert_eq!(
         reason(store.task(crashed).await.unwrap().unwrap()),
-        "crash-loop"
+        Some(Reason::CrashLoop)
     );
     let recovered: Vec<_> = recovered[2..].to_vec();
 
-    // Finishing every task finishes the job; one failure fails it.
+    // Finishing every task finishes the job; one failure fails it; the
+    // counts come from the job's counters.
     let rest: Vec<TaskEvent> = recovered
         .iter()
         .map(|m| result(m.task_id, m.attempt, Verdict::Succeeded, false))
@@ -227,39 +333,92 @@ async fn suite(store: Store) {
     let recorded = store.record(&rest).await.unwrap();
     assert_eq!(recorded.finished_jobs, vec![job_id]);
     let finished = store.job(job_id).await.unwrap().unwrap();
-    assert_eq!(finished.status, "failed");
+    assert_eq!(finished.status(), JobStatus::Failed);
     assert!(finished.finished_at.is_some());
-
-    // Cancel: a running job yes, a finished one no, an unknown one 404.
-    let (running, msgs) = store.create_job(&job(3, 1)).await.unwrap();
-    assert_eq!(store.cancel_job(running).await.unwrap(), Ok(()));
+    let counts = store.counts(&finished).await.unwrap();
     assert_eq!(
-        store.task_counts(running).await.unwrap().get("cancelled"),
-        Some(&3)
+        (counts.succeeded, counts.failed, counts.finished()),
+        (2_497, 3, 2_500)
     );
+    assert_eq!(store.live_count().await.unwrap(), 0);
+    let (tasks, successes, duplicated) = store.success_audit(job_id).await.unwrap();
+    assert_eq!((tasks, successes, duplicated), (2_500, 2_497, 0));
+
+    // A count sweep: accepted as one row whatever the count; a small
+    // first batch dispatched in the accepting transaction.
+    let (counted, now) = store
+        .create_job(&job(10_000_000, Vec::new(), 1), 5)
+        .await
+        .unwrap();
+    assert_eq!(now.len(), 5);
+    assert_eq!(now[0].params, "{\"shared\":true}");
+    let row = store.job(counted).await.unwrap().unwrap();
+    assert_eq!((row.total_tasks, row.dispatched), (10_000_000, 5));
+    let more = store.dispatch(counted, 3).await.unwrap();
+    assert_eq!(more.len(), 3);
+    let seqs: Vec<i64> = store
+        .tasks(counted, None, None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.seq)
+        .collect();
+    assert_eq!(seqs, (0..8).collect::<Vec<i64>>());
+
+    // Cancel: live tasks and the backlog; a late result is ignored; a
+    // finished job no, an unknown one 404.
+    assert_eq!(store.cancel_job(counted).await.unwrap(), Ok(8));
+    let row = store.job(counted).await.unwrap().unwrap();
+    let counts = store.counts(&row).await.unwrap();
+    assert_eq!(
+        (counts.cancelled, counts.pending, counts.queued),
+        (10_000_000, 0, 0)
+    );
+    assert!(store.dispatch(counted, 10).await.unwrap().is_empty());
     let late = store
-        .record(&[result(msgs[0].task_id, 0, Verdict::Succeeded, false)])
+        .record(&[result(now[0].task_id, 0, Verdict::Succeeded, false)])
         .await
         .unwrap();
     assert_eq!(late.ignored, 1);
     assert_eq!(
         store.cancel_job(job_id).await.unwrap(),
-        Err(CancelRefused::Finished("failed".into()))
+        Err(CancelRefused::Finished(JobStatus::Failed))
     );
     assert_eq!(
         store.cancel_job(987_654).await.unwrap(),
         Err(CancelRefused::NotFound)
     );
 
-    // Listing: filter by status, newest update first.
-    let all = store.jobs(None, 10, 0).await.unwrap();
-    assert_eq!(all.len(), 2);
-    let failed = store.jobs(Some("failed"), 10, 0).await.unwrap();
-    assert_eq!(
-        failed.iter().map(|j| j.id).collect::<Vec<_>>(),
-        vec![job_id]
+    // Queue timeout: queued tasks and the backlog fail; the job ends.
+    let (expiring, _) = store
+        .create_job(&job(100, Vec::new(), 1), 10)
+        .await
+        .unwrap();
+    let expired = store.expire_queued(expiring, "no worker").await.unwrap();
+    assert_eq!((expired.tasks, expired.ended), (10, true));
+    let row = store.job(expiring).await.unwrap().unwrap();
+    assert_eq!(row.status(), JobStatus::Failed);
+    assert_eq!(store.counts(&row).await.unwrap().failed, 100);
+
+    // Listing: filter by status, newest update first, a page at a time.
+    let all = store.jobs(None, None, 10).await.unwrap();
+    assert_eq!(all.len(), 3);
+    let page = store.jobs(None, None, 2).await.unwrap();
+    let rest = store
+        .jobs(None, Some((page[1].updated_at, page[1].id)), 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert!(!page.iter().any(|j| j.id == rest[0].id));
+    let failed = store.jobs(Some(JobStatus::Failed), None, 10).await.unwrap();
+    assert_eq!(failed.len(), 2);
+    assert!(
+        store
+            .jobs(Some(JobStatus::Running), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
     );
-    assert!(store.jobs(Some("running"), 10, 0).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

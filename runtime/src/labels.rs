@@ -93,6 +93,7 @@ impl fmt::Display for Labels {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

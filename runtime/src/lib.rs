@@ -14,18 +14,23 @@
 //!   content-addressed blob store, with their in-process implementations
 //!   (the embedded mode); [`message`]: what travels through them.
 //! - [`labels`]: what workers offer and tasks need.
+//! - [`reason`]: why an attempt failed, one list for every part.
+//! - [`error`]: errors callers match on by kind, keeping their source.
 //! - [`worker`]: the loop that fetches tasks, runs them and reports back.
 //!
 //! This crate knows nothing of HTTP or SQL.
 
 pub mod blob;
 pub mod broker;
+pub mod error;
 pub mod labels;
 pub mod message;
+pub mod reason;
 pub mod records;
 pub mod sandbox;
 pub mod worker;
 
+pub use reason::Reason;
 pub use sandbox::{
     Call, CallKind, ExecError, Grants, Limits, Module, Outcome, Output, Sandbox, SandboxConfig,
     TrapKind,

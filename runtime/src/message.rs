@@ -1,16 +1,57 @@
-//! What travels between the control plane and workers. Never a payload:
-//! inputs, modules and large outputs travel as blob hashes.
+//! What travels between the control plane and workers. Never a large
+//! payload: modules, inputs, large parameters, large logs and large outputs
+//! travel as blob references ([`BlobRef`]); the small ones travel inline,
+//! bytes as base64 strings (never JSON arrays of numbers).
+//!
+//! Every field a guest controls is bounded before it leaves the worker
+//! ([`TaskResult::bounded`]): an event always fits in one broker message.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::labels::Labels;
+use crate::reason::Reason;
 use crate::sandbox::{CallKind, Grants, Limits};
 
 /// Outputs up to this size travel inside the result; larger ones go to the
 /// blob store and the result names their hash.
 pub const INLINE_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// Logs up to this size travel inside the result; larger ones go to the
+/// blob store.
+pub const INLINE_LOG_BYTES: usize = 16 * 1024;
+
+/// Parameters up to this size travel inside the task message; larger ones
+/// go to the blob store.
+pub const INLINE_PARAMS_BYTES: usize = 16 * 1024;
+
+/// An error message (a guest's, or a panic's) is cut to this many bytes:
+/// the first few kilobytes say what went wrong; the rest would only make
+/// the event too large to send.
+pub const MAX_ERROR_BYTES: usize = 16 * 1024;
+
+/// Counters one call may report; names past this many are dropped (and
+/// counted under [`DROPPED_COUNTERS`]).
+pub const MAX_COUNTERS: usize = 64;
+
+/// Longest counter name kept; longer names are cut.
+pub const MAX_COUNTER_NAME_BYTES: usize = 128;
+
+/// The counter that says how many counter names were dropped.
+pub const DROPPED_COUNTERS: &str = "sandmill.dropped-counters";
+
+/// Highest job priority; interactive calls (`/v1/run`) use it by default.
+pub const MAX_PRIORITY: u8 = 9;
+
+/// A blob: its sha256 and size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// sha256 of the bytes, hex.
+    pub hash: String,
+    /// Size in bytes.
+    pub size: u64,
+}
 
 /// One attempt of one task, as a worker receives it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -22,6 +63,9 @@ pub struct TaskMessage {
     /// Which attempt this is; a result names it, and a result for an
     /// attempt that is no longer current changes nothing.
     pub attempt: i64,
+    /// The job's priority (0 to [`MAX_PRIORITY`]; higher runs first).
+    #[serde(default)]
+    pub priority: u8,
     /// What to call.
     pub kind: CallKind,
     /// The module's sha256 (a blob).
@@ -30,8 +74,11 @@ pub struct TaskMessage {
     pub input: Option<String>,
     /// The name the guest sees for its input.
     pub input_name: String,
-    /// JSON parameters.
+    /// JSON parameters (empty when they travel as [`params_blob`](Self::params_blob)).
     pub params: String,
+    /// Parameters too large to travel inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params_blob: Option<BlobRef>,
     /// Limits of the call.
     pub limits: Limits,
     /// Grants of the call.
@@ -66,12 +113,29 @@ pub enum Verdict {
     Failed,
 }
 
+/// A name that is not a [`Verdict`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not succeeded or failed")]
+pub struct UnknownVerdict(pub String);
+
+impl std::str::FromStr for Verdict {
+    type Err = UnknownVerdict;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "succeeded" => Ok(Verdict::Succeeded),
+            "failed" => Ok(Verdict::Failed),
+            _ => Err(UnknownVerdict(name.to_owned())),
+        }
+    }
+}
+
 /// Where an output is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputRef {
-    /// Small outputs travel inline.
-    Inline(Vec<u8>),
+    /// Small outputs travel inline (base64 in JSON).
+    Inline(#[serde(with = "base64_bytes")] Vec<u8>),
     /// Large ones are in the blob store.
     Blob {
         /// The blob's sha256.
@@ -94,24 +158,82 @@ pub struct TaskResult {
     pub worker: String,
     /// Success or failure.
     pub verdict: Verdict,
-    /// On failure, the stable reason (`timeout`, `guest-error`, ...).
-    pub reason: Option<String>,
-    /// On failure, the message.
+    /// On failure, why.
+    pub reason: Option<Reason>,
+    /// On failure, the message (at most [`MAX_ERROR_BYTES`]).
     pub error: Option<String>,
     /// Whether running it again could succeed (a timeout, a lost worker).
     pub retryable: bool,
     /// The output on success: `key value` lines for map and reduce.
     pub output: Option<OutputRef>,
-    /// The guest's log.
+    /// The guest's log, when small (base64 in JSON).
+    #[serde(default, with = "base64_bytes")]
     pub log: Vec<u8>,
-    /// Whether the log was cut.
+    /// The guest's log, when too large to travel inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_blob: Option<BlobRef>,
+    /// Whether the log was cut at the log limit.
     pub log_truncated: bool,
-    /// Counters the guest reported.
+    /// Counters the guest reported (at most [`MAX_COUNTERS`]).
     pub counters: BTreeMap<String, i64>,
     /// Wall time in milliseconds.
     pub elapsed_ms: i64,
     /// Fuel used, when metered.
     pub fuel_used: Option<u64>,
+}
+
+impl TaskResult {
+    /// The same result with every guest-controlled field bounded: the
+    /// error cut to [`MAX_ERROR_BYTES`], counter names to
+    /// [`MAX_COUNTER_NAME_BYTES`] and their number to [`MAX_COUNTERS`].
+    pub fn bounded(mut self) -> Self {
+        if let Some(error) = &mut self.error {
+            clip(error, MAX_ERROR_BYTES);
+        }
+        self.worker = {
+            let mut worker = std::mem::take(&mut self.worker);
+            clip(&mut worker, 256);
+            worker
+        };
+        self.counters = bound_counters(std::mem::take(&mut self.counters));
+        self
+    }
+}
+
+/// At most [`MAX_COUNTERS`] counters, names at most
+/// [`MAX_COUNTER_NAME_BYTES`]; what is dropped is counted under
+/// [`DROPPED_COUNTERS`].
+pub fn bound_counters(counters: BTreeMap<String, i64>) -> BTreeMap<String, i64> {
+    let mut kept = BTreeMap::new();
+    let mut dropped = 0i64;
+    for (mut name, value) in counters {
+        clip(&mut name, MAX_COUNTER_NAME_BYTES);
+        if kept.len() < MAX_COUNTERS - 1 || kept.contains_key(&name) {
+            let slot: &mut i64 = kept.entry(name).or_default();
+            *slot = slot.saturating_add(value);
+        } else {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        kept.insert(DROPPED_COUNTERS.to_owned(), dropped);
+    }
+    kept
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary, saying how
+/// much was cut.
+pub fn clip(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let marker = format!(" [... {} bytes cut]", text.len() - max);
+    let mut end = max.saturating_sub(marker.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&marker);
 }
 
 /// What workers tell the control plane.
@@ -137,6 +259,33 @@ pub enum TaskEvent {
     Finished(TaskResult),
 }
 
+impl TaskEvent {
+    /// The task this event is about.
+    pub fn task_id(&self) -> i64 {
+        match self {
+            TaskEvent::Started { task_id, .. } => *task_id,
+            TaskEvent::Finished(result) => result.task_id,
+        }
+    }
+
+    /// Roughly the bytes this event holds in memory (for bounded queues).
+    pub fn weight(&self) -> usize {
+        match self {
+            TaskEvent::Started { worker, .. } => 64 + worker.len(),
+            TaskEvent::Finished(r) => {
+                256 + r.worker.len()
+                    + r.log.len()
+                    + r.error.as_ref().map_or(0, String::len)
+                    + r.counters.keys().map(|k| k.len() + 16).sum::<usize>()
+                    + match &r.output {
+                        Some(OutputRef::Inline(bytes)) => bytes.len(),
+                        _ => 0,
+                    }
+            }
+        }
+    }
+}
+
 /// A worker process as the registry knows it. Written by the worker every
 /// [`HEARTBEAT_EVERY`]; one whose `last_seen` is older than [`LOST_AFTER`]
 /// is lost.
@@ -153,7 +302,7 @@ pub struct WorkerInfo {
     pub capacity: usize,
     /// The sandmill version it runs.
     pub version: String,
-    /// Tasks it is running now.
+    /// Tasks it is running now (at most its capacity).
     pub running: Vec<i64>,
     /// Tasks it has finished since it started.
     pub finished: u64,
@@ -199,4 +348,74 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Bytes as a base64 string in JSON (standard alphabet, padded).
+pub mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes bytes as base64.
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    /// Reads base64 into bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn result() -> TaskResult {
+        TaskResult {
+            job_id: 1,
+            task_id: 2,
+            attempt: 0,
+            worker: "w/0".into(),
+            verdict: Verdict::Failed,
+            reason: Some(Reason::GuestError),
+            error: Some("x".repeat(MAX_ERROR_BYTES * 3)),
+            retryable: false,
+            output: Some(OutputRef::Inline(vec![0, 255, 10])),
+            log: vec![0xff; 10],
+            log_blob: None,
+            log_truncated: false,
+            counters: (0..200).map(|i| (format!("c{i}"), 1)).collect(),
+            elapsed_ms: 1,
+            fuel_used: None,
+        }
+    }
+
+    #[test]
+    fn bytes_travel_as_base64_and_guest_fields_are_bounded() {
+        let bounded = result().bounded();
+        assert!(bounded.error.as_ref().unwrap().len() <= MAX_ERROR_BYTES);
+        assert!(bounded.error.as_ref().unwrap().ends_with("bytes cut]"));
+        assert_eq!(bounded.counters.len(), MAX_COUNTERS);
+        assert_eq!(bounded.counters[DROPPED_COUNTERS], 200 - 63);
+        let json = serde_json::to_string(&TaskEvent::Finished(bounded.clone())).unwrap();
+        assert!(json.contains(r#""log":"/////////////w==""#));
+        assert!(json.contains(r#""output":{"inline":"AP8K"}"#));
+        let back: TaskEvent = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, TaskEvent::Finished(bounded));
+    }
+
+    #[test]
+    fn clip_keeps_char_boundaries() {
+        let mut text = "é".repeat(100);
+        clip(&mut text, 51);
+        assert!(text.len() <= 51, "{}", text.len());
+        assert!(text.ends_with("bytes cut]"));
+        let mut short = "abc".to_owned();
+        clip(&mut short, 3);
+        assert_eq!(short, "abc");
+    }
 }

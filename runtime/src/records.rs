@@ -99,7 +99,7 @@ impl Records {
             pos = next;
             frames += 1;
         }
-        if frames % 2 != 0 {
+        if !frames.is_multiple_of(2) {
             return Err(MalformedBatch {
                 offset: batch.len(),
             });
@@ -276,6 +276,7 @@ pub fn parse_groups(input: &[u8]) -> Result<Vec<crate::sandbox::Group>, String> 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

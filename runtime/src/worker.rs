@@ -6,6 +6,10 @@
 //! round and one round of acks per batch); a slow task's result goes out as
 //! soon as it ends. The fetch size adapts: many quick tasks per fetch, one
 //! at a time when tasks are slow, so one worker never hoards slow work.
+//!
+//! An outage of the blob store is not the task's fault: reads and writes
+//! are retried with backoff while the worker keeps the task, and past
+//! [`BLOB_PATIENCE`] the task is handed back unrun, spending no attempt.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,18 +18,29 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::blob::BlobStore;
-use crate::broker::{Broker, BrokerError};
+use crate::blob::{BlobError, BlobErrorKind, BlobStore};
+use crate::broker::{Broker, BrokerErrorKind};
 use crate::message::{
-    HEARTBEAT_EVERY, INLINE_OUTPUT_BYTES, OutputRef, TaskEvent, TaskMessage, TaskResult, Verdict,
-    WorkerInfo, now_ms,
+    BlobRef, HEARTBEAT_EVERY, INLINE_LOG_BYTES, INLINE_OUTPUT_BYTES, OutputRef, TaskEvent,
+    TaskMessage, TaskResult, Verdict, WorkerInfo, now_ms,
 };
+use crate::reason::Reason;
 use crate::sandbox::{Call, CallInput, CallKind, ExecError, Module, Output, Sandbox};
 
 /// Task attempts one worker loop takes per fetch, at most.
 pub const FETCH_BATCH: usize = 64;
 /// Results held back for a batched report at most this long.
 const FLUSH_AFTER: Duration = Duration::from_millis(20);
+/// How long a worker keeps retrying an unavailable blob store for one task
+/// before handing the task back.
+pub const BLOB_PATIENCE: Duration = Duration::from_secs(60);
+/// First wait between blob store retries; it doubles up to
+/// [`BLOB_RETRY_MAX`].
+const BLOB_RETRY_FIRST: Duration = Duration::from_millis(200);
+/// Longest wait between blob store retries.
+const BLOB_RETRY_MAX: Duration = Duration::from_secs(5);
+/// A task handed back during an outage is delivered again after this.
+const HAND_BACK_DELAY: Duration = Duration::from_secs(10);
 
 /// What a worker process is doing, for its registry entry: shared by its
 /// slots.
@@ -82,7 +97,7 @@ pub async fn keep_registered(
         entry.draining = *stop.borrow();
         match broker.heartbeat(&entry).await {
             Ok(()) => delay = HEARTBEAT_EVERY,
-            Err(BrokerError::Closed) => return,
+            Err(error) if error.kind() == BrokerErrorKind::Closed => return,
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?delay, "registry heartbeat failed");
                 delay = (delay * 2).min(Duration::from_secs(30));
@@ -247,7 +262,7 @@ impl Worker {
                     fetch_retry = Duration::from_millis(500);
                     batch
                 }
-                Err(BrokerError::Closed) => return,
+                Err(error) if error.kind() == BrokerErrorKind::Closed => return,
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?fetch_retry, "fetch failed");
                     tokio::time::sleep(fetch_retry).await;
@@ -261,7 +276,9 @@ impl Worker {
             let mut oldest: Option<Instant> = None;
             let mut tasks = batch.into_iter();
             while let Some(task) = tasks.next() {
-                if *drain.borrow() {
+                // Draining, or more urgent work waits: hand the rest of the
+                // batch back (at the head of its lane) and fetch again.
+                if *drain.borrow() || self.broker.waiting_above(task.priority) {
                     for task in std::iter::once(task).chain(tasks.by_ref()) {
                         if let Err(error) = self.broker.release(task).await {
                             tracing::warn!(%error, "handing a task back failed; it returns after the ack wait");
@@ -288,11 +305,26 @@ impl Worker {
                         tracing::warn!(%error, task_id = task.task_id, "announcing a start failed");
                     }
                     self.presence.start(task.task_id);
-                    let result = self.execute(&task).await;
+                    let ran = self.execute(&task, &drain).await;
                     self.presence.end(task.task_id);
-                    result
+                    match ran {
+                        Ran::Done(result) => result,
+                        Ran::HandBack(error) => {
+                            tracing::warn!(%error, task_id = task.task_id, retry_in = ?HAND_BACK_DELAY,
+                                "blob store unavailable; handing the task back unrun");
+                            let broker = self.broker.clone();
+                            tokio::spawn(async move {
+                                if let Err(error) =
+                                    broker.release_after(task, HAND_BACK_DELAY).await
+                                {
+                                    tracing::warn!(%error, "handing a task back failed; it returns after the ack wait");
+                                }
+                            });
+                            continue;
+                        }
+                    }
                 };
-                pending.push((task, result));
+                pending.push((task, result.bounded()));
                 let oldest = *oldest.get_or_insert_with(Instant::now);
                 if oldest.elapsed() >= FLUSH_AFTER && !self.flush(&mut pending).await {
                     return;
@@ -324,7 +356,7 @@ impl Worker {
         // Only once the results are durable are the tasks done with.
         if let Err(error) = self.broker.report(events).await {
             tracing::warn!(%error, tasks = tasks.len(), "reporting failed; the tasks will be delivered again");
-            if matches!(error, BrokerError::Closed) {
+            if error.kind() == BrokerErrorKind::Closed {
                 return false;
             }
             // Stop keeping them alive, so they come back (now or after the
@@ -346,7 +378,7 @@ impl Worker {
     /// The result of a task its workers kept vanishing under.
     fn lost(&self, task: &TaskMessage) -> TaskResult {
         let mut result = self.blank(task);
-        result.reason = Some("worker-lost".to_owned());
+        result.reason = Some(Reason::WorkerLost);
         result.error = Some(format!(
             "delivered {} times; each worker that took it stopped (killed, crashed or cut off) before finishing it",
             task.delivered - 1
@@ -366,6 +398,7 @@ impl Worker {
             retryable: false,
             output: None,
             log: Vec::new(),
+            log_blob: None,
             log_truncated: false,
             counters: Default::default(),
             elapsed_ms: 0,
@@ -373,82 +406,145 @@ impl Worker {
         }
     }
 
-    async fn module(&self, hash: &str) -> Result<Module, ExecError> {
+    /// Reads a blob, retrying an unavailable store with backoff for up to
+    /// [`BLOB_PATIENCE`] (or until the worker drains). `Ok(None)`: the
+    /// store answered that it has no such blob.
+    async fn blob(
+        &self,
+        store: &dyn BlobStore,
+        hash: &str,
+        drain: &watch::Receiver<bool>,
+    ) -> Result<Result<Vec<u8>, ExecError>, BlobError> {
+        match patiently(drain, || store.get(hash)).await {
+            Ok(Some(bytes)) => Ok(Ok(bytes)),
+            Ok(None) => Ok(Err(ExecError::Host(format!(
+                "blob {hash} is not in the blob store"
+            )))),
+            // Reading it again gives the same wrong bytes.
+            Err(error) if error.kind() == BlobErrorKind::Corrupt => {
+                Ok(Err(ExecError::Host(error.to_string())))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn module(
+        &self,
+        hash: &str,
+        drain: &watch::Receiver<bool>,
+    ) -> Result<Result<Module, ExecError>, BlobError> {
         if let Some(module) = self
             .modules
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(hash)
         {
-            return Ok(module.clone());
+            return Ok(Ok(module.clone()));
         }
-        let bytes = self
-            .module_blobs
-            .get(hash)
-            .await
-            .map_err(|e| ExecError::Host(e.to_string()))?
-            .ok_or_else(|| ExecError::Host(format!("module {hash} is not in the blob store")))?;
-        let module = self.sandbox.load(&bytes)?;
+        let bytes = match self.blob(self.module_blobs.as_ref(), hash, drain).await? {
+            Ok(bytes) => bytes,
+            Err(error) => return Ok(Err(error)),
+        };
+        let module = match self.sandbox.load(&bytes) {
+            Ok(module) => module,
+            Err(error) => return Ok(Err(error)),
+        };
         self.modules
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(hash.to_owned(), module.clone());
-        Ok(module)
+        Ok(Ok(module))
     }
 
-    async fn input(&self, task: &TaskMessage) -> Result<Vec<u8>, ExecError> {
-        let Some(hash) = &task.input else {
-            return Ok(Vec::new());
+    /// The task's input and parameters, or why it cannot run.
+    async fn inputs(
+        &self,
+        task: &TaskMessage,
+        drain: &watch::Receiver<bool>,
+    ) -> Result<Result<(Vec<u8>, String), ExecError>, BlobError> {
+        let input = match &task.input {
+            None => Vec::new(),
+            Some(hash) => match self.blob(self.blobs.as_ref(), hash, drain).await? {
+                Ok(bytes) => bytes,
+                Err(error) => return Ok(Err(error)),
+            },
         };
-        self.blobs
-            .get(hash)
-            .await
-            .map_err(|e| ExecError::Host(e.to_string()))?
-            .ok_or_else(|| ExecError::Host(format!("input {hash} is not in the blob store")))
+        let params = match &task.params_blob {
+            None => task.params.clone(),
+            Some(blob) => match self.blob(self.blobs.as_ref(), &blob.hash, drain).await? {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(text) => text,
+                    Err(_) => {
+                        return Ok(Err(ExecError::Host(format!(
+                            "parameters {} are not UTF-8",
+                            blob.hash
+                        ))));
+                    }
+                },
+                Err(error) => return Ok(Err(error)),
+            },
+        };
+        Ok(Ok((input, params)))
     }
 
-    /// Runs one attempt; every failure becomes a failed result.
+    /// Runs one attempt: every failure of the call becomes a failed
+    /// result; an unavailable blob store hands the task back unrun.
     #[tracing::instrument(skip_all, fields(task_id = task.task_id, attempt = task.attempt))]
-    pub async fn execute(&self, task: &TaskMessage) -> TaskResult {
-        let mut result = self.blank(task);
-        let prepared = async {
-            let module = self.module(&task.module).await?;
-            let input = self.input(task).await?;
-            Ok::<_, ExecError>((module, input))
+    pub async fn execute(&self, task: &TaskMessage, drain: &watch::Receiver<bool>) -> Ran {
+        match self.try_execute(task, drain).await {
+            Ok(result) => Ran::Done(result),
+            Err(error) => Ran::HandBack(error),
         }
-        .await;
-        let (module, input) = match prepared {
-            Ok(prepared) => prepared,
+    }
+
+    async fn try_execute(
+        &self,
+        task: &TaskMessage,
+        drain: &watch::Receiver<bool>,
+    ) -> Result<TaskResult, BlobError> {
+        let mut result = self.blank(task);
+        let module = match self.module(&task.module, drain).await? {
+            Ok(module) => module,
             Err(error) => {
                 fail(&mut result, &error);
-                return result;
+                return Ok(result);
+            }
+        };
+        let (input, params) = match self.inputs(task, drain).await? {
+            Ok(ready) => ready,
+            Err(error) => {
+                fail(&mut result, &error);
+                return Ok(result);
             }
         };
         let call = Call {
             kind: task.kind,
             input: match task.kind {
-                CallKind::Reduce => {
-                    let groups = crate::records::parse_groups(&input);
-                    match groups {
-                        Ok(groups) => CallInput::Groups(Box::new(groups.into_iter())),
-                        Err(e) => {
-                            fail(&mut result, &ExecError::Guest(format!("reduce input: {e}")));
-                            return result;
-                        }
+                CallKind::Reduce => match crate::records::parse_groups(&input) {
+                    Ok(groups) => CallInput::Groups(Box::new(groups.into_iter())),
+                    Err(e) => {
+                        fail(&mut result, &ExecError::Guest(format!("reduce input: {e}")));
+                        return Ok(result);
                     }
-                }
+                },
                 _ => CallInput::Bytes(input),
             },
             combine: true,
-            params: task.params.clone(),
+            params,
             input_name: task.input_name.clone(),
             limits: task.limits.clone(),
             grants: task.grants.clone(),
             seed: task.task_id as u64,
         };
         let outcome = self.sandbox.call(&module, call).await;
-        result.log = outcome.log;
         result.log_truncated = outcome.log_truncated;
+        if outcome.log.len() > INLINE_LOG_BYTES {
+            let size = outcome.log.len() as u64;
+            let hash = patiently(drain, || self.blobs.put(&outcome.log)).await?;
+            result.log_blob = Some(BlobRef { hash, size });
+        } else {
+            result.log = outcome.log;
+        }
         result.counters = outcome.counters;
         result.elapsed_ms = i64::try_from(outcome.elapsed.as_millis()).unwrap_or(i64::MAX);
         result.fuel_used = outcome.fuel_used;
@@ -463,36 +559,58 @@ impl Worker {
                         lines
                     }
                 };
-                match self.store_output(bytes).await {
-                    Ok(output) => {
-                        result.verdict = Verdict::Succeeded;
-                        result.output = Some(output);
-                    }
-                    Err(error) => fail(&mut result, &error),
-                }
+                result.verdict = Verdict::Succeeded;
+                result.output = Some(if bytes.len() <= INLINE_OUTPUT_BYTES {
+                    OutputRef::Inline(bytes)
+                } else {
+                    let size = bytes.len() as u64;
+                    let hash = patiently(drain, || self.blobs.put(&bytes)).await?;
+                    OutputRef::Blob { hash, size }
+                });
             }
             Err(error) => fail(&mut result, &error),
         }
-        result
+        Ok(result)
     }
+}
 
-    async fn store_output(&self, bytes: Vec<u8>) -> Result<OutputRef, ExecError> {
-        if bytes.len() <= INLINE_OUTPUT_BYTES {
-            return Ok(OutputRef::Inline(bytes));
+/// How one attempt went, as the worker loop sees it.
+#[derive(Debug)]
+pub enum Ran {
+    /// It ran (or could not, for a reason of its own): report this.
+    Done(TaskResult),
+    /// The blob store stayed unavailable: hand the task back unrun.
+    HandBack(BlobError),
+}
+
+/// Runs `op` until it succeeds or fails for good, waiting between tries
+/// while the blob store is unavailable, for up to [`BLOB_PATIENCE`] or
+/// until the worker drains.
+async fn patiently<T, F, Fut>(drain: &watch::Receiver<bool>, mut op: F) -> Result<T, BlobError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BlobError>>,
+{
+    let began = Instant::now();
+    let mut delay = BLOB_RETRY_FIRST;
+    loop {
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(error) if began.elapsed() + delay > BLOB_PATIENCE || *drain.borrow() => {
+                return Err(error);
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "blob store failed; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(BLOB_RETRY_MAX);
+            }
         }
-        let size = bytes.len() as u64;
-        let hash = self
-            .blobs
-            .put(&bytes)
-            .await
-            .map_err(|e| ExecError::Host(e.to_string()))?;
-        Ok(OutputRef::Blob { hash, size })
     }
 }
 
 fn fail(result: &mut TaskResult, error: &ExecError) {
     result.verdict = Verdict::Failed;
-    result.reason = Some(error.reason().to_owned());
+    result.reason = Some(error.reason());
     result.error = Some(error.to_string());
     result.retryable = !error.is_deterministic();
 }

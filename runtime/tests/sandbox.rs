@@ -2,6 +2,8 @@
 //! example does its job, every hostile guest gets its classified error
 //! within its limit, and the process goes on to run the next call.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::ErrorKind;
 use std::net::TcpListener;
 use std::sync::LazyLock;

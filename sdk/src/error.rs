@@ -56,6 +56,7 @@ impl fmt::Debug for Error {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,23 +1,29 @@
-//! The embedded mode: control plane, in-process broker, blob store in a
+//! The embedded mode: scheduler, in-process broker, blob store in a
 //! directory and N workers, all in this process. Nothing to install.
 //!
 //! The data directory holds `sandmill.db` (SQLite), `blobs/` and the
 //! compiled-module cache. Starting again on the same directory picks up
 //! where the last process stopped: queued and running tasks are published
-//! again, and each task is recorded once.
+//! again, and each task is recorded once. Stopping takes a bounded time
+//! whatever the database is doing, and says what it could not record.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sandmill_runtime::blob::DirBlobStore;
-use sandmill_runtime::broker::MemoryBroker;
+use sandmill_runtime::broker::{DEFAULT_EVENT_BYTES, MemoryBroker};
 use sandmill_runtime::message::WorkerInfo;
 use sandmill_runtime::sandbox::{Sandbox, SandboxConfig};
 use sandmill_runtime::worker::WorkerPool;
 use tokio::task::JoinSet;
 
-use crate::engine::{Engine, EngineConfig};
+use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::store::Store;
+
+/// How long a stop waits by default for running tasks and the recorder
+/// before it gives up on them (they run again on the next start).
+pub const DEFAULT_STOP_WITHIN: Duration = Duration::from_secs(10);
 
 /// How to start an embedded instance.
 #[derive(Clone, Debug)]
@@ -28,6 +34,8 @@ pub struct EmbeddedConfig {
     pub database: Option<String>,
     /// Worker loops (default: one per core).
     pub workers: usize,
+    /// The scheduler's settings.
+    pub scheduler: SchedulerConfig,
 }
 
 impl EmbeddedConfig {
@@ -37,6 +45,7 @@ impl EmbeddedConfig {
             data_dir: data_dir.into(),
             database: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            scheduler: SchedulerConfig::default(),
         }
     }
 }
@@ -44,14 +53,25 @@ impl EmbeddedConfig {
 /// A running embedded instance.
 pub struct Embedded {
     /// The control plane.
-    pub engine: Engine,
+    pub scheduler: Scheduler,
     broker: Arc<MemoryBroker>,
     tasks: JoinSet<()>,
     workers: WorkerPool,
 }
 
-/// Starts an embedded instance; returns once queued work is re-published
-/// and workers are running.
+/// What a stop could not finish.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Stopped {
+    /// Worker slots still running a task when the stop gave up on them.
+    pub workers_left_running: bool,
+    /// Results that were never recorded (their tasks run again on the
+    /// next start).
+    pub unrecorded: usize,
+}
+
+/// Starts an embedded instance; returns once the workers are running.
+/// Queued work is published again in the background, then the dispatcher
+/// starts.
 pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
     use anyhow::Context;
     let data = &config.data_dir;
@@ -68,17 +88,22 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
         cache_dir: Some(data.join("module-cache")),
         ..SandboxConfig::default()
     })?;
-    let broker = Arc::new(MemoryBroker::new());
-    let engine = Engine::new(
+    // The window bounds the queue; the rest is room for small jobs, which
+    // are dispatched as they are accepted.
+    let broker = Arc::new(MemoryBroker::with_capacity(
+        config.scheduler.window * 2 + 4_096,
+        DEFAULT_EVENT_BYTES,
+    ));
+    let scheduler = Scheduler::new(
         store,
         broker.clone(),
         blobs.clone(),
         sandbox.clone(),
-        EngineConfig::default(),
+        config.scheduler.clone(),
     );
+    scheduler.start().await?;
     let mut tasks = JoinSet::new();
-    tasks.spawn(engine.clone().record_events());
-    engine.recover().await?;
+    tasks.spawn(scheduler.clone().record_events());
     let workers = WorkerPool::start(
         WorkerInfo::starting("embedded", Default::default(), config.workers.max(1)),
         sandbox,
@@ -86,8 +111,15 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
         blobs.clone(),
         blobs,
     )?;
+    let background = scheduler.clone();
+    tokio::spawn(async move {
+        if let Err(error) = background.recover().await {
+            tracing::error!(%error, "publishing queued tasks again failed; they run after the next start");
+        }
+        background.dispatch().await;
+    });
     Ok(Embedded {
-        engine,
+        scheduler,
         broker,
         tasks,
         workers,
@@ -99,10 +131,33 @@ fn db_path(data: &Path) -> PathBuf {
 }
 
 impl Embedded {
-    /// Stops workers and the recorder and waits for them.
-    pub async fn shutdown(mut self) {
-        let _ = self.workers.drain().await;
+    /// Stops: workers finish what they run (for up to half of `within`),
+    /// the recorder records what they reported (for the rest), and the
+    /// database is closed. Whatever is left then is given up on, and said.
+    pub async fn shutdown(mut self, within: Duration) -> Stopped {
+        let mut stopped = Stopped::default();
+        let half = within / 2;
+        self.scheduler.stop();
+        if tokio::time::timeout(half, self.workers.drain())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "workers still running tasks; leaving them (their tasks run again on the next start)"
+            );
+            stopped.workers_left_running = true;
+        }
+        // The recorder takes what is left in the queue, then sees it closed.
         self.broker.close();
-        while self.tasks.join_next().await.is_some() {}
+        let recorded = tokio::time::timeout(half, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if recorded.is_err() {
+            self.tasks.abort_all();
+        }
+        stopped.unrecorded = self.broker.unrecorded();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.scheduler.store().close()).await;
+        stopped
     }
 }

@@ -2,19 +2,24 @@
 //!
 //! ```toml
 //! name = "thumbnails"
+//! priority = 0                 # 0 to 9, higher first (default 0; /v1/run: 9)
+//! max_attempts = 3             # for retryable failures (timeouts)
 //! [sweep]
 //! module = "guest-examples/target/wasm32-wasip2/release/noop.wasm"
-//! params = "photos.csv"        # or: count = 10000
+//! params = "photos.csv"        # one task per row; or: count = 10000
 //! [limits]
 //! memory = "128MiB"
 //! timeout = "30s"
 //! ```
 //!
-//! Unknown fields are errors naming the field, so a typo never passes
-//! silently. A module is a path (the CLI uploads it), `sha256:<hex>`, or a
-//! registered spec `name@version` (or `name` for its newest version).
+//! Unknown fields are errors naming the field, and every error names the
+//! key and, in a file, the line (`sweep.count, line 4: expected an integer,
+//! found a string`), so a typo never passes silently. A module is a path
+//! (the CLI uploads it), `sha256:<hex>`, or a registered spec
+//! `name@version` (or `name` for its newest version).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -23,8 +28,10 @@ use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Tasks one job may have by default: bounds the work of accepting it.
-pub const DEFAULT_MAX_TASKS_PER_JOB: usize = 1_000_000;
+/// Tasks one job may have by default. A `count` sweep costs one row to
+/// accept whatever its count, so this only catches a count with a few
+/// zeros too many; raise it with `--max-tasks-per-job`.
+pub const DEFAULT_MAX_TASKS_PER_JOB: u64 = 1_000_000_000;
 
 /// How long tasks wait for a worker that can take them, by default.
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -33,13 +40,22 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// a lost worker); deterministic failures are never retried.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
+/// Most attempts a job may ask for: each keeps an attempt row and its log.
+pub const MAX_ATTEMPTS: u32 = 100;
+
+/// Longest job name, input name or label, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
 /// A job file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobFile {
     /// A name for people.
     pub name: String,
-    /// Attempts per task for retryable failures.
+    /// 0 to 9; higher runs first (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    /// Attempts per task for retryable failures (1 to 100, default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
     /// One call.
@@ -77,7 +93,7 @@ pub struct TaskSection {
     pub input_name: Option<String>,
     /// Parameters (any JSON/TOML table).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub params: Option<serde_json::Value>,
 }
 
@@ -99,7 +115,7 @@ pub struct SweepSection {
     pub params: Option<String>,
     /// Parameter rows, inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Option<Vec<Object>>)]
     pub rows: Option<Vec<BTreeMap<String, String>>>,
     /// Or: this many identical tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,26 +173,173 @@ pub struct GrantsSection {
     pub env: BTreeMap<String, String>,
 }
 
-/// A job file that does not make sense; the message names the field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Invalid(pub String);
+/// A job file that does not make sense: which key, on which line (of a
+/// file), and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    field: String,
+    line: Option<usize>,
+    problem: String,
+}
 
-/// Parses TOML.
+impl Invalid {
+    /// A problem with the whole file (no one key).
+    pub fn whole(problem: impl Into<String>) -> Self {
+        Invalid {
+            field: String::new(),
+            line: None,
+            problem: problem.into(),
+        }
+    }
+
+    /// A problem with one key (`sweep.count`).
+    pub fn field(field: impl AsRef<str>, problem: impl Into<String>) -> Self {
+        Invalid {
+            field: field.as_ref().to_owned(),
+            line: None,
+            problem: problem.into(),
+        }
+    }
+
+    /// The key at fault (dotted, `sweep.rows[3]`), empty for the file.
+    pub fn key(&self) -> &str {
+        &self.field
+    }
+
+    /// The line (from 1) in the file, when known.
+    pub fn line(&self) -> Option<usize> {
+        self.line
+    }
+
+    /// What is wrong.
+    pub fn problem(&self) -> &str {
+        &self.problem
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.field.is_empty(), self.line) {
+            (false, Some(line)) => write!(f, "{}, line {line}: {}", self.field, self.problem),
+            (false, None) => write!(f, "{}: {}", self.field, self.problem),
+            (true, Some(line)) => write!(f, "line {line}: {}", self.problem),
+            (true, None) => write!(f, "{}", self.problem),
+        }
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+/// The key path serde_path_to_error found, as users write it.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    let text = path.to_string();
+    if text == "." { String::new() } else { text }
+}
+
+/// Parses TOML; errors name the key and the line.
 pub fn from_toml(text: &str) -> Result<JobFile, Invalid> {
-    toml::from_str(text).map_err(|e| {
-        Invalid(format!("invalid job file: {}", e.message().trim()).replace('\n', " "))
+    let deserializer =
+        toml::Deserializer::parse(text).map_err(|e| toml_invalid(text, String::new(), &e))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let field = key_path(e.path());
+        toml_invalid(text, field, e.inner())
     })
 }
 
-/// Parses JSON.
+fn toml_invalid(text: &str, field: String, error: &toml::de::Error) -> Invalid {
+    let line = error
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    Invalid {
+        field,
+        line,
+        problem: plain_serde_message(error.message()),
+    }
+}
+
+/// Parses JSON; errors name the key and the line.
 pub fn from_json(text: &[u8]) -> Result<JobFile, Invalid> {
-    serde_json::from_slice(text).map_err(|e| Invalid(format!("invalid job file: {e}")))
+    let mut deserializer = serde_json::Deserializer::from_slice(text);
+    let job: JobFile = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let field = key_path(e.path());
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        // serde_json appends " at line L column C"; we say it our way.
+        let message = match message.rfind(" at line ") {
+            Some(at) => message[..at].to_owned(),
+            None => message,
+        };
+        Invalid {
+            field,
+            line: (inner.line() > 0).then_some(inner.line()),
+            problem: plain_serde_message(&message),
+        }
+    })?;
+    deserializer.end().map_err(|e| {
+        Invalid::whole(format!(
+            "trailing characters after the job (line {})",
+            e.line()
+        ))
+    })?;
+    Ok(job)
+}
+
+/// Serde's `invalid type: string "ten", expected u64`, as a person says
+/// it: `expected an integer, found a string ("ten")`.
+fn plain_serde_message(message: &str) -> String {
+    let message = message.trim().replace('\n', " ");
+    let rewrite = |prefix: &str| -> Option<String> {
+        let rest = message.strip_prefix(prefix)?;
+        let (found, expected) = rest.rsplit_once(", expected ")?;
+        Some(format!(
+            "expected {}, found {}",
+            describe_expected(expected),
+            describe_found(found)
+        ))
+    };
+    rewrite("invalid type: ")
+        .or_else(|| rewrite("invalid value: "))
+        .unwrap_or(message)
+}
+
+fn describe_expected(expected: &str) -> String {
+    let expected = expected.trim();
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" | "i8" | "i16" | "i32" | "i64" | "isize" => {
+            "an integer".to_owned()
+        }
+        "f32" | "f64" => "a number".to_owned(),
+        "a map" => "a table".to_owned(),
+        "a sequence" => "a list".to_owned(),
+        _ if expected.starts_with("struct ") => "a table".to_owned(),
+        _ => expected.to_owned(),
+    }
+}
+
+fn describe_found(found: &str) -> String {
+    let found = found.trim();
+    for (prefix, name) in [
+        ("string ", "a string"),
+        ("integer ", "an integer"),
+        ("floating point ", "a number"),
+        ("boolean ", "a boolean"),
+    ] {
+        if let Some(value) = found.strip_prefix(prefix) {
+            return format!("{name} ({})", value.trim_matches('`'));
+        }
+    }
+    match found {
+        "map" => "a table".to_owned(),
+        "sequence" => "a list".to_owned(),
+        other => other.to_owned(),
+    }
 }
 
 /// What every task of a job calls, with what.
 #[derive(Clone, Debug)]
 pub struct Template<'a> {
+    /// `task` or `sweep`: the section it came from.
+    pub section: &'static str,
     /// Module reference.
     pub module: &'a str,
     /// Kind, if given.
@@ -185,90 +348,175 @@ pub struct Template<'a> {
     pub input: Option<&'a str>,
 }
 
+impl Template<'_> {
+    /// `task.module`: a key of the section, for errors.
+    pub fn section_field(&self, key: &str) -> String {
+        format!("{}.{key}", self.section)
+    }
+}
+
+/// Where a job's tasks come from.
+#[derive(Clone, Copy, Debug)]
+pub enum Backlog<'a> {
+    /// This many identical tasks.
+    Count(u64),
+    /// One task per row of parameters.
+    Rows(&'a [BTreeMap<String, String>]),
+    /// One task per input.
+    Inputs(&'a [NamedInput]),
+}
+
 impl JobFile {
     /// The one section saying what to run.
     pub fn template(&self) -> Result<Template<'_>, Invalid> {
         match (&self.task, &self.sweep) {
             (Some(task), None) => Ok(Template {
+                section: "task",
                 module: &task.module,
                 kind: task.kind.as_deref(),
                 input: task.input.as_deref(),
             }),
             (None, Some(sweep)) => Ok(Template {
+                section: "sweep",
                 module: &sweep.module,
                 kind: sweep.kind.as_deref(),
                 input: sweep.input.as_deref(),
             }),
-            _ => Err(Invalid(
-                "a job file needs exactly one of [task] or [sweep]".into(),
+            _ => Err(Invalid::whole(
+                "a job file needs exactly one of [task] or [sweep]",
             )),
         }
     }
 
-    /// `task` or `sweep`.
-    pub fn kind(&self) -> &'static str {
-        if self.sweep.is_some() {
-            "sweep"
-        } else {
-            "task"
+    /// What can be checked without the server: names are text every
+    /// database stores (at most [`MAX_NAME_BYTES`], no control
+    /// characters), the priority and attempts are in range.
+    pub fn check(&self) -> Result<(), Invalid> {
+        if let Some(p) = self.priority
+            && p > sandmill_runtime::message::MAX_PRIORITY
+        {
+            return Err(Invalid::field(
+                "priority",
+                format!(
+                    "{p} is not between 0 and {}",
+                    sandmill_runtime::message::MAX_PRIORITY
+                ),
+            ));
         }
+        if let Some(n) = self.max_attempts
+            && (n == 0 || n > MAX_ATTEMPTS)
+        {
+            return Err(Invalid::field(
+                "max_attempts",
+                format!("{n} is not between 1 and {MAX_ATTEMPTS}"),
+            ));
+        }
+        check_name("name", &self.name)?;
+        if let Some(name) = self.task.as_ref().and_then(|t| t.input_name.as_ref()) {
+            check_name("task.input_name", name)?;
+        }
+        if let Some(inputs) = self.sweep.as_ref().and_then(|s| s.inputs.as_ref()) {
+            for (i, input) in inputs.iter().enumerate() {
+                check_name(&format!("sweep.inputs[{i}].name"), &input.name)?;
+            }
+        }
+        Ok(())
     }
 
-    /// The parameters of each task, as JSON documents.
-    pub fn task_params(&self, max_tasks: usize) -> Result<Vec<String>, Invalid> {
-        if let Some(task) = &self.task {
-            let params = task.params.clone().unwrap_or_else(|| serde_json::json!({}));
-            if !params.is_object() {
-                return Err(Invalid("task.params must be a table".into()));
-            }
-            return Ok(vec![params.to_string()]);
+    /// Where the tasks come from, bounded by `max_tasks`.
+    pub fn backlog(&self, max_tasks: u64) -> Result<Backlog<'_>, Invalid> {
+        if self.task.is_some() {
+            return Ok(Backlog::Count(1));
         }
         let Some(sweep) = &self.sweep else {
-            return Err(Invalid(
-                "a job file needs exactly one of [task] or [sweep]".into(),
+            return Err(Invalid::whole(
+                "a job file needs exactly one of [task] or [sweep]",
             ));
+        };
+        let too_many = |field: &str, n: usize| {
+            Invalid::field(
+                field,
+                format!("{n} tasks exceed the limit of {max_tasks} per job"),
+            )
         };
         if let Some(inputs) = &sweep.inputs {
             if sweep.rows.is_some() || sweep.count.is_some() || sweep.params.is_some() {
-                return Err(Invalid(
-                    "sweep.inputs cannot be combined with params, rows or count".into(),
+                return Err(Invalid::field(
+                    "sweep.inputs",
+                    "cannot be combined with params, rows or count",
                 ));
             }
-            if inputs.is_empty() || inputs.len() > max_tasks {
-                return Err(Invalid(format!(
-                    "sweep.inputs must name 1 to {max_tasks} inputs"
-                )));
+            if inputs.is_empty() {
+                return Err(Invalid::field("sweep.inputs", "names no input"));
             }
-            return Ok(vec!["{}".to_owned(); inputs.len()]);
+            if inputs.len() as u64 > max_tasks {
+                return Err(too_many("sweep.inputs", inputs.len()));
+            }
+            return Ok(Backlog::Inputs(inputs));
         }
         match (&sweep.rows, sweep.count, &sweep.params) {
             (Some(rows), None, None) => {
-                if rows.len() > max_tasks {
-                    return Err(Invalid(format!(
-                        "sweep.rows: {} tasks exceed the limit of {max_tasks} per job",
-                        rows.len()
-                    )));
+                if rows.len() as u64 > max_tasks {
+                    return Err(too_many("sweep.rows", rows.len()));
                 }
-                Ok(rows
-                    .iter()
-                    .map(|row| serde_json::to_string(row).unwrap_or_else(|_| "{}".into()))
-                    .collect())
+                Ok(Backlog::Rows(rows))
             }
             (None, Some(count), None) => {
-                if count == 0 || count > max_tasks as u64 {
-                    return Err(Invalid(format!(
-                        "sweep.count must be between 1 and {max_tasks}, not {count}"
-                    )));
+                if count == 0 || count > max_tasks {
+                    return Err(Invalid::field(
+                        "sweep.count",
+                        format!("must be between 1 and {max_tasks}, not {count}"),
+                    ));
                 }
-                Ok(vec!["{}".to_owned(); count as usize])
+                Ok(Backlog::Count(count))
             }
-            (None, None, Some(path)) => Err(Invalid(format!(
-                "sweep.params names a file ({path}); submit with the CLI, which sends its rows"
-            ))),
-            _ => Err(Invalid(
-                "[sweep] needs exactly one of params (a CSV file), rows, count or inputs".into(),
+            (None, None, Some(path)) => Err(Invalid::field(
+                "sweep.params",
+                format!("names a file ({path}); submit with the CLI, which sends its rows"),
+            )),
+            _ => Err(Invalid::field(
+                "sweep",
+                "needs exactly one of params (a CSV file), rows, count or inputs",
             )),
         }
+    }
+
+    /// The parameters of tasks without rows of their own, as JSON: the
+    /// task's table, or `{}`.
+    pub fn task_params(&self, max_bytes: usize) -> Result<String, Invalid> {
+        let Some(params) = self.task.as_ref().and_then(|t| t.params.as_ref()) else {
+            return Ok("{}".to_owned());
+        };
+        if !params.is_object() {
+            return Err(Invalid::field("task.params", "must be a table"));
+        }
+        let text = params.to_string();
+        check_params_size("task.params", &text, max_bytes)?;
+        Ok(text)
+    }
+
+    /// The input name of tasks without inputs of their own.
+    pub fn task_input_name(&self) -> String {
+        self.task
+            .as_ref()
+            .and_then(|t| t.input_name.clone())
+            .unwrap_or_else(|| "-".to_owned())
+    }
+
+    /// The file as JSON, without its rows and inputs (kept per task), for
+    /// the record.
+    pub fn definition(&self) -> String {
+        let mut copy = self.clone();
+        if let Some(sweep) = &mut copy.sweep {
+            if let Some(rows) = sweep.rows.take() {
+                sweep.count = Some(rows.len() as u64);
+            }
+            if let Some(inputs) = sweep.inputs.take() {
+                sweep.count = Some(inputs.len() as u64);
+            }
+        }
+        // Serializing plain data into a String cannot fail.
+        serde_json::to_string(&copy).unwrap_or_default()
     }
 
     /// The limits, parsed, over the defaults.
@@ -279,9 +527,10 @@ impl JobFile {
                 .as_deref()
                 .map(|v| {
                     v.parse::<ByteSize>().map(|b| b.0).map_err(|e| {
-                        Invalid(format!(
-                            "limits.{field}: `{v}` is not a size like 128MiB ({e})"
-                        ))
+                        Invalid::field(
+                            format!("limits.{field}"),
+                            format!("`{v}` is not a size like 128MiB ({e})"),
+                        )
                     })
                 })
                 .transpose()
@@ -296,13 +545,12 @@ impl JobFile {
             limits.log_bytes = log;
         }
         if let Some(timeout) = &self.limits.timeout {
-            limits.timeout = humantime::parse_duration(timeout).map_err(|e| {
-                Invalid(format!(
-                    "limits.timeout: `{timeout}` is not a duration like 30s ({e})"
-                ))
-            })?;
+            limits.timeout = parse_duration("limits.timeout", timeout)?;
             if limits.timeout.is_zero() || limits.timeout > Duration::from_secs(24 * 3600) {
-                return Err(Invalid("limits.timeout must be between 1ms and 24h".into()));
+                return Err(Invalid::field(
+                    "limits.timeout",
+                    "must be between 1ms and 24h",
+                ));
             }
         }
         limits.fuel = self.limits.fuel;
@@ -314,14 +562,11 @@ impl JobFile {
         let Some(text) = &self.limits.queue_timeout else {
             return Ok(DEFAULT_QUEUE_TIMEOUT);
         };
-        let timeout = humantime::parse_duration(text).map_err(|e| {
-            Invalid(format!(
-                "limits.queue_timeout: `{text}` is not a duration like 10m ({e})"
-            ))
-        })?;
+        let timeout = parse_duration("limits.queue_timeout", text)?;
         if timeout.is_zero() || timeout > Duration::from_secs(7 * 24 * 3600) {
-            return Err(Invalid(
-                "limits.queue_timeout must be between 1ms and 7 days".into(),
+            return Err(Invalid::field(
+                "limits.queue_timeout",
+                "must be between 1ms and 7 days",
             ));
         }
         Ok(timeout)
@@ -329,7 +574,7 @@ impl JobFile {
 
     /// The labels, checked.
     pub fn labels(&self) -> Result<Labels, Invalid> {
-        Labels::new(self.labels.clone()).map_err(|e| Invalid(e.to_string()))
+        Labels::new(self.labels.clone()).map_err(|e| Invalid::field("labels", e.to_string()))
     }
 
     /// The grants, checked.
@@ -341,10 +586,19 @@ impl JobFile {
                 "random" => grants.random = true,
                 "network" => grants.network = true,
                 other => {
-                    return Err(Invalid(format!(
-                        "grants.allow: unknown capability `{other}` (expected clock, random or network)"
-                    )));
+                    return Err(Invalid::field(
+                        "grants.allow",
+                        format!("unknown capability `{other}` (expected clock, random or network)"),
+                    ));
                 }
+            }
+        }
+        for (key, value) in &self.grants.env {
+            if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+                return Err(Invalid::field(
+                    format!("grants.env.{key}"),
+                    "names and values have no NUL, and names no `=`",
+                ));
             }
         }
         grants.env = self.grants.env.clone().into_iter().collect();
@@ -352,12 +606,46 @@ impl JobFile {
     }
 }
 
+/// Parameters larger than `max` bytes are refused.
+pub fn check_params_size(field: &str, params: &str, max: usize) -> Result<(), Invalid> {
+    if params.len() > max {
+        return Err(Invalid::field(
+            field,
+            format!(
+                "parameters of {} bytes exceed the limit of {max} bytes",
+                params.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), Invalid> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(Invalid::field(
+            field,
+            format!("{} bytes, at most {MAX_NAME_BYTES}", name.len()),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Invalid::field(field, "has control characters"));
+    }
+    Ok(())
+}
+
+/// A duration like `30s`, `1h 30m`, `250ms`.
+pub fn parse_duration(field: &str, text: &str) -> Result<Duration, Invalid> {
+    humantime::parse_duration(text)
+        .map_err(|e| Invalid::field(field, format!("`{text}` is not a duration like 30s ({e})")))
+}
+
 /// Parses a call kind named in a job file.
 pub fn parse_kind(field: &str, name: &str) -> Result<CallKind, Invalid> {
     CallKind::parse(name).ok_or_else(|| {
-        Invalid(format!(
-            "{field}: `{name}` is not one of map, reduce, preprocess, task"
-        ))
+        Invalid::field(
+            field,
+            format!("`{name}` is not one of map, reduce, preprocess, task"),
+        )
     })
 }
 
@@ -366,12 +654,12 @@ pub fn csv_rows(text: &[u8]) -> Result<Vec<BTreeMap<String, String>>, Invalid> {
     let mut reader = csv::Reader::from_reader(text);
     let headers = reader
         .headers()
-        .map_err(|e| Invalid(format!("sweep.params: {e}")))?
+        .map_err(|e| Invalid::field("sweep.params", e.to_string()))?
         .clone();
     reader
         .records()
         .map(|record| {
-            let record = record.map_err(|e| Invalid(format!("sweep.params: {e}")))?;
+            let record = record.map_err(|e| Invalid::field("sweep.params", e.to_string()))?;
             Ok(headers
                 .iter()
                 .zip(record.iter())
@@ -382,6 +670,7 @@ pub fn csv_rows(text: &[u8]) -> Result<Vec<BTreeMap<String, String>>, Invalid> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -399,20 +688,41 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(job.kind(), "sweep");
-        assert_eq!(job.task_params(10).unwrap().len(), 3);
+        assert!(matches!(job.backlog(10).unwrap(), Backlog::Count(3)));
         let limits = job.limits().unwrap();
         assert_eq!(limits.memory_bytes, 128 << 20);
         assert_eq!(limits.timeout, Duration::from_secs(30));
     }
 
     #[test]
+    fn a_wrong_type_names_the_key_and_the_line() {
+        let err =
+            from_toml("name = \"x\"\n[sweep]\nmodule = \"m\"\ncount = \"ten\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "sweep.count, line 4: expected an integer, found a string (\"ten\")"
+        );
+        assert_eq!(err.key(), "sweep.count");
+        assert_eq!(err.line(), Some(4));
+        let err =
+            from_json(b"{\"name\": \"x\",\n \"sweep\": {\"module\": \"m\", \"count\": \"ten\"}}")
+                .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "sweep.count, line 2: expected an integer, found a string (\"ten\")"
+        );
+    }
+
+    #[test]
     fn a_typo_names_the_field() {
         let err = from_toml("name = \"x\"\n[task]\nmodule = \"m\"\n[limits]\nmemroy = \"1MiB\"\n")
             .unwrap_err();
-        assert!(err.0.contains("memroy"), "{err}");
+        assert!(err.to_string().contains("memroy"), "{err}");
+        assert_eq!(err.line(), Some(5), "{err}");
         let err = from_json(br#"{"name":"x","task":{"module":"m","parms":{}}}"#).unwrap_err();
-        assert!(err.0.contains("parms"), "{err}");
+        assert!(err.to_string().contains("parms"), "{err}");
+        let err = from_toml("name = \"x\"\n[task\n").unwrap_err();
+        assert_eq!(err.line(), Some(2), "{err}");
     }
 
     #[test]
@@ -426,12 +736,17 @@ mod tests {
             ..JobFile::default()
         };
         job.limits.memory = Some("lots".into());
-        assert!(job.limits().unwrap_err().0.starts_with("limits.memory"));
+        assert_eq!(job.limits().unwrap_err().key(), "limits.memory");
         job.limits.memory = None;
         job.limits.timeout = Some("soon".into());
-        assert!(job.limits().unwrap_err().0.starts_with("limits.timeout"));
+        assert_eq!(job.limits().unwrap_err().key(), "limits.timeout");
         job.grants.allow = vec!["files".into()];
-        assert!(job.grants().unwrap_err().0.starts_with("grants.allow"));
+        assert_eq!(job.grants().unwrap_err().key(), "grants.allow");
+        job.name = "a\u{0}b".into();
+        assert_eq!(job.check().unwrap_err().key(), "name");
+        job.name = "x".into();
+        job.priority = Some(10);
+        assert_eq!(job.check().unwrap_err().key(), "priority");
         job.sweep = Some(SweepSection::default());
         assert!(job.template().is_err());
     }
@@ -448,9 +763,9 @@ mod tests {
             ..JobFile::default()
         };
         assert!(
-            job.task_params(10)
+            job.backlog(10)
                 .unwrap_err()
-                .0
+                .to_string()
                 .contains("between 1 and 10")
         );
         let rows = csv_rows(b"size,name\n1,a\n2,b\n").unwrap();

@@ -3,18 +3,24 @@
 //! The control plane: it keeps the catalogue (modules, specs), the jobs and
 //! every task's state, attempts, logs and outputs, and serves them.
 //!
+//! - [`model`]: task states, job statuses and kinds, one enum each.
 //! - [`store`]: SQLite or Postgres through sqlx — the source of truth.
-//! - [`jobfile`]: job files (TOML, or the same shape as JSON), validated.
-//! - [`engine`]: accepts jobs, publishes their tasks, records what workers
-//!   report, re-publishes what was queued after a restart.
-//! - [`api`]: the HTTP API (axum) and its OpenAPI document.
-//! - [`embedded`]: server, in-process broker and blob store and workers in
-//!   one process (`sandmill dev`, `sandmill run`).
+//! - [`jobfile`]: job files (TOML, or the same shape as JSON), validated,
+//!   errors naming the key and line.
+//! - [`scheduler`]: accepts jobs, dispatches their tasks a window at a
+//!   time, records what workers report, keeps the broker in step.
+//! - [`api`]: the HTTP API (axum), its view types and OpenAPI document.
+//! - [`embedded`]: scheduler, in-process broker and blob store and workers
+//!   in one process (`sandmill dev`, `sandmill run`).
+//! - [`fleet`]: the parts of `sandmill serve` and `sandmill worker`, on
+//!   NATS JetStream.
 //!
-//! Only this crate touches SQL; only the binary reads the environment.
+//! Only [`store`] touches SQL; only the binary reads the environment.
 
 pub mod api;
 pub mod embedded;
-pub mod engine;
+pub mod fleet;
 pub mod jobfile;
+pub mod model;
+pub mod scheduler;
 pub mod store;

@@ -20,7 +20,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             // One line a user can act on: the chain of causes, outermost first.
-            eprintln!("error: {}", format!("{error:#}").replace('\n', " "));
+            cli::out::stderr(
+                format!("error: {}\n", format!("{error:#}").replace('\n', " ")).as_bytes(),
+            );
             ExitCode::FAILURE
         }
     }

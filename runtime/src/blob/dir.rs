@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 
-use super::{BlobError, BlobStore, hash};
+use super::{BlobError, BlobErrorKind, BlobStore, blob_error, hash};
 
 /// Blobs as `<dir>/<first two hex digits>/<hash>`, written atomically.
 pub struct DirBlobStore {
@@ -15,8 +15,12 @@ impl DirBlobStore {
     /// A store rooted at `dir` (created if missing).
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self, BlobError> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| BlobError(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            blob_error(
+                BlobErrorKind::Io,
+                format!("cannot create {}: {e}", dir.display()),
+            )
+        })?;
         Ok(DirBlobStore { dir })
     }
 
@@ -34,7 +38,7 @@ impl BlobStore for DirBlobStore {
     async fn put(&self, bytes: &[u8]) -> Result<String, BlobError> {
         let hash = hash(bytes);
         let Some(path) = self.path(&hash) else {
-            return Err(BlobError("bad hash".into()));
+            return Err(blob_error(BlobErrorKind::Io, "bad hash"));
         };
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
             return Ok(hash);
@@ -43,17 +47,30 @@ impl BlobStore for DirBlobStore {
             .parent()
             .map(PathBuf::from)
             .unwrap_or_else(|| self.dir.clone());
-        tokio::fs::create_dir_all(&parent)
-            .await
-            .map_err(|e| BlobError(format!("cannot create {}: {e}", parent.display())))?;
+        tokio::fs::create_dir_all(&parent).await.map_err(|e| {
+            blob_error(
+                BlobErrorKind::Io,
+                format!("cannot create {}: {e}", parent.display()),
+            )
+        })?;
         let tmp = path.with_extension(format!("tmp{}-{}", std::process::id(), rand_suffix()));
-        tokio::fs::write(&tmp, bytes)
-            .await
-            .map_err(|e| BlobError(format!("cannot write {}: {e}", tmp.display())))?;
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(|e| BlobError(format!("cannot store {}: {e}", path.display())))?;
+        tokio::fs::write(&tmp, bytes).await.map_err(|e| {
+            blob_error(
+                BlobErrorKind::Io,
+                format!("cannot write {}: {e}", tmp.display()),
+            )
+        })?;
+        tokio::fs::rename(&tmp, &path).await.map_err(|e| {
+            blob_error(
+                BlobErrorKind::Io,
+                format!("cannot store {}: {e}", path.display()),
+            )
+        })?;
         Ok(hash)
+    }
+
+    async fn contains(&self, hash: &str) -> Result<bool, BlobError> {
+        self.has(hash).await
     }
 
     async fn get(&self, hash: &str) -> Result<Option<Vec<u8>>, BlobError> {
@@ -63,8 +80,26 @@ impl BlobStore for DirBlobStore {
         match tokio::fs::read(&path).await {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(BlobError(format!("cannot read {}: {e}", path.display()))),
+            Err(e) => Err(blob_error(
+                BlobErrorKind::Io,
+                format!("cannot read {}: {e}", path.display()),
+            )),
         }
+    }
+}
+
+impl DirBlobStore {
+    /// Whether `hash` is stored (a file check, no read).
+    pub async fn has(&self, hash: &str) -> Result<bool, BlobError> {
+        let Some(path) = self.path(hash) else {
+            return Ok(false);
+        };
+        tokio::fs::try_exists(&path).await.map_err(|e| {
+            blob_error(
+                BlobErrorKind::Io,
+                format!("cannot look for {}: {e}", path.display()),
+            )
+        })
     }
 }
 
@@ -75,6 +110,7 @@ fn rand_suffix() -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -47,6 +47,7 @@ impl BlobStore for LocalCopy {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -5,7 +5,7 @@ use async_nats::jetstream::{self, object_store};
 use async_trait::async_trait;
 use tokio::io::AsyncReadExt;
 
-use super::{BlobError, BlobStore, hash};
+use super::{BlobError, BlobErrorKind, BlobStore, blob_error, hash};
 
 /// The bucket's name.
 pub const BUCKET: &str = "sandmill-blobs";
@@ -29,7 +29,12 @@ impl NatsBlobStore {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| BlobError(format!("cannot create bucket {BUCKET}: {e}")))?,
+                .map_err(|e| {
+                    blob_error(
+                        BlobErrorKind::Unavailable,
+                        format!("cannot create bucket {BUCKET}: {e}"),
+                    )
+                })?,
         };
         Ok(NatsBlobStore { bucket })
     }
@@ -46,21 +51,50 @@ impl BlobStore for NatsBlobStore {
         self.bucket
             .put(name.as_str(), &mut reader)
             .await
-            .map_err(|e| BlobError(format!("cannot store {name}: {e}")))?;
+            .map_err(|e| {
+                blob_error(
+                    BlobErrorKind::Unavailable,
+                    format!("cannot store {name}: {e}"),
+                )
+            })?;
         Ok(name)
+    }
+
+    async fn contains(&self, name: &str) -> Result<bool, BlobError> {
+        match self.bucket.info(name).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(false),
+            Err(e) => Err(blob_error(
+                BlobErrorKind::Unavailable,
+                format!("cannot look for {name}: {e}"),
+            )),
+        }
     }
 
     async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, BlobError> {
         let mut object = match self.bucket.get(name).await {
             Ok(object) => object,
             Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(BlobError(format!("cannot read {name}: {e}"))),
+            Err(e) => {
+                return Err(blob_error(
+                    BlobErrorKind::Unavailable,
+                    format!("cannot read {name}: {e}"),
+                ));
+            }
         };
         let mut bytes = Vec::new();
-        object
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| BlobError(format!("cannot read {name}: {e}")))?;
+        object.read_to_end(&mut bytes).await.map_err(|e| {
+            blob_error(
+                BlobErrorKind::Unavailable,
+                format!("cannot read {name}: {e}"),
+            )
+        })?;
+        if hash(&bytes) != name {
+            return Err(blob_error(
+                BlobErrorKind::Corrupt,
+                format!("the bytes read under {name} have another hash"),
+            ));
+        }
         Ok(Some(bytes))
     }
 }

@@ -1,49 +1,131 @@
 //! [`MemoryBroker`]: the in-process broker of the embedded mode.
+//!
+//! Tasks wait in one lane per priority (higher first, FIFO within a lane),
+//! so an interactive call never waits behind a sweep. Both queues are
+//! bounded: the task queue by a count (the control plane's dispatch window
+//! keeps it well under), the event queue by bytes; a full queue makes its
+//! producer wait, never grow.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{Broker, BrokerError};
+use super::{Broker, BrokerError, BrokerErrorKind};
 use crate::labels::Labels;
 use crate::message::{TaskEvent, TaskMessage, WorkerInfo};
 
+/// Tasks the in-process queue holds at most by default.
+pub const DEFAULT_TASK_CAPACITY: usize = 1 << 20;
+
+/// Bytes of events waiting for the recorder at most by default: workers
+/// wait when the recorder falls this far behind.
+pub const DEFAULT_EVENT_BYTES: usize = 64 << 20;
+
 /// Queues in memory. Nothing here needs to survive a crash: the control
 /// plane re-publishes queued tasks from the database on start.
-#[derive(Default)]
 pub struct MemoryBroker {
     tasks: Mutex<Tasks>,
     task_ready: Notify,
-    events: Mutex<VecDeque<TaskEvent>>,
+    task_room: Notify,
+    events: Mutex<Events>,
     event_ready: Notify,
+    event_room: Notify,
     workers: Mutex<BTreeMap<String, WorkerInfo>>,
+    task_capacity: usize,
+    event_bytes: usize,
 }
 
 #[derive(Default)]
 struct Tasks {
-    queue: VecDeque<TaskMessage>,
+    /// Lanes by priority; fetched from the highest first.
+    lanes: BTreeMap<u8, VecDeque<TaskMessage>>,
+    len: usize,
     queued: HashSet<(i64, i64)>,
     closed: bool,
 }
 
+impl Tasks {
+    fn push(&mut self, task: TaskMessage, front: bool) -> bool {
+        if !self.queued.insert(task.dedup_key()) {
+            return false;
+        }
+        let lane = self.lanes.entry(task.priority).or_default();
+        if front {
+            lane.push_front(task);
+        } else {
+            lane.push_back(task);
+        }
+        self.len += 1;
+        true
+    }
+
+    fn pop(&mut self) -> Option<TaskMessage> {
+        let mut lane = self.lanes.last_entry()?;
+        let task = lane.get_mut().pop_front();
+        if lane.get().is_empty() {
+            lane.remove();
+        }
+        let task = task?;
+        self.len -= 1;
+        self.queued.remove(&task.dedup_key());
+        Some(task)
+    }
+}
+
+#[derive(Default)]
+struct Events {
+    queue: VecDeque<TaskEvent>,
+    bytes: usize,
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        Self::with_capacity(DEFAULT_TASK_CAPACITY, DEFAULT_EVENT_BYTES)
+    }
+}
+
 impl MemoryBroker {
-    /// An empty broker.
+    /// An empty broker with the default bounds.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Wakes every waiting fetch with [`BrokerError::Closed`].
+    /// An empty broker holding at most `tasks` queued tasks and
+    /// `event_bytes` of unrecorded events.
+    pub fn with_capacity(tasks: usize, event_bytes: usize) -> Self {
+        MemoryBroker {
+            tasks: Mutex::default(),
+            task_ready: Notify::new(),
+            task_room: Notify::new(),
+            events: Mutex::default(),
+            event_ready: Notify::new(),
+            event_room: Notify::new(),
+            workers: Mutex::default(),
+            task_capacity: tasks.max(1),
+            event_bytes: event_bytes.max(1),
+        }
+    }
+
+    /// Wakes every waiting fetch with a `Closed` error.
     pub fn close(&self) {
         self.lock_tasks().closed = true;
         self.task_ready.notify_waiters();
+        self.task_room.notify_waiters();
         self.event_ready.notify_waiters();
+        self.event_room.notify_waiters();
     }
 
     /// Tasks waiting for a worker.
     pub fn queued(&self) -> usize {
-        self.lock_tasks().queue.len()
+        self.lock_tasks().len
+    }
+
+    /// Events waiting for the recorder.
+    pub fn unrecorded(&self) -> usize {
+        self.lock_events().queue.len()
     }
 
     fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Tasks> {
@@ -55,28 +137,44 @@ impl MemoryBroker {
         self.workers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_events(&self) -> std::sync::MutexGuard<'_, VecDeque<TaskEvent>> {
+    fn lock_events(&self) -> std::sync::MutexGuard<'_, Events> {
         self.events.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn closed(&self) -> bool {
+        self.lock_tasks().closed
+    }
+}
+
+fn closed() -> BrokerError {
+    BrokerError::new(BrokerErrorKind::Closed)
 }
 
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, tasks: Vec<TaskMessage>) -> Result<(), BrokerError> {
-        let mut state = self.lock_tasks();
-        if state.closed {
-            return Err(BrokerError::Closed);
-        }
-        let mut added = 0;
-        for task in tasks {
-            if state.queued.insert(task.dedup_key()) {
-                state.queue.push_back(task);
-                added += 1;
+        let mut tasks = tasks.into_iter().peekable();
+        while tasks.peek().is_some() {
+            let room = self.task_room.notified();
+            let added = {
+                let mut state = self.lock_tasks();
+                if state.closed {
+                    return Err(closed());
+                }
+                let mut added = 0;
+                while state.len < self.task_capacity {
+                    let Some(task) = tasks.next() else { break };
+                    added += usize::from(state.push(task, false));
+                }
+                added
+            };
+            for _ in 0..added {
+                self.task_ready.notify_one();
             }
-        }
-        drop(state);
-        for _ in 0..added {
-            self.task_ready.notify_one();
+            if tasks.peek().is_some() {
+                // Full: wait for a fetch to make room.
+                room.await;
+            }
         }
         Ok(())
     }
@@ -87,18 +185,17 @@ impl Broker for MemoryBroker {
             {
                 let mut state = self.lock_tasks();
                 if state.closed {
-                    return Err(BrokerError::Closed);
+                    return Err(closed());
                 }
-                if !state.queue.is_empty() {
-                    let n = max.max(1).min(state.queue.len());
-                    let batch: Vec<_> = state.queue.drain(..n).collect();
-                    for task in &batch {
-                        state.queued.remove(&task.dedup_key());
-                    }
-                    if !state.queue.is_empty() {
+                if state.len > 0 {
+                    let n = max.max(1).min(state.len);
+                    let batch: Vec<_> = (0..n).filter_map(|_| state.pop()).collect();
+                    if state.len > 0 {
                         // Pass the wake-up on to another worker.
                         self.task_ready.notify_one();
                     }
+                    drop(state);
+                    self.task_room.notify_waiters();
                     return Ok(batch);
                 }
             }
@@ -106,26 +203,49 @@ impl Broker for MemoryBroker {
         }
     }
 
+    fn waiting_above(&self, priority: u8) -> bool {
+        self.lock_tasks()
+            .lanes
+            .last_key_value()
+            .is_some_and(|(top, _)| *top > priority)
+    }
+
     async fn release(&self, task: TaskMessage) -> Result<(), BrokerError> {
-        let mut state = self.lock_tasks();
-        if state.queued.insert(task.dedup_key()) {
-            state.queue.push_front(task);
-        }
-        drop(state);
+        // Back at the head of its lane, past the capacity if need be: it
+        // was counted when it was first published.
+        self.lock_tasks().push(task, true);
         self.task_ready.notify_one();
         Ok(())
     }
 
+    async fn release_after(&self, task: TaskMessage, delay: Duration) -> Result<(), BrokerError> {
+        if self.closed() {
+            return Err(closed());
+        }
+        // The task is out of the queue while it waits; the database still
+        // has it live, so a crash meanwhile loses nothing.
+        tokio::time::sleep(delay).await;
+        self.release(task).await
+    }
+
     async fn forget_job(&self, job_id: i64, _labels: &Labels) -> Result<(), BrokerError> {
         let mut state = self.lock_tasks();
-        let Tasks { queue, queued, .. } = &mut *state;
-        queue.retain(|task| {
-            let keep = task.job_id != job_id;
-            if !keep {
-                queued.remove(&task.dedup_key());
-            }
-            keep
-        });
+        let Tasks {
+            lanes, queued, len, ..
+        } = &mut *state;
+        for lane in lanes.values_mut() {
+            lane.retain(|task| {
+                let keep = task.job_id != job_id;
+                if !keep {
+                    queued.remove(&task.dedup_key());
+                    *len -= 1;
+                }
+                keep
+            });
+        }
+        lanes.retain(|_, lane| !lane.is_empty());
+        drop(state);
+        self.task_room.notify_waiters();
         Ok(())
     }
 
@@ -139,13 +259,42 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {
-        Ok(self.lock_workers().values().cloned().collect())
+    async fn workers(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WorkerInfo>, BrokerError> {
+        let workers = self.lock_workers();
+        let range = match after {
+            Some(after) => workers
+                .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => workers.range::<str, _>(..),
+        };
+        Ok(range.take(limit).map(|(_, w)| w.clone()).collect())
     }
 
     async fn report(&self, events: Vec<TaskEvent>) -> Result<(), BrokerError> {
-        self.lock_events().extend(events);
-        self.event_ready.notify_one();
+        for event in events {
+            let weight = event.weight();
+            loop {
+                let room = self.event_room.notified();
+                {
+                    let mut queue = self.lock_events();
+                    // One event always fits, however large: a bound on
+                    // bytes must not wedge the one event past it.
+                    if queue.bytes + weight <= self.event_bytes || queue.queue.is_empty() {
+                        queue.bytes += weight;
+                        queue.queue.push_back(event);
+                        break;
+                    }
+                }
+                if self.closed() {
+                    return Err(closed());
+                }
+                room.await;
+            }
+            self.event_ready.notify_one();
+        }
         Ok(())
     }
 
@@ -154,12 +303,16 @@ impl Broker for MemoryBroker {
             let notified = self.event_ready.notified();
             {
                 let mut events = self.lock_events();
-                if !events.is_empty() {
-                    let n = max.max(1).min(events.len());
-                    return Ok(events.drain(..n).collect());
+                if !events.queue.is_empty() {
+                    let n = max.max(1).min(events.queue.len());
+                    let batch: Vec<TaskEvent> = events.queue.drain(..n).collect();
+                    events.bytes -= batch.iter().map(TaskEvent::weight).sum::<usize>();
+                    drop(events);
+                    self.event_room.notify_waiters();
+                    return Ok(batch);
                 }
-                if self.lock_tasks().closed {
-                    return Err(BrokerError::Closed);
+                if self.closed() {
+                    return Err(closed());
                 }
             }
             notified.await;
@@ -168,6 +321,7 @@ impl Broker for MemoryBroker {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::sandbox::{CallKind, Grants, Limits};
@@ -177,11 +331,13 @@ mod tests {
             task_id: id,
             job_id: 1,
             attempt,
+            priority: 0,
             kind: CallKind::Task,
             module: "m".into(),
             input: None,
             input_name: "-".into(),
             params: "{}".into(),
+            params_blob: None,
             limits: Limits::default(),
             grants: Grants::default(),
             labels: Default::default(),
@@ -200,6 +356,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn higher_priorities_are_fetched_first() {
+        let broker = MemoryBroker::new();
+        let mut urgent = task(9, 0);
+        urgent.priority = 9;
+        broker
+            .publish((1..=5).map(|i| task(i, 0)).collect())
+            .await
+            .unwrap();
+        broker.publish(vec![urgent]).await.unwrap();
+        let first = broker.fetch(2).await.unwrap();
+        assert_eq!(first[0].task_id, 9);
+        assert_eq!(first[1].task_id, 1);
+    }
+
+    #[tokio::test]
+    async fn it_says_when_more_urgent_work_waits() {
+        let broker = MemoryBroker::new();
+        broker.publish(vec![task(1, 0)]).await.unwrap();
+        assert!(!broker.waiting_above(0));
+        let mut urgent = task(2, 0);
+        urgent.priority = 9;
+        broker.publish(vec![urgent]).await.unwrap();
+        assert!(broker.waiting_above(0));
+        assert!(!broker.waiting_above(9));
+    }
+
+    #[tokio::test]
+    async fn a_full_task_queue_makes_the_publisher_wait() {
+        let broker = std::sync::Arc::new(MemoryBroker::with_capacity(2, 1 << 20));
+        let publisher = tokio::spawn({
+            let broker = broker.clone();
+            async move { broker.publish((1..=5).map(|i| task(i, 0)).collect()).await }
+        });
+        let mut seen = Vec::new();
+        while seen.len() < 5 {
+            let batch = tokio::time::timeout(Duration::from_secs(5), broker.fetch(10))
+                .await
+                .expect("fetched in time")
+                .unwrap();
+            assert!(batch.len() <= 2, "the queue held {} tasks", batch.len());
+            seen.extend(batch.into_iter().map(|t| t.task_id));
+        }
+        publisher.await.unwrap().unwrap();
+        assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
     async fn fetch_waits_for_work_and_close_wakes_it() {
         let broker = std::sync::Arc::new(MemoryBroker::new());
         let waiter = tokio::spawn({
@@ -208,7 +411,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         broker.publish(vec![task(7, 0)]).await.unwrap();
-        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .unwrap()
             .unwrap()
@@ -221,10 +424,10 @@ mod tests {
         });
         tokio::task::yield_now().await;
         broker.close();
-        let closed = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        let closed = tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .unwrap()
             .unwrap();
-        assert!(matches!(closed, Err(BrokerError::Closed)));
+        assert!(matches!(closed, Err(e) if e.kind() == BrokerErrorKind::Closed));
     }
 }

@@ -10,24 +10,37 @@ mod nats;
 
 use async_trait::async_trait;
 
-pub use memory::MemoryBroker;
+pub use memory::{DEFAULT_EVENT_BYTES, DEFAULT_TASK_CAPACITY, MemoryBroker};
 pub use nats::{MAX_DELIVERIES, NatsBroker, NatsConfig};
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use crate::labels::Labels;
 use crate::message::{TaskEvent, TaskMessage, WorkerInfo};
 
-/// The broker failed (connection lost, closed).
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    /// The broker was shut down.
+/// What kind of failure a broker had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerErrorKind {
+    /// The broker was shut down: stop using it.
     #[error("the broker is closed")]
     Closed,
-    /// Anything the transport reports.
-    #[error("broker: {0}")]
-    Transport(String),
+    /// The broker could not be reached or refused the request for now
+    /// (NATS down, a timeout, JetStream unavailable): try again later.
+    #[error("broker unavailable")]
+    Unavailable,
+    /// A message could not be encoded, or is larger than the broker takes:
+    /// trying again will not help.
+    #[error("message refused")]
+    Refused,
+    /// The broker was used in a way it does not support (a control plane
+    /// fetching tasks).
+    #[error("unsupported use of the broker")]
+    Unsupported,
 }
+
+/// The broker failed.
+pub type BrokerError = crate::error::Error<BrokerErrorKind>;
 
 /// Carries tasks to workers and events to the control plane.
 #[async_trait]
@@ -55,6 +68,21 @@ pub trait Broker: Send + Sync + 'static {
     /// Hands a fetched task back unrun (a draining worker): it is
     /// delivered again, to any worker, at once.
     async fn release(&self, task: TaskMessage) -> Result<(), BrokerError>;
+
+    /// Hands a fetched task back unrun, to be delivered again after
+    /// `delay` (its worker could not reach the blob store): no attempt is
+    /// spent on an outage.
+    async fn release_after(&self, task: TaskMessage, delay: Duration) -> Result<(), BrokerError> {
+        tokio::time::sleep(delay).await;
+        self.release(task).await
+    }
+
+    /// Whether a task of a higher priority than `priority` waits now (a
+    /// worker then hands back the rest of its batch and fetches again).
+    /// `false` when the broker cannot tell cheaply.
+    fn waiting_above(&self, _priority: u8) -> bool {
+        false
+    }
 
     /// Deliveries of one message a worker may run; a message delivered
     /// more often than this (its workers kept vanishing) is failed as
@@ -88,8 +116,28 @@ pub trait Broker: Send + Sync + 'static {
     /// Removes a worker's registry entry (it left on purpose).
     async fn leave(&self, id: &str) -> Result<(), BrokerError>;
 
-    /// Every registry entry, the lost ones included.
-    async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError>;
+    /// One registry entry, by id.
+    async fn worker(&self, id: &str) -> Result<Option<WorkerInfo>, BrokerError> {
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.workers(after.as_deref(), 256).await?;
+            if let Some(found) = page.iter().find(|w| w.id == id) {
+                return Ok(Some(found.clone()));
+            }
+            if page.len() < 256 {
+                return Ok(None);
+            }
+            after = page.last().map(|w| w.id.clone());
+        }
+    }
+
+    /// Registry entries, the lost ones included, by id: the first `limit`
+    /// whose id sorts after `after`.
+    async fn workers(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WorkerInfo>, BrokerError>;
 
     /// Drops every queued message of a job that ended (cancelled, or its
     /// queue timeout passed), so no worker runs its tasks for nothing.

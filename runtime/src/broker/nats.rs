@@ -1,11 +1,14 @@
 //! [`NatsBroker`]: tasks, events and the worker registry on NATS JetStream.
 //!
 //! - Tasks: stream `SANDMILL_TASKS` (work-queue retention). A task needing
-//!   labels `L` is published on `sandmill.tasks.<token(L)>.<job>.<task>`, and
-//!   each label set has its own durable pull consumer `q-<token(L)>` (its
+//!   labels `L` at priority `P` is published on
+//!   `sandmill.tasks.<token(L)>.<P>.<job>.<task>`, and each (label set,
+//!   priority) has its own durable pull consumer `q-<token(L)>-<P>` (its
 //!   description holds `L`), shared by every worker: a worker pulls from the
-//!   consumers whose labels it offers, so a task reaches only a worker that
-//!   can take it. Each publish carries `Nats-Msg-Id: task-<id>-<attempt>`,
+//!   consumers whose labels it offers, highest priority first, so a task
+//!   reaches only a worker that can take it and an interactive call never
+//!   waits behind a sweep. A publisher then sends an empty core-NATS
+//!   message on `sandmill.wake` so idle workers look at once. Each publish carries `Nats-Msg-Id: task-<id>-<attempt>`,
 //!   so a re-publish inside the dedup window is dropped. A worker acks a
 //!   task (double ack: confirmed) only after its result is durably
 //!   published; while a task runs, the broker sends in-progress acks so the
@@ -30,9 +33,9 @@ use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv, stream};
 use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::{Broker, BrokerError};
+use super::{Broker, BrokerError, BrokerErrorKind};
 use crate::labels::Labels;
-use crate::message::{TaskEvent, TaskMessage, WorkerInfo};
+use crate::message::{MAX_PRIORITY, TaskEvent, TaskMessage, WorkerInfo};
 
 /// How long a delivered task may go without an ack or progress before
 /// JetStream delivers it to another worker (by default).
@@ -61,6 +64,10 @@ pub const MAX_ACK_PENDING: i64 = 10_000;
 const PUBLISH_WINDOW: usize = 256;
 /// How often a worker looks for new label-set queues.
 const QUEUE_REFRESH: Duration = Duration::from_secs(2);
+/// How long an idle worker waits for a wake-up before looking again.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// Where publishers tell idle workers that tasks arrived (core NATS).
+const WAKE_SUBJECT: &str = "sandmill.wake";
 
 const TASK_STREAM: &str = "SANDMILL_TASKS";
 const EVENT_STREAM: &str = "SANDMILL_EVENTS";
@@ -89,8 +96,24 @@ impl Default for NatsConfig {
     }
 }
 
-fn transport(error: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Transport(error.to_string())
+/// The broker could not do what was asked for now.
+fn unavailable(error: impl Into<crate::error::Source>) -> BrokerError {
+    BrokerError::with_source(BrokerErrorKind::Unavailable, error)
+}
+
+/// A message that cannot be encoded.
+fn refused(error: impl Into<crate::error::Source>) -> BrokerError {
+    BrokerError::with_source(BrokerErrorKind::Refused, error)
+}
+
+/// The subject of a task message.
+fn task_subject(token: &str, priority: u8, job_id: i64, task_id: i64) -> String {
+    format!("sandmill.tasks.{token}.{priority}.{job_id}.{task_id}")
+}
+
+/// The queue (consumer) of a label set at a priority.
+fn queue_name(token: &str, priority: u8) -> String {
+    format!("q-{token}-{priority}")
 }
 
 /// The JetStream broker.
@@ -101,8 +124,12 @@ pub struct NatsBroker {
     task_stream: stream::Stream,
     events: PullConsumer,
     registry: kv::Store,
-    /// Label-set tokens whose queue is known to exist (publisher side).
-    queues_made: Arc<Mutex<HashSet<String>>>,
+    /// (label-set token, priority) whose queue is known to exist
+    /// (publisher side).
+    queues_made: Arc<Mutex<HashSet<(String, u8)>>>,
+    /// Set when a publisher says tasks arrived (worker side).
+    wake: Arc<tokio::sync::Notify>,
+    client: async_nats::Client,
     /// The queues this worker pulls from, refreshed now and then.
     pulls: Arc<tokio::sync::Mutex<Pulls>>,
     /// The shortest ack wait of the queues pulled from (ms): in-progress
@@ -125,7 +152,8 @@ type InFlight = HashMap<(i64, i64), Vec<jetstream::Message>>;
 
 #[derive(Default)]
 struct Pulls {
-    consumers: Vec<PullConsumer>,
+    /// Highest priority first.
+    consumers: Vec<(u8, PullConsumer)>,
     names: BTreeSet<String>,
     refreshed: Option<Instant>,
     next: usize,
@@ -138,7 +166,7 @@ impl NatsBroker {
         client: async_nats::Client,
         config: NatsConfig,
     ) -> Result<Self, BrokerError> {
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let task_stream = js
             .get_or_create_stream(stream::Config {
                 name: TASK_STREAM.into(),
@@ -150,7 +178,7 @@ impl NatsBroker {
                 ..Default::default()
             })
             .await
-            .map_err(transport)?;
+            .map_err(unavailable)?;
         let event_stream = js
             .get_or_create_stream(stream::Config {
                 name: EVENT_STREAM.into(),
@@ -162,7 +190,7 @@ impl NatsBroker {
                 ..Default::default()
             })
             .await
-            .map_err(transport)?;
+            .map_err(unavailable)?;
         let events = event_stream
             .get_or_create_consumer(
                 "recorder",
@@ -175,7 +203,7 @@ impl NatsBroker {
                 },
             )
             .await
-            .map_err(transport)?;
+            .map_err(unavailable)?;
         let registry = match js.get_key_value(REGISTRY_BUCKET).await {
             Ok(registry) => registry,
             Err(_) => js
@@ -189,7 +217,7 @@ impl NatsBroker {
                     ..Default::default()
                 })
                 .await
-                .map_err(transport)?,
+                .map_err(unavailable)?,
         };
         let broker = NatsBroker {
             js,
@@ -198,6 +226,8 @@ impl NatsBroker {
             events,
             registry,
             queues_made: Arc::default(),
+            wake: Arc::default(),
+            client: client.clone(),
             pulls: Arc::default(),
             ack_wait_ms: Arc::new(std::sync::atomic::AtomicU64::new(
                 u64::try_from(config.ack_wait.as_millis()).unwrap_or(u64::MAX),
@@ -206,25 +236,60 @@ impl NatsBroker {
             in_flight: Arc::default(),
             unacked_events: Arc::default(),
         };
+        broker.drop_legacy_queues().await?;
+        // Unlabelled work at the lowest and highest priority needs no
+        // publisher to have run first (other lanes appear as used).
+        for priority in [0, MAX_PRIORITY] {
+            broker.queue(&Labels::default(), priority).await?;
+        }
         if broker.config.offers.is_some() {
-            // Unlabelled work needs no publisher to have run first.
-            broker.queue(&Labels::default()).await?;
             broker.spawn_progress_acks();
+            broker.spawn_wake_listener().await?;
         }
         Ok(broker)
     }
 
-    /// The queue (durable consumer) of one label set, created if missing.
-    async fn queue(&self, labels: &Labels) -> Result<PullConsumer, BrokerError> {
+    /// Queues of the layout before priorities (`q-<token>` over
+    /// `sandmill.tasks.<token>.>`) overlap the new ones, which a work-queue
+    /// stream refuses: they are removed with their messages (the control
+    /// plane publishes every live task again when it starts).
+    async fn drop_legacy_queues(&self) -> Result<(), BrokerError> {
+        let infos: Vec<jetstream::consumer::Info> = self
+            .task_stream
+            .consumers()
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        for info in infos {
+            if info.name.starts_with("q-") && parse_queue_name(&info.name).is_none() {
+                tracing::warn!(queue = %info.name, "removing a task queue of the old layout");
+                self.task_stream
+                    .delete_consumer(&info.name)
+                    .await
+                    .map_err(unavailable)?;
+                let token = &info.name[2..];
+                self.task_stream
+                    .purge()
+                    .filter(format!("sandmill.tasks.{token}.>"))
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The queue (durable consumer) of one label set at one priority,
+    /// created if missing.
+    async fn queue(&self, labels: &Labels, priority: u8) -> Result<PullConsumer, BrokerError> {
         let token = labels.token();
-        let name = format!("q-{token}");
+        let name = queue_name(&token, priority);
         self.task_stream
             .get_or_create_consumer(
                 &name,
                 jetstream::consumer::pull::Config {
                     durable_name: Some(name.clone()),
                     description: Some(labels.to_string()),
-                    filter_subject: format!("sandmill.tasks.{token}.>"),
+                    filter_subject: format!("sandmill.tasks.{token}.{priority}.>"),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait: self.config.ack_wait,
                     // A lost worker's task comes back after the ack wait,
@@ -247,11 +312,28 @@ impl NatsBroker {
                 },
             )
             .await
-            .map_err(transport)
+            .map_err(unavailable)
+    }
+
+    /// Listens for publishers' wake-ups (worker side).
+    async fn spawn_wake_listener(&self) -> Result<(), BrokerError> {
+        let mut wakes = self
+            .client
+            .subscribe(WAKE_SUBJECT)
+            .await
+            .map_err(unavailable)?;
+        let wake = Arc::downgrade(&self.wake);
+        tokio::spawn(async move {
+            while wakes.next().await.is_some() {
+                let Some(wake) = wake.upgrade() else { return };
+                wake.notify_waiters();
+            }
+        });
+        Ok(())
     }
 
     /// The queues a worker offering `offers` pulls from: every label set's
-    /// queue whose labels it has. Looked up again every [`QUEUE_REFRESH`].
+    /// queues (one per priority) whose labels it has. Looked up again every [`QUEUE_REFRESH`].
     async fn refresh_pulls(&self, offers: &Labels) -> Result<(), BrokerError> {
         let mut pulls = self.pulls.lock().await;
         if pulls
@@ -265,18 +347,19 @@ impl NatsBroker {
             .consumers()
             .try_collect()
             .await
-            .map_err(transport)?;
+            .map_err(unavailable)?;
         for info in infos {
-            let wanted = info.name.starts_with("q-")
-                && Labels::parse(info.config.description.as_deref().unwrap_or("")).is_ok_and(
-                    |needs| needs.token() == info.name[2..] && needs.satisfied_by(offers),
-                );
+            let Some((token, priority)) = parse_queue_name(&info.name) else {
+                continue;
+            };
+            let wanted = Labels::parse(info.config.description.as_deref().unwrap_or(""))
+                .is_ok_and(|needs| needs.token() == token && needs.satisfied_by(offers));
             if wanted && !pulls.names.contains(&info.name) {
                 let consumer = self
                     .task_stream
                     .get_consumer(&info.name)
                     .await
-                    .map_err(transport)?;
+                    .map_err(unavailable)?;
                 // The queue's creator set its ack wait: keep in-progress
                 // acks well inside it.
                 let ack_wait = u64::try_from(info.config.ack_wait.as_millis()).unwrap_or(u64::MAX);
@@ -293,9 +376,12 @@ impl NatsBroker {
                     .fetch_min(limit, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(queue = %info.name, labels = info.config.description.as_deref().unwrap_or(""), "pulling from a new queue");
                 pulls.names.insert(info.name.clone());
-                pulls.consumers.push(consumer);
+                pulls.consumers.push((priority, consumer));
             }
         }
+        pulls
+            .consumers
+            .sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
         pulls.refreshed = Some(Instant::now());
         Ok(())
     }
@@ -343,33 +429,53 @@ impl NatsBroker {
         tasks: Vec<TaskMessage>,
         again: Option<i64>,
     ) -> Result<(), BrokerError> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
         let mut items = Vec::with_capacity(tasks.len());
         for task in &tasks {
             let token = task.labels.token();
+            let priority = task.priority.min(MAX_PRIORITY);
+            let key = (token.clone(), priority);
             let known = self
                 .queues_made
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains(&token);
+                .contains(&key);
             if !known {
-                self.queue(&task.labels).await?;
+                self.queue(&task.labels, priority).await?;
                 self.queues_made
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(token.clone());
+                    .insert(key);
             }
-            let payload = serde_json::to_vec(task).map_err(transport)?;
+            let payload = serde_json::to_vec(task).map_err(refused)?;
+            if payload.len() > MAX_MESSAGE_BYTES as usize {
+                return Err(BrokerError::with_source(
+                    BrokerErrorKind::Refused,
+                    format!(
+                        "task {} is a message of {} bytes, over the {} byte limit",
+                        task.task_id,
+                        payload.len(),
+                        MAX_MESSAGE_BYTES
+                    ),
+                ));
+            }
             let mut id = format!("task-{}-{}", task.task_id, task.attempt);
             if let Some(at) = again {
                 id.push_str(&format!("-again-{at}"));
             }
             items.push((
-                format!("sandmill.tasks.{token}.{}.{}", task.job_id, task.task_id),
+                task_subject(&token, priority, task.job_id, task.task_id),
                 id,
                 payload,
             ));
         }
-        self.publish_all(items).await
+        self.publish_all(items).await?;
+        // Idle workers look at once (best effort: they look every second
+        // anyway).
+        let _ = self.client.publish(WAKE_SUBJECT, bytes::Bytes::new()).await;
+        Ok(())
     }
 
     async fn publish_all(&self, items: Vec<(String, String, Vec<u8>)>) -> Result<(), BrokerError> {
@@ -381,16 +487,16 @@ impl NatsBroker {
                 .js
                 .publish_with_headers(subject, headers, payload.into())
                 .await
-                .map_err(transport)?;
+                .map_err(unavailable)?;
             pending.push_back(ack.into_future());
             if pending.len() >= PUBLISH_WINDOW
                 && let Some(ack) = pending.next().await
             {
-                ack.map_err(transport)?;
+                ack.map_err(unavailable)?;
             }
         }
         while let Some(ack) = pending.next().await {
-            ack.map_err(transport)?;
+            ack.map_err(unavailable)?;
         }
         Ok(())
     }
@@ -401,18 +507,18 @@ impl NatsBroker {
 async fn fetch_json<T: serde::de::DeserializeOwned>(
     consumer: &PullConsumer,
     max: usize,
-    wait: Duration,
+    wait: Option<Duration>,
 ) -> Result<Vec<(T, jetstream::Message)>, BrokerError> {
-    let mut batch = consumer
-        .fetch()
-        .max_messages(max.max(1))
-        .expires(wait)
-        .messages()
-        .await
-        .map_err(transport)?;
+    // With `expires`, an empty queue holds the request until the first
+    // message or the expiry; without, it answers at once.
+    let mut fetch = consumer.fetch().max_messages(max.max(1));
+    if let Some(wait) = wait {
+        fetch = fetch.expires(wait);
+    }
+    let mut batch = fetch.messages().await.map_err(unavailable)?;
     let mut fetched = Vec::new();
     while let Some(message) = batch.next().await {
-        let message = message.map_err(transport)?;
+        let message = message.map_err(unavailable)?;
         match serde_json::from_slice::<T>(&message.payload) {
             Ok(value) => fetched.push((value, message)),
             Err(error) => {
@@ -454,29 +560,27 @@ impl Broker for NatsBroker {
 
     async fn fetch(&self, max: usize) -> Result<Vec<TaskMessage>, BrokerError> {
         let offers = self.config.offers.clone().ok_or_else(|| {
-            BrokerError::Transport("this broker was not opened as a worker".into())
+            BrokerError::with_source(
+                BrokerErrorKind::Unsupported,
+                "this broker was not opened as a worker",
+            )
         })?;
         loop {
+            // Armed before looking, so a wake-up sent while we look counts.
+            let wake = self.wake.clone();
+            let woken = wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             self.refresh_pulls(&offers).await?;
-            let (queues, start) = {
+            let queues = {
                 let mut pulls = self.pulls.lock().await;
                 pulls.next = pulls.next.wrapping_add(1);
-                (pulls.consumers.clone(), pulls.next)
+                rotate_within_priority(&pulls.consumers, pulls.next)
             };
-            if queues.is_empty() {
-                tokio::time::sleep(QUEUE_REFRESH).await;
-                continue;
-            }
-            // One queue: wait on it. Several: short waits in turn, so work
-            // on any of them is picked up within a fraction of a second.
-            let wait = if queues.len() == 1 {
-                Duration::from_secs(5)
-            } else {
-                Duration::from_millis(250)
-            };
-            for i in 0..queues.len() {
-                let queue = &queues[(start + i) % queues.len()];
-                let fetched = fetch_json::<TaskMessage>(queue, max, wait).await?;
+            // Highest priority first: a queue answers at once, with what
+            // it has or with nothing.
+            for (_, queue) in &queues {
+                let fetched = fetch_json::<TaskMessage>(queue, max, None).await?;
                 if fetched.is_empty() {
                     continue;
                 }
@@ -492,12 +596,15 @@ impl Broker for NatsBroker {
                     })
                     .collect());
             }
+            // Nothing anywhere: wait for a publisher's wake-up (or look
+            // again after a while, should one be lost).
+            let _ = tokio::time::timeout(IDLE_WAIT, woken).await;
         }
     }
 
     async fn done(&self, task: &TaskMessage) -> Result<(), BrokerError> {
         for message in self.take_in_flight(task) {
-            message.double_ack().await.map_err(transport)?;
+            message.double_ack().await.map_err(unavailable)?;
         }
         Ok(())
     }
@@ -507,7 +614,19 @@ impl Broker for NatsBroker {
             message
                 .ack_with(AckKind::Nak(None))
                 .await
-                .map_err(transport)?;
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn release_after(&self, task: TaskMessage, delay: Duration) -> Result<(), BrokerError> {
+        // JetStream delivers it again after the delay: the worker need not
+        // wait for it.
+        for message in self.take_in_flight(&task) {
+            message
+                .ack_with(AckKind::Nak(Some(delay)))
+                .await
+                .map_err(unavailable)?;
         }
         Ok(())
     }
@@ -522,7 +641,7 @@ impl Broker for NatsBroker {
             .iter()
             .map(|event| {
                 let (job, task, attempt, kind) = event_key(event);
-                let payload = serde_json::to_vec(event).map_err(transport)?;
+                let payload = serde_json::to_vec(event).map_err(refused)?;
                 Ok((
                     format!("sandmill.events.{job}.{task}"),
                     format!("event-{task}-{attempt}-{kind}"),
@@ -541,7 +660,7 @@ impl Broker for NatsBroker {
                 "Nats-Msg-Id",
                 format!("event-{task}-{attempt}-{kind}").as_str(),
             );
-            let payload = serde_json::to_vec(event).map_err(transport)?;
+            let payload = serde_json::to_vec(event).map_err(refused)?;
             // The ack future is dropped: async-nats awaits it in the
             // background, within its bound on acks in flight.
             drop(
@@ -552,7 +671,7 @@ impl Broker for NatsBroker {
                         payload.into(),
                     )
                     .await
-                    .map_err(transport)?,
+                    .map_err(unavailable)?,
             );
         }
         Ok(())
@@ -561,7 +680,7 @@ impl Broker for NatsBroker {
     async fn events(&self, max: usize) -> Result<Vec<TaskEvent>, BrokerError> {
         loop {
             let fetched =
-                fetch_json::<TaskEvent>(&self.events, max, Duration::from_secs(5)).await?;
+                fetch_json::<TaskEvent>(&self.events, max, Some(Duration::from_secs(5))).await?;
             if fetched.is_empty() {
                 continue;
             }
@@ -581,39 +700,61 @@ impl Broker for NatsBroker {
         // An ack is one publish, no reply awaited: these go out as fast as
         // the connection takes them.
         for message in messages {
-            message.ack().await.map_err(transport)?;
+            message.ack().await.map_err(unavailable)?;
         }
         Ok(())
     }
 
     async fn heartbeat(&self, info: &WorkerInfo) -> Result<(), BrokerError> {
-        let value = serde_json::to_vec(info).map_err(transport)?;
+        let value = serde_json::to_vec(info).map_err(refused)?;
         self.registry
             .put(&info.id, value.into())
             .await
-            .map_err(transport)?;
+            .map_err(unavailable)?;
         Ok(())
     }
 
     async fn leave(&self, id: &str) -> Result<(), BrokerError> {
-        self.registry.purge(id).await.map_err(transport)
+        self.registry.purge(id).await.map_err(unavailable)
     }
 
-    async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {
-        let keys: Vec<String> = self
+    async fn worker(&self, id: &str) -> Result<Option<WorkerInfo>, BrokerError> {
+        match self.registry.get(id).await.map_err(unavailable)? {
+            Some(value) => Ok(serde_json::from_slice(&value).ok()),
+            None => Ok(None),
+        }
+    }
+
+    async fn workers(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WorkerInfo>, BrokerError> {
+        // Keys only, then the entries of one page: a page costs `limit`
+        // reads however large the fleet.
+        let mut keys: Vec<String> = self
             .registry
             .keys()
             .await
-            .map_err(transport)?
+            .map_err(unavailable)?
+            .try_filter(|key| std::future::ready(after.is_none_or(|after| key.as_str() > after)))
             .try_collect()
             .await
-            .map_err(transport)?;
-        let mut workers = Vec::with_capacity(keys.len());
+            .map_err(unavailable)?;
+        keys.sort();
+        let mut workers = Vec::with_capacity(limit.min(keys.len()));
         for key in keys {
-            if let Some(value) = self.registry.get(&key).await.map_err(transport)?
-                && let Ok(info) = serde_json::from_slice::<WorkerInfo>(&value)
-            {
-                workers.push(info);
+            if workers.len() >= limit {
+                break;
+            }
+            // None: purged between the listing and the read (it left).
+            if let Some(value) = self.registry.get(&key).await.map_err(unavailable)? {
+                match serde_json::from_slice::<WorkerInfo>(&value) {
+                    Ok(info) => workers.push(info),
+                    Err(error) => {
+                        tracing::warn!(key, %error, "skipping an unreadable registry entry")
+                    }
+                }
             }
         }
         Ok(workers)
@@ -625,8 +766,8 @@ impl Broker for NatsBroker {
             .task_stream
             .info_with_subjects("sandmill.tasks.>")
             .await
-            .map_err(transport)?;
-        while let Some((subject, _count)) = subjects.try_next().await.map_err(transport)? {
+            .map_err(unavailable)?;
+        while let Some((subject, _count)) = subjects.try_next().await.map_err(unavailable)? {
             if let Some(id) = subject
                 .rsplit('.')
                 .next()
@@ -652,14 +793,76 @@ impl Broker for NatsBroker {
         let purged = self
             .task_stream
             .purge()
-            .filter(format!("sandmill.tasks.{}.{job_id}.>", labels.token()))
+            .filter(format!("sandmill.tasks.{}.*.{job_id}.>", labels.token()))
             .await
-            .map_err(transport)?;
+            .map_err(unavailable)?;
         tracing::debug!(
             job_id,
             messages = purged.purged,
             "purged the task messages of an ended job"
         );
         Ok(())
+    }
+}
+
+/// The queues, highest priority first, each run of equal priority
+/// rotated by `turn` so no label set's queue always goes first.
+fn rotate_within_priority<T: Clone>(queues: &[(u8, T)], turn: usize) -> Vec<(u8, T)> {
+    let mut ordered = Vec::with_capacity(queues.len());
+    let mut start = 0;
+    while start < queues.len() {
+        let priority = queues[start].0;
+        let end = start
+            + queues[start..]
+                .iter()
+                .take_while(|(p, _)| *p == priority)
+                .count();
+        let run = &queues[start..end];
+        let shift = turn % run.len();
+        ordered.extend(run[shift..].iter().chain(&run[..shift]).cloned());
+        start = end;
+    }
+    ordered
+}
+
+/// `(token, priority)` of a queue named `q-<token>-<priority>`.
+fn parse_queue_name(name: &str) -> Option<(&str, u8)> {
+    let (token, priority) = name.strip_prefix("q-")?.rsplit_once('-')?;
+    let priority = priority.parse::<u8>().ok().filter(|p| *p <= MAX_PRIORITY)?;
+    Some((token, priority))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_carry_token_and_priority() {
+        assert_eq!(queue_name("any", 9), "q-any-9");
+        assert_eq!(parse_queue_name("q-any-9"), Some(("any", 9)));
+        assert_eq!(
+            parse_queue_name("q-0123456789abcdef-0"),
+            Some(("0123456789abcdef", 0))
+        );
+        // The layout before priorities, and strangers.
+        assert_eq!(parse_queue_name("q-any"), None);
+        assert_eq!(parse_queue_name("q-any-12"), None);
+        assert_eq!(parse_queue_name("recorder"), None);
+        assert_eq!(task_subject("any", 3, 7, 11), "sandmill.tasks.any.3.7.11");
+    }
+
+    #[test]
+    fn queues_go_by_priority_then_take_turns() {
+        let queues = [(9, 'a'), (9, 'b'), (0, 'c'), (0, 'd'), (0, 'e')];
+        let order = |turn| -> String {
+            rotate_within_priority(&queues, turn)
+                .into_iter()
+                .map(|(_, q)| q)
+                .collect()
+        };
+        assert_eq!(order(0), "abcde");
+        assert_eq!(order(1), "badec");
+        assert_eq!(order(2), "abecd");
     }
 }

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use wasmtime::Trap;
 
+use crate::reason::Reason;
+
 /// Why a call failed. Callers decide on the variant (retry, report, fail
 /// the job); [`ExecError::reason`] is the stable name stored and shown.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -97,20 +99,20 @@ pub enum TrapKind {
 
 impl ExecError {
     /// The stable, machine-readable failure reason.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            ExecError::Timeout(_) => "timeout",
-            ExecError::OutOfFuel(_) => "out-of-fuel",
-            ExecError::MemoryLimit { .. } => "out-of-memory",
-            ExecError::OutputTooLarge { .. } => "output-too-large",
-            ExecError::Panic { .. } => "guest-panic",
-            ExecError::Trap(_) => "trap",
-            ExecError::Guest(_) => "guest-error",
+            ExecError::Timeout(_) => Reason::Timeout,
+            ExecError::OutOfFuel(_) => Reason::OutOfFuel,
+            ExecError::MemoryLimit { .. } => Reason::OutOfMemory,
+            ExecError::OutputTooLarge { .. } => Reason::OutputTooLarge,
+            ExecError::Panic { .. } => Reason::GuestPanic,
+            ExecError::Trap(_) => Reason::Trap,
+            ExecError::Guest(_) => Reason::GuestError,
             ExecError::InvalidModule(_)
             | ExecError::ModuleTooLarge { .. }
-            | ExecError::MissingExport { .. } => "module-invalid",
-            ExecError::BadGrant(_) => "bad-grant",
-            ExecError::Host(_) => "host-error",
+            | ExecError::MissingExport { .. } => Reason::ModuleInvalid,
+            ExecError::BadGrant(_) => Reason::BadGrant,
+            ExecError::Host(_) => Reason::HostError,
         }
     }
 
@@ -174,17 +176,18 @@ pub(crate) fn classify(error: wasmtime::Error, cx: FailureContext) -> ExecError 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn reasons_are_stable_names() {
         assert_eq!(
-            ExecError::Timeout(Duration::from_secs(1)).reason(),
+            ExecError::Timeout(Duration::from_secs(1)).reason().as_str(),
             "timeout"
         );
         assert_eq!(
-            ExecError::MemoryLimit { limit: 1 }.reason(),
+            ExecError::MemoryLimit { limit: 1 }.reason().as_str(),
             "out-of-memory"
         );
         assert!(!ExecError::Timeout(Duration::ZERO).is_deterministic());

@@ -101,9 +101,29 @@ impl CallKind {
 
     /// Parses a name users type.
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::Map, Self::Reduce, Self::Preprocess, Self::Task]
-            .into_iter()
-            .find(|k| k.name() == name)
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Every kind.
+    pub const ALL: [CallKind; 4] = [Self::Map, Self::Reduce, Self::Preprocess, Self::Task];
+}
+
+/// A name that is not a [`CallKind`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not one of map, reduce, preprocess, task")]
+pub struct UnknownKind(pub String);
+
+impl std::str::FromStr for CallKind {
+    type Err = UnknownKind;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        CallKind::parse(name).ok_or_else(|| UnknownKind(name.to_owned()))
+    }
+}
+
+impl fmt::Display for CallKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -573,7 +593,7 @@ impl Sandbox {
         (outcome.log, outcome.log_truncated) = log.take();
         outcome.elapsed = start.elapsed();
         if let Err(error) = &outcome.result {
-            tracing::debug!(reason = error.reason(), %error, "call failed");
+            tracing::debug!(reason = %error.reason(), %error, "call failed");
         }
         outcome
     }
@@ -744,6 +764,7 @@ async fn invoke(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

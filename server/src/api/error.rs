@@ -1,64 +1,91 @@
-//! [`ApiError`]: every failure of the HTTP API as JSON with a stable code.
+//! [`ApiError`]: every failure of the HTTP API as JSON with a stable code,
+//! decided in one place ([`ApiError::status_and_code`]).
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::engine::EngineError;
+use crate::jobfile::Invalid;
+use crate::scheduler::SchedulerError;
+use crate::store::{StoreError, StoreErrorKind};
 
 /// The body of every error response.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Stable, machine-readable: `bad_request`, `invalid_module`,
-    /// `not_found`, `conflict`, `payload_too_large`, `internal`, or a task
-    /// failure reason from `/v1/run`.
+    /// `not_found`, `conflict`, `payload_too_large`, `unavailable`,
+    /// `internal`, or a task's failure reason (`/v1/run`).
     pub code: String,
     /// For people.
     pub message: String,
+    /// The request field at fault (`sweep.count`), when one is.
+    pub field: Option<String>,
 }
 
 /// An API failure.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// From the engine.
+    /// From the scheduler.
     #[error(transparent)]
-    Engine(#[from] EngineError),
+    Scheduler(#[from] SchedulerError),
     /// A bad request found by the API layer itself.
-    #[error("{0}")]
-    BadRequest(String),
+    #[error(transparent)]
+    BadRequest(Invalid),
     /// A missing thing found by the API layer itself.
     #[error("{0} not found")]
     NotFound(String),
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        ApiError::Engine(EngineError::Store(e))
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Scheduler(SchedulerError::Store(e))
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(invalid: Invalid) -> Self {
+        ApiError::BadRequest(invalid)
     }
 }
 
 impl ApiError {
+    /// A bad request naming the field at fault.
+    pub fn bad_field(field: &str, problem: impl Into<String>) -> Self {
+        ApiError::BadRequest(Invalid::field(field, problem))
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use SchedulerError as S;
         match self {
-            ApiError::BadRequest(_) | ApiError::Engine(EngineError::BadRequest(_)) => {
+            ApiError::BadRequest(_) | ApiError::Scheduler(S::BadRequest(_)) => {
                 (StatusCode::BAD_REQUEST, "bad_request")
             }
-            ApiError::Engine(EngineError::InvalidModule(_)) => {
-                (StatusCode::BAD_REQUEST, "invalid_module")
-            }
-            ApiError::NotFound(_) | ApiError::Engine(EngineError::NotFound(_)) => {
+            ApiError::Scheduler(S::InvalidModule(_)) => (StatusCode::BAD_REQUEST, "invalid_module"),
+            ApiError::NotFound(_) | ApiError::Scheduler(S::NotFound(_)) => {
                 (StatusCode::NOT_FOUND, "not_found")
             }
-            ApiError::Engine(EngineError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::Engine(EngineError::Broker(_)) => {
+            ApiError::Scheduler(S::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Scheduler(S::Broker(_) | S::Blob(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
-            ApiError::Engine(EngineError::Store(_) | EngineError::Blob(_)) => {
+            ApiError::Scheduler(S::Store(e)) if e.kind() == StoreErrorKind::Unavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            ApiError::Scheduler(S::Store(_) | S::Internal(_)) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         }
+    }
+
+    fn field(&self) -> Option<String> {
+        let invalid = match self {
+            ApiError::BadRequest(invalid)
+            | ApiError::Scheduler(SchedulerError::BadRequest(invalid)) => invalid,
+            _ => return None,
+        };
+        (!invalid.key().is_empty()).then(|| invalid.key().to_owned())
     }
 }
 
@@ -68,35 +95,38 @@ impl IntoResponse for ApiError {
         // 5xx details are logged, never sent.
         let message = if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
-            "internal error; see the server log".to_owned()
+            match status {
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    "a service the server depends on is unavailable; try again later".to_owned()
+                }
+                _ => "internal error; see the server log".to_owned(),
+            }
         } else {
             self.to_string()
         };
-        (
-            status,
-            Json(ErrorBody {
-                code: code.to_owned(),
-                message,
-            }),
-        )
-            .into_response()
+        let field = self.field();
+        error_with_field(status, code, message, field)
     }
 }
 
 /// An error response with this status and code.
 pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    error_with_field(status, code, message, None)
+}
+
+fn error_with_field(
+    status: StatusCode,
+    code: &str,
+    message: impl Into<String>,
+    field: Option<String>,
+) -> Response {
     (
         status,
         Json(ErrorBody {
             code: code.to_owned(),
             message: message.into(),
+            field,
         }),
     )
         .into_response()
-}
-
-impl From<crate::jobfile::Invalid> for ApiError {
-    fn from(invalid: crate::jobfile::Invalid) -> Self {
-        ApiError::BadRequest(invalid.0)
-    }
 }

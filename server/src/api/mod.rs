@@ -1,10 +1,22 @@
 //! The HTTP API (axum). JSON in and out; every error is an [`ErrorBody`]
-//! with a stable `code`. Request bodies are capped; a rejected request
-//! changes nothing. The OpenAPI document at `/v1/openapi.json` is generated
-//! from the handlers' annotations.
+//! with a stable `code`; every list is a page (`items`, `next_cursor`).
+//! Request bodies are capped; a rejected request changes nothing. The
+//! OpenAPI document at `/v1/openapi.json` is generated from the handlers'
+//! annotations, and a test checks every response against it.
+//!
+//! One module per resource, each with its `router()`:
+//! [`health`], [`modules`], [`specs`], [`jobs`], [`tasks`], [`run`],
+//! [`workers`]; [`views`] holds what they return.
 
 mod error;
-mod handlers;
+pub mod health;
+pub mod jobs;
+pub mod modules;
+pub mod run;
+pub mod specs;
+pub mod tasks;
+pub mod views;
+pub mod workers;
 
 use std::time::Duration;
 
@@ -13,12 +25,12 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use utoipa::OpenApi;
 
 pub use error::{ApiError, ErrorBody};
 
-use crate::engine::Engine;
+use crate::jobfile::Invalid;
+use crate::scheduler::Scheduler;
 
 /// Largest request body by default: a module or an input of `/v1/run`.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
@@ -48,67 +60,55 @@ impl Default for ApiConfig {
 #[derive(Clone)]
 pub struct AppState {
     /// The control plane.
-    pub engine: Engine,
+    pub scheduler: Scheduler,
     /// The API's settings.
     pub config: ApiConfig,
 }
 
 /// The whole API.
-pub fn router(engine: Engine, config: ApiConfig) -> Router {
+pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
     let limit = config.max_body_bytes;
     Router::new()
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
-        .route("/v1/openapi.json", get(openapi))
-        .route("/v1/modules", post(handlers::upload_module))
-        .route("/v1/modules/{hash}", get(handlers::get_module))
-        .route("/v1/inputs", post(handlers::upload_input))
-        .route(
-            "/v1/specs",
-            post(handlers::put_spec).get(handlers::list_specs),
-        )
-        .route("/v1/specs/{name}", get(handlers::get_spec))
-        .route(
-            "/v1/jobs",
-            post(handlers::submit_job).get(handlers::list_jobs),
-        )
-        .route("/v1/jobs/{id}", get(handlers::get_job))
-        .route("/v1/jobs/{id}/cancel", post(handlers::cancel_job))
-        .route("/v1/jobs/{id}/tasks", get(handlers::list_tasks))
-        .route("/v1/tasks/{id}", get(handlers::get_task))
-        .route("/v1/tasks/{id}/output", get(handlers::task_output))
-        .route("/v1/tasks/{id}/logs", get(handlers::task_logs))
-        .route("/v1/run", post(handlers::run))
-        .route("/v1/workers", get(handlers::list_workers))
+        .merge(health::router())
+        .merge(modules::router())
+        .merge(specs::router())
+        .merge(jobs::router())
+        .merge(tasks::router())
+        .merge(run::router())
+        .merge(workers::router())
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(AppState { engine, config })
+        .with_state(AppState { scheduler, config })
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Sandmill",
-        description = "Run WebAssembly tasks in a sandbox, on one machine or a fleet."
+        description = "Run WebAssembly tasks in a sandbox, on one machine or a fleet. \
+            Times are RFC 3339 (UTC, milliseconds); durations are strings like `1m 30s` \
+            or `250ms`; sizes are strings like `256MiB` or `1500B`. Lists are pages: \
+            pass `next_cursor` back as `cursor`."
     ),
     paths(
-        handlers::healthz,
-        handlers::readyz,
-        handlers::upload_module,
-        handlers::get_module,
-        handlers::upload_input,
-        handlers::put_spec,
-        handlers::list_specs,
-        handlers::get_spec,
-        handlers::submit_job,
-        handlers::list_jobs,
-        handlers::get_job,
-        handlers::cancel_job,
-        handlers::list_tasks,
-        handlers::get_task,
-        handlers::task_output,
-        handlers::task_logs,
-        handlers::run,
-        handlers::list_workers,
+        health::healthz,
+        health::readyz,
+        health::openapi,
+        modules::upload_module,
+        modules::get_module,
+        modules::upload_input,
+        specs::put_spec,
+        specs::list_specs,
+        specs::get_spec,
+        jobs::submit_job,
+        jobs::list_jobs,
+        jobs::get_job,
+        jobs::cancel_job,
+        jobs::list_tasks,
+        tasks::get_task,
+        tasks::task_output,
+        tasks::task_logs,
+        run::run,
+        workers::list_workers,
     )
 )]
 struct ApiDoc;
@@ -116,10 +116,6 @@ struct ApiDoc;
 /// The OpenAPI document of this API.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
-}
-
-async fn openapi() -> impl IntoResponse {
-    axum::Json(openapi_document())
 }
 
 /// A raw body whose rejections (too large, unreadable) are [`ErrorBody`]s.
@@ -142,4 +138,83 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
             }
         }
     }
+}
+
+/// Query parameters whose rejections are [`ErrorBody`]s naming the
+/// parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for ApiQuery<T>
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(ApiQuery)
+            .map_err(|e| {
+                let field = e.path().to_string();
+                ApiError::BadRequest(Invalid::field(
+                    &field,
+                    plain_query_error(&e.into_inner().to_string()),
+                ))
+                .into_response()
+            })
+    }
+}
+
+fn plain_query_error(message: &str) -> String {
+    message.replace("unknown variant", "not one of").to_owned()
+}
+
+/// Path parameters whose rejections are [`ErrorBody`]s.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for ApiPath<T>
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(error::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                rejection.body_text(),
+            )),
+        }
+    }
+}
+
+/// A JSON request body; an error names the field at fault and its line.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        let message = match message.rfind(" at line ") {
+            Some(at) => message[..at].to_owned(),
+            None => message,
+        };
+        if field == "." {
+            Invalid::whole(format!("invalid request body: {message}"))
+        } else {
+            Invalid::field(&field, message)
+        }
+    })?;
+    deserializer.end().map_err(|_| {
+        ApiError::BadRequest(Invalid::whole("trailing characters after the JSON body"))
+    })?;
+    Ok(value)
 }

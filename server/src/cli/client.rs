@@ -1,5 +1,6 @@
 //! The commands that talk to a server: submit, status, wait, logs, fetch,
-//! cancel, jobs. `LAST` stands for the last job submitted from this machine.
+//! cancel, jobs, workers. `LAST` stands for the last job submitted from
+//! this machine. Lists are read a page at a time.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,8 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
+use sandmill_server::api::views::{JobCreated, JobView, ModuleView, Page, TaskView, WorkerView};
+use sandmill_server::model::{JobStatus, TaskState};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::out::{say, tell};
 use super::resolve::{Upload, resolve};
 
 /// Exit code when the job (or request) failed.
@@ -59,9 +64,9 @@ pub enum ClientCommand {
     Workers,
     /// List jobs, most recently updated first.
     Jobs {
-        /// Only jobs with this status.
+        /// Only jobs with this status (running, succeeded, failed, cancelled).
         #[arg(long)]
-        status: Option<String>,
+        status: Option<JobStatus>,
         /// How many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -73,7 +78,7 @@ struct Server {
     http: reqwest::Client,
 }
 
-/// A refusal from the server, shown as `error[code]: message`.
+/// A refusal from the server, shown as `[code] message`.
 #[derive(Debug, thiserror::Error)]
 #[error("[{code}] {message}")]
 struct Refused {
@@ -108,10 +113,24 @@ impl Server {
         Self::check(response).await
     }
 
-    async fn post(&self, path: &str, body: Vec<u8>) -> anyhow::Result<reqwest::Response> {
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.get(path)
+            .await?
+            .json()
+            .await
+            .with_context(|| format!("the server's answer to {path} is not what this client reads"))
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> anyhow::Result<reqwest::Response> {
         let response = self
             .http
             .post(format!("{}{path}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body)
             .send()
             .await
@@ -119,22 +138,51 @@ impl Server {
         Self::check(response).await
     }
 
-    async fn job(&self, id: i64) -> anyhow::Result<Value> {
-        Ok(self.get(&format!("/v1/jobs/{id}")).await?.json().await?)
+    async fn job(&self, id: i64) -> anyhow::Result<JobView> {
+        self.get_json(&format!("/v1/jobs/{id}")).await
+    }
+
+    /// Every page of a list, item by item, to `each`.
+    async fn pages<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        mut each: impl AsyncFnMut(T) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut cursor: Option<String> = None;
+        loop {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let url = match &cursor {
+                Some(cursor) => format!("{path}{sep}cursor={cursor}"),
+                None => path.to_owned(),
+            };
+            let page: Page<T> = self.get_json(&url).await?;
+            for item in page.items {
+                each(item).await?;
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(()),
+            }
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl Upload for Server {
     async fn module(&self, bytes: Vec<u8>) -> anyhow::Result<String> {
-        let row: Value = self.post("/v1/modules", bytes).await?.json().await?;
-        row["hash"]
-            .as_str()
-            .map(str::to_owned)
-            .context("the server sent no hash")
+        let module: ModuleView = self
+            .post("/v1/modules", bytes, "application/wasm")
+            .await?
+            .json()
+            .await?;
+        Ok(module.module.trim_start_matches("sha256:").to_owned())
     }
     async fn input(&self, bytes: Vec<u8>) -> anyhow::Result<String> {
-        let row: Value = self.post("/v1/inputs", bytes).await?.json().await?;
+        let row: Value = self
+            .post("/v1/inputs", bytes, "application/octet-stream")
+            .await?
+            .json()
+            .await?;
         let input = row["input"].as_str().context("the server sent no input")?;
         Ok(input.trim_start_matches("sha256:").to_owned())
     }
@@ -168,17 +216,26 @@ fn job_id(text: &str) -> anyhow::Result<i64> {
         .with_context(|| format!("`{text}` is not a job id (or LAST)"))
 }
 
-fn counts_line(job: &Value) -> String {
-    job["counts"]
-        .as_object()
-        .map(|counts| {
-            counts
-                .iter()
-                .map(|(state, n)| format!("{n} {state}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
+/// `9 succeeded, 1 failed` (states with no tasks left out).
+fn counts_line(job: &JobView) -> String {
+    let t = &job.tasks;
+    let parts: Vec<String> = [
+        (t.pending, "pending"),
+        (t.queued, "queued"),
+        (t.running, "running"),
+        (t.succeeded, "succeeded"),
+        (t.failed, "failed"),
+        (t.cancelled, "cancelled"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, state)| format!("{n} {state}"))
+    .collect();
+    if parts.is_empty() {
+        "no tasks".to_owned()
+    } else {
+        parts.join(", ")
+    }
 }
 
 pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
@@ -195,30 +252,31 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
             ClientCommand::Submit { job, input, wait } => {
                 let resolved = resolve(&job, &input, &server).await?;
                 let body = serde_json::to_vec(&resolved)?;
-                let created: Value = server.post("/v1/jobs", body).await?.json().await?;
-                let id = created["id"]
-                    .as_i64()
-                    .context("the server sent no job id")?;
-                remember(id);
-                println!("{id}");
+                let created: JobCreated = server
+                    .post("/v1/jobs", body, "application/json")
+                    .await?
+                    .json()
+                    .await?;
+                remember(created.id);
+                say!("{}", created.id);
                 if wait {
-                    return wait_for(&server, id).await;
+                    return wait_for(&server, created.id).await;
                 }
                 Ok(ExitCode::SUCCESS)
             }
             ClientCommand::Status { job: None } => list(&server, None, 20).await,
             ClientCommand::Status { job: Some(job) } => {
                 let job = server.job(job_id(&job)?).await?;
-                println!(
-                    "job {} `{}` {}: {} ({} ms)",
-                    job["job"]["id"],
-                    job["job"]["name"].as_str().unwrap_or_default(),
-                    job["job"]["status"].as_str().unwrap_or_default(),
+                say!(
+                    "job {} `{}` {}: {} ({})",
+                    job.id,
+                    job.name,
+                    job.status,
                     counts_line(&job),
-                    job["elapsed_ms"]
+                    job.elapsed
                 );
-                if let Some(why) = job["job"]["waiting"].as_str() {
-                    println!("waiting: {why}");
+                if let Some(waiting) = &job.waiting {
+                    say!("waiting: {} (since {})", waiting.reason, waiting.since);
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -229,82 +287,85 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
                     .await?
                     .bytes()
                     .await?;
-                use std::io::Write;
-                std::io::stdout().write_all(&text)?;
+                super::out::stdout(&text)?;
                 Ok(ExitCode::SUCCESS)
             }
             ClientCommand::Fetch { job, output } => {
                 let id = job_id(&job)?;
                 std::fs::create_dir_all(&output)
                     .with_context(|| format!("cannot create {}", output.display()))?;
-                let mut offset = 0;
                 let mut written = 0;
-                loop {
-                    let tasks: Vec<Value> = server
-                        .get(&format!("/v1/jobs/{id}/tasks?limit=1000&offset={offset}"))
-                        .await?
-                        .json()
-                        .await?;
-                    if tasks.is_empty() {
-                        break;
-                    }
-                    offset += tasks.len();
-                    for task in tasks.iter().filter(|t| t["state"] == "succeeded") {
-                        let bytes = server
-                            .get(&format!("/v1/tasks/{}/output", task["id"]))
-                            .await?
-                            .bytes()
-                            .await?;
-                        let seq = task["seq"].as_i64().unwrap_or_default();
-                        std::fs::write(output.join(format!("part-{seq:05}")), &bytes)?;
-                        written += 1;
-                    }
-                }
-                eprintln!("wrote {written} output(s) to {}", output.display());
+                let server = &server;
+                let output = &output;
+                server
+                    .pages(
+                        &format!(
+                            "/v1/jobs/{id}/tasks?state={}&limit=1000",
+                            TaskState::Succeeded
+                        ),
+                        async |task: TaskView| {
+                            let bytes = server
+                                .get(&format!("/v1/tasks/{}/output", task.id))
+                                .await?
+                                .bytes()
+                                .await?;
+                            std::fs::write(output.join(format!("part-{:05}", task.seq)), &bytes)?;
+                            written += 1;
+                            Ok(())
+                        },
+                    )
+                    .await?;
+                tell!("wrote {written} output(s) to {}", output.display());
                 Ok(ExitCode::SUCCESS)
             }
             ClientCommand::Cancel { job } => {
                 let id = job_id(&job)?;
-                let job: Value = server
-                    .post(&format!("/v1/jobs/{id}/cancel"), Vec::new())
+                let job: JobView = server
+                    .post(
+                        &format!("/v1/jobs/{id}/cancel"),
+                        Vec::new(),
+                        "application/json",
+                    )
                     .await?
                     .json()
                     .await?;
-                println!(
-                    "job {id} {}: {}",
-                    job["job"]["status"].as_str().unwrap_or_default(),
-                    counts_line(&job)
-                );
+                say!("job {id} {}: {}", job.status, counts_line(&job));
                 Ok(ExitCode::SUCCESS)
             }
             ClientCommand::Jobs { status, limit } => list(&server, status, limit).await,
             ClientCommand::Workers => {
-                let workers: Vec<Value> = server.get("/v1/workers").await?.json().await?;
-                println!(
+                say!(
                     "{:<20}  {:<8}  {:>8}  {:>7}  {:>9}  labels",
-                    "id", "status", "capacity", "running", "finished"
+                    "id",
+                    "status",
+                    "capacity",
+                    "running",
+                    "finished"
                 );
-                for w in &workers {
-                    let labels = w["labels"]
-                        .as_object()
-                        .map(|l| {
-                            l.iter()
-                                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        })
-                        .unwrap_or_default();
-                    println!(
-                        "{:<20}  {:<8}  {:>8}  {:>7}  {:>9}  {labels}",
-                        w["id"].as_str().unwrap_or_default(),
-                        w["status"].as_str().unwrap_or_default(),
-                        w["capacity"].as_u64().unwrap_or_default(),
-                        w["running"].as_array().map_or(0, Vec::len),
-                        w["finished"].as_u64().unwrap_or_default(),
-                    );
-                }
-                if workers.is_empty() {
-                    eprintln!("no workers have registered");
+                let mut any = false;
+                server
+                    .pages("/v1/workers", async |w: WorkerView| {
+                        any = true;
+                        let labels = w
+                            .labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(",");
+                        let status = serde_json::to_value(w.status)?;
+                        say!(
+                            "{:<20}  {:<8}  {:>8}  {:>7}  {:>9}  {labels}",
+                            w.id,
+                            status.as_str().unwrap_or_default(),
+                            w.capacity,
+                            w.running.len(),
+                            w.finished,
+                        );
+                        Ok(())
+                    })
+                    .await?;
+                if !any {
+                    tell!("no workers have registered");
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -312,20 +373,20 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn list(server: &Server, status: Option<String>, limit: u32) -> anyhow::Result<ExitCode> {
-    let mut path = format!("/v1/jobs?limit={limit}");
+async fn list(server: &Server, status: Option<JobStatus>, limit: u32) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/v1/jobs?limit={}", limit.clamp(1, 1000));
     if let Some(status) = status {
         path.push_str(&format!("&status={status}"));
     }
-    let jobs: Vec<Value> = server.get(&path).await?.json().await?;
-    println!("{:>8}  {:<10}  {:>8}  name", "id", "status", "tasks");
-    for job in jobs {
-        println!(
-            "{:>8}  {:<10}  {:>8}  {}",
-            job["id"].as_i64().unwrap_or_default(),
-            job["status"].as_str().unwrap_or_default(),
-            job["total_tasks"].as_i64().unwrap_or_default(),
-            job["name"].as_str().unwrap_or_default()
+    let jobs: Page<JobView> = server.get_json(&path).await?;
+    say!("{:>8}  {:<10}  {:>10}  name", "id", "status", "tasks");
+    for job in jobs.items {
+        say!(
+            "{:>8}  {:<10}  {:>10}  {}",
+            job.id,
+            job.status.as_str(),
+            job.tasks.total,
+            job.name
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -333,30 +394,27 @@ async fn list(server: &Server, status: Option<String>, limit: u32) -> anyhow::Re
 
 /// Polls the job and shows a bar until it ends; exits 2 unless it succeeded.
 async fn wait_for(server: &Server, id: i64) -> anyhow::Result<ExitCode> {
-    let first = server.job(id).await?;
-    let total = first["job"]["total_tasks"].as_u64().unwrap_or(0);
-    let bar = indicatif::ProgressBar::new(total);
+    let mut job = server.job(id).await?;
+    let bar = indicatif::ProgressBar::new(u64::try_from(job.tasks.total).unwrap_or(0));
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let mut job = first;
     loop {
-        let counts = &job["counts"];
-        let done: u64 = ["succeeded", "failed", "cancelled"]
-            .iter()
-            .map(|s| counts[s].as_u64().unwrap_or(0))
-            .sum();
-        bar.set_position(done);
-        match job["job"]["waiting"].as_str() {
-            Some(why) => bar.set_message(format!("{} (waiting: {why})", counts_line(&job))),
+        let done = job.tasks.succeeded + job.tasks.failed + job.tasks.cancelled;
+        bar.set_position(u64::try_from(done).unwrap_or(0));
+        match &job.waiting {
+            Some(waiting) => bar.set_message(format!(
+                "{} (waiting: {})",
+                counts_line(&job),
+                waiting.reason
+            )),
             None => bar.set_message(counts_line(&job)),
         }
-        let status = job["job"]["status"].as_str().unwrap_or_default().to_owned();
-        if status != "running" {
+        if job.status.is_final() {
             bar.finish();
-            eprintln!("job {id} {status}: {}", counts_line(&job));
-            return Ok(if status == "succeeded" {
+            tell!("job {id} {}: {}", job.status, counts_line(&job));
+            return Ok(if job.status == JobStatus::Succeeded {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_FAILED)

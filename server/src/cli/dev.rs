@@ -4,11 +4,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use sandmill_server::api::{self, ApiConfig, DEFAULT_MAX_BODY_BYTES};
-use sandmill_server::embedded::{self, EmbeddedConfig};
+use sandmill_server::embedded::{self, DEFAULT_STOP_WITHIN, EmbeddedConfig};
+
+use super::out::tell;
+use super::settings::{SchedulerArgs, serve_until, stop_signal};
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -27,6 +31,13 @@ pub struct DevArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     max_body: usize,
+    /// How long a stop (Ctrl-C, SIGTERM) waits for requests, running tasks
+    /// and the recorder before giving up on them; what it gives up on runs
+    /// again on the next start.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    stop_within: Duration,
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -35,14 +46,16 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        let stop = stop_signal();
         let mut config = EmbeddedConfig::new(&args.data);
         config.database = args.database.clone();
+        config.scheduler = args.scheduler.config(None);
         if let Some(workers) = args.workers {
             config.workers = workers;
         }
         let instance = embedded::start(config).await?;
         let app = api::router(
-            instance.engine.clone(),
+            instance.scheduler.clone(),
             ApiConfig {
                 max_body_bytes: args.max_body,
                 ..ApiConfig::default()
@@ -51,39 +64,24 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        eprintln!(
+        tell!(
             "sandmill dev: listening on http://{} (data: {})",
             listener.local_addr()?,
             args.data.display()
         );
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving the API")?;
-        eprintln!("sandmill dev: shutting down");
-        instance.shutdown().await;
+        let within = if args.stop_within.is_zero() { DEFAULT_STOP_WITHIN } else { args.stop_within };
+        serve_until(listener, app, stop, within / 3).await?;
+        tell!("sandmill dev: stopping");
+        let stopped = instance.shutdown(within * 2 / 3).await;
+        if stopped.workers_left_running {
+            tell!("sandmill dev: tasks still running were left; they run again on the next start");
+        }
+        if stopped.unrecorded > 0 {
+            tell!(
+                "sandmill dev: {} result(s) could not be recorded; those tasks run again on the next start",
+                stopped.unrecorded
+            );
+        }
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// Ctrl-C or SIGTERM.
-pub(super) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

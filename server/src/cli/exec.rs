@@ -16,6 +16,8 @@ use sandmill_runtime::records::parse_groups;
 use sandmill_runtime::sandbox::{DEFAULT_MAX_MODULE_BYTES, DirGrant};
 use sandmill_runtime::{Call, CallKind, Grants, Limits, Output, Sandbox, SandboxConfig};
 
+use super::out::tell;
+
 /// Exit code of a call that ran and failed (2), as opposed to a usage or
 /// setup error (1).
 const EXIT_CALL_FAILED: u8 = 2;
@@ -161,7 +163,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let module = match sandbox.load(&wasm) {
         Ok(module) => module,
         Err(error) => {
-            eprintln!(
+            tell!(
                 "error[{}]: {}: {error}",
                 error.reason(),
                 args.module.display()
@@ -198,26 +200,28 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         log_bytes: args.log_limit.0,
     };
 
+    // Time and I/O both: a guest granted the network does its sockets on
+    // this runtime.
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let outcome = runtime.block_on(sandbox.call(&module, call));
 
-    std::io::stderr().write_all(&outcome.log).ok();
+    super::out::stderr(&outcome.log);
     match outcome.result {
         Ok(output) => {
             let mut stdout = std::io::stdout().lock();
-            match output {
+            let written = match output {
                 Output::Records(records) => records.write_lines(&mut stdout),
                 Output::Bytes(bytes) => stdout.write_all(&bytes),
             }
-            .and_then(|()| stdout.flush())
-            .context("cannot write the output")?;
+            .and_then(|()| stdout.flush());
+            super::out::quiet_on_closed_pipe(written).context("cannot write the output")?;
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => {
-            eprintln!("error[{}]: {error}", error.reason());
+            tell!("error[{}]: {error}", error.reason());
             Ok(ExitCode::from(EXIT_CALL_FAILED))
         }
     }

@@ -1,25 +1,22 @@
-//! The distributed mode: `sandmill serve` (API, scheduler, recorder) and
-//! `sandmill worker`, meeting on NATS JetStream; state in Postgres.
+//! `sandmill serve` and `sandmill worker`: flags, then the library's
+//! [`fleet`](sandmill_server::fleet).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use sandmill_runtime::blob::{BlobStore, DirBlobStore, LocalCopy, NatsBlobStore};
-use sandmill_runtime::broker::{Broker, NatsBroker, NatsConfig};
 use sandmill_runtime::labels::Labels;
-use sandmill_runtime::message::{WorkerInfo, now_ms};
-use sandmill_runtime::sandbox::{Sandbox, SandboxConfig};
-use sandmill_runtime::worker::WorkerPool;
 use sandmill_server::api::{self, ApiConfig, DEFAULT_MAX_BODY_BYTES};
-use sandmill_server::engine::{Engine, EngineConfig};
-use sandmill_server::store::Store;
+use sandmill_server::fleet::{self, NatsOptions, ServeConfig, WorkerConfig};
 
-/// How to reach NATS (the options the async-nats client offers).
+use super::out::tell;
+use super::settings::{SchedulerArgs, serve_until, stop_signal, stopped};
+
+/// How to reach NATS (the options the async-nats client offers; they
+/// combine).
 #[derive(Args, Debug, Clone)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma-separated.
@@ -31,11 +28,11 @@ pub struct NatsArgs {
     /// A token.
     #[arg(long, env = "SANDMILL_NATS_TOKEN")]
     nats_token: Option<String>,
-    /// User name (with --nats-password).
-    #[arg(long, env = "SANDMILL_NATS_USER")]
+    /// User name (requires --nats-password).
+    #[arg(long, env = "SANDMILL_NATS_USER", requires = "nats_password")]
     nats_user: Option<String>,
-    /// Password.
-    #[arg(long, env = "SANDMILL_NATS_PASSWORD")]
+    /// Password (requires --nats-user).
+    #[arg(long, env = "SANDMILL_NATS_PASSWORD", requires = "nats_user")]
     nats_password: Option<String>,
     /// A CA certificate (PEM) to trust, which also requires TLS.
     #[arg(long, env = "SANDMILL_NATS_CA")]
@@ -43,35 +40,14 @@ pub struct NatsArgs {
 }
 
 impl NatsArgs {
-    /// Connects, retrying with backoff and one log line per attempt.
-    async fn connect(&self) -> anyhow::Result<async_nats::Client> {
-        let mut options = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .name("sandmill")
-            .event_callback(|event| async move {
-                tracing::warn!(%event, "nats connection");
-            });
-        if let Some(creds) = &self.nats_creds {
-            options = async_nats::ConnectOptions::with_credentials_file(creds)
-                .await
-                .with_context(|| format!("cannot read {}", creds.display()))?
-                .retry_on_initial_connect()
-                .name("sandmill");
+    fn options(&self) -> NatsOptions {
+        NatsOptions {
+            urls: self.nats.clone(),
+            creds: self.nats_creds.clone(),
+            token: self.nats_token.clone(),
+            user: self.nats_user.clone().zip(self.nats_password.clone()),
+            ca: self.nats_ca.clone(),
         }
-        if let Some(token) = &self.nats_token {
-            options = options.token(token.clone());
-        }
-        if let (Some(user), Some(password)) = (&self.nats_user, &self.nats_password) {
-            options = options.user_and_password(user.clone(), password.clone());
-        }
-        if let Some(ca) = &self.nats_ca {
-            options = options.add_root_certificates(ca.clone()).require_tls(true);
-        }
-        let urls: Vec<String> = self.nats.split(',').map(str::to_owned).collect();
-        options
-            .connect(urls.as_slice())
-            .await
-            .with_context(|| format!("cannot connect to NATS at {}", self.nats))
     }
 }
 
@@ -107,6 +83,12 @@ pub struct ServeArgs {
     /// lost (say, with a server's disk), and publish them again.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     reconcile_every: Duration,
+    /// How long a stop waits for requests in progress before cutting them
+    /// off.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    stop_within: Duration,
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
 }
 
 #[derive(Args, Debug)]
@@ -131,6 +113,10 @@ pub struct WorkerArgs {
         default_value = ".sandmill/module-cache"
     )]
     cache_dir: PathBuf,
+    /// How long a stop waits for running tasks before leaving them (they
+    /// go to another worker after the ack wait).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    stop_within: Duration,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -140,59 +126,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Connects to the database, retrying with backoff and one log line per
-/// attempt (Postgres may start after us).
-async fn connect_store(url: &str) -> anyhow::Result<Store> {
-    let mut delay = Duration::from_millis(200);
-    for attempt in 1.. {
-        match Store::connect(url).await {
-            Ok(store) => return Ok(store),
-            Err(error) if attempt < 10 => {
-                tracing::warn!(%error, attempt, retry_in = ?delay, "database not reachable");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(error) => return Err(error).context("cannot open the database"),
-        }
-    }
-    unreachable!("the loop returns")
-}
-
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let client = args.nats.connect().await?;
-        let broker = Arc::new(
-            NatsBroker::connect(
-                client.clone(),
-                NatsConfig {
-                    ack_wait: args.ack_wait,
-                    max_deliveries: args.max_deliveries,
-                    offers: None,
-                },
-            )
-            .await?,
-        );
-        let blobs = Arc::new(NatsBlobStore::connect(client).await?);
-        let store = connect_store(&args.database).await?;
-        let sandbox = Sandbox::new(SandboxConfig {
-            cache_dir: Some(args.cache_dir.clone()),
-            ..SandboxConfig::default()
-        })?;
-        let engine = Engine::new(
-            store,
-            broker,
-            blobs,
-            sandbox,
-            EngineConfig {
-                absent_every: args.reconcile_every,
-                ..EngineConfig::default()
-            },
-        );
-        tokio::spawn(engine.clone().record_events());
-        let republished = engine.recover().await?;
-        tokio::spawn(engine.clone().reconcile());
+        let stop = stop_signal();
+        let server = fleet::serve(ServeConfig {
+            nats: args.nats.options(),
+            database: args.database.clone(),
+            cache_dir: args.cache_dir.clone(),
+            ack_wait: args.ack_wait,
+            max_deliveries: args.max_deliveries,
+            scheduler: args.scheduler.config(Some(args.reconcile_every)),
+        })
+        .await?;
         let app = api::router(
-            engine,
+            server.scheduler.clone(),
             ApiConfig {
                 max_body_bytes: args.max_body,
                 ..ApiConfig::default()
@@ -201,15 +148,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        eprintln!(
-            "sandmill serve: listening on http://{} (nats {}, {republished} task(s) re-published)",
+        tell!(
+            "sandmill serve: listening on http://{} (nats {}, {} task(s) re-published)",
             listener.local_addr()?,
-            args.nats.nats
+            args.nats.nats,
+            server.republished
         );
-        axum::serve(listener, app)
-            .with_graceful_shutdown(super::dev::shutdown_signal())
-            .await
-            .context("serving the API")?;
+        serve_until(listener, app, stop, args.stop_within).await?;
+        server.scheduler.stop();
+        tell!("sandmill serve: stopped (unrecorded events stay in NATS for the next start)");
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -222,7 +169,13 @@ fn default_worker_id() -> String {
     let id: String = host
         .trim()
         .chars()
-        .map(|c| if valid_id_char(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     if id.is_empty() {
         "worker".to_owned()
@@ -231,71 +184,37 @@ fn default_worker_id() -> String {
     }
 }
 
-fn valid_id_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
-}
-
 pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let id = args.id.clone().unwrap_or_else(default_worker_id);
-    if id.is_empty() || !id.chars().all(valid_id_char) || id.starts_with('.') || id.ends_with('.') {
-        anyhow::bail!("--id `{id}`: use letters, digits, `-`, `_` and `.` (not at either end)");
-    }
+    fleet::check_worker_id(&id)?;
     let labels = Labels::parse(&args.labels).context("--labels")?;
     runtime()?.block_on(async {
-        let client = args.nats.connect().await?;
-        let broker = Arc::new(
-            NatsBroker::connect(
-                client.clone(),
-                NatsConfig {
-                    offers: Some(labels.clone()),
-                    ..NatsConfig::default()
-                },
-            )
-            .await?,
-        );
-        // A second live process under the same name would make the
-        // registry lie. An entry that is fresh may be this name's previous
-        // life (killed a moment ago): it is live only if it still beats.
-        let entry = |workers: Vec<WorkerInfo>| workers.into_iter().find(|w| w.id == id);
-        if let Some(seen) = entry(broker.workers().await?).filter(|w| !w.is_lost(now_ms())) {
-            tokio::time::sleep(sandmill_runtime::message::HEARTBEAT_EVERY + Duration::from_secs(1)).await;
-            if let Some(again) = entry(broker.workers().await?)
-                && again.instance == seen.instance
-                && again.last_seen > seen.last_seen
-            {
-                anyhow::bail!(
-                    "worker id `{id}` is taken by a live worker (labels [{}], running since {} ms ago); give this one another --id",
-                    again.labels,
-                    now_ms() - again.started_at
-                );
-            }
-        }
-        let blobs: Arc<dyn BlobStore> = Arc::new(NatsBlobStore::connect(client).await?);
-        let sandbox = Sandbox::new(SandboxConfig {
-            cache_dir: Some(args.cache_dir.clone()),
-            ..SandboxConfig::default()
-        })?;
+        let stop = stop_signal();
         let concurrency = args
             .concurrency
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .max(1);
-        eprintln!(
+        let pool = fleet::worker(WorkerConfig {
+            nats: args.nats.options(),
+            id: id.clone(),
+            labels: labels.clone(),
+            concurrency,
+            cache_dir: args.cache_dir.clone(),
+        })
+        .await?;
+        tell!(
             "sandmill worker {id}: {concurrency} slot(s), labels [{labels}], nats {}",
             args.nats.nats
         );
-        let pool = WorkerPool::start(
-            WorkerInfo::starting(id.clone(), labels, concurrency),
-            sandbox,
-            broker,
-            blobs.clone(),
-            Arc::new(LocalCopy::new(blobs, DirBlobStore::new(args.cache_dir.join("modules"))?)),
-        )?;
-        super::dev::shutdown_signal().await;
-        eprintln!("sandmill worker {id}: draining (running tasks finish, fetched ones go back)");
-        if pool.drain().await {
-            eprintln!("sandmill worker {id}: stopped, left the registry");
-        } else {
-            eprintln!("sandmill worker {id}: stopped (its registry entry will show as lost)");
+        stopped(stop).await;
+        tell!("sandmill worker {id}: draining (running tasks finish, fetched ones go back)");
+        match tokio::time::timeout(args.stop_within, pool.drain()).await {
+            Ok(true) => tell!("sandmill worker {id}: stopped, left the registry"),
+            Ok(false) => tell!("sandmill worker {id}: stopped (its registry entry will show as lost)"),
+            Err(_) => tell!(
+                "sandmill worker {id}: tasks still running after {}; leaving them (they go to another worker)",
+                humantime::format_duration(args.stop_within)
+            ),
         }
         Ok(ExitCode::SUCCESS)
     })

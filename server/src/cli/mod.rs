@@ -4,8 +4,10 @@ mod client;
 mod dev;
 mod exec;
 mod fleet;
+pub mod out;
 mod resolve;
 mod run;
+mod settings;
 
 use std::process::ExitCode;
 

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+
 use sandmill_server::jobfile::{self, JobFile, NamedInput, SweepSection};
 
 /// Where resolved files go: the embedded engine, or a server over HTTP.
@@ -29,19 +30,18 @@ pub async fn resolve(
 ) -> anyhow::Result<JobFile> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut job = if path.extension().is_some_and(|e| e == "json") {
-        jobfile::from_json(text.as_bytes())?
+    let parsed = if path.extension().is_some_and(|e| e == "json") {
+        jobfile::from_json(text.as_bytes())
     } else {
-        jobfile::from_toml(&text)?
+        jobfile::from_toml(&text)
     };
+    let mut job = parsed
+        .and_then(|job| job.check().map(|()| job))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let local = |p: &str| -> PathBuf { base.join(p) };
 
-    let module = match (&job.task, &job.sweep) {
-        (Some(task), None) => task.module.clone(),
-        (None, Some(sweep)) => sweep.module.clone(),
-        _ => bail!("a job file needs exactly one of [task] or [sweep]"),
-    };
+    let module = job.template()?.module.to_owned();
     let module = if !is_ref(&module) && (module.ends_with(".wasm") || local(&module).is_file()) {
         let file = local(&module);
         let bytes = std::fs::read(&file)

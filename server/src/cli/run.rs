@@ -1,5 +1,6 @@
 //! `sandmill run JOB.toml`: one job to completion in a throw-away embedded
-//! instance; outputs go to `--output DIR` or to stdout.
+//! instance; outputs go to `--output DIR` or to stdout, a page of tasks at
+//! a time.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,13 +8,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use sandmill_server::embedded::{self, EmbeddedConfig};
-use sandmill_server::engine::Engine;
+use sandmill_server::embedded::{self, DEFAULT_STOP_WITHIN, EmbeddedConfig};
+use sandmill_server::model::{JobStatus, TaskState};
+use sandmill_server::scheduler::Scheduler;
+use sandmill_server::store::Stored;
 
+use super::out::tell;
 use super::resolve::{Upload, resolve};
+use super::settings::SchedulerArgs;
 
 /// Exit code of a job that ran and failed.
 const EXIT_JOB_FAILED: u8 = 2;
+
+/// Tasks read back per page.
+const PAGE: i64 = 1_000;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -31,9 +39,11 @@ pub struct RunArgs {
     /// Keep the instance's data here instead of a temporary folder.
     #[arg(long)]
     data: Option<PathBuf>,
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
 }
 
-struct Local<'a>(&'a Engine);
+struct Local<'a>(&'a Scheduler);
 
 #[async_trait::async_trait]
 impl Upload for Local<'_> {
@@ -57,77 +67,94 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let temp = tempfile::tempdir().context("cannot create a temporary folder")?;
     let data = args.data.clone().unwrap_or_else(|| temp.path().to_owned());
     let mut config = EmbeddedConfig::new(data);
+    config.scheduler = args.scheduler.config(None);
     if let Some(workers) = args.workers {
         config.workers = workers;
     }
     let instance = embedded::start(config).await?;
-    let engine = instance.engine.clone();
+    let scheduler = instance.scheduler.clone();
+    // Whatever happens, the instance stops before its folder goes.
+    let ran = run_job(&scheduler, &args).await;
+    instance.shutdown(DEFAULT_STOP_WITHIN).await;
+    drop(temp);
+    ran
+}
+
+async fn run_job(scheduler: &Scheduler, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let job = resolve(&args.job, &args.input, &Local(&engine)).await?;
-    let job_id = engine.submit(&job).await?;
-    let job = engine
+    let job = resolve(&args.job, &args.input, &Local(scheduler)).await?;
+    let job_id = scheduler.submit(&job).await?;
+    let job = scheduler
         .wait(job_id, Duration::from_secs(u64::MAX / 4))
         .await?;
     let elapsed = started.elapsed();
-
-    let store = engine.store();
-    let counts = store.task_counts(job_id).await?;
-    let tasks = store.tasks(job_id, i64::MAX, 0).await?;
     if let Some(dir) = &args.output {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let mut stdout = Vec::new();
-    for task in &tasks {
-        if task.state != "succeeded" {
-            eprintln!(
-                "task {} ({}) {}[{}]: {}",
-                task.seq,
-                task.input_name,
-                task.state,
-                task.reason.as_deref().unwrap_or("-"),
-                task.error.as_deref().unwrap_or("")
-            );
-            continue;
-        }
-        let output = match store.task_output(task.id).await? {
-            Some((Some(bytes), _)) => bytes,
-            Some((None, Some(hash))) => engine
-                .blobs()
-                .get(&hash)
-                .await?
-                .with_context(|| format!("output {hash} of task {} is missing", task.id))?,
-            _ => Vec::new(),
-        };
-        match &args.output {
-            Some(dir) => {
-                let path = dir.join(format!("part-{:05}", task.seq));
-                std::fs::write(&path, &output)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-            }
-            None => stdout.extend_from_slice(&output),
-        }
-    }
-    use std::io::Write;
-    std::io::stdout()
-        .write_all(&stdout)
-        .context("cannot write the output")?;
-    let summary: Vec<String> = counts
-        .iter()
-        .map(|(state, n)| format!("{n} {state}"))
-        .collect();
-    eprintln!(
-        "job {} `{}` {}: {} task(s) ({}) in {:.2?}",
+    write_outputs(scheduler, job_id, args.output.as_ref()).await?;
+    let store = scheduler.store();
+    let counts = store.counts(&job).await?;
+    tell!(
+        "job {} `{}` {}: {} task(s) ({} succeeded, {} failed, {} cancelled) in {:.2?}",
         job.id,
         job.name,
-        job.status,
+        job.status(),
         job.total_tasks,
-        summary.join(", "),
+        counts.succeeded,
+        counts.failed,
+        counts.cancelled,
         elapsed
     );
-    instance.shutdown().await;
-    Ok(if job.status == "succeeded" {
+    Ok(if job.status() == JobStatus::Succeeded {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_JOB_FAILED)
     })
+}
+
+/// Writes every succeeded task's output (to `dir/part-NNNNN`, or stdout in
+/// task order) and says which tasks failed, a page at a time.
+async fn write_outputs(
+    scheduler: &Scheduler,
+    job_id: i64,
+    dir: Option<&PathBuf>,
+) -> anyhow::Result<()> {
+    let store = scheduler.store();
+    let mut after = None;
+    loop {
+        let tasks = store.tasks(job_id, None, after, PAGE).await?;
+        let Some(last) = tasks.last() else { break };
+        after = Some(last.seq);
+        for task in &tasks {
+            if task.state() != TaskState::Succeeded {
+                tell!(
+                    "task {} ({}) {}[{}]: {}",
+                    task.seq,
+                    task.input_name,
+                    task.state(),
+                    task.reason.map_or("-", |r| r.0.as_str()),
+                    task.error.as_deref().unwrap_or("")
+                );
+                continue;
+            }
+            let output = match store.task_output(task.id).await? {
+                Some(Stored::Inline(bytes)) => bytes,
+                Some(Stored::Blob(hash)) => scheduler
+                    .blobs()
+                    .get(&hash)
+                    .await?
+                    .with_context(|| format!("output {hash} of task {} is missing", task.id))?,
+                _ => Vec::new(),
+            };
+            match dir {
+                Some(dir) => {
+                    let path = dir.join(format!("part-{:05}", task.seq));
+                    std::fs::write(&path, &output)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                }
+                None => super::out::stdout(&output).context("cannot write the output")?,
+            }
+        }
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     /// Every guest in the guest workspace is built, and every constant names
     /// a file: a guest without a test would still show up here.

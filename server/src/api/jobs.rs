@@ -1,0 +1,155 @@
+//! Jobs: submitted as job files (JSON), read with their task counts,
+//! listed a page at a time, cancelled; and their tasks, a page at a time.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::error::{ApiError, ErrorBody};
+use super::views::{JobCreated, JobView, Page, TaskView, decode_cursor, page_size};
+use super::{ApiPath, ApiQuery, AppState, RawBody};
+use crate::jobfile::{self, JobFile};
+use crate::model::{JobStatus, TaskState};
+
+/// The routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/jobs", post(submit_job).get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/tasks", get(list_tasks))
+}
+
+/// Submits a job (a job file as JSON; modules and inputs by `sha256:` or
+/// spec). Accepted once it is durable; its tasks run as the dispatch
+/// window has room.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = JobFile,
+    responses((status = 201, description = "accepted", body = JobCreated),
+        (status = 400, description = "a field is wrong (named in `field`)", body = ErrorBody),
+        (status = 404, description = "no such module, spec or input", body = ErrorBody),
+        (status = 413, description = "larger than the body limit", body = ErrorBody)))]
+pub async fn submit_job(
+    State(state): State<AppState>,
+    RawBody(body): RawBody,
+) -> Result<(StatusCode, Json<JobCreated>), ApiError> {
+    let job = jobfile::from_json(&body)?;
+    let id = state.scheduler.submit(&job).await?;
+    Ok((StatusCode::CREATED, Json(JobCreated { id })))
+}
+
+/// Filters and paging of the job list.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobQuery {
+    /// Only jobs with this status.
+    pub status: Option<JobStatus>,
+    /// Page size (default 50, at most 1000).
+    pub limit: Option<u32>,
+    /// Where to continue: a `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Jobs, most recently updated first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobQuery),
+    responses((status = 200, description = "a page of jobs", body = Page<JobView>),
+        (status = 400, description = "a bad filter, cursor or limit", body = ErrorBody)))]
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<JobQuery>,
+) -> Result<Json<Page<JobView>>, ApiError> {
+    let limit = page_size(query.limit, 50, 1000)?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(decode_cursor::<(i64, i64)>)
+        .transpose()?;
+    let store = state.scheduler.store();
+    let rows = store.jobs(query.status, after, limit as i64 + 1).await?;
+    let page = Page::of(rows, limit, |j| (j.updated_at, j.id));
+    let mut items = Vec::with_capacity(page.items.len());
+    for job in &page.items {
+        items.push(JobView::new(job, store.counts(job).await?));
+    }
+    Ok(Json(Page {
+        items,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// A job: status, tasks per state, timings.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)),
+    responses((status = 200, description = "the job", body = JobView),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
+        (status = 404, description = "no such job", body = ErrorBody)))]
+pub async fn get_job(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<JobView>, ApiError> {
+    let store = state.scheduler.store();
+    let job = store
+        .job(id)
+        .await?
+        .ok_or(ApiError::NotFound(format!("job {id}")))?;
+    let counts = store.counts(&job).await?;
+    Ok(Json(JobView::new(&job, counts)))
+}
+
+/// Cancels a running job: its queued and running tasks, and those not
+/// dispatched yet.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = i64, Path)),
+    responses((status = 200, description = "cancelled", body = JobView),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
+        (status = 404, description = "no such job", body = ErrorBody),
+        (status = 409, description = "it already ended", body = ErrorBody)))]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<JobView>, ApiError> {
+    state.scheduler.cancel(id).await?;
+    get_job(State(state), ApiPath(id)).await
+}
+
+/// Filters and paging of a job's tasks.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TaskQuery {
+    /// Only tasks in this state.
+    pub state: Option<TaskState>,
+    /// Page size (default 1000, at most 10000).
+    pub limit: Option<u32>,
+    /// Where to continue: a `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+}
+
+/// The tasks of a job, in order. Tasks exist once dispatched: a large
+/// sweep's later tasks appear as the window reaches them.
+#[utoipa::path(get, path = "/v1/jobs/{id}/tasks", tag = "jobs", params(("id" = i64, Path), TaskQuery),
+    responses((status = 200, description = "a page of tasks", body = Page<TaskView>),
+        (status = 400, description = "a bad filter, cursor or limit", body = ErrorBody),
+        (status = 404, description = "no such job", body = ErrorBody)))]
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(query): ApiQuery<TaskQuery>,
+) -> Result<Json<Page<TaskView>>, ApiError> {
+    let limit = page_size(query.limit, 1000, 10_000)?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(decode_cursor::<i64>)
+        .transpose()?;
+    let store = state.scheduler.store();
+    store
+        .job(id)
+        .await?
+        .ok_or(ApiError::NotFound(format!("job {id}")))?;
+    let rows = store
+        .tasks(id, query.state, after, limit as i64 + 1)
+        .await?;
+    Ok(Json(
+        Page::of(rows, limit, |t| t.seq).map(|t| TaskView::new(&t)),
+    ))
+}

@@ -1,0 +1,67 @@
+//! Modules (raw WebAssembly components) and inputs (raw bytes): uploaded
+//! once, named by `sha256:<hex>` in job files.
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::error::{ApiError, ErrorBody};
+use super::views::{InputRef, ModuleView};
+use super::{ApiPath, AppState, RawBody};
+
+/// The routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/modules", post(upload_module))
+        .route("/v1/modules/{hash}", get(get_module))
+        .route("/v1/inputs", post(upload_input))
+}
+
+/// Uploads a module (raw WebAssembly component). Idempotent; a module that
+/// does not load in the sandbox is refused and nothing is stored.
+#[utoipa::path(post, path = "/v1/modules", tag = "modules",
+    request_body(content = Vec<u8>, content_type = "application/wasm"),
+    responses((status = 200, description = "stored (or already known)", body = ModuleView),
+        (status = 400, description = "not a module Sandmill can run", body = ErrorBody),
+        (status = 413, description = "larger than the body limit", body = ErrorBody)))]
+pub async fn upload_module(
+    State(state): State<AppState>,
+    RawBody(body): RawBody,
+) -> Result<Json<ModuleView>, ApiError> {
+    Ok(Json(ModuleView::new(
+        &state.scheduler.upload_module(&body).await?,
+    )))
+}
+
+/// A module, by `sha256:<hex>` or its bare hex.
+#[utoipa::path(get, path = "/v1/modules/{hash}", tag = "modules", params(("hash" = String, Path)),
+    responses((status = 200, description = "the module", body = ModuleView),
+        (status = 404, description = "no such module", body = ErrorBody)))]
+pub async fn get_module(
+    State(state): State<AppState>,
+    ApiPath(hash): ApiPath<String>,
+) -> Result<Json<ModuleView>, ApiError> {
+    let hash = hash.strip_prefix("sha256:").unwrap_or(&hash).to_owned();
+    state
+        .scheduler
+        .module(&hash)
+        .await?
+        .map(|m| Json(ModuleView::new(&m)))
+        .ok_or(ApiError::NotFound(format!("module {hash}")))
+}
+
+/// Uploads an input (raw bytes) for job files to name.
+#[utoipa::path(post, path = "/v1/inputs", tag = "modules",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, description = "stored", body = InputRef),
+        (status = 413, description = "larger than the body limit", body = ErrorBody)))]
+pub async fn upload_input(
+    State(state): State<AppState>,
+    RawBody(body): RawBody,
+) -> Result<Json<InputRef>, ApiError> {
+    let hash = state.scheduler.upload_input(&body).await?;
+    Ok(Json(InputRef {
+        input: format!("sha256:{hash}"),
+        size: body.len() as u64,
+    }))
+}

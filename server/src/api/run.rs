@@ -1,0 +1,185 @@
+//! Upload-and-run: a module and an input in one request, the output in the
+//! answer. The call is a one-task job like any other (recorded durably,
+//! listed, retried by policy), at the highest priority by default so it
+//! never waits behind a sweep, and its answer comes straight from the
+//! recorder once the result is committed.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine as _;
+use sandmill_runtime::message::{MAX_PRIORITY, OutputRef, Verdict};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody, error};
+use super::views::JobCreated;
+use super::{AppState, DEFAULT_RUN_WAIT, RawBody, parse_json};
+use crate::jobfile::{GrantsSection, JobFile, LimitsSection, TaskSection, parse_duration};
+use crate::scheduler::{SchedulerError, SubmitOptions};
+
+/// The routes of this module.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/run", post(run))
+}
+
+/// Upload-and-run: a module and an input in one request.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// `sha256:<hex>` or a spec `name@version`; or give `module_base64`.
+    pub module: Option<String>,
+    /// The module's bytes, base64.
+    pub module_base64: Option<String>,
+    /// map, reduce, preprocess or task (default task, or the spec's).
+    pub kind: Option<String>,
+    /// The input as UTF-8 text.
+    pub input: Option<String>,
+    /// The input's bytes, base64.
+    pub input_base64: Option<String>,
+    /// Parameters (a JSON object).
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<serde_json::Value>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Grants.
+    #[serde(default)]
+    pub grants: GrantsSection,
+    /// 0 to 9, higher first (default 9: calls go before sweeps).
+    pub priority: Option<u8>,
+    /// Wait for the output (default true).
+    pub wait: Option<bool>,
+    /// How long to wait before answering 202, e.g. `30s` (default 30s).
+    pub wait_timeout: Option<String>,
+}
+
+/// Runs a call and returns its output (200, the bytes), its failure (422,
+/// with the failure reason as `code`), or `202` with the job id when asked
+/// not to wait or when it outlasts the wait.
+#[utoipa::path(post, path = "/v1/run", tag = "run", request_body = RunRequest,
+    responses((status = 200, description = "the output", content_type = "application/octet-stream", body = Vec<u8>,
+            headers(("x-sandmill-job" = i64, description = "the call's job"), ("x-sandmill-task" = i64, description = "the call's task"))),
+        (status = 202, description = "accepted; not finished within the wait", body = JobCreated),
+        (status = 400, description = "a field is wrong", body = ErrorBody),
+        (status = 404, description = "no such module, spec or input", body = ErrorBody),
+        (status = 413, description = "larger than the body limit", body = ErrorBody),
+        (status = 422, description = "the call failed; `code` is the failure reason", body = ErrorBody)))]
+pub async fn run(
+    State(state): State<AppState>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let request: RunRequest = parse_json(&body)?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let module = match (&request.module, &request.module_base64) {
+        (Some(reference), None) => reference.clone(),
+        (None, Some(encoded)) => {
+            let bytes = b64
+                .decode(encoded)
+                .map_err(|e| ApiError::bad_field("module_base64", e.to_string()))?;
+            format!(
+                "sha256:{}",
+                state.scheduler.upload_module(&bytes).await?.hash
+            )
+        }
+        _ => {
+            return Err(ApiError::bad_field(
+                "module",
+                "give exactly one of module or module_base64",
+            ));
+        }
+    };
+    let input = match (&request.input, &request.input_base64) {
+        (Some(text), None) => Some(text.as_bytes().to_vec()),
+        (None, Some(encoded)) => Some(
+            b64.decode(encoded)
+                .map_err(|e| ApiError::bad_field("input_base64", e.to_string()))?,
+        ),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::bad_field(
+                "input",
+                "give at most one of input or input_base64",
+            ));
+        }
+    };
+    let input = match input {
+        Some(bytes) => Some(format!(
+            "sha256:{}",
+            state.scheduler.upload_input(&bytes).await?
+        )),
+        None => None,
+    };
+    let wait = match &request.wait_timeout {
+        None => DEFAULT_RUN_WAIT,
+        Some(text) => parse_duration("wait_timeout", text)?,
+    }
+    .min(state.config.max_run_wait)
+    .max(Duration::from_millis(1));
+    let job = JobFile {
+        name: "run".into(),
+        priority: request.priority,
+        task: Some(TaskSection {
+            module,
+            kind: request.kind.clone(),
+            input,
+            input_name: None,
+            params: request.params.clone(),
+        }),
+        limits: request.limits,
+        grants: request.grants,
+        max_attempts: Some(1),
+        ..JobFile::default()
+    };
+    let wait_for_task = request.wait != Some(false);
+    let submitted = state
+        .scheduler
+        .submit_with(
+            &job,
+            SubmitOptions {
+                wait_for_task,
+                default_priority: MAX_PRIORITY,
+            },
+        )
+        .await?;
+    let id = submitted.job_id;
+    let accepted = || (StatusCode::ACCEPTED, Json(JobCreated { id })).into_response();
+    let Some(waiter) = submitted.waiter else {
+        return Ok(accepted());
+    };
+    let task_id = waiter.task_id();
+    let Some(result) = waiter.result(wait).await else {
+        return Ok(accepted());
+    };
+    if result.verdict == Verdict::Failed {
+        let reason = result.reason.map_or("failed", |r| r.as_str());
+        return Ok(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            reason,
+            result.error.unwrap_or_else(|| "the call failed".to_owned()),
+        ));
+    }
+    let bytes = match result.output {
+        Some(OutputRef::Inline(bytes)) => bytes,
+        Some(OutputRef::Blob { hash, .. }) => state
+            .scheduler
+            .blobs()
+            .get(&hash)
+            .await
+            .map_err(SchedulerError::Blob)?
+            .ok_or_else(|| SchedulerError::Internal(format!("output blob {hash} is missing")))?,
+        None => Vec::new(),
+    };
+    let mut response =
+        ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response();
+    for (name, value) in [("x-sandmill-job", id), ("x-sandmill-task", task_id)] {
+        if let Ok(value) = HeaderValue::from_str(&value.to_string()) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    Ok(response)
+}

@@ -1,0 +1,613 @@
+//! What the API returns: view types of its own, apart from the store's
+//! rows. One form each for times (RFC 3339, UTC, milliseconds), durations
+//! (`"1m 30s"`, `"250ms"`: what job files accept) and sizes (`"256MiB"`,
+//! `"1500B"`: what job files accept); states, statuses and kinds as enums;
+//! nested objects, never JSON inside strings. Every list is a [`Page`].
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use sandmill_runtime::Reason;
+use sandmill_runtime::message::Verdict;
+use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use crate::model::{JobKind, JobStatus, TaskState};
+use crate::store::{AttemptRow, Counts, JobRow, ModuleRow, SpecRow, TaskRow};
+
+/// A time as RFC 3339 in UTC with milliseconds (`2026-12-01T21:41:10.123Z`).
+pub fn time(ms: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// Now, as [`time`] writes it.
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// A duration as job files write it (`1m 30s`, `250ms`, `0s`).
+pub fn duration(d: Duration) -> String {
+    // Whole milliseconds: finer is noise to a person and to a client.
+    let d = Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    if d.is_zero() {
+        return "0s".to_owned();
+    }
+    humantime::format_duration(d).to_string()
+}
+
+/// A size as job files write it: exact, in the largest binary unit that
+/// divides it (`256MiB`, `1536KiB`, `1500B`).
+pub fn size(bytes: u64) -> String {
+    for (unit, name) in [
+        (1u64 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ] {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{}{name}", bytes / unit);
+        }
+    }
+    format!("{bytes}B")
+}
+
+/// A page of a list: its items, and the cursor of the next page (`null`
+/// on the last). Pass the cursor back as `?cursor=` to continue.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    /// The items, in the list's order.
+    pub items: Vec<T>,
+    /// Where the next page starts; `null` when this is the last.
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// A page of `items` (fetched one more than `limit` to know whether
+    /// more follow), with the cursor of the last item kept.
+    pub fn of<C: Serialize>(mut items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> C) -> Self {
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next_cursor = if more {
+            items.last().map(|last| encode_cursor(&cursor(last)))
+        } else {
+            None
+        };
+        Page { items, next_cursor }
+    }
+
+    /// The same page with each item turned into another view.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            next_cursor: self.next_cursor,
+        }
+    }
+}
+
+/// An opaque cursor: URL-safe base64 of the last item's sort key.
+pub fn encode_cursor<C: Serialize>(key: &C) -> String {
+    let json = serde_json::to_vec(key).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+/// Reads back a cursor this API gave.
+pub fn decode_cursor<C: serde::de::DeserializeOwned>(cursor: &str) -> Result<C, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|json| serde_json::from_slice(&json).ok())
+        .ok_or_else(|| ApiError::bad_field("cursor", "not a cursor this list gave"))
+}
+
+/// A page size: `limit`, or the default, at most `max`.
+pub fn page_size(limit: Option<u32>, default: u32, max: u32) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(default as usize),
+        Some(0) => Err(ApiError::bad_field(
+            "limit",
+            format!("must be between 1 and {max}"),
+        )),
+        Some(n) => Ok(n.min(max) as usize),
+    }
+}
+
+/// Resource limits of a call.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LimitsView {
+    /// Memory, e.g. `256MiB`.
+    #[schema(example = "256MiB")]
+    pub memory: String,
+    /// Wall time, e.g. `1m`.
+    #[schema(example = "1m")]
+    pub timeout: String,
+    /// Fuel units; `null`: unmetered.
+    pub fuel: Option<u64>,
+    /// Bytes of output, e.g. `256MiB`.
+    #[schema(example = "256MiB")]
+    pub output: String,
+    /// Bytes of log kept, e.g. `1MiB`.
+    #[schema(example = "1MiB")]
+    pub log: String,
+}
+
+impl From<&Limits> for LimitsView {
+    fn from(limits: &Limits) -> Self {
+        LimitsView {
+            memory: size(limits.memory_bytes),
+            timeout: duration(limits.timeout),
+            fuel: limits.fuel,
+            output: size(limits.output_bytes),
+            log: size(limits.log_bytes),
+        }
+    }
+}
+
+/// Capabilities granted to a call. Environment values are never shown.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GrantsView {
+    /// Any of clock, random, network.
+    pub allow: Vec<String>,
+    /// Names of the environment variables set (values are secret).
+    pub env: Vec<String>,
+}
+
+impl From<&Grants> for GrantsView {
+    fn from(grants: &Grants) -> Self {
+        let allow = [
+            (grants.clock, "clock"),
+            (grants.random, "random"),
+            (grants.network, "network"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| name.to_owned())
+        .collect();
+        GrantsView {
+            allow,
+            env: grants.env.iter().map(|(k, _)| k.clone()).collect(),
+        }
+    }
+}
+
+/// A job's tasks by state.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskCounts {
+    /// Every task of the job.
+    pub total: i64,
+    /// Not dispatched yet (waiting for room in the dispatch window).
+    pub pending: i64,
+    /// Waiting for a worker.
+    pub queued: i64,
+    /// On a worker.
+    pub running: i64,
+    /// Done.
+    pub succeeded: i64,
+    /// Failed for good.
+    pub failed: i64,
+    /// Cancelled.
+    pub cancelled: i64,
+}
+
+/// Why a job's queued tasks wait.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Waiting {
+    /// E.g. `no live worker offers labels gpu=a100`.
+    pub reason: String,
+    /// Since when.
+    #[schema(format = DateTime)]
+    pub since: String,
+}
+
+/// A job.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    /// Id.
+    pub id: i64,
+    /// Name from the job file.
+    pub name: String,
+    /// What its file described.
+    pub kind: JobKind,
+    /// Where it is in its life.
+    pub status: JobStatus,
+    /// 0 to 9; higher runs first.
+    pub priority: u8,
+    /// What each task calls.
+    #[schema(value_type = String, example = "task")]
+    pub task_kind: CallKind,
+    /// The module, `sha256:<hex>`.
+    pub module: String,
+    /// Limits of every task.
+    pub limits: LimitsView,
+    /// Grants of every task.
+    pub grants: GrantsView,
+    /// Labels a worker must offer to take its tasks.
+    pub labels: BTreeMap<String, String>,
+    /// Attempts per task for retryable failures.
+    pub max_attempts: i64,
+    /// How long its tasks may wait while no live worker can take them.
+    #[schema(example = "1h")]
+    pub queue_timeout: String,
+    /// Its tasks by state.
+    pub tasks: TaskCounts,
+    /// Why its queued tasks wait, while no live worker can take them.
+    pub waiting: Option<Waiting>,
+    /// Submission time.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// Last change.
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    /// End time.
+    #[schema(format = DateTime)]
+    pub finished_at: Option<String>,
+    /// From submission to the end (or to now).
+    #[schema(example = "1s 234ms")]
+    pub elapsed: String,
+}
+
+impl JobView {
+    /// The view of a job row with its counts.
+    pub fn new(job: &JobRow, counts: Counts) -> Self {
+        let end = job.finished_at.unwrap_or_else(crate::store::now_ms);
+        JobView {
+            id: job.id,
+            name: job.name.clone(),
+            kind: job.kind.0,
+            status: job.status.0,
+            priority: u8::try_from(job.priority).unwrap_or(0),
+            task_kind: job.task_kind.0,
+            module: format!("sha256:{}", job.module_hash),
+            limits: LimitsView::from(&job.limits.0),
+            grants: GrantsView::from(&job.grants.0),
+            labels: job.labels.0.0.clone(),
+            max_attempts: job.max_attempts,
+            queue_timeout: duration(Duration::from_millis(
+                u64::try_from(job.queue_timeout_ms).unwrap_or(0),
+            )),
+            tasks: TaskCounts {
+                total: job.total_tasks,
+                pending: counts.pending,
+                queued: counts.queued,
+                running: counts.running,
+                succeeded: counts.succeeded,
+                failed: counts.failed,
+                cancelled: counts.cancelled,
+            },
+            waiting: match (&job.waiting, job.waiting_since) {
+                (Some(reason), Some(since)) => Some(Waiting {
+                    reason: reason.clone(),
+                    since: time(since),
+                }),
+                _ => None,
+            },
+            created_at: time(job.created_at),
+            updated_at: time(job.updated_at),
+            finished_at: job.finished_at.map(time),
+            elapsed: duration(Duration::from_millis(
+                u64::try_from(end - job.created_at).unwrap_or(0),
+            )),
+        }
+    }
+}
+
+/// A task's input.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InputView {
+    /// The blob, `sha256:<hex>`; `null` for an empty input.
+    pub blob: Option<String>,
+    /// The name the guest sees.
+    pub name: String,
+}
+
+/// A task's output.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OutputView {
+    /// Bytes.
+    pub size: i64,
+    /// Where to read it.
+    #[schema(example = "/v1/tasks/7/output")]
+    pub href: String,
+}
+
+/// A task.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskView {
+    /// Id.
+    pub id: i64,
+    /// Its job.
+    pub job_id: i64,
+    /// Its index within the job.
+    pub seq: i64,
+    /// Where it is in its life.
+    pub state: TaskState,
+    /// Its current attempt (from 0).
+    pub attempt: i64,
+    /// Its parameters.
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    /// Its input.
+    pub input: InputView,
+    /// Why it failed.
+    #[schema(value_type = Option<String>, example = "timeout")]
+    pub reason: Option<Reason>,
+    /// What went wrong, for people.
+    pub error: Option<String>,
+    /// Its output, once it succeeded.
+    pub output: Option<OutputView>,
+    /// Creation time.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// Start of the current attempt.
+    #[schema(format = DateTime)]
+    pub started_at: Option<String>,
+    /// End time.
+    #[schema(format = DateTime)]
+    pub finished_at: Option<String>,
+}
+
+impl TaskView {
+    /// The view of a task row.
+    pub fn new(task: &TaskRow) -> Self {
+        TaskView {
+            id: task.id,
+            job_id: task.job_id,
+            seq: task.seq,
+            state: task.state.0,
+            attempt: task.attempt,
+            // Stored as JSON written by the server; an unreadable one is
+            // shown as what it is rather than failing the whole list.
+            params: serde_json::from_str(&task.params)
+                .unwrap_or_else(|_| serde_json::Value::String(task.params.clone())),
+            input: InputView {
+                blob: task.input_hash.as_ref().map(|h| format!("sha256:{h}")),
+                name: task.input_name.clone(),
+            },
+            reason: task.reason.map(|r| r.0),
+            error: task.error.clone(),
+            output: (task.state.0 == TaskState::Succeeded).then(|| OutputView {
+                size: task.output_size.unwrap_or(0),
+                href: format!("/v1/tasks/{}/output", task.id),
+            }),
+            created_at: time(task.created_at),
+            started_at: task.started_at.map(time),
+            finished_at: task.finished_at.map(time),
+        }
+    }
+}
+
+/// An attempt's log.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LogView {
+    /// Bytes kept.
+    pub size: i64,
+    /// Whether it was cut at the log limit.
+    pub truncated: bool,
+}
+
+/// One attempt of a task.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AttemptView {
+    /// Its number (from 0).
+    pub attempt: i64,
+    /// How it ended.
+    #[schema(value_type = String, example = "succeeded")]
+    pub state: Verdict,
+    /// Why it failed.
+    #[schema(value_type = Option<String>, example = "timeout")]
+    pub reason: Option<Reason>,
+    /// What went wrong, for people.
+    pub error: Option<String>,
+    /// The worker slot that ran it.
+    pub worker: String,
+    /// Its wall time.
+    #[schema(example = "3ms")]
+    pub elapsed: String,
+    /// Fuel used, when metered.
+    pub fuel_used: Option<i64>,
+    /// Its log (read it at `/v1/tasks/{id}/logs`).
+    pub log: LogView,
+    /// Counters the guest reported.
+    pub counters: BTreeMap<String, i64>,
+    /// End time.
+    #[schema(format = DateTime)]
+    pub finished_at: String,
+}
+
+impl AttemptView {
+    /// The view of an attempt row.
+    pub fn new(attempt: &AttemptRow) -> Self {
+        AttemptView {
+            attempt: attempt.attempt,
+            state: attempt.state.0,
+            reason: attempt.reason.map(|r| r.0),
+            error: attempt.error.clone(),
+            worker: attempt.worker.clone(),
+            elapsed: duration(Duration::from_millis(
+                u64::try_from(attempt.elapsed_ms).unwrap_or(0),
+            )),
+            fuel_used: attempt.fuel_used,
+            log: LogView {
+                size: attempt.log_size,
+                truncated: attempt.log_truncated != 0,
+            },
+            counters: attempt.counters.0.clone(),
+            finished_at: time(attempt.finished_at),
+        }
+    }
+}
+
+/// A task with its attempts.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskDetail {
+    /// The task.
+    pub task: TaskView,
+    /// Its attempts, oldest first.
+    pub attempts: Vec<AttemptView>,
+}
+
+/// A stored module.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModuleView {
+    /// `sha256:<hex>`, to name in job files.
+    pub module: String,
+    /// Size in bytes.
+    pub size: i64,
+    /// The kinds of call it can run.
+    #[schema(value_type = Vec<String>, example = json!(["task"]))]
+    pub exports: Vec<CallKind>,
+    /// When it was first uploaded.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+impl ModuleView {
+    /// The view of a module row.
+    pub fn new(module: &ModuleRow) -> Self {
+        ModuleView {
+            module: format!("sha256:{}", module.hash),
+            size: module.size,
+            exports: module.exports.0.clone(),
+            created_at: time(module.created_at),
+        }
+    }
+}
+
+/// A stored input.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InputRef {
+    /// `sha256:<hex>`, to name in job files.
+    pub input: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A registered spec version.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SpecView {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// The module, `sha256:<hex>`.
+    pub module: String,
+    /// What it calls.
+    #[schema(value_type = String, example = "task")]
+    pub kind: CallKind,
+    /// Default limits.
+    pub limits: LimitsView,
+    /// Default grants.
+    pub grants: GrantsView,
+    /// Default labels.
+    pub labels: BTreeMap<String, String>,
+    /// Registration time.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+impl SpecView {
+    /// The view of a spec row.
+    pub fn new(spec: &SpecRow) -> Self {
+        SpecView {
+            name: spec.name.clone(),
+            version: spec.version.clone(),
+            module: format!("sha256:{}", spec.module_hash),
+            kind: spec.kind.0,
+            limits: LimitsView::from(&spec.limits.0),
+            grants: GrantsView::from(&spec.grants.0),
+            labels: spec.labels.0.0.clone(),
+            created_at: time(spec.created_at),
+        }
+    }
+}
+
+/// An accepted job.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobCreated {
+    /// Its id.
+    pub id: i64,
+}
+
+/// Where a worker is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerStatus {
+    /// Heard from lately, taking tasks.
+    Live,
+    /// Finishing its tasks, taking no new ones.
+    Draining,
+    /// Not heard from for a while.
+    Lost,
+}
+
+/// A worker process.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkerView {
+    /// Its name, stable across restarts.
+    pub id: String,
+    /// Where it is in its life.
+    pub status: WorkerStatus,
+    /// What it offers.
+    pub labels: BTreeMap<String, String>,
+    /// Tasks it runs at once.
+    pub capacity: usize,
+    /// Tasks it is running now.
+    pub running: Vec<i64>,
+    /// Tasks it has finished since it started.
+    pub finished: u64,
+    /// Its sandmill version.
+    pub version: String,
+    /// When it started.
+    #[schema(format = DateTime)]
+    pub started_at: String,
+    /// Its last heartbeat.
+    #[schema(format = DateTime)]
+    pub last_seen: String,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_form_for_times_durations_and_sizes() {
+        assert_eq!(time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(time(1_234), "1970-01-01T00:00:01.234Z");
+        assert_eq!(duration(Duration::from_secs(60)), "1m");
+        assert_eq!(duration(Duration::from_millis(1_234)), "1s 234ms");
+        assert_eq!(duration(Duration::ZERO), "0s");
+        assert_eq!(duration(Duration::from_micros(1_500)), "1ms");
+        for d in ["1m", "1s 234ms", "1h", "250ms"] {
+            let parsed = humantime::parse_duration(d).unwrap();
+            assert_eq!(duration(parsed), d, "durations read back as written");
+        }
+        assert_eq!(size(256 << 20), "256MiB");
+        assert_eq!(size(1536 << 10), "1536KiB");
+        assert_eq!(size(1500), "1500B");
+        assert_eq!(size(0), "0B");
+        for s in ["256MiB", "1536KiB", "1500B"] {
+            let parsed: bytesize::ByteSize = s.parse().unwrap();
+            assert_eq!(size(parsed.0), s, "sizes read back as written");
+        }
+    }
+
+    #[test]
+    fn cursors_are_opaque_and_checked() {
+        let cursor = encode_cursor(&(1_700_000_000_000i64, 42i64));
+        assert!(!cursor.contains(','));
+        let back: (i64, i64) = decode_cursor(&cursor).unwrap();
+        assert_eq!(back, (1_700_000_000_000, 42));
+        assert!(decode_cursor::<(i64, i64)>("not a cursor!").is_err());
+        let page = Page::of(vec![1, 2, 3], 2, |n| *n);
+        assert_eq!(page.items, vec![1, 2]);
+        assert_eq!(
+            decode_cursor::<i32>(page.next_cursor.as_deref().unwrap()).unwrap(),
+            2
+        );
+        assert!(Page::of(vec![1, 2], 2, |n| *n).next_cursor.is_none());
+    }
+}

@@ -1,0 +1,230 @@
+//! The distributed mode, as a library: the parts `sandmill serve` (API,
+//! scheduler, recorder, reconciler) and `sandmill worker` run, meeting on
+//! NATS JetStream, with state in Postgres. The binary parses flags and
+//! calls these.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sandmill_runtime::blob::{BlobStore, DirBlobStore, LocalCopy, NatsBlobStore};
+use sandmill_runtime::broker::{Broker, NatsBroker, NatsConfig};
+use sandmill_runtime::labels::Labels;
+use sandmill_runtime::message::{HEARTBEAT_EVERY, WorkerInfo, now_ms};
+use sandmill_runtime::sandbox::{Sandbox, SandboxConfig};
+use sandmill_runtime::worker::WorkerPool;
+
+use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::store::Store;
+
+/// How to reach NATS: the options the async-nats client offers.
+#[derive(Clone, Debug, Default)]
+pub struct NatsOptions {
+    /// Server URL(s), comma-separated.
+    pub urls: String,
+    /// A credentials file (JWT + nkey).
+    pub creds: Option<PathBuf>,
+    /// A token.
+    pub token: Option<String>,
+    /// User name and password.
+    pub user: Option<(String, String)>,
+    /// A CA certificate (PEM) to trust, which also requires TLS.
+    pub ca: Option<PathBuf>,
+}
+
+impl NatsOptions {
+    /// Connects, retrying with backoff and one log line per attempt. Every
+    /// option applies (credentials, token, user, CA together).
+    pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        let mut options = match &self.creds {
+            Some(creds) => async_nats::ConnectOptions::with_credentials_file(creds)
+                .await
+                .with_context(|| format!("cannot read {}", creds.display()))?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        options = options
+            .retry_on_initial_connect()
+            .name("sandmill")
+            .event_callback(|event| async move {
+                tracing::warn!(%event, "nats connection");
+            });
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        if let Some((user, password)) = &self.user {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(ca) = &self.ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let urls: Vec<String> = self.urls.split(',').map(|u| u.trim().to_owned()).collect();
+        options
+            .connect(urls.as_slice())
+            .await
+            .with_context(|| format!("cannot connect to NATS at {}", self.urls))
+    }
+}
+
+/// Connects to the database, retrying with backoff and one log line per
+/// attempt (Postgres may start after us).
+pub async fn connect_store(url: &str) -> anyhow::Result<Store> {
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match Store::connect(url).await {
+            Ok(store) => return Ok(store),
+            Err(error) if attempt < 10 => {
+                tracing::warn!(%error, attempt, retry_in = ?delay, "database not reachable");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+                attempt += 1;
+            }
+            Err(error) => return Err(error).context("cannot open the database"),
+        }
+    }
+}
+
+/// What `sandmill serve` runs besides the API.
+pub struct Server {
+    /// The control plane.
+    pub scheduler: Scheduler,
+    /// Tasks published again at start-up.
+    pub republished: usize,
+}
+
+/// How to start a fleet's control plane.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// NATS.
+    pub nats: NatsOptions,
+    /// The database URL.
+    pub database: String,
+    /// Where compiled modules are cached.
+    pub cache_dir: PathBuf,
+    /// Ack wait of the task queues it creates.
+    pub ack_wait: Duration,
+    /// Delivery limit of the task queues it creates.
+    pub max_deliveries: u32,
+    /// The scheduler's settings.
+    pub scheduler: SchedulerConfig,
+}
+
+/// Starts the scheduler, recorder, dispatcher and reconciler of a fleet.
+pub async fn serve(config: ServeConfig) -> anyhow::Result<Server> {
+    let client = config.nats.connect().await?;
+    let broker = Arc::new(
+        NatsBroker::connect(
+            client.clone(),
+            NatsConfig {
+                ack_wait: config.ack_wait,
+                max_deliveries: config.max_deliveries,
+                offers: None,
+            },
+        )
+        .await?,
+    );
+    let blobs = Arc::new(NatsBlobStore::connect(client).await?);
+    let store = connect_store(&config.database).await?;
+    let sandbox = Sandbox::new(SandboxConfig {
+        cache_dir: Some(config.cache_dir.clone()),
+        ..SandboxConfig::default()
+    })?;
+    let scheduler = Scheduler::new(store, broker, blobs, sandbox, config.scheduler);
+    scheduler.start().await?;
+    tokio::spawn(scheduler.clone().record_events());
+    let republished = scheduler.recover().await?;
+    tokio::spawn(scheduler.clone().dispatch());
+    tokio::spawn(scheduler.clone().reconcile());
+    Ok(Server {
+        scheduler,
+        republished,
+    })
+}
+
+/// How to start a worker process.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// NATS.
+    pub nats: NatsOptions,
+    /// Its name, stable across restarts.
+    pub id: String,
+    /// What it offers.
+    pub labels: Labels,
+    /// Tasks run at once.
+    pub concurrency: usize,
+    /// Where compiled modules and module copies are kept.
+    pub cache_dir: PathBuf,
+}
+
+/// Checks a worker id: letters, digits, `-`, `_` and `.`, not `.` at
+/// either end.
+pub fn check_worker_id(id: &str) -> anyhow::Result<()> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if id.is_empty()
+        || id.len() > 128
+        || !id.chars().all(valid)
+        || id.starts_with('.')
+        || id.ends_with('.')
+    {
+        anyhow::bail!(
+            "--id `{id}`: use 1 to 128 letters, digits, `-`, `_` and `.` (not `.` at either end)"
+        );
+    }
+    Ok(())
+}
+
+/// Starts a worker process's slots, after making sure no live worker uses
+/// its id.
+pub async fn worker(config: WorkerConfig) -> anyhow::Result<WorkerPool> {
+    check_worker_id(&config.id)?;
+    let client = config.nats.connect().await?;
+    let broker = Arc::new(
+        NatsBroker::connect(
+            client.clone(),
+            NatsConfig {
+                offers: Some(config.labels.clone()),
+                ..NatsConfig::default()
+            },
+        )
+        .await?,
+    );
+    refuse_taken_id(broker.as_ref(), &config.id).await?;
+    let blobs: Arc<dyn BlobStore> = Arc::new(NatsBlobStore::connect(client).await?);
+    let sandbox = Sandbox::new(SandboxConfig {
+        cache_dir: Some(config.cache_dir.clone()),
+        ..SandboxConfig::default()
+    })?;
+    let modules = Arc::new(LocalCopy::new(
+        blobs.clone(),
+        DirBlobStore::new(config.cache_dir.join("modules"))?,
+    ));
+    Ok(WorkerPool::start(
+        WorkerInfo::starting(config.id, config.labels, config.concurrency.max(1)),
+        sandbox,
+        broker,
+        blobs,
+        modules,
+    )?)
+}
+
+/// A second live process under a name would make the registry lie. An
+/// entry that is fresh may be this name's previous life (killed a moment
+/// ago): it is live only if it still beats.
+async fn refuse_taken_id(broker: &dyn Broker, id: &str) -> anyhow::Result<()> {
+    let Some(seen) = broker.worker(id).await?.filter(|w| !w.is_lost(now_ms())) else {
+        return Ok(());
+    };
+    tokio::time::sleep(HEARTBEAT_EVERY + Duration::from_secs(1)).await;
+    if let Some(again) = broker.worker(id).await?
+        && again.instance == seen.instance
+        && again.last_seen > seen.last_seen
+    {
+        anyhow::bail!(
+            "worker id `{id}` is taken by a live worker (labels [{}], running since {} ms ago); give this one another --id",
+            again.labels,
+            now_ms() - again.started_at
+        );
+    }
+    Ok(())
+}

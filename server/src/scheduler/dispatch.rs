@@ -1,0 +1,191 @@
+//! The dispatcher: keeps the window full. It wakes when a job arrives or
+//! results free room, takes tasks from the backlogs of running jobs
+//! (highest priority first, equal shares within a priority), creates them
+//! as queued rows and publishes them. Nothing it holds grows with a job's
+//! size: a backlog is a cursor in the database.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sandmill_runtime::blob::BlobError;
+use sandmill_runtime::message::{BlobRef, INLINE_PARAMS_BYTES, TaskMessage};
+
+use super::Scheduler;
+use crate::store::dispatch::Backlog;
+
+/// Jobs looked at per round.
+const JOBS_PER_ROUND: i64 = 64;
+
+/// How long the dispatcher waits before trying again after the database
+/// failed.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// How `room` task slots are shared among jobs with a backlog (in
+/// priority order): the highest priority first, equal shares within a
+/// priority (the remainder to the oldest), what a job cannot use to the
+/// next.
+pub(crate) fn plan(room: i64, jobs: &[Backlog]) -> Vec<(i64, i64)> {
+    let mut plan = Vec::new();
+    let mut room = room;
+    let mut start = 0;
+    while start < jobs.len() && room > 0 {
+        let priority = jobs[start].priority;
+        let end = start
+            + jobs[start..]
+                .iter()
+                .take_while(|j| j.priority == priority)
+                .count();
+        let mut group: Vec<(i64, i64)> = jobs[start..end]
+            .iter()
+            .map(|j| (j.job_id, j.remaining))
+            .collect();
+        // Equal shares, again and again, until the room or the group's
+        // backlog runs out.
+        let mut given = vec![0i64; group.len()];
+        loop {
+            let hungry: Vec<usize> = (0..group.len()).filter(|&i| group[i].1 > 0).collect();
+            if hungry.is_empty() || room == 0 {
+                break;
+            }
+            let share = (room / hungry.len() as i64).max(1);
+            for i in hungry {
+                let take = share.min(group[i].1).min(room);
+                group[i].1 -= take;
+                given[i] += take;
+                room -= take;
+                if room == 0 {
+                    break;
+                }
+            }
+        }
+        plan.extend(
+            group
+                .iter()
+                .zip(given)
+                .filter(|(_, n)| *n > 0)
+                .map(|((job, _), n)| (*job, n)),
+        );
+        start = end;
+    }
+    plan
+}
+
+impl Scheduler {
+    /// Runs the dispatcher until the server stops.
+    pub async fn dispatch(self) {
+        let mut stopping = self.inner.stopping.subscribe();
+        loop {
+            if *stopping.borrow() {
+                return;
+            }
+            let woken = self.inner.dispatch.notified();
+            match self.dispatch_round().await {
+                // More room and more work: go again at once.
+                Ok(true) => continue,
+                Ok(false) => {
+                    tokio::select! {
+                        () = woken => {}
+                        _ = stopping.changed() => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?RETRY, "dispatching failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY) => {}
+                        _ = stopping.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One round: fills the window from the backlogs. Returns whether
+    /// another round could dispatch more now.
+    pub async fn dispatch_round(&self) -> Result<bool, super::SchedulerError> {
+        let window = self.inner.config.window as i64;
+        let room = window - self.inner.live.load(Ordering::Relaxed);
+        // Refill in chunks of an eighth of the window, not a task at a
+        // time.
+        if room <= 0 || room < window / 8 {
+            return Ok(false);
+        }
+        let jobs = self.inner.store.backlog(JOBS_PER_ROUND).await?;
+        if jobs.is_empty() {
+            return Ok(false);
+        }
+        let mut dispatched = 0;
+        for (job_id, n) in plan(room, &jobs) {
+            let messages = self.inner.store.dispatch(job_id, n).await?;
+            dispatched += messages.len() as i64;
+            self.inner
+                .live
+                .fetch_add(messages.len() as i64, Ordering::Relaxed);
+            self.publish(messages).await;
+        }
+        Ok(dispatched > 0 && jobs.len() as i64 == JOBS_PER_ROUND)
+    }
+
+    /// Publishes task messages, parameters too large to travel inline
+    /// going through the blob store. A failure is logged: the tasks are
+    /// queued in the database, and the reconciler (or recovery) publishes
+    /// them again.
+    pub(crate) async fn publish(&self, mut messages: Vec<TaskMessage>) {
+        if messages.is_empty() {
+            return;
+        }
+        if let Err(error) = self.externalize(&mut messages).await {
+            tracing::warn!(%error, "storing parameters failed; the tasks stay queued for the reconciler");
+            return;
+        }
+        let n = messages.len();
+        if let Err(error) = self.inner.broker.publish(messages).await {
+            tracing::warn!(tasks = n, %error, "publishing failed; the tasks stay queued for the reconciler");
+        }
+    }
+}
+
+impl Scheduler {
+    /// Moves parameters too large to travel inline into the blob store.
+    pub(crate) async fn externalize(&self, messages: &mut [TaskMessage]) -> Result<(), BlobError> {
+        for message in messages {
+            if message.params.len() > INLINE_PARAMS_BYTES {
+                let hash = self.inner.blobs.put(message.params.as_bytes()).await?;
+                message.params_blob = Some(BlobRef {
+                    hash,
+                    size: message.params.len() as u64,
+                });
+                message.params.clear();
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn job(job_id: i64, priority: i64, remaining: i64) -> Backlog {
+        Backlog {
+            job_id,
+            priority,
+            remaining,
+        }
+    }
+
+    #[test]
+    fn room_goes_to_the_highest_priority_then_in_equal_shares() {
+        // Priority 5 takes what it can; the rest is shared by priority 0.
+        let jobs = [job(3, 5, 10), job(1, 0, 1_000), job(2, 0, 1_000)];
+        assert_eq!(plan(100, &jobs), vec![(3, 10), (1, 45), (2, 45)]);
+        // A job that needs less than its share leaves the rest to others.
+        let jobs = [job(1, 0, 5), job(2, 0, 1_000)];
+        assert_eq!(plan(100, &jobs), vec![(1, 5), (2, 95)]);
+        // Odd room: everything is handed out.
+        let jobs = [job(1, 0, 1_000), job(2, 0, 1_000), job(4, 0, 1_000)];
+        let planned = plan(10, &jobs);
+        assert_eq!(planned.iter().map(|(_, n)| n).sum::<i64>(), 10);
+        assert!(plan(0, &jobs).is_empty());
+    }
+}

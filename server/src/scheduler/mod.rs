@@ -1,0 +1,362 @@
+//! The scheduler: accepts modules and jobs, dispatches their tasks a
+//! window at a time, records what workers report, and keeps the broker in
+//! step with the database. Event-driven: each part sleeps until something
+//! happens (a job arrives, results come in, a timer for the reconciler).
+//!
+//! - [`submit`]: a job file becomes a job and its backlog, in one
+//!   transaction (the outbox: a crash after it loses nothing).
+//! - [`dispatch`]: keeps at most [`SchedulerConfig::window`] tasks queued
+//!   or running, taking them from the backlogs of running jobs, highest
+//!   priority first and in turn within a priority.
+//! - [`recorder`]: records worker events in batches; sets aside an event
+//!   the database refuses for good, so it never stops the others.
+//! - [`reconcile`]: says why tasks wait, expires those that waited too
+//!   long, and publishes again what the broker lost.
+//!
+//! Memory does not grow with the number of tasks: the backlog lives in the
+//! database, and what is in flight is bounded by the window.
+
+mod dispatch;
+mod reconcile;
+mod recorder;
+mod submit;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sandmill_runtime::blob::{BlobError, BlobStore};
+use sandmill_runtime::broker::{Broker, BrokerError};
+use sandmill_runtime::message::{TaskResult, WorkerInfo};
+use sandmill_runtime::sandbox::{CallKind, ExecError, Sandbox};
+use tokio::sync::{Notify, oneshot, watch};
+
+use crate::jobfile::{self, DEFAULT_MAX_TASKS_PER_JOB};
+use crate::model::JobStatus;
+use crate::store::{CancelRefused, JobRow, ModuleRow, Store, StoreError};
+
+pub use submit::{SubmitOptions, Submitted};
+
+/// How often the reconciler looks for live tasks missing from the broker,
+/// by default.
+pub const DEFAULT_ABSENT_EVERY: Duration = Duration::from_secs(30);
+
+/// Tasks queued or running at once, by default: enough to keep a few
+/// dozen worker slots busy between two rounds of results, small enough
+/// that the broker and the server hold little.
+pub const DEFAULT_WINDOW: usize = 8_192;
+
+/// Largest parameters of one task by default (JSON bytes); larger ones are
+/// refused at submit. Parameters above
+/// [`INLINE_PARAMS_BYTES`](sandmill_runtime::message::INLINE_PARAMS_BYTES)
+/// travel through the blob store.
+pub const DEFAULT_MAX_PARAMS_BYTES: usize = 1 << 20;
+
+/// Jobs this small are dispatched in the transaction that accepts them
+/// (an interactive call waits for no dispatcher round).
+pub const SMALL_JOB: i64 = 64;
+
+/// Modules whose catalogue rows are kept in memory (they never change).
+const MODULE_CACHE: usize = 1024;
+
+/// What went wrong, by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The request is wrong; the error says which field and how.
+    #[error(transparent)]
+    BadRequest(#[from] jobfile::Invalid),
+    /// The module is not one Sandmill can run.
+    #[error("{0}")]
+    InvalidModule(ExecError),
+    /// Something named does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The blob store failed.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// A background task of the server failed.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Settings of the scheduler.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Tasks one job may have.
+    pub max_tasks_per_job: u64,
+    /// Largest parameters of one task, in bytes.
+    pub max_params_bytes: usize,
+    /// Tasks queued or running at once (see [`DEFAULT_WINDOW`]).
+    pub window: usize,
+    /// How often the reconciler looks for live tasks whose messages the
+    /// broker lost (see [`DEFAULT_ABSENT_EVERY`]).
+    pub absent_every: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            max_tasks_per_job: DEFAULT_MAX_TASKS_PER_JOB,
+            max_params_bytes: DEFAULT_MAX_PARAMS_BYTES,
+            window: DEFAULT_WINDOW,
+            absent_every: DEFAULT_ABSENT_EVERY,
+        }
+    }
+}
+
+/// The control plane's core. Cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    broker: Arc<dyn Broker>,
+    blobs: Arc<dyn BlobStore>,
+    sandbox: Sandbox,
+    config: SchedulerConfig,
+    /// Bumped whenever a job reaches a final status.
+    finished: watch::Sender<u64>,
+    /// Tasks queued or running (the window's fill), kept by whoever
+    /// changes it: dispatch adds, results and cancels take away.
+    live: AtomicI64,
+    /// Wakes the dispatcher.
+    dispatch: Notify,
+    /// Callers waiting for one task's final result (`/v1/run`).
+    waiters: Mutex<HashMap<i64, oneshot::Sender<TaskResult>>>,
+    /// Catalogue rows of modules seen lately.
+    modules: Mutex<HashMap<String, ModuleRow>>,
+    /// Turns true when the server stops: loops that wait out an outage
+    /// give up.
+    stopping: watch::Sender<bool>,
+}
+
+impl Scheduler {
+    /// A scheduler over these parts. Call [`start`](Self::start) to count
+    /// what is in flight before dispatching.
+    pub fn new(
+        store: Store,
+        broker: Arc<dyn Broker>,
+        blobs: Arc<dyn BlobStore>,
+        sandbox: Sandbox,
+        config: SchedulerConfig,
+    ) -> Self {
+        Scheduler {
+            inner: Arc::new(Inner {
+                store,
+                broker,
+                blobs,
+                sandbox,
+                config,
+                finished: watch::channel(0).0,
+                live: AtomicI64::new(0),
+                dispatch: Notify::new(),
+                waiters: Mutex::default(),
+                modules: Mutex::default(),
+                stopping: watch::channel(false).0,
+            }),
+        }
+    }
+
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &Arc<dyn BlobStore> {
+        &self.inner.blobs
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.inner.config
+    }
+
+    /// Tasks queued or running, as the dispatcher counts them.
+    pub fn in_flight(&self) -> i64 {
+        self.inner.live.load(Ordering::Relaxed)
+    }
+
+    /// Tells every loop that waits out an outage to give up: the server is
+    /// stopping.
+    pub fn stop(&self) {
+        self.inner.stopping.send_replace(true);
+    }
+
+    /// Counts what is in flight (after a restart), so dispatch fills the
+    /// window from there.
+    pub async fn start(&self) -> Result<(), SchedulerError> {
+        let live = self.inner.store.live_count().await?;
+        self.inner.live.store(live, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Validates a module (it must load in the sandbox), stores its bytes
+    /// and records it. Idempotent; a rejected module changes nothing.
+    pub async fn upload_module(&self, bytes: &[u8]) -> Result<ModuleRow, SchedulerError> {
+        let sandbox = self.inner.sandbox.clone();
+        let owned = bytes.to_vec();
+        let module = tokio::task::spawn_blocking(move || sandbox.load(&owned))
+            .await
+            .map_err(|e| SchedulerError::Internal(format!("module check stopped: {e}")))?
+            .map_err(SchedulerError::InvalidModule)?;
+        let exports: Vec<CallKind> = CallKind::ALL
+            .into_iter()
+            .filter(|k| module.exports(*k))
+            .collect();
+        let hash = self.inner.blobs.put(bytes).await?;
+        self.inner
+            .store
+            .put_module(&hash, bytes.len() as i64, &exports)
+            .await?;
+        self.module(&hash)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(format!("module {hash}")))
+    }
+
+    /// A module's catalogue row (kept in memory once seen: it never
+    /// changes).
+    pub async fn module(&self, hash: &str) -> Result<Option<ModuleRow>, SchedulerError> {
+        if let Some(row) = self.lock_modules().get(hash) {
+            return Ok(Some(row.clone()));
+        }
+        let row = self.inner.store.module(hash).await?;
+        if let Some(row) = &row {
+            let mut modules = self.lock_modules();
+            if modules.len() >= MODULE_CACHE {
+                modules.clear();
+            }
+            modules.insert(hash.to_owned(), row.clone());
+        }
+        Ok(row)
+    }
+
+    fn lock_modules(&self) -> std::sync::MutexGuard<'_, HashMap<String, ModuleRow>> {
+        self.inner.modules.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores an input blob; returns its hash.
+    pub async fn upload_input(&self, bytes: &[u8]) -> Result<String, SchedulerError> {
+        Ok(self.inner.blobs.put(bytes).await?)
+    }
+
+    /// Cancels a running job: its live tasks and its backlog.
+    pub async fn cancel(&self, job_id: i64) -> Result<(), SchedulerError> {
+        match self.inner.store.cancel_job(job_id).await? {
+            Ok(live) => {
+                self.inner.live.fetch_sub(live, Ordering::Relaxed);
+                self.inner.finished.send_modify(|n| *n += 1);
+                self.inner.dispatch.notify_one();
+                self.forget(job_id).await;
+                Ok(())
+            }
+            Err(CancelRefused::NotFound) => Err(SchedulerError::NotFound(format!("job {job_id}"))),
+            Err(CancelRefused::Finished(status)) => Err(SchedulerError::Conflict(format!(
+                "job {job_id} already finished ({status})"
+            ))),
+        }
+    }
+
+    /// Drops the queued messages of a job that ended early, so workers do
+    /// not run its tasks for nothing (best effort).
+    async fn forget(&self, job_id: i64) {
+        let labels = match self.inner.store.job(job_id).await {
+            Ok(Some(job)) => job.labels.0,
+            _ => Default::default(),
+        };
+        if let Err(error) = self.inner.broker.forget_job(job_id, &labels).await {
+            tracing::warn!(job_id, %error, "could not drop the job's queued messages; workers will run and ignore them");
+        }
+    }
+
+    /// A page of the worker registry, by id: the first `limit` after
+    /// `after`.
+    pub async fn workers(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<WorkerInfo>, SchedulerError> {
+        Ok(self.inner.broker.workers(after, limit).await?)
+    }
+
+    /// Waits until the job has a final status or `timeout` passes; returns
+    /// the job as it is then.
+    pub async fn wait(&self, job_id: i64, timeout: Duration) -> Result<JobRow, SchedulerError> {
+        let mut finished = self.inner.finished.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let job = self
+                .inner
+                .store
+                .job(job_id)
+                .await?
+                .ok_or_else(|| SchedulerError::NotFound(format!("job {job_id}")))?;
+            if job.status() != JobStatus::Running {
+                return Ok(job);
+            }
+            if tokio::time::timeout_at(deadline, finished.changed())
+                .await
+                .is_err()
+            {
+                return Ok(job);
+            }
+        }
+    }
+
+    /// Registers a caller waiting for `task_id`'s final result.
+    fn add_waiter(&self, task_id: i64) -> Waiter {
+        let (tx, rx) = oneshot::channel();
+        self.lock_waiters().insert(task_id, tx);
+        Waiter {
+            scheduler: self.clone(),
+            task_id,
+            result: rx,
+        }
+    }
+
+    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<i64, oneshot::Sender<TaskResult>>> {
+        self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A caller waiting for one task's final result; dropping it stops the
+/// wait (and forgets the registration).
+pub struct Waiter {
+    scheduler: Scheduler,
+    task_id: i64,
+    result: oneshot::Receiver<TaskResult>,
+}
+
+impl Waiter {
+    /// The task's final result as recorded, or `None` if `timeout` passed
+    /// first.
+    pub async fn result(mut self, timeout: Duration) -> Option<TaskResult> {
+        tokio::time::timeout(timeout, &mut self.result)
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// The task waited for.
+    pub fn task_id(&self) -> i64 {
+        self.task_id
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.scheduler.lock_waiters().remove(&self.task_id);
+    }
+}

@@ -1,0 +1,199 @@
+//! The recorder: what workers report goes into the database in batches,
+//! one transaction each (each wake-up takes every event waiting, up to
+//! [`RECORD_BATCH`]). An outage of the database is waited out, with
+//! backoff; an event the database refuses for good is found by halving
+//! the batch and set aside — recorded as its task's failure
+//! (`store-rejected`) — so one task's bytes never stop the others.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sandmill_runtime::Reason;
+use sandmill_runtime::broker::BrokerErrorKind;
+use sandmill_runtime::message::{TaskEvent, TaskResult, Verdict};
+
+use super::Scheduler;
+use crate::store::{Recorded, StoreError, StoreErrorKind};
+
+/// Events recorded per transaction at most.
+pub const RECORD_BATCH: usize = 4_096;
+
+/// Longest wait between two tries of an unavailable database.
+const MAX_RETRY: Duration = Duration::from_secs(10);
+
+impl Scheduler {
+    /// Records worker events until the broker closes.
+    pub async fn record_events(self) {
+        let mut retry = Duration::from_millis(250);
+        loop {
+            let events = match self.inner.broker.events(RECORD_BATCH).await {
+                Ok(events) => {
+                    retry = Duration::from_millis(250);
+                    events
+                }
+                Err(error) if error.kind() == BrokerErrorKind::Closed => return,
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?retry, "receiving events failed");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(MAX_RETRY);
+                    continue;
+                }
+            };
+            let Some(recorded) = self.record_until_done(&events).await else {
+                return;
+            };
+            if let Err(error) = self.inner.broker.events_recorded().await {
+                tracing::warn!(%error, "acking recorded events failed; they will be recorded again, harmlessly");
+            }
+            self.after_recording(&events, recorded).await;
+        }
+    }
+
+    /// Records a batch, waiting out an unavailable database with backoff;
+    /// `None` if the server stops first (the events are not acked: the
+    /// broker hands them out again, or their tasks run again).
+    async fn record_until_done(&self, events: &[TaskEvent]) -> Option<Recorded> {
+        let mut delay = Duration::from_millis(100);
+        let mut stopping = self.inner.stopping.subscribe();
+        loop {
+            match self.record_or_set_aside(events).await {
+                Ok(recorded) => return Some(recorded),
+                Err(error) => {
+                    tracing::warn!(%error, events = events.len(), retry_in = ?delay, "recording events failed; trying again");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stopping.wait_for(|s| *s) => {
+                    tracing::warn!(events = events.len(), "stopping with events not recorded; their tasks will run again");
+                    return None;
+                }
+            }
+            delay = (delay * 2).min(MAX_RETRY);
+        }
+    }
+
+    /// Records `events`; if the database refuses them, finds the ones it
+    /// refuses by halving the batch and sets each aside.
+    async fn record_or_set_aside(&self, events: &[TaskEvent]) -> Result<Recorded, StoreError> {
+        match self.inner.store.record(events).await {
+            Ok(recorded) => Ok(recorded),
+            Err(error) if error.kind() == StoreErrorKind::Rejected => {
+                if let [event] = events {
+                    return self.set_aside(event, &error).await;
+                }
+                let (first, second) = events.split_at(events.len() / 2);
+                let mut recorded = Box::pin(self.record_or_set_aside(first)).await?;
+                let more = Box::pin(self.record_or_set_aside(second)).await?;
+                recorded.finished_tasks.extend(more.finished_tasks);
+                recorded.retried.extend(more.retried);
+                recorded.finished_jobs.extend(more.finished_jobs);
+                recorded.set_aside.extend(more.set_aside);
+                recorded.ignored += more.ignored;
+                Ok(recorded)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Records a result the database refused as its task's failure, with
+    /// the database's reason; a start it refused is dropped.
+    async fn set_aside(
+        &self,
+        event: &TaskEvent,
+        error: &StoreError,
+    ) -> Result<Recorded, StoreError> {
+        let TaskEvent::Finished(result) = event else {
+            tracing::error!(task_id = event.task_id(), %error, "the database refused a start event; dropping it");
+            return Ok(Recorded::default());
+        };
+        tracing::error!(task_id = result.task_id, %error, "the database refused a result; recording the task as failed");
+        let replacement = TaskResult {
+            verdict: Verdict::Failed,
+            reason: Some(Reason::StoreRejected),
+            error: Some(format!("the database refused this task's result: {error}")),
+            retryable: false,
+            output: None,
+            log: Vec::new(),
+            log_blob: None,
+            log_truncated: false,
+            counters: Default::default(),
+            worker: result
+                .worker
+                .chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(64)
+                .collect(),
+            ..result.clone()
+        };
+        match self
+            .inner
+            .store
+            .record(&[TaskEvent::Finished(replacement.clone())])
+            .await
+        {
+            Ok(mut recorded) => {
+                recorded.set_aside.push(replacement);
+                Ok(recorded)
+            }
+            Err(again) if again.kind() == StoreErrorKind::Rejected => {
+                tracing::error!(task_id = result.task_id, error = %again,
+                    "the database refused even the failure of a refused result; dropping it (the task stays live and runs again)");
+                Ok(Recorded::default())
+            }
+            Err(again) => Err(again),
+        }
+    }
+
+    /// What a recorded batch sets going: room in the window, retries,
+    /// ended jobs, waiting callers.
+    async fn after_recording(&self, events: &[TaskEvent], recorded: Recorded) {
+        if !recorded.finished_tasks.is_empty() {
+            self.inner
+                .live
+                .fetch_sub(recorded.finished_tasks.len() as i64, Ordering::Relaxed);
+            self.inner.dispatch.notify_one();
+        }
+        if !recorded.retried.is_empty() {
+            match self.inner.store.queued_messages(&recorded.retried).await {
+                Ok(messages) => {
+                    let scheduler = self.clone();
+                    // Never block the recorder on the broker.
+                    tokio::spawn(async move { scheduler.publish(messages).await });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "loading retries failed; the reconciler will publish them")
+                }
+            }
+        }
+        if !recorded.finished_jobs.is_empty() {
+            self.inner.finished.send_modify(|n| *n += 1);
+        }
+        self.wake_waiters(events, &recorded);
+    }
+
+    /// Hands each waiting caller its task's result, as recorded.
+    fn wake_waiters(&self, events: &[TaskEvent], recorded: &Recorded) {
+        let mut waiters = self.lock_waiters();
+        if waiters.is_empty() {
+            return;
+        }
+        let mut results: HashMap<i64, &TaskResult> = HashMap::new();
+        for result in &recorded.set_aside {
+            results.insert(result.task_id, result);
+        }
+        for event in events {
+            if let TaskEvent::Finished(result) = event {
+                results.entry(result.task_id).or_insert(result);
+            }
+        }
+        for task_id in &recorded.finished_tasks {
+            if let Some(waiter) = waiters.remove(task_id)
+                && let Some(result) = results.get(task_id)
+            {
+                let _ = waiter.send((*result).clone());
+            }
+        }
+    }
+}

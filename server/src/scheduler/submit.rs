@@ -1,0 +1,286 @@
+//! Submitting a job: resolve what it names, check it, store it with its
+//! backlog in one transaction, publish what is dispatched at once.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
+use sandmill_runtime::labels::Labels;
+use sandmill_runtime::message::MAX_PRIORITY;
+use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
+
+use super::{SMALL_JOB, Scheduler, SchedulerError, Waiter};
+use crate::jobfile::{
+    Backlog, DEFAULT_MAX_ATTEMPTS, Invalid, JobFile, MAX_ATTEMPTS, check_params_size,
+};
+use crate::model::JobKind;
+use crate::store::{Item, NewJob};
+
+/// How a submission is handled.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SubmitOptions {
+    /// Register a waiter for the job's only task (`/v1/run`).
+    pub wait_for_task: bool,
+    /// The priority when the job file names none (default 0).
+    pub default_priority: u8,
+}
+
+/// An accepted job.
+pub struct Submitted {
+    /// Its id.
+    pub job_id: i64,
+    /// A waiter for its only task, if asked for.
+    pub waiter: Option<Waiter>,
+}
+
+/// Where a job's module, kind and defaults come from.
+struct Resolved {
+    module_hash: String,
+    kind: CallKind,
+    limits: Limits,
+    grants: Grants,
+    labels: Labels,
+}
+
+impl Scheduler {
+    /// Accepts a job file (modules by hash or spec, never by path): checks
+    /// it, stores the job and its backlog, dispatches a small job at once.
+    /// Returns the job id once it is durable.
+    pub async fn submit(&self, job: &JobFile) -> Result<i64, SchedulerError> {
+        Ok(self
+            .submit_with(job, SubmitOptions::default())
+            .await?
+            .job_id)
+    }
+
+    /// [`submit`](Self::submit), with options.
+    #[tracing::instrument(skip_all, fields(job = %job.name))]
+    pub async fn submit_with(
+        &self,
+        job: &JobFile,
+        options: SubmitOptions,
+    ) -> Result<Submitted, SchedulerError> {
+        let new = self.prepare(job, options).await?;
+        let dispatch_now = if new.total <= SMALL_JOB { new.total } else { 0 };
+        let (job_id, messages) = self.inner.store.create_job(&new, dispatch_now).await?;
+        self.inner
+            .live
+            .fetch_add(messages.len() as i64, Ordering::Relaxed);
+        let waiter = match (options.wait_for_task, messages.first()) {
+            (true, Some(task)) => Some(self.add_waiter(task.task_id)),
+            _ => None,
+        };
+        if waiter.is_some() {
+            // Someone waits on it: publish now, not behind the answer.
+            self.publish(messages).await;
+        } else if !messages.is_empty() {
+            // Committed first (the outbox): the job is accepted now, and
+            // its tasks go out behind the answer. A lost publish is
+            // covered by the reconciler (or recovery, after a crash).
+            let scheduler = self.clone();
+            tokio::spawn(async move { scheduler.publish(messages).await });
+        }
+        if new.total > dispatch_now {
+            self.inner.dispatch.notify_one();
+        }
+        if new.total == 0 {
+            self.inner.finished.send_modify(|n| *n += 1);
+        }
+        Ok(Submitted { job_id, waiter })
+    }
+
+    /// Checks a job file and turns it into a job to store.
+    async fn prepare(
+        &self,
+        job: &JobFile,
+        options: SubmitOptions,
+    ) -> Result<NewJob, SchedulerError> {
+        job.check()?;
+        let template = job.template()?;
+        let resolved = self.resolve(job).await?;
+        let max_params = self.inner.config.max_params_bytes;
+        let backlog = job.backlog(self.inner.config.max_tasks_per_job)?;
+        let input_ref = |field: &str, input: &str| -> Result<String, Invalid> {
+            input.strip_prefix("sha256:").map(str::to_owned).ok_or_else(|| {
+                Invalid::field(
+                    field,
+                    format!("`{input}` is a path; upload it first (the CLI does) and name it sha256:<hash>"),
+                )
+            })
+        };
+        let task_input = template
+            .input
+            .map(|i| input_ref(template.section_field("input").as_str(), i))
+            .transpose()?;
+        let task_params = job.task_params(max_params)?;
+        let (total, items) = match backlog {
+            Backlog::Count(n) => (n, Vec::new()),
+            Backlog::Rows(rows) => {
+                let items = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, row)| {
+                        let params = serde_json::to_string(row).map_err(|e| {
+                            Invalid::field(format!("sweep.rows[{i}]"), e.to_string())
+                        })?;
+                        check_params_size(&format!("sweep.rows[{i}]"), &params, max_params)?;
+                        Ok(Item {
+                            params,
+                            input_hash: task_input.clone(),
+                            input_name: "-".to_owned(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Invalid>>()?;
+                (items.len() as u64, items)
+            }
+            Backlog::Inputs(inputs) => {
+                let items = inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, named)| {
+                        Ok(Item {
+                            params: task_params.clone(),
+                            input_hash: Some(input_ref(
+                                &format!("sweep.inputs[{i}].input"),
+                                &named.input,
+                            )?),
+                            input_name: named.name.clone(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Invalid>>()?;
+                (items.len() as u64, items)
+            }
+        };
+        self.check_inputs(
+            task_input
+                .iter()
+                .chain(items.iter().filter_map(|i| i.input_hash.as_ref())),
+        )
+        .await?;
+        let priority = match job.priority {
+            Some(p) if p > MAX_PRIORITY => {
+                return Err(Invalid::field(
+                    "priority",
+                    format!("{p} is not between 0 and {MAX_PRIORITY}"),
+                )
+                .into());
+            }
+            Some(p) => p,
+            None => options.default_priority,
+        };
+        let max_attempts = job.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+        if max_attempts == 0 || max_attempts > MAX_ATTEMPTS {
+            return Err(Invalid::field(
+                "max_attempts",
+                format!("{max_attempts} is not between 1 and {MAX_ATTEMPTS}"),
+            )
+            .into());
+        }
+        Ok(NewJob {
+            name: job.name.clone(),
+            kind: if job.sweep.is_some() {
+                JobKind::Sweep
+            } else {
+                JobKind::Task
+            },
+            priority,
+            task_kind: resolved.kind,
+            module_hash: resolved.module_hash,
+            limits: resolved.limits,
+            grants: resolved.grants,
+            labels: resolved.labels,
+            definition: job.definition(),
+            task_params,
+            task_input: if items.is_empty() { task_input } else { None },
+            task_input_name: job.task_input_name(),
+            total: i64::try_from(total).unwrap_or(i64::MAX),
+            items,
+            max_attempts: i64::from(max_attempts),
+            queue_timeout_ms: i64::try_from(job.queue_timeout()?.as_millis()).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// The module a job names (`sha256:` or a spec), its kind, and the
+    /// limits, grants and labels in force (the job's own over the spec's).
+    async fn resolve(&self, job: &JobFile) -> Result<Resolved, SchedulerError> {
+        let template = job.template()?;
+        let module_field = template.section_field("module");
+        let mut kind = template
+            .kind
+            .map(|k| crate::jobfile::parse_kind(&template.section_field("kind"), k))
+            .transpose()?;
+        let mut limits = job.limits()?;
+        let mut grants = job.grants()?;
+        let mut labels = job.labels()?;
+        let module_hash =
+            if let Some(hash) = template.module.strip_prefix("sha256:") {
+                hash.to_owned()
+            } else if template.module.ends_with(".wasm") || template.module.contains('/') {
+                return Err(Invalid::field(
+                    &module_field,
+                    format!(
+                        "`{}` is a path; upload it first (the CLI does) and name it sha256:<hash>",
+                        template.module
+                    ),
+                )
+                .into());
+            } else {
+                let (name, version) = match template.module.split_once('@') {
+                    Some((name, version)) => (name, Some(version)),
+                    None => (template.module, None),
+                };
+                let spec =
+                    self.inner.store.spec(name, version).await?.ok_or_else(|| {
+                        SchedulerError::NotFound(format!("spec {}", template.module))
+                    })?;
+                kind = kind.or(Some(spec.kind.0));
+                // The job's own sections override the spec's defaults.
+                if job.limits == Default::default() {
+                    limits = spec.limits.0;
+                }
+                if job.grants == Default::default() {
+                    grants = spec.grants.0;
+                }
+                if job.labels.is_empty() {
+                    labels = spec.labels.0;
+                }
+                spec.module_hash
+            };
+        let module = self
+            .module(&module_hash)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(format!("module sha256:{module_hash}")))?;
+        let kind = kind.unwrap_or(CallKind::Task);
+        if !module.exports.has(kind) {
+            return Err(Invalid::field(
+                template.section_field("kind"),
+                format!(
+                    "module sha256:{module_hash} exports no {} function (it has: {})",
+                    kind.name(),
+                    module.exports.list()
+                ),
+            )
+            .into());
+        }
+        Ok(Resolved {
+            module_hash,
+            kind,
+            limits,
+            grants,
+            labels,
+        })
+    }
+
+    /// Every input named must be in the blob store (each checked once).
+    async fn check_inputs<'a>(
+        &self,
+        hashes: impl Iterator<Item = &'a String>,
+    ) -> Result<(), SchedulerError> {
+        let mut checked = BTreeSet::new();
+        for hash in hashes {
+            if checked.insert(hash.as_str()) && !self.inner.blobs.contains(hash).await? {
+                return Err(SchedulerError::NotFound(format!("input sha256:{hash}")));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,471 @@
+//! Jobs: created with their backlog (a count, or one item per task),
+//! read with their counts, listed a page at a time, cancelled, expired.
+
+use sandmill_runtime::Reason;
+use sandmill_runtime::labels::Labels;
+use sandmill_runtime::message::TaskMessage;
+use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
+use sqlx::{QueryBuilder, Row};
+
+use super::types::{JsonText, Text, safe_text};
+use super::{
+    Counts, INSERT_CHUNK, JOB_COLUMNS, JobRow, LIVE_SQL, Store, StoreError, now_ms, on_pool,
+    per_backend,
+};
+use crate::model::{JobKind, JobStatus, TaskState};
+
+/// Longest waiting reason or expiry message kept.
+const MAX_NOTE_BYTES: usize = 1024;
+
+/// One task's own parameters and input, for sweeps over rows or inputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    /// JSON parameters.
+    pub params: String,
+    /// Input blob, if any.
+    pub input_hash: Option<String>,
+    /// Name the guest sees.
+    pub input_name: String,
+}
+
+/// A job being created.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    /// Display name.
+    pub name: String,
+    /// What its file described.
+    pub kind: JobKind,
+    /// 0 to 9; higher runs first.
+    pub priority: u8,
+    /// What each task calls.
+    pub task_kind: CallKind,
+    /// Module blob.
+    pub module_hash: String,
+    /// Limits of every task.
+    pub limits: Limits,
+    /// Grants of every task.
+    pub grants: Grants,
+    /// Labels a worker must offer to take its tasks.
+    pub labels: Labels,
+    /// The job file, as JSON (without its rows or inputs).
+    pub definition: String,
+    /// Parameters of every task without items (JSON).
+    pub task_params: String,
+    /// Input of every task without items.
+    pub task_input: Option<String>,
+    /// Its name.
+    pub task_input_name: String,
+    /// Number of tasks.
+    pub total: i64,
+    /// One per task, or none (every task is the same).
+    pub items: Vec<Item>,
+    /// Attempts per task before a retryable failure is final.
+    pub max_attempts: i64,
+    /// How long its tasks may wait while no live worker can take them (ms).
+    pub queue_timeout_ms: i64,
+}
+
+/// Why a cancel did nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CancelRefused {
+    /// No such job.
+    NotFound,
+    /// The job already ended, with this status.
+    Finished(JobStatus),
+}
+
+/// What expiring a job's queued tasks did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Queued tasks failed.
+    pub tasks: i64,
+    /// Whether the job ended.
+    pub ended: bool,
+}
+
+per_backend! {
+    /// Inserts the job row; returns its id.
+    pub(crate) async fn insert_job(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        job: &NewJob,
+        now: i64,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO jobs (name, kind, status, priority, task_kind, module_hash, limits, grants, labels, \
+             definition, task_params, task_input_hash, task_input_name, has_items, total_tasks, dispatched, \
+             succeeded, failed, cancelled, max_attempts, queue_timeout_ms, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, 0, 0, 0, $16, $17, $18, $18) \
+             RETURNING id",
+        )
+        .bind(safe_text(&job.name, 1024))
+        .bind(Text(job.kind))
+        .bind(Text(JobStatus::Running))
+        .bind(i64::from(job.priority))
+        .bind(Text(job.task_kind))
+        .bind(job.module_hash.clone())
+        .bind(JsonText(job.limits.clone()))
+        .bind(JsonText(job.grants.clone()))
+        .bind(JsonText(job.labels.clone()))
+        .bind(job.definition.clone())
+        .bind(job.task_params.clone())
+        .bind(job.task_input.clone())
+        .bind(safe_text(&job.task_input_name, 1024))
+        .bind(i64::from(!job.items.is_empty()))
+        .bind(job.total)
+        .bind(job.max_attempts)
+        .bind(job.queue_timeout_ms)
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get(0)
+    }
+
+    /// Stores each task's own parameters and input until its turn.
+    pub(crate) async fn insert_items(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        job_id: i64,
+        items: &[Item],
+    ) -> Result<(), sqlx::Error> {
+        for (chunk_index, chunk) in items.chunks(INSERT_CHUNK).enumerate() {
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO job_items (job_id, seq, params, input_hash, input_name) ",
+            );
+            insert.push_values(chunk.iter().enumerate(), |mut row, (i, item)| {
+                row.push_bind(job_id)
+                    .push_bind((chunk_index * INSERT_CHUNK + i) as i64)
+                    .push_bind(item.params.clone())
+                    .push_bind(item.input_hash.clone())
+                    .push_bind(safe_text(&item.input_name, 1024));
+            });
+            insert.build().execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the job if nothing of it is left to run: every task dispatched
+    /// and none live. Returns whether it ended now.
+    pub(crate) async fn finish_if_done(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        job_id: i64,
+        now: i64,
+    ) -> Result<bool, sqlx::Error> {
+        // Stops at the first live task: O(1), on the partial index.
+        let live = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT 1 FROM tasks WHERE job_id = $1 AND {LIVE_SQL} LIMIT 1"
+        )))
+        .bind(job_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some();
+        if live {
+            return Ok(false);
+        }
+        let done = sqlx::query(
+            "UPDATE jobs SET status = CASE WHEN failed > 0 THEN $1 ELSE $2 END, \
+             updated_at = $3, finished_at = $3, waiting = NULL, waiting_since = NULL \
+             WHERE id = $4 AND status = $5 AND dispatched = total_tasks",
+        )
+        .bind(Text(JobStatus::Failed))
+        .bind(Text(JobStatus::Succeeded))
+        .bind(now)
+        .bind(job_id)
+        .bind(Text(JobStatus::Running))
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
+    }
+}
+
+impl Store {
+    /// Creates a job with its backlog and dispatches its first
+    /// `dispatch_now` tasks, in one transaction: once this returns, the
+    /// job is accepted. Returns its id and the messages to publish.
+    pub async fn create_job(
+        &self,
+        job: &NewJob,
+        dispatch_now: i64,
+    ) -> Result<(i64, Vec<TaskMessage>), StoreError> {
+        let now = now_ms();
+        let created = on_pool!(self, pool, db => {
+            let mut tx = db::begin(pool).await?;
+            let job_id = db::jobs::insert_job(&mut tx, job, now).await?;
+            db::jobs::insert_items(&mut tx, job_id, &job.items).await?;
+            let messages = if dispatch_now > 0 {
+                db::dispatch::materialize(&mut tx, job_id, dispatch_now, now).await?
+            } else {
+                Vec::new()
+            };
+            if job.total == 0 {
+                db::jobs::finish_if_done(&mut tx, job_id, now).await?;
+            }
+            tx.commit().await?;
+            (job_id, messages)
+        });
+        Ok(created)
+    }
+
+    /// A page of jobs, most recently updated first, optionally of one
+    /// status: the first `limit` after the cursor `(updated_at, id)`.
+    pub async fn jobs(
+        &self,
+        status: Option<JobStatus>,
+        after: Option<(i64, i64)>,
+        limit: i64,
+    ) -> Result<Vec<JobRow>, StoreError> {
+        let rows = on_pool!(self, pool => {
+            let mut q = QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1"));
+            if let Some(status) = status {
+                q.push(" AND status = ").push_bind(Text(status));
+            }
+            if let Some((updated_at, id)) = after {
+                q.push(" AND (updated_at < ").push_bind(updated_at)
+                    .push(" OR (updated_at = ").push_bind(updated_at)
+                    .push(" AND id < ").push_bind(id)
+                    .push("))");
+            }
+            q.push(" ORDER BY updated_at DESC, id DESC LIMIT ").push_bind(limit);
+            q.build_query_as::<JobRow>().fetch_all(pool).await?
+        });
+        Ok(rows)
+    }
+
+    /// A job by id.
+    pub async fn job(&self, id: i64) -> Result<Option<JobRow>, StoreError> {
+        let row = on_pool!(self, pool => sqlx::query_as::<_, JobRow>(
+            sqlx::AssertSqlSafe(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1")),
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await?);
+        Ok(row)
+    }
+
+    /// A job's tasks per state: one row read and a count of its live
+    /// tasks (at most a dispatch window), however large the job.
+    pub async fn counts(&self, job: &JobRow) -> Result<Counts, StoreError> {
+        let live = on_pool!(self, pool => sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT state, COUNT(*) FROM tasks WHERE job_id = $1 AND {LIVE_SQL} GROUP BY state"
+        )))
+        .bind(job.id)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| Ok::<_, sqlx::Error>((r.try_get::<Text<TaskState>, _>(0)?.0, r.try_get::<i64, _>(1)?)))
+        .collect::<Result<Vec<_>, _>>()?);
+        let mut counts = Counts {
+            pending: job.total_tasks - job.dispatched,
+            succeeded: job.succeeded,
+            failed: job.failed,
+            cancelled: job.cancelled,
+            ..Counts::default()
+        };
+        for (state, n) in live {
+            match state {
+                TaskState::Queued => counts.queued = n,
+                TaskState::Running => counts.running = n,
+                _ => {}
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Cancels a running job: its live tasks and its backlog. Returns how
+    /// many live tasks it cancelled.
+    pub async fn cancel_job(&self, id: i64) -> Result<Result<i64, CancelRefused>, StoreError> {
+        let now = now_ms();
+        let cancelled = on_pool!(self, pool, db => {
+            let mut tx = db::begin(pool).await?;
+            let live = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE tasks SET state = $1, finished_at = $2 WHERE job_id = $3 AND {LIVE_SQL}"
+            )))
+            .bind(Text(TaskState::Cancelled))
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as i64;
+            let changed = sqlx::query(
+                "UPDATE jobs SET status = $1, cancelled = cancelled + $2 + total_tasks - dispatched, \
+                 dispatched = total_tasks, updated_at = $3, finished_at = $3, waiting = NULL, \
+                 waiting_since = NULL WHERE id = $4 AND status = $5",
+            )
+            .bind(Text(JobStatus::Cancelled))
+            .bind(live)
+            .bind(now)
+            .bind(id)
+            .bind(Text(JobStatus::Running))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query("DELETE FROM job_items WHERE job_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            if changed == 1 {
+                tx.commit().await?;
+                Some(live)
+            } else {
+                tx.rollback().await?;
+                None
+            }
+        });
+        if let Some(live) = cancelled {
+            return Ok(Ok(live));
+        }
+        Ok(Err(match self.job(id).await? {
+            None => CancelRefused::NotFound,
+            Some(job) => CancelRefused::Finished(job.status()),
+        }))
+    }
+
+    /// Running jobs with queued tasks: (id, labels, queue timeout, waiting
+    /// since), at most `limit` after job `after`.
+    pub async fn jobs_with_queued_tasks(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Labels, i64, Option<i64>)>, StoreError> {
+        let rows = on_pool!(self, pool => {
+            sqlx::query(
+                "SELECT j.id, j.labels, j.queue_timeout_ms, j.waiting_since FROM jobs j \
+                 WHERE j.status = $1 AND j.id > $2 AND EXISTS \
+                 (SELECT 1 FROM tasks t WHERE t.job_id = j.id AND t.state = $3) \
+                 ORDER BY j.id LIMIT $4",
+            )
+            .bind(Text(JobStatus::Running))
+            .bind(after)
+            .bind(Text(TaskState::Queued))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok::<_, sqlx::Error>((
+                    r.try_get::<i64, _>(0)?,
+                    r.try_get::<JsonText<Labels>, _>(1)?.0,
+                    r.try_get::<i64, _>(2)?,
+                    r.try_get::<Option<i64>, _>(3)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(rows)
+    }
+
+    /// Clears the waiting reason of jobs that ended or have nothing queued.
+    pub async fn clear_stale_waiting(&self) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE jobs SET waiting = NULL, waiting_since = NULL WHERE waiting_since IS NOT NULL \
+                 AND (status <> $1 OR NOT EXISTS \
+                 (SELECT 1 FROM tasks t WHERE t.job_id = jobs.id AND t.state = $2))",
+            )
+            .bind(Text(JobStatus::Running))
+            .bind(Text(TaskState::Queued))
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Says why a job's queued tasks wait (`None`: they do not), keeping the
+    /// time the wait began.
+    pub async fn set_waiting(&self, job_id: i64, why: Option<&str>) -> Result<(), StoreError> {
+        let now = now_ms();
+        on_pool!(self, pool => {
+            match why {
+                Some(why) => sqlx::query(
+                    "UPDATE jobs SET waiting = $1, waiting_since = COALESCE(waiting_since, $2) \
+                     WHERE id = $3 AND status = $4",
+                )
+                .bind(safe_text(why, MAX_NOTE_BYTES))
+                .bind(now)
+                .bind(job_id)
+                .bind(Text(JobStatus::Running))
+                .execute(pool)
+                .await?,
+                None => sqlx::query(
+                    "UPDATE jobs SET waiting = NULL, waiting_since = NULL \
+                     WHERE id = $1 AND waiting_since IS NOT NULL",
+                )
+                .bind(job_id)
+                .execute(pool)
+                .await?,
+            };
+        });
+        Ok(())
+    }
+
+    /// Fails a job's queued tasks and its backlog as `queue-timeout`, and
+    /// ends the job if nothing else is live.
+    pub async fn expire_queued(&self, job_id: i64, error: &str) -> Result<Expired, StoreError> {
+        let now = now_ms();
+        let expired = on_pool!(self, pool, db => {
+            let mut tx = db::begin(pool).await?;
+            let tasks = sqlx::query(
+                "UPDATE tasks SET state = $1, reason = $2, error = $3, finished_at = $4 \
+                 WHERE job_id = $5 AND state = $6",
+            )
+            .bind(Text(TaskState::Failed))
+            .bind(Text(Reason::QueueTimeout))
+            .bind(safe_text(error, MAX_NOTE_BYTES))
+            .bind(now)
+            .bind(job_id)
+            .bind(Text(TaskState::Queued))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as i64;
+            sqlx::query(
+                "UPDATE jobs SET failed = failed + $1 + total_tasks - dispatched, dispatched = total_tasks, \
+                 updated_at = $2 WHERE id = $3 AND status = $4",
+            )
+            .bind(tasks)
+            .bind(now)
+            .bind(job_id)
+            .bind(Text(JobStatus::Running))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM job_items WHERE job_id = $1")
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+            let ended = db::jobs::finish_if_done(&mut tx, job_id, now).await?;
+            tx.commit().await?;
+            Expired { tasks, ended }
+        });
+        Ok(expired)
+    }
+
+    /// For crash tests and audits: tasks of a job, succeeded attempts, and
+    /// tasks with more than one succeeded attempt (which must never happen).
+    pub async fn success_audit(&self, job_id: i64) -> Result<(i64, i64, i64), StoreError> {
+        let audit = on_pool!(self, pool => {
+            let tasks: i64 = sqlx::query("SELECT COUNT(*) FROM tasks WHERE job_id = $1")
+                .bind(job_id)
+                .fetch_one(pool)
+                .await?
+                .try_get(0)?;
+            let successes: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM attempts a JOIN tasks t ON t.id = a.task_id \
+                 WHERE t.job_id = $1 AND a.state = $2",
+            )
+            .bind(job_id)
+            .bind(Text(sandmill_runtime::message::Verdict::Succeeded))
+            .fetch_one(pool)
+            .await?
+            .try_get(0)?;
+            let duplicated: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM (SELECT a.task_id FROM attempts a JOIN tasks t ON t.id = a.task_id \
+                 WHERE t.job_id = $1 AND a.state = $2 GROUP BY a.task_id HAVING COUNT(*) > 1) d",
+            )
+            .bind(job_id)
+            .bind(Text(sandmill_runtime::message::Verdict::Succeeded))
+            .fetch_one(pool)
+            .await?
+            .try_get(0)?;
+            (tasks, successes, duplicated)
+        });
+        Ok(audit)
+    }
+}

@@ -1,0 +1,439 @@
+//! Recording what workers report: a batch of events in one transaction.
+//!
+//! A result counts only if it names the task's current attempt while the
+//! task is live: a duplicate or stale delivery changes nothing, and of two
+//! results for one attempt in one batch the first is recorded, in the
+//! task row and the attempt row alike. Every guest-controlled text is made
+//! safe for the database here, at the boundary.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sandmill_runtime::Reason;
+use sandmill_runtime::message::{MAX_ERROR_BYTES, OutputRef, TaskEvent, TaskResult, Verdict};
+use sqlx::{QueryBuilder, Row};
+
+use super::types::{JsonText, Text, safe_text};
+use super::{LIVE_SQL, RECORD_CHUNK, Store, StoreError, now_ms, on_pool, per_backend};
+use crate::model::TaskState;
+
+/// What recording a batch of events changed.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Tasks whose final result was recorded (they left the window).
+    pub finished_tasks: Vec<i64>,
+    /// Results ignored as stale or duplicate.
+    pub ignored: usize,
+    /// Tasks queued again for another attempt.
+    pub retried: Vec<i64>,
+    /// Jobs that reached a final status.
+    pub finished_jobs: Vec<i64>,
+    /// Results the database refused, recorded instead as their tasks'
+    /// failures (filled in by the scheduler's recorder).
+    pub set_aside: Vec<TaskResult>,
+}
+
+/// A batch sorted into what each part of the transaction does.
+struct Sorted<'a> {
+    /// Starts whose end is not in the batch.
+    starts: Vec<(i64, i64)>,
+    /// Retryable failures (requeued if attempts are left).
+    retries: Vec<&'a TaskResult>,
+    /// Everything else that ended, one per task.
+    finals: Vec<&'a TaskResult>,
+    /// Results dropped as duplicates within the batch.
+    duplicates: usize,
+}
+
+fn sort(events: &[TaskEvent]) -> Sorted<'_> {
+    // A start whose end is in the same batch needs no write of its own.
+    let ended: BTreeSet<(i64, i64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            TaskEvent::Finished(r) => Some((r.task_id, r.attempt)),
+            TaskEvent::Started { .. } => None,
+        })
+        .collect();
+    let mut sorted = Sorted {
+        starts: Vec::new(),
+        retries: Vec::new(),
+        finals: Vec::new(),
+        duplicates: 0,
+    };
+    let mut seen = BTreeSet::new();
+    for event in events {
+        match event {
+            TaskEvent::Started {
+                task_id, attempt, ..
+            } => {
+                if !ended.contains(&(*task_id, *attempt)) {
+                    sorted.starts.push((*task_id, *attempt));
+                }
+            }
+            TaskEvent::Finished(result) => {
+                if !seen.insert(result.task_id) {
+                    sorted.duplicates += 1;
+                } else if result.verdict == Verdict::Failed && result.retryable {
+                    sorted.retries.push(result);
+                } else {
+                    sorted.finals.push(result);
+                }
+            }
+        }
+    }
+    sorted
+}
+
+/// A worker-lost task whose workers died while running it twice or more
+/// is a crash loop (the guest likely takes its worker down).
+fn lost_reason(starts: i64) -> Reason {
+    if starts >= 2 {
+        Reason::CrashLoop
+    } else {
+        Reason::WorkerLost
+    }
+}
+
+/// What a final result writes into its task row.
+pub(crate) struct Final<'a> {
+    result: &'a TaskResult,
+    reason: Option<Reason>,
+}
+
+per_backend! {
+    /// Marks started tasks running and counts each delivery's start.
+    pub(crate) async fn apply_starts(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        starts: &[(i64, i64)],
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        for (task_id, attempt) in starts {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE tasks SET state = $1, starts = starts + 1, \
+                 started_at = COALESCE(started_at, $2) \
+                 WHERE id = $3 AND attempt = $4 AND {LIVE_SQL}"
+            )))
+            .bind(Text(TaskState::Running))
+            .bind(now)
+            .bind(*task_id)
+            .bind(*attempt)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Queues retryable failures again as their next attempt, if attempts
+    /// are left; returns the tasks requeued, with their jobs.
+    pub(crate) async fn requeue(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        retries: &[&TaskResult],
+    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+        let mut requeued = Vec::new();
+        for result in retries {
+            let job: Option<i64> = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE tasks SET state = $1, attempt = attempt + 1, started_at = NULL \
+                 WHERE id = $2 AND attempt = $3 AND {LIVE_SQL} \
+                 AND attempt + 1 < (SELECT max_attempts FROM jobs WHERE jobs.id = tasks.job_id) \
+                 RETURNING job_id"
+            )))
+            .bind(Text(TaskState::Queued))
+            .bind(result.task_id)
+            .bind(result.attempt)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+            if let Some(job) = job {
+                requeued.push((result.task_id, job));
+            }
+        }
+        Ok(requeued)
+    }
+
+    /// How many times each of these tasks was started (for worker-lost
+    /// results: a crash loop or not).
+    pub(crate) async fn starts_of(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        tasks: &[i64],
+    ) -> Result<BTreeMap<i64, i64>, sqlx::Error> {
+        let mut starts = BTreeMap::new();
+        for chunk in tasks.chunks(RECORD_CHUNK) {
+            let mut q = QueryBuilder::new("SELECT id, starts FROM tasks WHERE id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut **tx).await? {
+                starts.insert(row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?);
+            }
+        }
+        Ok(starts)
+    }
+
+    /// Writes final results into their task rows (a few multi-row
+    /// statements); returns (task, job, verdict) of those that counted.
+    pub(crate) async fn apply_finals(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        finals: &[Final<'_>],
+        now: i64,
+    ) -> Result<Vec<(i64, i64, Verdict)>, sqlx::Error> {
+        let mut applied = Vec::new();
+        for chunk in finals.chunks(RECORD_CHUNK) {
+            let mut update = QueryBuilder::new(
+                "UPDATE tasks SET state = v.column3, reason = v.column4, error = v.column5, \
+                 output = v.column6, output_hash = v.column7, output_size = v.column8, finished_at = ",
+            );
+            update.push_bind(now).push(" FROM (");
+            update.push_values(chunk.iter(), |mut row, f| {
+                let result = f.result;
+                let (output, output_hash, output_size) = match &result.output {
+                    Some(OutputRef::Inline(bytes)) => (Some(bytes.clone()), None, Some(bytes.len() as i64)),
+                    Some(OutputRef::Blob { hash, size }) => {
+                        (None, Some(hash.clone()), Some(i64::try_from(*size).unwrap_or(i64::MAX)))
+                    }
+                    None => (None, None, None),
+                };
+                let state = match result.verdict {
+                    Verdict::Succeeded => TaskState::Succeeded,
+                    Verdict::Failed => TaskState::Failed,
+                };
+                row.push_bind(result.task_id)
+                    .push_bind(result.attempt)
+                    .push_bind(Text(state))
+                    .push_bind(f.reason.map(Text))
+                    .push_bind(result.error.as_deref().map(|e| safe_text(e, MAX_ERROR_BYTES)))
+                    .push_bind(output)
+                    .push_bind(output_hash)
+                    .push_bind(output_size);
+            });
+            update.push(format!(
+                ") AS v WHERE tasks.id = v.column1 AND tasks.attempt = v.column2 \
+                 AND tasks.{LIVE_SQL} RETURNING tasks.id, tasks.job_id, tasks.state"
+            ));
+            for row in update.build().fetch_all(&mut **tx).await? {
+                let verdict = match row.try_get::<Text<TaskState>, _>(2)?.0 {
+                    TaskState::Succeeded => Verdict::Succeeded,
+                    _ => Verdict::Failed,
+                };
+                applied.push((row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?, verdict));
+            }
+        }
+        Ok(applied)
+    }
+
+    /// One attempt row per result that counted.
+    pub(crate) async fn insert_attempts(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        attempts: &[(&TaskResult, Option<Reason>)],
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        for chunk in attempts.chunks(RECORD_CHUNK) {
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO attempts (task_id, attempt, state, reason, error, worker, elapsed_ms, \
+                 fuel_used, log, log_hash, log_size, log_truncated, counters, finished_at) ",
+            );
+            insert.push_values(chunk.iter(), |mut row, (result, reason)| {
+                let (log_hash, log_size) = match &result.log_blob {
+                    Some(blob) => (Some(blob.hash.clone()), i64::try_from(blob.size).unwrap_or(i64::MAX)),
+                    None => (None, result.log.len() as i64),
+                };
+                row.push_bind(result.task_id)
+                    .push_bind(result.attempt)
+                    .push_bind(Text(result.verdict))
+                    .push_bind(reason.map(Text))
+                    .push_bind(result.error.as_deref().map(|e| safe_text(e, MAX_ERROR_BYTES)))
+                    .push_bind(safe_text(&result.worker, 256))
+                    .push_bind(result.elapsed_ms)
+                    .push_bind(result.fuel_used.map(|f| i64::try_from(f).unwrap_or(i64::MAX)))
+                    .push_bind(result.log.clone())
+                    .push_bind(log_hash)
+                    .push_bind(log_size)
+                    .push_bind(i64::from(result.log_truncated))
+                    .push_bind(JsonText(result.counters.clone()))
+                    .push_bind(now);
+            });
+            insert.push(" ON CONFLICT (task_id, attempt) DO NOTHING");
+            insert.build().execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds finished tasks to their jobs' counters, notes the change, and
+    /// ends the jobs with nothing left to run; returns those ended.
+    pub(crate) async fn update_jobs(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        changes: &BTreeMap<i64, (i64, i64)>,
+        now: i64,
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        let mut ended = Vec::new();
+        for (job_id, (succeeded, failed)) in changes {
+            sqlx::query(
+                "UPDATE jobs SET succeeded = succeeded + $1, failed = failed + $2, updated_at = $3 WHERE id = $4",
+            )
+            .bind(*succeeded)
+            .bind(*failed)
+            .bind(now)
+            .bind(*job_id)
+            .execute(&mut **tx)
+            .await?;
+            if (*succeeded > 0 || *failed > 0)
+                && db::jobs::finish_if_done(tx, *job_id, now).await?
+            {
+                ended.push(*job_id);
+            }
+        }
+        Ok(ended)
+    }
+}
+
+impl Store {
+    /// Applies a batch of worker events in one transaction (see the module
+    /// docs for what counts).
+    pub async fn record(&self, events: &[TaskEvent]) -> Result<Recorded, StoreError> {
+        let now = now_ms();
+        let sorted = sort(events);
+        let mut recorded = Recorded {
+            ignored: sorted.duplicates,
+            ..Recorded::default()
+        };
+        let (finished_tasks, retried, finished_jobs) = on_pool!(self, pool, db => {
+            let mut tx = db::begin(pool).await?;
+            db::record::apply_starts(&mut tx, &sorted.starts, now).await?;
+            let requeued = db::record::requeue(&mut tx, &sorted.retries).await?;
+            let requeued_ids: BTreeSet<i64> = requeued.iter().map(|(t, _)| *t).collect();
+            // Retryable failures with no attempt left are final.
+            let finals: Vec<&TaskResult> = sorted
+                .finals
+                .iter()
+                .copied()
+                .chain(sorted.retries.iter().copied().filter(|r| !requeued_ids.contains(&r.task_id)))
+                .collect();
+            let lost: Vec<i64> = finals
+                .iter()
+                .filter(|r| r.reason == Some(Reason::WorkerLost))
+                .map(|r| r.task_id)
+                .collect();
+            let starts = if lost.is_empty() {
+                BTreeMap::new()
+            } else {
+                db::record::starts_of(&mut tx, &lost).await?
+            };
+            let finals: Vec<Final<'_>> = finals
+                .into_iter()
+                .map(|result| Final {
+                    result,
+                    reason: match result.reason {
+                        Some(Reason::WorkerLost) => {
+                            Some(lost_reason(starts.get(&result.task_id).copied().unwrap_or(0)))
+                        }
+                        other => other,
+                    },
+                })
+                .collect();
+            let applied = db::record::apply_finals(&mut tx, &finals, now).await?;
+            let applied_ids: BTreeSet<i64> = applied.iter().map(|(t, _, _)| *t).collect();
+            let attempts: Vec<(&TaskResult, Option<Reason>)> = finals
+                .iter()
+                .filter(|f| applied_ids.contains(&f.result.task_id))
+                .map(|f| (f.result, f.reason))
+                .chain(
+                    sorted
+                        .retries
+                        .iter()
+                        .filter(|r| requeued_ids.contains(&r.task_id))
+                        .map(|r| (*r, r.reason)),
+                )
+                .collect();
+            db::record::insert_attempts(&mut tx, &attempts, now).await?;
+            let mut changes: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+            for (_, job, verdict) in &applied {
+                let entry = changes.entry(*job).or_default();
+                match verdict {
+                    Verdict::Succeeded => entry.0 += 1,
+                    Verdict::Failed => entry.1 += 1,
+                }
+            }
+            for (_, job) in &requeued {
+                changes.entry(*job).or_default();
+            }
+            let ended = db::record::update_jobs(&mut tx, &changes, now).await?;
+            tx.commit().await?;
+            let finished: Vec<i64> = applied.iter().map(|(t, _, _)| *t).collect();
+            let retried: Vec<i64> = requeued.iter().map(|(t, _)| *t).collect();
+            (finished, retried, ended)
+        });
+        let counted = finished_tasks.len() + retried.len();
+        let results = events
+            .iter()
+            .filter(|e| matches!(e, TaskEvent::Finished(_)))
+            .count();
+        recorded.ignored = results.saturating_sub(counted);
+        recorded.finished_tasks = finished_tasks;
+        recorded.retried = retried;
+        recorded.finished_jobs = finished_jobs;
+        Ok(recorded)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn finished(task_id: i64, verdict: Verdict, retryable: bool) -> TaskEvent {
+        TaskEvent::Finished(TaskResult {
+            job_id: 1,
+            task_id,
+            attempt: 0,
+            worker: "w".into(),
+            verdict,
+            reason: None,
+            error: None,
+            retryable,
+            output: None,
+            log: Vec::new(),
+            log_blob: None,
+            log_truncated: false,
+            counters: Default::default(),
+            elapsed_ms: 0,
+            fuel_used: None,
+        })
+    }
+
+    #[test]
+    fn a_batch_keeps_one_result_per_task_and_drops_starts_that_ended() {
+        let events = vec![
+            TaskEvent::Started {
+                job_id: 1,
+                task_id: 1,
+                attempt: 0,
+                worker: "w".into(),
+                delivery: 1,
+            },
+            TaskEvent::Started {
+                job_id: 1,
+                task_id: 2,
+                attempt: 0,
+                worker: "w".into(),
+                delivery: 1,
+            },
+            finished(1, Verdict::Succeeded, false),
+            finished(1, Verdict::Failed, false),
+            finished(3, Verdict::Failed, true),
+        ];
+        let sorted = sort(&events);
+        assert_eq!(sorted.starts, vec![(2, 0)]);
+        assert_eq!(sorted.finals.len(), 1);
+        assert_eq!(sorted.finals[0].verdict, Verdict::Succeeded);
+        assert_eq!(sorted.retries.len(), 1);
+        assert_eq!(sorted.duplicates, 1);
+    }
+
+    #[test]
+    fn workers_dying_twice_under_a_task_is_a_crash_loop() {
+        assert_eq!(lost_reason(0), Reason::WorkerLost);
+        assert_eq!(lost_reason(1), Reason::WorkerLost);
+        assert_eq!(lost_reason(2), Reason::CrashLoop);
+    }
+}
