@@ -468,6 +468,26 @@ async fn suite(database: Option<String>) {
         .await;
     assert_eq!(ran.status, StatusCode::OK, "{}", ran.text());
     assert_eq!(ran.body, b"echo me");
+    // Recorded before it was answered: a job with its task and attempt.
+    let run = client.get("/v1/jobs?limit=1").await.json()["items"][0].clone();
+    assert_eq!(
+        (run["name"].as_str(), run["status"].as_str()),
+        (Some("run"), Some("succeeded"))
+    );
+    assert_eq!(run["tasks"]["succeeded"], 1);
+    let tasks = client
+        .get(&format!("/v1/jobs/{}/tasks", run["id"]))
+        .await
+        .json();
+    let task = tasks["items"][0]["id"].as_i64().unwrap();
+    assert_eq!(
+        client.get(&format!("/v1/tasks/{task}/output")).await.body,
+        b"echo me"
+    );
+    assert_eq!(
+        client.get(&format!("/v1/tasks/{task}")).await.json()["attempts"][0]["state"],
+        "succeeded"
+    );
     let panic = std::fs::read(guests::HOSTILE_PANIC).unwrap();
     let failed = client
         .post_json("/v1/run", json!({"module_base64": b64.encode(&panic)}))

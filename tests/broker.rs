@@ -29,6 +29,7 @@ fn task(id: i64, attempt: i64, labels: &str) -> TaskMessage {
         limits: Limits::default(),
         grants: Grants::default(),
         labels: Labels::parse(labels).unwrap(),
+        seed: None,
         delivered: 1,
     }
 }

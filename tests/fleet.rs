@@ -401,7 +401,6 @@ fn restarting_nats_server_and_serve_mid_job_loses_nothing() {
             )
             .await;
         fleet.kill_serve();
-        tokio::time::sleep(Duration::from_secs(1)).await;
         fleet.start_serve().await;
         let after_serve = fleet.job(id).await["tasks"]["succeeded"]
             .as_i64()
@@ -449,6 +448,7 @@ fn a_task_delivered_twice_keeps_one_result() {
             limits: Limits::default(),
             grants: Grants::default(),
             labels: Default::default(),
+            seed: None,
             delivered: 1,
         };
         let client = async_nats::connect(fleet.nats.url()).await.unwrap();
@@ -717,5 +717,53 @@ fn task_messages_lost_by_nats_are_published_again() {
         assert_eq!(finished["status"], "succeeded", "{finished}");
         let (ok, lost, duplicated) = fleet.audit("lost messages", id).await;
         assert_eq!((ok, lost, duplicated), (total as i64, 0, 0));
+    });
+}
+
+#[test]
+fn a_guest_granted_the_network_connects_from_a_worker() {
+    run_test(Duration::from_secs(120), async {
+        let mut fleet = Fleet::start(&[]).await;
+        let hash = fleet.upload(guests::HOSTILE_NET_ESCAPE).await;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let (stream, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(stream)
+                .read_line(&mut line)
+                .unwrap();
+            line
+        });
+        let input: Value = fleet
+            .http
+            .post(format!("{}/v1/inputs", fleet.base))
+            .body(addr)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        fleet.start_worker("net", "", 1);
+        let id = fleet
+            .submit(json!({"name": "net", "grants": {"allow": ["network"]},
+                "task": {"module": format!("sha256:{hash}"), "input": input["input"]}}))
+            .await;
+        let finished = fleet.finished(id, Duration::from_secs(60)).await;
+        assert_eq!(finished["status"], "succeeded", "{finished}");
+        assert_eq!(accepted.join().unwrap(), "escaped\n");
+        let task = &fleet.tasks(id).await[0];
+        let output = fleet
+            .http
+            .get(format!("{}/v1/tasks/{}/output", fleet.base, task["id"]))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(&output[..], b"connected");
     });
 }

@@ -106,3 +106,85 @@ async fn scenario() {
     assert_eq!((tasks, ok, lost, duplicated), (TASKS, TASKS, 0, 0));
     assert_eq!(successes, TASKS, "one succeeded attempt per task");
 }
+
+/// A stop takes a bounded time whatever the database is doing: with its
+/// Postgres gone, `sandmill dev` still stops on SIGTERM within its
+/// `--stop-within`, and says what it could not record.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_dev_in_bounded_time_with_its_database_gone() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let mut pg = support::Postgres::start();
+        let database = pg.database();
+        let data = tempfile::tempdir().unwrap();
+        let port = support::free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let log = data.path().join("dev.log");
+        let mut dev = support::Killed::spawn(
+            support::dev_command(data.path(), port)
+                .args(["--database", &database, "--stop-within", "3s"])
+                .stderr(std::fs::File::create(&log).unwrap()),
+        );
+        support::wait_ready(&http, &base).await;
+        let module: Value = http
+            .post(format!("{base}/v1/modules"))
+            .body(std::fs::read(guests::NOOP).unwrap())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let created: Value = http
+            .post(format!("{base}/v1/jobs"))
+            .json(
+                &json!({"name": "busy", "sweep": {"module": module["module"], "count": 1_000_000}}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = created["id"].as_i64().unwrap();
+        // Busy: tasks running and being recorded.
+        while support::job(&http, &base, id).await["tasks"]["succeeded"]
+            .as_i64()
+            .unwrap_or(0)
+            == 0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        pg.stop();
+        let term = std::process::Command::new("kill")
+            .arg(dev.0.id().to_string())
+            .status()
+            .unwrap();
+        assert!(term.success());
+        let stopped_at = Instant::now();
+        let status = loop {
+            if let Some(status) = dev.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                stopped_at.elapsed() < Duration::from_secs(15),
+                "still running 15 s after SIGTERM: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        println!(
+            "stopped in {:.1} s with its database gone (exit {status}); it said: {}",
+            stopped_at.elapsed().as_secs_f64(),
+            said.lines()
+                .filter(|l| l.starts_with("sandmill dev"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        assert!(status.success(), "{said}");
+        assert!(said.contains("sandmill dev: stopping"), "{said}");
+    })
+    .await
+    .expect("within 2 minutes");
+}

@@ -24,6 +24,7 @@ ALTER TABLE jobs ADD CONSTRAINT jobs_dispatched_check CHECK (dispatched BETWEEN 
 ALTER TABLE jobs ADD CONSTRAINT jobs_max_attempts_check CHECK (max_attempts >= 1);
 
 ALTER TABLE tasks ALTER COLUMN params DROP NOT NULL;
+ALTER TABLE tasks ADD COLUMN seed BIGINT;
 ALTER TABLE tasks ALTER COLUMN input_name DROP NOT NULL;
 ALTER TABLE tasks ADD CONSTRAINT tasks_state_check CHECK (state IN ('pending', 'queued', 'running', 'succeeded', 'failed', 'cancelled'));
 ALTER TABLE tasks ADD CONSTRAINT tasks_reason_check CHECK (reason IN ('timeout', 'out-of-fuel', 'out-of-memory',

@@ -60,6 +60,7 @@ CREATE TABLE tasks_new (
     output_hash TEXT,
     output_size INTEGER,
     starts INTEGER NOT NULL,
+    seed INTEGER,
     created_at INTEGER NOT NULL,
     started_at INTEGER,
     finished_at INTEGER,

@@ -86,6 +86,11 @@ pub struct TaskMessage {
     /// Labels a worker must offer to take it (none: any worker).
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
+    /// Seeds the guest's randomness (when `random` is not granted); `None`:
+    /// the task id. Stored with the task, so every run of it draws the
+    /// same numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     /// How many times the broker has delivered this message, counting this
     /// delivery (set on fetch; not part of the message).
     #[serde(skip, default = "first_delivery")]

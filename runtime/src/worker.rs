@@ -534,7 +534,7 @@ impl Worker {
             input_name: task.input_name.clone(),
             limits: task.limits.clone(),
             grants: task.grants.clone(),
-            seed: task.task_id as u64,
+            seed: task.seed.unwrap_or(task.task_id as u64),
         };
         let outcome = self.sandbox.call(&module, call).await;
         result.log_truncated = outcome.log_truncated;

@@ -16,6 +16,8 @@
 //!    through the API, the audit through the database).
 //!
 //! Under `cargo test` (no `--bench`) it runs small sizes as a smoke test.
+//! Name parts after `--` to run only those: `cargo bench -p sandmill-server
+//! --bench scale -- latency crash`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -362,10 +364,33 @@ fn main() {
             crash_sweep: 10_000_000,
         }
     };
+    let parts: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| ["scale", "latency", "crash"].contains(&a.as_str()))
+        .collect();
+    let part = |name: &str| parts.is_empty() || parts.iter().any(|p| p == name);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    if part("scale") {
+        scale_part(&runtime, &plan, quick);
+    }
+    if part("latency") {
+        println!(
+            "latency: {} sequential POST /v1/run of a stored noop module over one connection",
+            plan.calls
+        );
+        runtime.block_on(embedded_latency(&plan));
+        runtime.block_on(fleet_latency(&plan));
+    }
+    if part("crash") {
+        println!("crash: SIGKILL of sandmill dev mid-sweep and a restart");
+        runtime.block_on(crash(plan.crash_sweep));
+    }
+}
+
+fn scale_part(runtime: &tokio::runtime::Runtime, plan: &Plan, quick: bool) {
     let bare = bare_rate(if quick { 2_000 } else { 20_000 });
     println!(
         "scale: count sweeps of noop tasks through sandmill dev ({WORKERS} worker threads); bare sandbox {bare:.0} calls/s on the same threads"
@@ -373,12 +398,4 @@ fn main() {
     for &n in &plan.sizes {
         runtime.block_on(scale(n, bare));
     }
-    println!(
-        "latency: {} sequential POST /v1/run of a stored noop module over one connection",
-        plan.calls
-    );
-    runtime.block_on(embedded_latency(&plan));
-    runtime.block_on(fleet_latency(&plan));
-    println!("crash: SIGKILL of sandmill dev mid-sweep and a restart");
-    runtime.block_on(crash(plan.crash_sweep));
 }

@@ -15,10 +15,10 @@ use sandmill_runtime::blob::DirBlobStore;
 use sandmill_runtime::broker::{DEFAULT_EVENT_BYTES, MemoryBroker};
 use sandmill_runtime::message::WorkerInfo;
 use sandmill_runtime::sandbox::{Sandbox, SandboxConfig};
-use sandmill_runtime::worker::WorkerPool;
+use sandmill_runtime::worker::{Worker, WorkerPool};
 use tokio::task::JoinSet;
 
-use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::scheduler::{Inline, Scheduler, SchedulerConfig};
 use crate::store::Store;
 
 /// How long a stop waits by default for running tasks and the recorder
@@ -102,6 +102,18 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
         config.scheduler.clone(),
     );
     scheduler.start().await?;
+    // Upload-and-run calls that wait run on the request's thread, one per
+    // core at most (the fast path; see `scheduler::inline`).
+    scheduler.set_inline(Inline::new(
+        Worker::new(
+            "embedded/inline",
+            sandbox.clone(),
+            broker.clone(),
+            blobs.clone(),
+        ),
+        config.workers.max(1),
+        scheduler.store().run_writer()?,
+    ));
     let mut tasks = JoinSet::new();
     tasks.spawn(scheduler.clone().record_events());
     let workers = WorkerPool::start(

@@ -177,6 +177,18 @@ impl Postgres {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Stops the server (as a crash of its machine would, for its clients).
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-9", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        // Its backends outlive the postmaster for a moment; take them too.
+        let _ = Command::new("pkill")
+            .args(["-9", "-f", &self.dir.path().display().to_string()])
+            .status();
+    }
 }
 
 impl Drop for Postgres {

@@ -1,14 +1,47 @@
 //! [`DirBlobStore`]: blobs as files under a directory.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
 use super::{BlobError, BlobErrorKind, BlobStore, blob_error, hash};
 
+/// Blobs this small are also kept in memory once written or read: an
+/// interactive call's input and parameters cost no file operation the
+/// second time.
+pub const SMALL_BLOB_BYTES: usize = 64 * 1024;
+
+/// Bytes of small blobs kept in memory at most (the cache starts over when
+/// full).
+pub const SMALL_BLOB_CACHE_BYTES: usize = 16 << 20;
+
 /// Blobs as `<dir>/<first two hex digits>/<hash>`, written atomically.
 pub struct DirBlobStore {
     dir: PathBuf,
+    small: Mutex<SmallBlobs>,
+}
+
+/// Small blobs by hash: content-addressed, so never stale.
+#[derive(Default)]
+struct SmallBlobs {
+    blobs: HashMap<String, Arc<[u8]>>,
+    bytes: usize,
+}
+
+impl SmallBlobs {
+    fn keep(&mut self, hash: &str, bytes: &[u8]) {
+        if bytes.len() > SMALL_BLOB_BYTES || self.blobs.contains_key(hash) {
+            return;
+        }
+        if self.bytes + bytes.len() > SMALL_BLOB_CACHE_BYTES {
+            self.blobs.clear();
+            self.bytes = 0;
+        }
+        self.bytes += bytes.len();
+        self.blobs.insert(hash.to_owned(), bytes.into());
+    }
 }
 
 impl DirBlobStore {
@@ -21,7 +54,19 @@ impl DirBlobStore {
                 format!("cannot create {}: {e}", dir.display()),
             )
         })?;
-        Ok(DirBlobStore { dir })
+        Ok(DirBlobStore {
+            dir,
+            small: Mutex::default(),
+        })
+    }
+
+    fn small(&self) -> std::sync::MutexGuard<'_, SmallBlobs> {
+        // A map of immutable bytes: a panic cannot leave it inconsistent.
+        self.small.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cached(&self, hash: &str) -> Option<Arc<[u8]>> {
+        self.small().blobs.get(hash).cloned()
     }
 
     fn path(&self, hash: &str) -> Option<PathBuf> {
@@ -37,10 +82,14 @@ impl DirBlobStore {
 impl BlobStore for DirBlobStore {
     async fn put(&self, bytes: &[u8]) -> Result<String, BlobError> {
         let hash = hash(bytes);
+        if self.cached(&hash).is_some() {
+            return Ok(hash);
+        }
         let Some(path) = self.path(&hash) else {
             return Err(blob_error(BlobErrorKind::Io, "bad hash"));
         };
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            self.small().keep(&hash, bytes);
             return Ok(hash);
         }
         let parent = path
@@ -66,19 +115,29 @@ impl BlobStore for DirBlobStore {
                 format!("cannot store {}: {e}", path.display()),
             )
         })?;
+        self.small().keep(&hash, bytes);
         Ok(hash)
     }
 
     async fn contains(&self, hash: &str) -> Result<bool, BlobError> {
+        if self.cached(hash).is_some() {
+            return Ok(true);
+        }
         self.has(hash).await
     }
 
     async fn get(&self, hash: &str) -> Result<Option<Vec<u8>>, BlobError> {
+        if let Some(bytes) = self.cached(hash) {
+            return Ok(Some(bytes.to_vec()));
+        }
         let Some(path) = self.path(hash) else {
             return Ok(None);
         };
         match tokio::fs::read(&path).await {
-            Ok(bytes) => Ok(Some(bytes)),
+            Ok(bytes) => {
+                self.small().keep(hash, &bytes);
+                Ok(Some(bytes))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(blob_error(
                 BlobErrorKind::Io,

@@ -341,6 +341,7 @@ mod tests {
             limits: Limits::default(),
             grants: Grants::default(),
             labels: Default::default(),
+            seed: None,
             delivered: 1,
         }
     }

@@ -35,8 +35,13 @@ use crate::scheduler::Scheduler;
 /// Largest request body by default: a module or an input of `/v1/run`.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 
-/// How long `/v1/run` waits by default before answering `202`.
-pub const DEFAULT_RUN_WAIT: Duration = Duration::from_secs(30);
+/// How long `/v1/run` waits past a call's timeout before answering `202`.
+pub const RUN_WAIT_SLACK: Duration = Duration::from_secs(5);
+
+/// How long `/v1/run` waits by default before answering `202`: as long as
+/// a call with the default timeout may run, and a little more.
+pub const DEFAULT_RUN_WAIT: Duration =
+    sandmill_runtime::sandbox::DEFAULT_TIMEOUT.saturating_add(RUN_WAIT_SLACK);
 
 /// Settings of the API.
 #[derive(Clone, Debug)]

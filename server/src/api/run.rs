@@ -12,13 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine as _;
-use sandmill_runtime::message::{MAX_PRIORITY, OutputRef, Verdict};
+use sandmill_runtime::message::{MAX_PRIORITY, OutputRef, TaskResult, Verdict};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody, error};
 use super::views::JobCreated;
-use super::{AppState, DEFAULT_RUN_WAIT, RawBody, parse_json};
+use super::{AppState, DEFAULT_RUN_WAIT, RUN_WAIT_SLACK, RawBody, parse_json};
 use crate::jobfile::{GrantsSection, JobFile, LimitsSection, TaskSection, parse_duration};
 use crate::scheduler::{SchedulerError, SubmitOptions};
 
@@ -54,7 +54,8 @@ pub struct RunRequest {
     pub priority: Option<u8>,
     /// Wait for the output (default true).
     pub wait: Option<bool>,
-    /// How long to wait before answering 202, e.g. `30s` (default 30s).
+    /// How long to wait before answering 202, e.g. `30s` (default: the
+    /// call's timeout and 5 s more).
     pub wait_timeout: Option<String>,
 }
 
@@ -114,8 +115,13 @@ pub async fn run(
         )),
         None => None,
     };
+    // By default a call is waited for as long as it may run (its timeout),
+    // and a little more.
     let wait = match &request.wait_timeout {
-        None => DEFAULT_RUN_WAIT,
+        None => match &request.limits.timeout {
+            Some(text) => parse_duration("limits.timeout", text)? + RUN_WAIT_SLACK,
+            None => DEFAULT_RUN_WAIT,
+        },
         Some(text) => parse_duration("wait_timeout", text)?,
     }
     .min(state.config.max_run_wait)
@@ -136,16 +142,14 @@ pub async fn run(
         ..JobFile::default()
     };
     let wait_for_task = request.wait != Some(false);
-    let submitted = state
-        .scheduler
-        .submit_with(
-            &job,
-            SubmitOptions {
-                wait_for_task,
-                default_priority: MAX_PRIORITY,
-            },
-        )
-        .await?;
+    let options = SubmitOptions {
+        wait_for_task,
+        default_priority: MAX_PRIORITY,
+    };
+    if wait_for_task && let Some(ran) = state.scheduler.run_inline(&job, options, wait).await? {
+        return answer(&state, ran.job_id, ran.task_id, ran.result).await;
+    }
+    let submitted = state.scheduler.submit_with(&job, options).await?;
     let id = submitted.job_id;
     let accepted = || (StatusCode::ACCEPTED, Json(JobCreated { id })).into_response();
     let Some(waiter) = submitted.waiter else {
@@ -155,6 +159,16 @@ pub async fn run(
     let Some(result) = waiter.result(wait).await else {
         return Ok(accepted());
     };
+    answer(&state, id, task_id, result).await
+}
+
+/// The answer to a call that ended: its output, or its failure.
+async fn answer(
+    state: &AppState,
+    id: i64,
+    task_id: i64,
+    result: TaskResult,
+) -> Result<Response, ApiError> {
     if result.verdict == Verdict::Failed {
         let reason = result.reason.map_or("failed", |r| r.as_str());
         return Ok(error(

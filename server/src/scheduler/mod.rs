@@ -12,18 +12,20 @@
 //!   the database refuses for good, so it never stops the others.
 //! - [`reconcile`]: says why tasks wait, expires those that waited too
 //!   long, and publishes again what the broker lost.
+//! - [`inline`]: the upload-and-run fast path of the embedded mode.
 //!
 //! Memory does not grow with the number of tasks: the backlog lives in the
 //! database, and what is in flight is bounded by the window.
 
 mod dispatch;
+mod inline;
 mod reconcile;
 mod recorder;
 mod submit;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sandmill_runtime::blob::{BlobError, BlobStore};
@@ -36,6 +38,7 @@ use crate::jobfile::{self, DEFAULT_MAX_TASKS_PER_JOB};
 use crate::model::JobStatus;
 use crate::store::{CancelRefused, JobRow, ModuleRow, Store, StoreError};
 
+pub use inline::{Inline, InlineRun};
 pub use submit::{SubmitOptions, Submitted};
 
 /// How often the reconciler looks for live tasks missing from the broker,
@@ -140,6 +143,8 @@ struct Inner {
     /// Turns true when the server stops: loops that wait out an outage
     /// give up.
     stopping: watch::Sender<bool>,
+    /// The upload-and-run fast path, where this process runs guests.
+    inline: OnceLock<Inline>,
 }
 
 impl Scheduler {
@@ -165,6 +170,7 @@ impl Scheduler {
                 waiters: Mutex::default(),
                 modules: Mutex::default(),
                 stopping: watch::channel(false).0,
+                inline: OnceLock::new(),
             }),
         }
     }
@@ -187,6 +193,12 @@ impl Scheduler {
     /// Tasks queued or running, as the dispatcher counts them.
     pub fn in_flight(&self) -> i64 {
         self.inner.live.load(Ordering::Relaxed)
+    }
+
+    /// Lets upload-and-run calls take the fast path (see [`Inline`]); the
+    /// embedded mode does, where guests run in this process.
+    pub fn set_inline(&self, inline: Inline) {
+        let _ = self.inner.inline.set(inline);
     }
 
     /// Tells every loop that waits out an outage to give up: the server is

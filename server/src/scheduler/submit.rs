@@ -89,7 +89,7 @@ impl Scheduler {
     }
 
     /// Checks a job file and turns it into a job to store.
-    async fn prepare(
+    pub(super) async fn prepare(
         &self,
         job: &JobFile,
         options: SubmitOptions,

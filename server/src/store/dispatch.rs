@@ -51,6 +51,24 @@ pub(crate) struct Created {
 }
 
 impl Template {
+    /// The template of a job being created (nothing dispatched yet).
+    pub(crate) fn of_new(job: &super::NewJob) -> Self {
+        Template {
+            priority: i64::from(job.priority),
+            task_kind: Text(job.task_kind),
+            module_hash: job.module_hash.clone(),
+            limits: JsonText(job.limits.clone()),
+            grants: JsonText(job.grants.clone()),
+            labels: JsonText(job.labels.clone()),
+            task_params: job.task_params.clone(),
+            task_input_hash: job.task_input.clone(),
+            task_input_name: job.task_input_name.clone(),
+            has_items: i64::from(!job.items.is_empty()),
+            total_tasks: job.total,
+            dispatched: 0,
+        }
+    }
+
     fn message(&self, job_id: i64, task: Created) -> TaskMessage {
         let (input, input_name) = match task.input_name {
             Some(name) => (task.input_hash, name),
@@ -70,6 +88,7 @@ impl Template {
             limits: self.limits.0.clone(),
             grants: self.grants.0.clone(),
             labels: self.labels.0.clone(),
+            seed: None,
             delivered: 1,
         }
     }
@@ -97,6 +116,18 @@ per_backend! {
         let Some(template) = template else {
             return Ok(Vec::new());
         };
+        materialize_from(tx, job_id, &template, max, now).await
+    }
+
+    /// [`materialize`] with the job's template at hand (a job created in
+    /// this transaction: no need to read it back).
+    pub(crate) async fn materialize_from(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        job_id: i64,
+        template: &Template,
+        max: i64,
+        now: i64,
+    ) -> Result<Vec<TaskMessage>, sqlx::Error> {
         let from = template.dispatched;
         let to = from + max.min(template.total_tasks - from);
         if to <= from {

@@ -192,7 +192,8 @@ impl Store {
             let job_id = db::jobs::insert_job(&mut tx, job, now).await?;
             db::jobs::insert_items(&mut tx, job_id, &job.items).await?;
             let messages = if dispatch_now > 0 {
-                db::dispatch::materialize(&mut tx, job_id, dispatch_now, now).await?
+                let template = super::dispatch::Template::of_new(job);
+                db::dispatch::materialize_from(&mut tx, job_id, &template, dispatch_now, now).await?
             } else {
                 Vec::new()
             };

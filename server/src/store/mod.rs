@@ -16,6 +16,8 @@
 //! - [`record`](self::record): applying what workers report.
 //! - [`recovery`](self::recovery): live tasks after a restart and for the
 //!   reconciler, a page at a time.
+//! - [`run`](self::run): one call recorded whole (the upload-and-run fast
+//!   path).
 //! - [`types`](self::types): enums and JSON in TEXT columns, safe text.
 //!
 //! Memory never grows with the number of rows: every read that can be long
@@ -27,6 +29,7 @@ mod jobs;
 mod record;
 mod recovery;
 mod rows;
+mod run;
 mod tasks;
 pub mod types;
 
@@ -42,6 +45,7 @@ pub use catalog::NewSpec;
 pub use jobs::{CancelRefused, Expired, Item, NewJob};
 pub use record::Recorded;
 pub use rows::*;
+pub use run::{RunRecord, RunWriter};
 pub use tasks::Stored;
 
 /// Rows per multi-row INSERT: well under SQLite's 32,766 bound variables.

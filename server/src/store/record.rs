@@ -14,7 +14,7 @@ use sqlx::{QueryBuilder, Row};
 
 use super::types::{JsonText, Text, safe_text};
 use super::{LIVE_SQL, RECORD_CHUNK, Store, StoreError, now_ms, on_pool, per_backend};
-use crate::model::TaskState;
+use crate::model::{JobStatus, TaskState};
 
 /// What recording a batch of events changed.
 #[derive(Debug, Default)]
@@ -266,19 +266,38 @@ per_backend! {
         changes: &BTreeMap<i64, (i64, i64)>,
         now: i64,
     ) -> Result<Vec<i64>, sqlx::Error> {
+        // One statement per job: the counters, and the end when nothing of
+        // it is left to run (every task dispatched, none live). SET
+        // expressions see the row as it was, so `failed + $2` is the new
+        // count; a job that ends here returns finished_at = now.
+        let ended_sql = format!(
+            "status = $5 AND dispatched = total_tasks AND NOT EXISTS \
+             (SELECT 1 FROM tasks WHERE tasks.job_id = jobs.id AND tasks.{LIVE_SQL})"
+        );
+        let sql = format!(
+            "UPDATE jobs SET succeeded = succeeded + $1, failed = failed + $2, updated_at = $3, \
+             status = CASE WHEN {ended_sql} THEN (CASE WHEN failed + $2 > 0 THEN $6 ELSE $7 END) ELSE status END, \
+             finished_at = CASE WHEN {ended_sql} THEN $3 ELSE finished_at END, \
+             waiting = CASE WHEN {ended_sql} THEN NULL ELSE waiting END, \
+             waiting_since = CASE WHEN {ended_sql} THEN NULL ELSE waiting_since END \
+             WHERE id = $4 RETURNING status, finished_at"
+        );
         let mut ended = Vec::new();
         for (job_id, (succeeded, failed)) in changes {
-            sqlx::query(
-                "UPDATE jobs SET succeeded = succeeded + $1, failed = failed + $2, updated_at = $3 WHERE id = $4",
-            )
-            .bind(*succeeded)
-            .bind(*failed)
-            .bind(now)
-            .bind(*job_id)
-            .execute(&mut **tx)
-            .await?;
-            if (*succeeded > 0 || *failed > 0)
-                && db::jobs::finish_if_done(tx, *job_id, now).await?
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(*succeeded)
+                .bind(*failed)
+                .bind(now)
+                .bind(*job_id)
+                .bind(Text(JobStatus::Running))
+                .bind(Text(JobStatus::Failed))
+                .bind(Text(JobStatus::Succeeded))
+                .fetch_optional(&mut **tx)
+                .await?;
+            if let Some(row) = row
+                && row.try_get::<Text<JobStatus>, _>(0)?.0 != JobStatus::Running
+                && row.try_get::<Option<i64>, _>(1)? == Some(now)
+                && (*succeeded > 0 || *failed > 0)
             {
                 ended.push(*job_id);
             }

@@ -26,12 +26,13 @@ struct LiveRow {
     limits: JsonText<Limits>,
     grants: JsonText<Grants>,
     labels: JsonText<Labels>,
+    seed: Option<i64>,
 }
 
 const LIVE_COLUMNS: &str = "t.id, t.job_id, t.attempt, j.priority, j.task_kind, j.module_hash, \
      CASE WHEN t.input_name IS NULL THEN j.task_input_hash ELSE t.input_hash END AS input_hash, \
      COALESCE(t.input_name, j.task_input_name) AS input_name, \
-     COALESCE(t.params, j.task_params) AS params, j.limits, j.grants, j.labels";
+     COALESCE(t.params, j.task_params) AS params, j.limits, j.grants, j.labels, t.seed";
 
 impl LiveRow {
     fn message(self) -> TaskMessage {
@@ -49,6 +50,8 @@ impl LiveRow {
             limits: self.limits.0,
             grants: self.grants.0,
             labels: self.labels.0,
+            // Stored as its bits in a signed column.
+            seed: self.seed.map(|s| s as u64),
             delivered: 1,
         }
     }
