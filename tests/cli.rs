@@ -142,23 +142,6 @@ fn job_file_errors_name_the_key_and_the_line() {
     }
 }
 
-/// A loopback listener that takes one connection and returns its first
-/// line.
-fn one_connection() -> (String, std::thread::JoinHandle<String>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let accepted = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let (stream, _) = listener.accept().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(stream)
-            .read_line(&mut line)
-            .unwrap();
-        line
-    });
-    (addr, accepted)
-}
-
 /// A job file running the network guest against `addr`, granted the
 /// network.
 fn network_job(dir: &Path, addr: &str) -> std::path::PathBuf {
@@ -180,7 +163,7 @@ fn network_job(dir: &Path, addr: &str) -> std::path::PathBuf {
 #[test]
 fn a_guest_granted_the_network_connects_under_sandmill_run() {
     let state = tempfile::tempdir().unwrap();
-    let (addr, accepted) = one_connection();
+    let (addr, accepted) = support::one_connection();
     let job = network_job(state.path(), &addr);
     let out = ok(&run(state.path(), &["run", path(&job)]));
     assert_eq!(out, "connected");
@@ -239,7 +222,7 @@ fn client_commands_against_a_dev_server() {
     );
 
     // A guest granted the network connects from the dev server's workers.
-    let (addr, accepted) = one_connection();
+    let (addr, accepted) = support::one_connection();
     let job = network_job(state.path(), &addr);
     ok(&client(&["submit", path(&job), "--wait"]));
     assert_eq!(accepted.join().unwrap(), "escaped\n");

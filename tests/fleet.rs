@@ -145,19 +145,8 @@ impl Fleet {
     }
 
     async fn upload(&self, module: &str) -> String {
-        let row: Value = self
-            .http
-            .post(format!("{}/v1/modules", self.base))
-            .body(std::fs::read(module).unwrap())
-            .send()
+        support::upload_module(&self.http, &self.base, module)
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        row["module"]
-            .as_str()
-            .expect("module accepted")
             .trim_start_matches("sha256:")
             .to_owned()
     }
@@ -725,17 +714,7 @@ fn a_guest_granted_the_network_connects_from_a_worker() {
     run_test(Duration::from_secs(120), async {
         let mut fleet = Fleet::start(&[]).await;
         let hash = fleet.upload(guests::HOSTILE_NET_ESCAPE).await;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let accepted = std::thread::spawn(move || {
-            use std::io::BufRead;
-            let (stream, _) = listener.accept().unwrap();
-            let mut line = String::new();
-            std::io::BufReader::new(stream)
-                .read_line(&mut line)
-                .unwrap();
-            line
-        });
+        let (addr, accepted) = support::one_connection();
         let input: Value = fleet
             .http
             .post(format!("{}/v1/inputs", fleet.base))

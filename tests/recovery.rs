@@ -35,19 +35,8 @@ async fn scenario() {
 
     let mut dev = start_dev(data.path(), port);
     support::wait_ready(&http, &base).await;
-    let module: Value = http
-        .post(format!("{base}/v1/modules"))
-        .body(std::fs::read(guests::NOOP).unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let hash = module["module"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:");
+    let module = support::upload_module(&http, &base, guests::NOOP).await;
+    let hash = module.trim_start_matches("sha256:");
     let created: Value = http
         .post(format!("{base}/v1/jobs"))
         .json(&json!({"name": "crash", "sweep": {"module": format!("sha256:{hash}"), "count": TASKS}}))
@@ -126,20 +115,10 @@ async fn sigterm_stops_dev_in_bounded_time_with_its_database_gone() {
                 .stderr(std::fs::File::create(&log).unwrap()),
         );
         support::wait_ready(&http, &base).await;
-        let module: Value = http
-            .post(format!("{base}/v1/modules"))
-            .body(std::fs::read(guests::NOOP).unwrap())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let module = support::upload_module(&http, &base, guests::NOOP).await;
         let created: Value = http
             .post(format!("{base}/v1/jobs"))
-            .json(
-                &json!({"name": "busy", "sweep": {"module": module["module"], "count": 1_000_000}}),
-            )
+            .json(&json!({"name": "busy", "sweep": {"module": module, "count": 1_000_000}}))
             .send()
             .await
             .unwrap()

@@ -300,6 +300,41 @@ pub async fn wait_ready(http: &reqwest::Client, base: &str) {
     }
 }
 
+/// Uploads the module at `path` to the server at `base`; returns its
+/// reference (`sha256:<hex>`).
+pub async fn upload_module(http: &reqwest::Client, base: &str, path: &str) -> String {
+    let module: serde_json::Value = http
+        .post(format!("{base}/v1/modules"))
+        .body(std::fs::read(path).expect("module built"))
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("module json");
+    module["module"]
+        .as_str()
+        .expect("module accepted")
+        .to_owned()
+}
+
+/// A loopback listener that takes one connection and returns its first
+/// line.
+pub fn one_connection() -> (String, std::thread::JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("one connection");
+    let addr = listener.local_addr().expect("one connection").to_string();
+    let accepted = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let (stream, _) = listener.accept().expect("one connection");
+        let mut line = String::new();
+        std::io::BufReader::new(stream)
+            .read_line(&mut line)
+            .expect("one connection");
+        line
+    });
+    (addr, accepted)
+}
+
 /// `GET /v1/jobs/{id}` as JSON.
 pub async fn job(http: &reqwest::Client, base: &str, id: i64) -> serde_json::Value {
     http.get(format!("{base}/v1/jobs/{id}"))
