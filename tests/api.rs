@@ -602,3 +602,62 @@ async fn api_over_a_real_socket() {
     server.abort();
     instance.shutdown(Duration::from_secs(10)).await;
 }
+
+/// A thread's nice value, from `/proc/self/task/<tid>/stat` (or the
+/// process's own, from `/proc/self/stat`).
+#[cfg(target_os = "linux")]
+fn nice_of(stat: &str) -> i32 {
+    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+    // Fields from the third (state) on; nice is the 19th.
+    after_name
+        .split_whitespace()
+        .nth(16)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The embedded worker slots run below the process's CPU priority, so an
+/// interactive call does not wait for a core behind a sweep.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_slots_run_below_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EmbeddedConfig::new(dir.path());
+    config.workers = 2;
+    let instance = embedded::start(config).await.unwrap();
+    let process = nice_of(&std::fs::read_to_string("/proc/self/stat").unwrap());
+    let expected = (process + embedded::BATCH_NICE).min(19);
+    let slots = || {
+        let mut slots = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let task = task.unwrap().path();
+            // A thread names itself (and lowers its priority) once it runs.
+            let (Ok(name), Ok(stat)) = (
+                std::fs::read_to_string(task.join("comm")),
+                std::fs::read_to_string(task.join("stat")),
+            ) else {
+                continue;
+            };
+            if name.trim().starts_with("sandmill-slot-") {
+                slots.push(nice_of(&stat));
+            }
+        }
+        slots
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = slots();
+    // Named first, then lowered: wait for both.
+    while !(seen.len() >= 2 && seen.iter().all(|&n| n == expected))
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        seen = slots();
+    }
+    assert!(seen.len() >= 2, "slot threads: {seen:?}");
+    assert!(
+        seen.iter().all(|&n| n == expected),
+        "{seen:?}, process {process}"
+    );
+    instance.shutdown(Duration::from_secs(10)).await;
+}

@@ -127,16 +127,39 @@ pub struct WorkerPool {
     registry: tokio::task::JoinHandle<()>,
 }
 
+/// Lowers the calling thread's CPU priority by `nice` steps (Linux, where
+/// a priority is per thread; elsewhere nothing). Lowering needs no
+/// privilege; a failure only leaves the priority as it was.
+fn lower_priority(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        let me = Some(rustix::thread::gettid());
+        let lowered =
+            getpriority_process(me).and_then(|now| setpriority_process(me, (now + nice).min(19)));
+        if let Err(error) = lowered {
+            tracing::warn!(%error, "could not lower a worker slot's CPU priority");
+        }
+    }
+}
+
 impl WorkerPool {
     /// Starts `base.capacity` slots named `<id>/<n>` and the heartbeat
     /// (on the current tokio runtime). Modules are read from `modules`
-    /// (say, a [`LocalCopy`](crate::blob::LocalCopy) of `blobs`).
+    /// (say, a [`LocalCopy`](crate::blob::LocalCopy) of `blobs`). The
+    /// slots' threads run `nice` steps below the process's CPU priority
+    /// (0: the same): a process that also answers interactive calls
+    /// (the embedded mode) gives them the CPU first.
     pub fn start(
         base: WorkerInfo,
         sandbox: Sandbox,
         broker: Arc<dyn Broker>,
         blobs: Arc<dyn BlobStore>,
         modules: Arc<dyn BlobStore>,
+        nice: i32,
     ) -> std::io::Result<WorkerPool> {
         let presence = Arc::new(Presence::default());
         let (drain, stop) = watch::channel(false);
@@ -159,7 +182,10 @@ impl WorkerPool {
             slots.push(
                 std::thread::Builder::new()
                     .name(format!("sandmill-slot-{n}"))
-                    .spawn(move || runtime.block_on(worker.run(stop)))?,
+                    .spawn(move || {
+                        lower_priority(nice);
+                        runtime.block_on(worker.run(stop))
+                    })?,
             );
         }
         let registry = tokio::spawn(keep_registered(

@@ -17,7 +17,8 @@
 //!
 //! Under `cargo test` (no `--bench`) it runs small sizes as a smoke test.
 //! Name parts after `--` to run only those: `cargo bench -p sandmill-server
-//! --bench scale -- latency crash`.
+//! --bench scale -- latency crash`; `SANDMILL_SCALE_SIZES=100000,1000000`
+//! sets the sweep sizes of the scale part.
 
 #![allow(clippy::unwrap_used)]
 
@@ -82,16 +83,7 @@ fn db_bytes(data: &Path) -> u64 {
 }
 
 async fn upload_noop(http: &reqwest::Client, base: &str) -> String {
-    let module: Value = http
-        .post(format!("{base}/v1/modules"))
-        .body(std::fs::read(guests::NOOP).expect("noop built"))
-        .send()
-        .await
-        .expect("upload")
-        .json()
-        .await
-        .expect("module");
-    module["module"].as_str().expect("module").to_owned()
+    support::upload_module(http, base, guests::NOOP).await
 }
 
 async fn submit(http: &reqwest::Client, base: &str, module: &str, count: u64) -> i64 {
@@ -364,6 +356,14 @@ fn main() {
             crash_sweep: 10_000_000,
         }
     };
+    // SANDMILL_SCALE_SIZES=100000,1000000 runs other sizes.
+    let mut plan = plan;
+    if let Ok(sizes) = std::env::var("SANDMILL_SCALE_SIZES") {
+        plan.sizes = sizes
+            .split(',')
+            .map(|s| s.trim().parse().expect("SANDMILL_SCALE_SIZES: integers"))
+            .collect();
+    }
     let parts: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| ["scale", "latency", "crash"].contains(&a.as_str()))

@@ -69,6 +69,10 @@ pub struct Stopped {
     pub unrecorded: usize,
 }
 
+/// How far below the process's CPU priority the embedded worker slots
+/// run (see [`WorkerPool::start`]).
+pub const BATCH_NICE: i32 = 10;
+
 /// Starts an embedded instance; returns once the workers are running.
 /// Queued work is published again in the background, then the dispatcher
 /// starts.
@@ -116,12 +120,15 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
     ));
     let mut tasks = JoinSet::new();
     tasks.spawn(scheduler.clone().record_events());
+    // The slots run sweeps: batch work, below the API and the fast path
+    // in the CPU's eyes, so a call does not wait for a core behind them.
     let workers = WorkerPool::start(
         WorkerInfo::starting("embedded", Default::default(), config.workers.max(1)),
         sandbox,
         broker.clone(),
         blobs.clone(),
         blobs,
+        BATCH_NICE,
     )?;
     let background = scheduler.clone();
     tokio::spawn(async move {

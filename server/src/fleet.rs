@@ -205,6 +205,7 @@ pub async fn worker(config: WorkerConfig) -> anyhow::Result<WorkerPool> {
         broker,
         blobs,
         modules,
+        0,
     )?)
 }
 

@@ -16,6 +16,10 @@ use crate::store::dispatch::Backlog;
 /// Jobs looked at per round.
 const JOBS_PER_ROUND: i64 = 64;
 
+/// Tasks created per transaction at most: on SQLite a transaction holds
+/// the one write lock, and an interactive call's record waits for it.
+const DISPATCH_CHUNK: i64 = 256;
+
 /// How long the dispatcher waits before trying again after the database
 /// failed.
 const RETRY: Duration = Duration::from_secs(1);
@@ -115,12 +119,22 @@ impl Scheduler {
         }
         let mut dispatched = 0;
         for (job_id, n) in plan(room, &jobs) {
-            let messages = self.inner.store.dispatch(job_id, n).await?;
-            dispatched += messages.len() as i64;
-            self.inner
-                .live
-                .fetch_add(messages.len() as i64, Ordering::Relaxed);
-            self.publish(messages).await;
+            let mut left = n;
+            while left > 0 {
+                let messages = self
+                    .inner
+                    .store
+                    .dispatch(job_id, left.min(DISPATCH_CHUNK))
+                    .await?;
+                let created = messages.len() as i64;
+                dispatched += created;
+                left -= created;
+                self.inner.live.fetch_add(created, Ordering::Relaxed);
+                self.publish(messages).await;
+                if created == 0 {
+                    break;
+                }
+            }
         }
         Ok(dispatched > 0 && jobs.len() as i64 == JOBS_PER_ROUND)
     }

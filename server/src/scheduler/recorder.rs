@@ -16,8 +16,11 @@ use sandmill_runtime::message::{TaskEvent, TaskResult, Verdict};
 use super::Scheduler;
 use crate::store::{Recorded, StoreError, StoreErrorKind};
 
-/// Events recorded per transaction at most.
-pub const RECORD_BATCH: usize = 4_096;
+/// Events recorded per transaction at most. Small enough that a batch
+/// holds SQLite's one write lock for milliseconds, not tens of them (an
+/// interactive call's record waits for it); large enough that a
+/// transaction's fixed cost is shared by many events.
+pub const RECORD_BATCH: usize = 256;
 
 /// Longest wait between two tries of an unavailable database.
 const MAX_RETRY: Duration = Duration::from_secs(10);

@@ -138,7 +138,41 @@ const INSERT_ATTEMPT: &str = "INSERT INTO attempts (task_id, attempt, state, rea
 /// Writes whole calls (see the module docs). Cheap to share.
 pub struct RunWriter {
     /// SQLite: a connection of its own, on the caller's thread.
-    sqlite: Option<Mutex<rusqlite::Connection>>,
+    sqlite: Option<Mutex<SqliteWriter>>,
+}
+
+/// The SQLite side of a [`RunWriter`]. Its connection never checkpoints
+/// the write-ahead log itself (a checkpoint syncs the disk: milliseconds
+/// that the call being answered would wait); every [`CHECKPOINT_EVERY`]
+/// commits it asks a thread of its own to, without waiting.
+struct SqliteWriter {
+    conn: rusqlite::Connection,
+    commits: u32,
+    checkpoint: std::sync::mpsc::SyncSender<()>,
+}
+
+/// Commits between checkpoints asked for by the call writer (a call
+/// writes a few pages; SQLite's own default is every 1000 pages).
+const CHECKPOINT_EVERY: u32 = 200;
+
+/// Checkpoints the log of the database at `path` each time it is asked,
+/// until the asker is gone. PASSIVE: it never blocks a writer.
+fn checkpointer(path: &std::path::Path) -> Result<std::sync::mpsc::SyncSender<()>, StoreError> {
+    let conn = rusqlite::Connection::open(path).map_err(sqlite_error)?;
+    conn.busy_handler(Some(wait_briefly))
+        .map_err(sqlite_error)?;
+    let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
+        .name("sandmill-checkpoint".into())
+        .spawn(move || {
+            while asked.recv().is_ok() {
+                if let Err(error) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                    tracing::warn!(%error, "checkpoint of the call writer's log failed");
+                }
+            }
+        })
+        .map_err(|e| StoreError::new(StoreErrorKind::Unavailable, e))?;
+    Ok(ask)
 }
 
 fn sqlite_error(error: rusqlite::Error) -> StoreError {
@@ -150,6 +184,24 @@ fn sqlite_error(error: rusqlite::Error) -> StoreError {
     StoreError::new(kind, error)
 }
 
+/// How long a call's record waits for another writer at most.
+const BUSY_FOR: Duration = Duration::from_secs(30);
+
+/// How long it sleeps between tries.
+const BUSY_NAP: Duration = Duration::from_micros(200);
+
+/// SQLite's busy handler for the call writer: try again after a short nap
+/// until [`BUSY_FOR`] has passed. SQLite's own timeout naps up to 100 ms
+/// at a time, which a call waiting out a recorder's batch feels whole.
+fn wait_briefly(tries: i32) -> bool {
+    let tries = u32::try_from(tries).unwrap_or(0);
+    if BUSY_NAP * tries >= BUSY_FOR {
+        return false;
+    }
+    std::thread::sleep(BUSY_NAP);
+    true
+}
+
 impl Store {
     /// A writer of whole calls for this database.
     pub fn run_writer(&self) -> Result<RunWriter, StoreError> {
@@ -158,12 +210,19 @@ impl Store {
         };
         let path = pool.connect_options().get_filename().to_owned();
         let conn = rusqlite::Connection::open(&path).map_err(sqlite_error)?;
-        conn.busy_timeout(Duration::from_secs(30))
+        conn.busy_handler(Some(wait_briefly))
             .map_err(sqlite_error)?;
-        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
-            .map_err(sqlite_error)?;
+        conn.execute_batch(
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
+        )
+        .map_err(sqlite_error)?;
+        let checkpoint = checkpointer(&path)?;
         Ok(RunWriter {
-            sqlite: Some(Mutex::new(conn)),
+            sqlite: Some(Mutex::new(SqliteWriter {
+                conn,
+                commits: 0,
+                checkpoint,
+            })),
         })
     }
 
@@ -178,8 +237,15 @@ impl Store {
         let v = Values::of(run)?;
         if let Some(conn) = &writer.sqlite {
             // A connection holds no invariant a panic could break mid-use.
-            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-            return write_sqlite(&mut conn, run, &v).map_err(sqlite_error);
+            let mut writer = conn.lock().unwrap_or_else(|e| e.into_inner());
+            let written = write_sqlite(&mut writer.conn, run, &v).map_err(sqlite_error)?;
+            writer.commits += 1;
+            if writer.commits >= CHECKPOINT_EVERY {
+                writer.commits = 0;
+                // Full: one is asked for already.
+                let _ = writer.checkpoint.try_send(());
+            }
+            return Ok(written);
         }
         let Store::Postgres(pool) = self else {
             return Err(StoreError::new(
