@@ -299,13 +299,39 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            // Tasks a dispatcher created and committed between the first
+            // statement and the job's row lock (Postgres reads each
+            // statement afresh): cancelled and counted too. With the row
+            // locked, no dispatcher can add more (it moves the cursor on
+            // this row, and finds it at the end).
+            let late = if changed == 1 {
+                let late = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE tasks SET state = $1, finished_at = $2 WHERE job_id = $3 AND {LIVE_SQL}"
+                )))
+                .bind(Text(TaskState::Cancelled))
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected() as i64;
+                if late > 0 {
+                    sqlx::query("UPDATE jobs SET cancelled = cancelled + $1 WHERE id = $2")
+                        .bind(late)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                late
+            } else {
+                0
+            };
             sqlx::query("DELETE FROM job_items WHERE job_id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
             if changed == 1 {
                 tx.commit().await?;
-                Some(live)
+                Some(live + late)
             } else {
                 tx.rollback().await?;
                 None
