@@ -70,7 +70,7 @@ mod host;
 mod values;
 
 pub use context::{Context, Level};
-pub use emit::{EMIT_BATCH_BYTES, Emitter};
+pub use emit::{COMBINE_BUDGET_BYTES, Combining, EMIT_BATCH_BYTES, Emitter};
 pub use error::{Error, Result};
 pub use values::Values;
 
