@@ -245,3 +245,168 @@ fn client_commands_against_a_dev_server() {
         String::from_utf8_lossy(&failed.stderr)
     );
 }
+
+/// `sandmill new` writes crates that build for `wasm32-wasip2` and run
+/// under `sandmill exec` as they are; a bad name or a folder in use is
+/// refused, writing nothing.
+#[test]
+fn new_crates_build_and_run_as_they_are() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Built where later runs find the dependencies built, and against the
+    // guests' lock file, so nothing is fetched.
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sandmill-new");
+    let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-examples/Cargo.lock");
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, b"to be or not to be  \r\nna\xc3\xafve\xff").unwrap();
+    let input = input.to_str().unwrap();
+    for (kind, crate_name) in [
+        ("mapreduce", "hello-mr"),
+        ("task", "hello-task"),
+        ("preprocess", "hello-pre"),
+    ] {
+        let home = dir.path().join(crate_name);
+        let said = ok(&run(
+            state.path(),
+            &[
+                "new",
+                crate_name,
+                "--kind",
+                kind,
+                "--dir",
+                home.to_str().unwrap(),
+            ],
+        ));
+        assert!(
+            said.contains("cargo build --release --target wasm32-wasip2"),
+            "{said}"
+        );
+        std::fs::copy(&lock, home.join("Cargo.lock")).unwrap();
+        let built = support::output_within(
+            Command::new(env!("CARGO"))
+                .current_dir(&home)
+                .args([
+                    "build",
+                    "--release",
+                    "--target",
+                    "wasm32-wasip2",
+                    "--offline",
+                ])
+                .env("CARGO_TARGET_DIR", &target),
+            Duration::from_secs(600),
+        );
+        assert!(
+            built.status.success(),
+            "{kind}: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let wasm = target
+            .join("wasm32-wasip2/release")
+            .join(format!("{}.wasm", crate_name.replace('-', "_")));
+        let wasm = wasm.to_str().unwrap();
+        match kind {
+            "mapreduce" => {
+                let mapped = ok(&run(
+                    state.path(),
+                    &["exec", wasm, "--kind", "map", "--input", input],
+                ));
+                assert_eq!(
+                    mapped.lines().filter(|l| *l == "be 2").count(),
+                    1,
+                    "{mapped}"
+                );
+                let pairs = dir.path().join("pairs.txt");
+                std::fs::write(&pairs, &mapped).unwrap();
+                let reduced = ok(&run(
+                    state.path(),
+                    &[
+                        "exec",
+                        wasm,
+                        "--kind",
+                        "reduce",
+                        "--input",
+                        pairs.to_str().unwrap(),
+                    ],
+                ));
+                assert!(reduced.lines().any(|l| l == "be 2"), "{reduced}");
+                assert!(reduced.lines().any(|l| l == "naïve 1"), "{reduced}");
+            }
+            "task" => {
+                let out = ok(&run(
+                    state.path(),
+                    &["exec", wasm, "--kind", "task", "--input", input],
+                ));
+                assert!(out.starts_with("1: to be"), "{out}");
+                assert!(out.contains("\n2: na"), "{out}");
+            }
+            _ => {
+                let out = run(
+                    state.path(),
+                    &["exec", wasm, "--kind", "preprocess", "--input", input],
+                );
+                ok(&out);
+                assert_eq!(out.stdout, b"to be or not to be\nna\xc3\xafve\xff\n");
+            }
+        }
+    }
+    // Refused, and nothing written: a folder in use, a bad name.
+    let used = dir.path().join("hello-mr");
+    let before = std::fs::read(used.join("src/lib.rs")).unwrap();
+    let refused = run(
+        state.path(),
+        &["new", "hello-mr", "--dir", used.to_str().unwrap()],
+    );
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not empty"));
+    assert_eq!(std::fs::read(used.join("src/lib.rs")).unwrap(), before);
+    let bad = dir.path().join("bad");
+    let refused = run(
+        state.path(),
+        &["new", "9 lives", "--dir", bad.to_str().unwrap()],
+    );
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not a crate name"));
+    assert!(!bad.exists());
+}
+
+/// The SDK crates package on their own (the contract ships inside the
+/// macros crate, not through a path outside it).
+#[test]
+fn the_sdk_crates_package() {
+    let target = tempfile::tempdir().unwrap();
+    let packaged = support::output_within(
+        Command::new(env!("CARGO"))
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .args([
+                "package",
+                "--no-verify",
+                "--allow-dirty",
+                "--offline",
+                "-p",
+                "sandmill-sdk-macros",
+                "-p",
+                "sandmill-sdk",
+                "--target-dir",
+            ])
+            .arg(target.path()),
+        Duration::from_secs(300),
+    );
+    let said = String::from_utf8_lossy(&packaged.stderr);
+    assert!(packaged.status.success(), "{said}");
+    // The macros crate carries the WIT it expands.
+    let listed = support::output_within(
+        Command::new(env!("CARGO"))
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .args([
+                "package",
+                "--list",
+                "--allow-dirty",
+                "--offline",
+                "-p",
+                "sandmill-sdk-macros",
+            ]),
+        Duration::from_secs(300),
+    );
+    let files = String::from_utf8_lossy(&listed.stdout);
+    assert!(files.lines().any(|f| f == "wit/sandmill.wit"), "{files}");
+}

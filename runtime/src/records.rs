@@ -1,7 +1,7 @@
 //! Key/value records: how the host holds what guests emit, and the
 //! `key value` line format shown to users.
 //!
-//! Guests send records in batches of frames (see `wit/sandmill.wit`). The
+//! Guests send records in batches of frames (see `sdk/macros/wit/sandmill.wit`). The
 //! host appends them to a [`Records`] arena — one allocation for all bytes,
 //! one small span per record — so a map emitting millions of records costs
 //! no allocation per record.

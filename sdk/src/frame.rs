@@ -1,4 +1,4 @@
-//! The batch framing of `wit/sandmill.wit`: each frame is a little-endian
+//! The batch framing of `sdk/macros/wit/sandmill.wit`: each frame is a little-endian
 //! `u32` length followed by that many bytes.
 
 /// Appends one frame holding `bytes`.

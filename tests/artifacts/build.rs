@@ -13,7 +13,7 @@ fn main() {
         .canonicalize()
         .expect("the workspace root exists");
     let guests = root.join("guest-examples");
-    for dir in ["guest-examples", "sdk", "wit"] {
+    for dir in ["guest-examples", "sdk"] {
         rerun_if_changed_tree(&root.join(dir));
     }
 

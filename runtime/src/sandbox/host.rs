@@ -1,4 +1,4 @@
-//! The host side of `wit/sandmill.wit` and the per-call store state.
+//! The host side of `sdk/macros/wit/sandmill.wit` and the per-call store state.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -18,7 +18,7 @@ use super::limits::MAX_TABLE_ELEMENTS;
 use crate::records::{Records, encode_values};
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../sdk/macros/wit",
     world: "host-imports",
     imports: { default: trappable },
 });

@@ -2,7 +2,7 @@
 //!
 //! Each attribute keeps the user's function as it is and adds, for
 //! `wasm32` only, a private module that generates the component bindings of
-//! one world of `wit/sandmill.wit` and exports a glue type calling the
+//! one world of `wit/sandmill.wit` (shipped inside this crate) and exports a glue type calling the
 //! function. Off `wasm32` nothing is added, so the function can be tested
 //! with plain `cargo test`. A wrong signature is a compile error pointing at
 //! the user's code, never a panic in the macro.
@@ -242,5 +242,5 @@ fn host_table() -> TokenStream2 {
 /// The contract, read when this crate is built (so a change to the WIT file
 /// rebuilds it).
 fn wit_text() -> syn::LitStr {
-    syn::LitStr::new(include_str!("../../../wit/sandmill.wit"), Span::call_site())
+    syn::LitStr::new(include_str!("../wit/sandmill.wit"), Span::call_site())
 }

@@ -4,6 +4,7 @@ mod client;
 mod dev;
 mod exec;
 mod fleet;
+mod new;
 pub mod out;
 mod resolve;
 mod run;
@@ -42,6 +43,9 @@ enum Command {
     Serve(fleet::ServeArgs),
     /// Run tasks from NATS JetStream.
     Worker(fleet::WorkerArgs),
+    /// Write a guest crate (map-reduce, task or preprocessor) that builds
+    /// and runs as is.
+    New(new::NewArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -54,6 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Dev(args) => dev::run(args),
         Command::Serve(args) => fleet::serve(args),
         Command::Worker(args) => fleet::worker(args),
+        Command::New(args) => new::run(args),
         Command::Client(command) => client::run(&args.server, command),
     }
 }
