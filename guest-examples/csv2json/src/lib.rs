@@ -23,3 +23,17 @@ fn preprocess(input: &[u8], ctx: &mut Context) -> Result<Vec<u8>> {
     ctx.counter("rows", rows as i64);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_become_objects_keyed_by_the_header() {
+        let out = preprocess(b"name,n\nada,1\n\"b, c\",2\n", &mut Context::local()).unwrap();
+        assert_eq!(
+            out,
+            b"{\"name\":\"ada\",\"n\":\"1\"}\n{\"name\":\"b, c\",\"n\":\"2\"}\n"
+        );
+    }
+}

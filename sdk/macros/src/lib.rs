@@ -179,6 +179,8 @@ fn glue(kind: &Kind, function: &ItemFn) -> TokenStream2 {
     let wit = wit_text();
     let host = host_table();
     quote! {
+        // Outside the sandbox only tests call it: no glue does.
+        #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
         #function
 
         #[cfg(target_arch = "wasm32")]
