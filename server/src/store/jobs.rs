@@ -275,11 +275,12 @@ impl Store {
     /// many live tasks it cancelled.
     pub async fn cancel_job(&self, id: i64) -> Result<Result<i64, CancelRefused>, StoreError> {
         let now = now_ms();
+        let cancel_live = format!(
+            "UPDATE tasks SET state = $1, finished_at = $2 WHERE job_id = $3 AND {LIVE_SQL}"
+        );
         let cancelled = on_pool!(self, pool, db => {
             let mut tx = db::begin(pool).await?;
-            let live = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE tasks SET state = $1, finished_at = $2 WHERE job_id = $3 AND {LIVE_SQL}"
-            )))
+            let live = sqlx::query(sqlx::AssertSqlSafe(cancel_live.clone()))
             .bind(Text(TaskState::Cancelled))
             .bind(now)
             .bind(id)
@@ -305,9 +306,7 @@ impl Store {
             // locked, no dispatcher can add more (it moves the cursor on
             // this row, and finds it at the end).
             let late = if changed == 1 {
-                let late = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE tasks SET state = $1, finished_at = $2 WHERE job_id = $3 AND {LIVE_SQL}"
-                )))
+                let late = sqlx::query(sqlx::AssertSqlSafe(cancel_live.clone()))
                 .bind(Text(TaskState::Cancelled))
                 .bind(now)
                 .bind(id)
