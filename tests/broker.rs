@@ -30,6 +30,7 @@ fn task(id: i64, attempt: i64, labels: &str) -> TaskMessage {
         grants: Grants::default(),
         labels: Labels::parse(labels).unwrap(),
         seed: None,
+        shuffle: None,
         delivered: 1,
     }
 }

@@ -438,6 +438,7 @@ fn a_task_delivered_twice_keeps_one_result() {
             grants: Grants::default(),
             labels: Default::default(),
             seed: None,
+            shuffle: None,
             delivered: 1,
         };
         let client = async_nats::connect(fleet.nats.url()).await.unwrap();

@@ -32,6 +32,7 @@ fn job(total: i64, items: Vec<Item>, max_attempts: i64) -> NewJob {
         items,
         max_attempts,
         queue_timeout_ms: 3_600_000,
+        mapreduce: None,
     }
 }
 
@@ -60,6 +61,7 @@ fn result(task_id: i64, attempt: i64, verdict: Verdict, retryable: bool) -> Task
         log_blob: None,
         log_truncated: false,
         counters: BTreeMap::from([("n".to_owned(), 1)]),
+        started_ms: None,
         elapsed_ms: 3,
         fuel_used: None,
     })

@@ -78,7 +78,7 @@ fn main() {
         .expect("host imports");
     let pre = linker.instantiate_pre(&component).expect("pre");
     let runner = component
-        .get_export_index(None, "sandmill:guest/runner@0.1.0")
+        .get_export_index(None, "sandmill:guest/runner@0.2.0")
         .expect("runner");
     let run = component
         .get_export_index(Some(&runner), "run")

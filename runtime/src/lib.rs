@@ -16,6 +16,7 @@
 //! - [`labels`]: what workers offer and tasks need.
 //! - [`reason`]: why an attempt failed, one list for every part.
 //! - [`error`]: errors callers match on by kind, keeping their source.
+//! - [`shuffle`]: a map-reduce job's partitions, spills and merges.
 //! - [`worker`]: the loop that fetches tasks, runs them and reports back.
 //!
 //! This crate knows nothing of HTTP or SQL.
@@ -28,6 +29,7 @@ pub mod message;
 pub mod reason;
 pub mod records;
 pub mod sandbox;
+pub mod shuffle;
 pub mod worker;
 
 pub use reason::Reason;

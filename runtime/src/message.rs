@@ -91,10 +91,32 @@ pub struct TaskMessage {
     /// same numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// The task's part in a map-reduce job's shuffle, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shuffle: Option<Shuffle>,
     /// How many times the broker has delivered this message, counting this
     /// delivery (set on fetch; not part of the message).
     #[serde(skip, default = "first_delivery")]
     pub delivered: u32,
+}
+
+/// A task's part in a map-reduce job's shuffle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "lowercase")]
+pub enum Shuffle {
+    /// A map: its output is cut into `partitions` sorted runs in the blob
+    /// store, spilled past `buffer` bytes; its result's output is a
+    /// [`MapOutput`](crate::shuffle::MapOutput).
+    Map {
+        /// Partitions (the job's reducers).
+        partitions: u32,
+        /// Key and value bytes held before a spill.
+        buffer: u64,
+        /// Run the module's `combine` over the output (when it has one).
+        combine: bool,
+    },
+    /// A reduce: its input is a [`ReduceInput`](crate::shuffle::ReduceInput).
+    Reduce,
 }
 
 fn first_delivery() -> u32 {
@@ -181,6 +203,10 @@ pub struct TaskResult {
     pub log_truncated: bool,
     /// Counters the guest reported (at most [`MAX_COUNTERS`]).
     pub counters: BTreeMap<String, i64>,
+    /// When the worker began the attempt (ms since the Unix epoch, the
+    /// worker's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<i64>,
     /// Wall time in milliseconds.
     pub elapsed_ms: i64,
     /// Fuel used, when metered.
@@ -394,6 +420,7 @@ mod tests {
             log_blob: None,
             log_truncated: false,
             counters: (0..200).map(|i| (format!("c{i}"), 1)).collect(),
+            started_ms: None,
             elapsed_ms: 1,
             fuel_used: None,
         }

@@ -74,6 +74,12 @@ impl Records {
         self.data.len()
     }
 
+    /// Memory the records take, counting each record's span and its
+    /// share of a sort's index: what a shuffle buffer bounds.
+    pub fn held(&self) -> usize {
+        self.data.len() + self.spans.len() * (std::mem::size_of::<Span>() + 16)
+    }
+
     /// Appends one record.
     pub fn push(&mut self, key: &[u8], value: &[u8]) {
         let start = self.data.len();
@@ -143,6 +149,30 @@ impl Records {
         let mut spans = std::mem::take(&mut self.spans);
         spans.sort_by(|a, b| self.key_of(a).cmp(self.key_of(b)));
         self.spans = spans;
+    }
+
+    /// The records sorted by (partition of the key, key), keeping emission
+    /// order among equal keys: how a map's output is spilled.
+    pub fn sorted_by_partition(
+        &self,
+        part: impl Fn(&[u8]) -> u32,
+    ) -> impl Iterator<Item = (u32, &[u8], &[u8])> + '_ {
+        let mut order: Vec<(u32, usize)> = self
+            .spans
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (part(self.key_of(s)), i))
+            .collect();
+        order.sort_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| {
+                self.key_of(&self.spans[a.1])
+                    .cmp(self.key_of(&self.spans[b.1]))
+            })
+        });
+        order.into_iter().map(move |(p, i)| {
+            let span = &self.spans[i];
+            (p, self.key_of(span), self.value_of(span))
+        })
     }
 
     /// Runs of equal keys, with their values: call after [`sort_by_key`](Self::sort_by_key).

@@ -20,12 +20,13 @@ use tokio::sync::watch;
 
 use crate::blob::{BlobError, BlobErrorKind, BlobStore};
 use crate::broker::{Broker, BrokerErrorKind};
+use crate::message::Shuffle;
 use crate::message::{
     BlobRef, HEARTBEAT_EVERY, INLINE_LOG_BYTES, INLINE_OUTPUT_BYTES, OutputRef, TaskEvent,
     TaskMessage, TaskResult, Verdict, WorkerInfo, now_ms,
 };
 use crate::reason::Reason;
-use crate::sandbox::{Call, CallInput, CallKind, ExecError, Module, Output, Sandbox};
+use crate::sandbox::{Call, CallInput, CallKind, ExecError, Module, Output, Sandbox, SpillTo};
 
 /// Task attempts one worker loop takes per fetch, at most.
 pub const FETCH_BATCH: usize = 64;
@@ -267,7 +268,8 @@ impl Worker {
     /// true: then it takes no new tasks, finishes the one running, reports
     /// it, and hands fetched tasks it has not started back to the broker.
     pub async fn run(self, mut drain: watch::Receiver<bool>) {
-        let mut fetch_size = 8;
+        // From one task at a time, doubling while tasks are quick.
+        let mut fetch_size = 1;
         let mut fetch_retry = Duration::from_millis(500);
         loop {
             if *drain.borrow() {
@@ -301,6 +303,7 @@ impl Worker {
             let mut pending: Vec<(TaskMessage, TaskResult)> = Vec::new();
             let mut oldest: Option<Instant> = None;
             let mut tasks = batch.into_iter();
+            let mut shuffled = false;
             while let Some(task) = tasks.next() {
                 // Draining, or more urgent work waits: hand the rest of the
                 // batch back (at the head of its lane) and fetch again.
@@ -311,6 +314,14 @@ impl Worker {
                         }
                     }
                     break;
+                }
+                // A map or reduce may run long: results of quick tasks
+                // before it are reported first.
+                if task.shuffle.is_some() {
+                    shuffled = true;
+                    if !self.flush(&mut pending).await {
+                        return;
+                    }
                 }
                 let result = if task.delivered > self.broker.max_deliveries() {
                     self.lost(&task)
@@ -334,7 +345,7 @@ impl Worker {
                     let ran = self.execute(&task, &drain).await;
                     self.presence.end(task.task_id);
                     match ran {
-                        Ran::Done(result) => result,
+                        Ran::Done(result) => *result,
                         Ran::HandBack(error) => {
                             tracing::warn!(%error, task_id = task.task_id, retry_in = ?HAND_BACK_DELAY,
                                 "blob store unavailable; handing the task back unrun");
@@ -361,7 +372,11 @@ impl Worker {
             }
             // Quick tasks: fetch more at once; slow ones: one at a time.
             let per_task = began.elapsed() / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
-            fetch_size = if per_task < Duration::from_millis(5) {
+            // Maps and reduces are taken one at a time: a slot holding
+            // several would keep them waiting behind one straggler.
+            fetch_size = if shuffled {
+                1
+            } else if per_task < Duration::from_millis(5) {
                 (fetch_size * 2).min(FETCH_BATCH)
             } else if per_task > Duration::from_millis(100) {
                 1
@@ -427,6 +442,7 @@ impl Worker {
             log_blob: None,
             log_truncated: false,
             counters: Default::default(),
+            started_ms: None,
             elapsed_ms: 0,
             fuel_used: None,
         }
@@ -518,7 +534,7 @@ impl Worker {
     #[tracing::instrument(skip_all, fields(task_id = task.task_id, attempt = task.attempt))]
     pub async fn execute(&self, task: &TaskMessage, drain: &watch::Receiver<bool>) -> Ran {
         match self.try_execute(task, drain).await {
-            Ok(result) => Ran::Done(result),
+            Ok(result) => Ran::Done(Box::new(result)),
             Err(error) => Ran::HandBack(error),
         }
     }
@@ -529,6 +545,7 @@ impl Worker {
         drain: &watch::Receiver<bool>,
     ) -> Result<TaskResult, BlobError> {
         let mut result = self.blank(task);
+        result.started_ms = Some(now_ms());
         let module = match self.module(&task.module, drain).await? {
             Ok(module) => module,
             Err(error) => {
@@ -543,24 +560,75 @@ impl Worker {
                 return Ok(result);
             }
         };
-        let call = Call {
-            kind: task.kind,
-            input: match task.kind {
+        // Spilled runs and merged runs live in a scratch folder, removed
+        // when the attempt ends.
+        let scratch = match &task.shuffle {
+            Some(_) => match tempfile::Builder::new()
+                .prefix("sandmill-shuffle-")
+                .tempdir()
+            {
+                Ok(dir) => Some(dir),
+                Err(e) => {
+                    let error = ExecError::Host(format!("no scratch folder for the shuffle: {e}"));
+                    fail(&mut result, &error);
+                    return Ok(result);
+                }
+            },
+            None => None,
+        };
+        let mut merge_errors = None;
+        let (call_input, spill, combine) = match (&task.shuffle, &scratch) {
+            (
+                Some(Shuffle::Map {
+                    partitions,
+                    buffer,
+                    combine,
+                }),
+                Some(dir),
+            ) => (
+                CallInput::Bytes(input),
+                Some(SpillTo {
+                    partitions: *partitions,
+                    buffer_bytes: *buffer,
+                    dir: dir.path().to_owned(),
+                }),
+                *combine,
+            ),
+            (Some(Shuffle::Reduce), Some(dir)) => {
+                match self.fetch_runs(&input, dir.path(), drain).await? {
+                    Ok(merge) => {
+                        let (groups, errors) = crate::shuffle::merge_groups(merge);
+                        merge_errors = Some(errors);
+                        (CallInput::Groups(groups), None, false)
+                    }
+                    Err(error) => {
+                        fail(&mut result, &error);
+                        return Ok(result);
+                    }
+                }
+            }
+            _ => match task.kind {
                 CallKind::Reduce => match crate::records::parse_groups(&input) {
-                    Ok(groups) => CallInput::Groups(Box::new(groups.into_iter())),
+                    Ok(groups) => (CallInput::Groups(Box::new(groups.into_iter())), None, false),
                     Err(e) => {
                         fail(&mut result, &ExecError::Guest(format!("reduce input: {e}")));
                         return Ok(result);
                     }
                 },
-                _ => CallInput::Bytes(input),
+                _ => (CallInput::Bytes(input), None, true),
             },
-            combine: true,
+        };
+        let call = Call {
+            kind: task.kind,
+            input: call_input,
+            spill,
+            combine,
             params,
             input_name: task.input_name.clone(),
             limits: task.limits.clone(),
             grants: task.grants.clone(),
             seed: task.seed.unwrap_or(task.task_id as u64),
+            attempt: u32::try_from(task.attempt).unwrap_or(u32::MAX),
         };
         let outcome = self.sandbox.call(&module, call).await;
         result.log_truncated = outcome.log_truncated;
@@ -574,10 +642,31 @@ impl Worker {
         result.counters = outcome.counters;
         result.elapsed_ms = i64::try_from(outcome.elapsed.as_millis()).unwrap_or(i64::MAX);
         result.fuel_used = outcome.fuel_used;
-        match outcome.result {
+        let mut outcome_result = outcome.result;
+        if let Some(error) = merge_errors.and_then(|e| e.take()) {
+            // A run file went bad under the merge: the guest saw a cut
+            // input, so its output does not count.
+            outcome_result = Err(ExecError::Host(format!(
+                "reading the shuffle's runs: {error}"
+            )));
+        }
+        match outcome_result {
             Ok(output) => {
                 let bytes = match output {
                     Output::Bytes(bytes) => bytes,
+                    Output::Runs(runs, records) => {
+                        let partitions = match &task.shuffle {
+                            Some(Shuffle::Map { partitions, .. }) => *partitions as usize,
+                            _ => 1,
+                        };
+                        match self.store_runs(runs, partitions, records, drain).await? {
+                            Ok(bytes) => bytes,
+                            Err(error) => {
+                                fail(&mut result, &error);
+                                return Ok(result);
+                            }
+                        }
+                    }
                     Output::Records(records) => {
                         let mut lines = Vec::with_capacity(records.bytes() + 2 * records.len());
                         // Writing into a Vec cannot fail.
@@ -594,9 +683,82 @@ impl Worker {
                     OutputRef::Blob { hash, size }
                 });
             }
-            Err(error) => fail(&mut result, &error),
+            Err(error) => {
+                fail(&mut result, &error);
+                // A map or reduce fails for good only once its attempts
+                // are spent, whatever the reason (as Hadoop's do): a guest
+                // that crashes now and then must not fail a long job.
+                if task.shuffle.is_some() && !matches!(error, ExecError::InvalidModule(_)) {
+                    result.retryable = true;
+                }
+            }
         }
         Ok(result)
+    }
+}
+
+impl Worker {
+    /// Stores a map's sorted runs in the blob store (one file in memory at
+    /// a time); returns its [`MapOutput`](crate::shuffle::MapOutput) as JSON.
+    async fn store_runs(
+        &self,
+        runs: Vec<crate::shuffle::RunFile>,
+        partitions: usize,
+        records: u64,
+        drain: &watch::Receiver<bool>,
+    ) -> Result<Result<Vec<u8>, ExecError>, BlobError> {
+        let mut output = crate::shuffle::MapOutput {
+            partitions: vec![Vec::new(); partitions],
+            records,
+        };
+        for run in runs {
+            let bytes = match tokio::fs::read(&run.path).await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    return Ok(Err(ExecError::Host(format!("reading a spilled run: {e}"))));
+                }
+            };
+            let size = bytes.len() as u64;
+            let hash = patiently(drain, || self.blobs.put(&bytes)).await?;
+            drop(bytes);
+            let _ = tokio::fs::remove_file(&run.path).await;
+            if let Some(list) = output.partitions.get_mut(run.partition as usize) {
+                list.push(BlobRef { hash, size });
+            }
+        }
+        Ok(Ok(serde_json::to_vec(&output).unwrap_or_default()))
+    }
+
+    /// Copies a reduce's runs from the blob store into `dir` (one in
+    /// memory at a time) and opens their merge.
+    async fn fetch_runs(
+        &self,
+        input: &[u8],
+        dir: &std::path::Path,
+        drain: &watch::Receiver<bool>,
+    ) -> Result<Result<crate::shuffle::Merge, ExecError>, BlobError> {
+        let input: crate::shuffle::ReduceInput = match serde_json::from_slice(input) {
+            Ok(input) => input,
+            Err(e) => {
+                return Ok(Err(ExecError::Host(format!(
+                    "a reduce's input is not a run list: {e}"
+                ))));
+            }
+        };
+        let mut paths = Vec::with_capacity(input.runs.len());
+        for (i, run) in input.runs.iter().enumerate() {
+            let bytes = match self.blob(self.blobs.as_ref(), &run.hash, drain).await? {
+                Ok(bytes) => bytes,
+                Err(error) => return Ok(Err(error)),
+            };
+            let path = dir.join(format!("run-{i:06}"));
+            if let Err(e) = tokio::fs::write(&path, &bytes).await {
+                return Ok(Err(ExecError::Host(format!("copying a run to disk: {e}"))));
+            }
+            paths.push(path);
+        }
+        Ok(crate::shuffle::Merge::open(&paths)
+            .map_err(|e| ExecError::Host(format!("opening the runs to merge: {e}"))))
     }
 }
 
@@ -604,7 +766,7 @@ impl Worker {
 #[derive(Debug)]
 pub enum Ran {
     /// It ran (or could not, for a reason of its own): report this.
-    Done(TaskResult),
+    Done(Box<TaskResult>),
     /// The blob store stayed unavailable: hand the task back unrun.
     HandBack(BlobError),
 }

@@ -45,6 +45,7 @@ struct Local {
     logs: Vec<(Level, String)>,
     counters: BTreeMap<String, i64>,
     progress: Option<(u64, u64)>,
+    attempt: u32,
 }
 
 impl Context {
@@ -83,6 +84,23 @@ impl Context {
             local.input_name = name.into();
         }
         self
+    }
+
+    /// Sets the attempt number of a local context.
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        if let Backend::Local(local) = &mut self.backend {
+            local.attempt = attempt;
+        }
+        self
+    }
+
+    /// Which attempt of the task this is, from 0: a retry (after a timeout,
+    /// a lost worker or a failure of a map-reduce task) sees 1 or more.
+    pub fn attempt(&self) -> u32 {
+        match &self.backend {
+            Backend::Host(host) => (host.attempt)(),
+            Backend::Local(local) => local.attempt,
+        }
     }
 
     /// The task's parameters as raw JSON (`{}` when none were given).

@@ -24,6 +24,20 @@ pub(crate) fn next<'a>(buf: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
     Some(body)
 }
 
+/// A key as an error message shows it: text as is (cut at 200 bytes),
+/// other bytes escaped.
+pub(crate) fn shown(key: &[u8]) -> String {
+    let cut = &key[..key.len().min(200)];
+    let mut text = cut.escape_ascii().to_string();
+    if let Ok(valid) = std::str::from_utf8(cut) {
+        text = format!("{valid:?}");
+    }
+    if key.len() > cut.len() {
+        text.push_str(" (cut)");
+    }
+    text
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -26,6 +26,8 @@ pub struct HostFns {
     pub next_values: fn() -> Vec<u8>,
     /// `host.report-panic`.
     pub report_panic: fn(&str, &str),
+    /// `host.attempt`.
+    pub attempt: fn() -> u32,
 }
 
 static PANIC_HOOK: Once = Once::new();
@@ -68,33 +70,67 @@ pub fn run_map(
     to_wire(result)
 }
 
-/// Runs a `#[combine]` function on one key.
+/// Calls `f` on each group (key and values) of a batch, in order (see the
+/// WIT for the layout); an error names the key it came from.
+fn each_group(
+    host: &'static HostFns,
+    groups: &[u8],
+    mut f: impl FnMut(&[u8], &mut Values) -> Result<()>,
+) -> core::result::Result<(), String> {
+    let mut pos = 0;
+    while pos < groups.len() {
+        let (Some(key), Some(header)) = (
+            crate::frame::next(groups, &mut pos),
+            crate::frame::next(groups, &mut pos),
+        ) else {
+            return Err("a malformed batch of groups from the host".to_owned());
+        };
+        let (count, more) = match header {
+            [a, b, c, d, more] => (u32::from_le_bytes([*a, *b, *c, *d]), *more == 1),
+            _ => return Err("a malformed group header from the host".to_owned()),
+        };
+        let start = pos;
+        for _ in 0..count {
+            if crate::frame::next(groups, &mut pos).is_none() {
+                return Err("a malformed group from the host".to_owned());
+            }
+        }
+        let mut values = Values::batch(
+            groups[start..pos].to_vec(),
+            more.then_some(host.next_values),
+        );
+        f(key, &mut values).map_err(|e| format!("key {}: {e}", crate::frame::shown(key)))?;
+    }
+    Ok(())
+}
+
+/// Runs a `#[combine]` function on each key of a batch of groups.
 pub fn run_combine(
     host: &'static HostFns,
     f: fn(&[u8], &mut Values, &mut Emitter) -> Result<()>,
-    key: &[u8],
+    groups: &[u8],
 ) -> core::result::Result<(), String> {
     install_panic_hook(host);
-    let mut values = Values::host(host.next_values);
     let mut out = Emitter::host(host.emit);
-    let result = f(key, &mut values, &mut out);
+    let result = each_group(host, groups, |key, values| f(key, values, &mut out));
     out.flush();
-    to_wire(result)
+    result
 }
 
-/// Runs a `#[reduce]` function on one key.
+/// Runs a `#[reduce]` function on each key of a batch of groups.
 pub fn run_reduce(
     host: &'static HostFns,
     f: fn(&[u8], &mut Values, &mut Context, &mut Emitter) -> Result<()>,
-    key: &[u8],
+    groups: &[u8],
 ) -> core::result::Result<(), String> {
     install_panic_hook(host);
     let mut ctx = Context::host(host);
-    let mut values = Values::host(host.next_values);
     let mut out = Emitter::host(host.emit);
-    let result = f(key, &mut values, &mut ctx, &mut out);
+    let result = each_group(host, groups, |key, values| {
+        f(key, values, &mut ctx, &mut out)
+    });
     out.flush();
-    to_wire(result)
+    result
 }
 
 /// Runs a `#[preprocess]` or `#[task]` function on one input.

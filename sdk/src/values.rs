@@ -18,10 +18,17 @@ enum Source {
 }
 
 impl Values {
+    #[cfg(test)]
     pub(crate) fn host(next_values: fn() -> Vec<u8>) -> Self {
+        Self::batch(Vec::new(), Some(next_values))
+    }
+
+    /// The values framed in `batch`, then, if `more` is given, those the
+    /// host hands out after them.
+    pub(crate) fn batch(batch: Vec<u8>, more: Option<fn() -> Vec<u8>>) -> Self {
         Values {
-            source: Source::Host(next_values),
-            batch: Vec::new(),
+            source: more.map_or(Source::Done, Source::Host),
+            batch,
             pos: 0,
         }
     }
@@ -41,13 +48,13 @@ impl Iterator for Values {
 
     fn next(&mut self) -> Option<Vec<u8>> {
         loop {
+            if let Some(value) = frame::next(&self.batch, &mut self.pos) {
+                return Some(value.to_vec());
+            }
             match &mut self.source {
                 Source::Local(values) => return values.next(),
                 Source::Done => return None,
                 Source::Host(fetch) => {
-                    if let Some(value) = frame::next(&self.batch, &mut self.pos) {
-                        return Some(value.to_vec());
-                    }
                     self.batch = fetch();
                     self.pos = 0;
                     if self.batch.is_empty() {

@@ -136,6 +136,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<Server> {
     let republished = scheduler.recover().await?;
     tokio::spawn(scheduler.clone().dispatch());
     tokio::spawn(scheduler.clone().reconcile());
+    tokio::spawn(scheduler.clone().watch_mapreduce());
     Ok(Server {
         scheduler,
         republished,

@@ -64,6 +64,9 @@ pub struct JobFile {
     /// One call per row of a CSV file, or `count` copies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<SweepSection>,
+    /// Maps over splits of inputs, then reduces over key partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapreduce: Option<MapReduceSection>,
     /// Resource limits of every task.
     #[serde(default)]
     pub limits: LimitsSection,
@@ -125,6 +128,64 @@ pub struct SweepSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<Vec<NamedInput>>,
 }
+
+/// `[mapreduce]`: the module's map over each split of the inputs, its
+/// output cut by key hash into `reducers` partitions, and its reduce over
+/// each partition's keys in order.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MapReduceSection {
+    /// Path, `sha256:<hex>` or `name@version`; it exports map (and reduce,
+    /// unless `reducers = 0`).
+    pub module: String,
+    /// Paths and globs (the CLI cuts them into splits and uploads them),
+    /// or `sha256:<hex>` of uploaded inputs (one split each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
+    /// The splits, each `sha256:<hex>` with the name its map sees (its
+    /// file's name); the CLI fills this in from `inputs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub splits: Option<Vec<NamedInput>>,
+    /// Reduce tasks, one per partition (default 1); 0: map-only, the maps'
+    /// outputs are the job's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reducers: Option<u32>,
+    /// Largest split the CLI cuts a file into, at a line boundary, e.g.
+    /// `32MiB` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_size: Option<String>,
+    /// Run the module's combine over each map's output before the shuffle
+    /// (default: if the module exports one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub combine: Option<bool>,
+    /// Map output held in memory before it is spilled as sorted runs,
+    /// e.g. `32MiB` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer: Option<String>,
+    /// Start a backup attempt of a task running far longer than its
+    /// phase's median (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculation: Option<bool>,
+    /// Parameters of every map and reduce (any JSON/TOML table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<serde_json::Value>,
+}
+
+/// How a map-reduce job's maps hand their output to its reduces (stored
+/// with the job, as JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShuffleSettings {
+    /// Map output bytes held before a spill.
+    pub buffer: u64,
+    /// Combine each map's output (when the module exports combine).
+    pub combine: bool,
+    /// Back up stragglers.
+    pub speculation: bool,
+}
+
+/// Largest split the CLI cuts by default.
+pub const DEFAULT_SPLIT_SIZE: u64 = 32 << 20;
 
 /// An input of a sweep over inputs.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -369,21 +430,27 @@ pub enum Backlog<'a> {
 impl JobFile {
     /// The one section saying what to run.
     pub fn template(&self) -> Result<Template<'_>, Invalid> {
-        match (&self.task, &self.sweep) {
-            (Some(task), None) => Ok(Template {
+        match (&self.task, &self.sweep, &self.mapreduce) {
+            (None, None, Some(mr)) => Ok(Template {
+                section: "mapreduce",
+                module: &mr.module,
+                kind: Some("map"),
+                input: None,
+            }),
+            (Some(task), None, None) => Ok(Template {
                 section: "task",
                 module: &task.module,
                 kind: task.kind.as_deref(),
                 input: task.input.as_deref(),
             }),
-            (None, Some(sweep)) => Ok(Template {
+            (None, Some(sweep), None) => Ok(Template {
                 section: "sweep",
                 module: &sweep.module,
                 kind: sweep.kind.as_deref(),
                 input: sweep.input.as_deref(),
             }),
             _ => Err(Invalid::whole(
-                "a job file needs exactly one of [task] or [sweep]",
+                "a job file needs exactly one of [task], [sweep] or [mapreduce]",
             )),
         }
     }
@@ -420,6 +487,11 @@ impl JobFile {
                 check_name(&format!("sweep.inputs[{i}].name"), &input.name)?;
             }
         }
+        if let Some(splits) = self.mapreduce.as_ref().and_then(|m| m.splits.as_ref()) {
+            for (i, split) in splits.iter().enumerate() {
+                check_name(&format!("mapreduce.splits[{i}].name"), &split.name)?;
+            }
+        }
         Ok(())
     }
 
@@ -428,9 +500,30 @@ impl JobFile {
         if self.task.is_some() {
             return Ok(Backlog::Count(1));
         }
+        if let Some(mr) = &self.mapreduce {
+            let Some(splits) = &mr.splits else {
+                return Err(Invalid::field(
+                    "mapreduce.inputs",
+                    "are not uploaded: name them sha256:<hash> (the CLI uploads paths and globs)",
+                ));
+            };
+            if splits.is_empty() {
+                return Err(Invalid::field("mapreduce.inputs", "names no input"));
+            }
+            if splits.len() as u64 > max_tasks {
+                return Err(Invalid::field(
+                    "mapreduce.inputs",
+                    format!(
+                        "{} splits exceed the limit of {max_tasks} tasks per job",
+                        splits.len()
+                    ),
+                ));
+            }
+            return Ok(Backlog::Inputs(splits));
+        }
         let Some(sweep) = &self.sweep else {
             return Err(Invalid::whole(
-                "a job file needs exactly one of [task] or [sweep]",
+                "a job file needs exactly one of [task], [sweep] or [mapreduce]",
             ));
         };
         let too_many = |field: &str, n: usize| {
@@ -484,14 +577,19 @@ impl JobFile {
     /// The parameters of tasks without rows of their own, as JSON: the
     /// task's table, or `{}`.
     pub fn task_params(&self, max_bytes: usize) -> Result<String, Invalid> {
-        let Some(params) = self.task.as_ref().and_then(|t| t.params.as_ref()) else {
+        let (field, params) = match (&self.task, &self.mapreduce) {
+            (Some(task), _) => ("task.params", task.params.as_ref()),
+            (None, Some(mr)) => ("mapreduce.params", mr.params.as_ref()),
+            (None, None) => ("", None),
+        };
+        let Some(params) = params else {
             return Ok("{}".to_owned());
         };
         if !params.is_object() {
-            return Err(Invalid::field("task.params", "must be a table"));
+            return Err(Invalid::field(field, "must be a table"));
         }
         let text = params.to_string();
-        check_params_size("task.params", &text, max_bytes)?;
+        check_params_size(field, &text, max_bytes)?;
         Ok(text)
     }
 
@@ -515,8 +613,75 @@ impl JobFile {
                 sweep.count = Some(inputs.len() as u64);
             }
         }
+        if let Some(mr) = &mut copy.mapreduce
+            && let Some(splits) = mr.splits.take()
+        {
+            // What was uploaded, not every split's hash.
+            mr.inputs = splits
+                .iter()
+                .map(|s| s.name.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+        }
         // Serializing plain data into a String cannot fail.
         serde_json::to_string(&copy).unwrap_or_default()
+    }
+
+    /// A map-reduce job's reducers and shuffle settings, checked; `None`
+    /// for other jobs.
+    pub fn shuffle(&self) -> Result<Option<(u32, ShuffleSettings)>, Invalid> {
+        use sandmill_runtime::shuffle::{DEFAULT_SHUFFLE_BUFFER, MAX_REDUCERS, MIN_SHUFFLE_BUFFER};
+        let Some(mr) = &self.mapreduce else {
+            return Ok(None);
+        };
+        let reducers = mr.reducers.unwrap_or(1);
+        if reducers > MAX_REDUCERS {
+            return Err(Invalid::field(
+                "mapreduce.reducers",
+                format!("{reducers} is more than {MAX_REDUCERS}"),
+            ));
+        }
+        let buffer = match &mr.buffer {
+            None => DEFAULT_SHUFFLE_BUFFER,
+            Some(text) => {
+                let bytes = text.parse::<ByteSize>().map(|b| b.0).map_err(|e| {
+                    Invalid::field(
+                        "mapreduce.buffer",
+                        format!("`{text}` is not a size like 32MiB ({e})"),
+                    )
+                })?;
+                if bytes < MIN_SHUFFLE_BUFFER {
+                    return Err(Invalid::field(
+                        "mapreduce.buffer",
+                        format!(
+                            "`{text}` is below the smallest buffer, {}",
+                            ByteSize(MIN_SHUFFLE_BUFFER)
+                        ),
+                    ));
+                }
+                bytes
+            }
+        };
+        if let Some(text) = &mr.split_size {
+            let bytes = text.parse::<ByteSize>().map(|b| b.0).map_err(|e| {
+                Invalid::field(
+                    "mapreduce.split_size",
+                    format!("`{text}` is not a size like 32MiB ({e})"),
+                )
+            })?;
+            if bytes == 0 {
+                return Err(Invalid::field("mapreduce.split_size", "must be above 0"));
+            }
+        }
+        Ok(Some((
+            reducers,
+            ShuffleSettings {
+                buffer,
+                combine: mr.combine.unwrap_or(true),
+                speculation: mr.speculation.unwrap_or(true),
+            },
+        )))
     }
 
     /// The limits, parsed, over the defaults.

@@ -9,6 +9,56 @@
 
 use sandmill_sdk::{Context, Emitter, Result, Values};
 
+/// Knobs for tests of the fleet's fault handling; none are needed to count
+/// words.
+#[derive(serde::Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct Params {
+    /// Trap on the first attempt of about a third of the maps (by a hash of
+    /// their input) and of the reduces (by a hash of their partition).
+    fail_first_attempts: bool,
+    /// Burn this many loop iterations before counting (to make tasks
+    /// overlap in time).
+    spin: u64,
+    /// The input whose first attempt is a straggler, and how many more
+    /// iterations it burns.
+    slow_input: Option<String>,
+    slow_spin: u64,
+    /// Emit every word with 1, as 6.5840's map does, instead of combining
+    /// in the guest (so the output is large: tests of the shuffle).
+    plain: bool,
+    /// Count the input this many times (default once).
+    repeat: Option<u64>,
+}
+
+/// FNV-1a: a stable hash to pick the tasks that fail.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn spin(iterations: u64) {
+    for i in 0..iterations {
+        std::hint::black_box(i);
+    }
+}
+
+/// Applies the test knobs: traps or burns time as they say.
+fn knobs(ctx: &mut Context, what: &[u8]) -> Result<Params> {
+    if ctx.raw_params() == "{}" {
+        return Ok(Params::default());
+    }
+    let params: Params = ctx.params()?;
+    if params.fail_first_attempts && ctx.attempt() == 0 && fnv(what) % 3 == 0 {
+        // A trap, as a crashing guest would: the attempt fails, a retry runs.
+        std::process::abort();
+    }
+    spin(params.spin);
+    if ctx.attempt() == 0 && params.slow_input.as_ref().is_some_and(|s| *s == ctx.input_name()) {
+        spin(params.slow_spin);
+    }
+    Ok(params)
+}
+
 /// Calls `f` on every word of `input`.
 pub fn words(input: &[u8], mut f: impl FnMut(&str)) {
     for chunk in input.utf8_chunks() {
@@ -33,13 +83,22 @@ fn sum(values: &mut Values) -> Result<u64> {
 /// combining), so one record leaves the guest per distinct word.
 #[sandmill_sdk::map]
 fn map(input: &[u8], ctx: &mut Context, out: &mut Emitter) -> Result<()> {
+    let params = knobs(ctx, input)?;
     let mut count = 0i64;
-    let mut counts = out.combining(|total: &mut u64, n| *total += n);
-    words(input, |word| {
-        counts.add(word, 1);
-        count += 1;
-    });
-    drop(counts);
+    for _ in 0..params.repeat.unwrap_or(1) {
+        if params.plain {
+            words(input, |word| {
+                out.emit(word, "1");
+                count += 1;
+            });
+            continue;
+        }
+        let mut counts = out.combining(|total: &mut u64, n| *total += n);
+        words(input, |word| {
+            counts.add(word, 1);
+            count += 1;
+        });
+    }
     ctx.counter("words", count);
     Ok(())
 }
@@ -53,7 +112,16 @@ fn combine(key: &[u8], values: &mut Values, out: &mut Emitter) -> Result<()> {
 
 /// Sums the counts of one word.
 #[sandmill_sdk::reduce]
-fn reduce(key: &[u8], values: &mut Values, _ctx: &mut Context, out: &mut Emitter) -> Result<()> {
+fn reduce(key: &[u8], values: &mut Values, ctx: &mut Context, out: &mut Emitter) -> Result<()> {
+    // Once per reduce task (a fresh instance each), decided by the
+    // partition's name.
+    static KNOBS: std::sync::Once = std::sync::Once::new();
+    let mut applied = Ok(());
+    KNOBS.call_once(|| {
+        let name = ctx.input_name();
+        applied = knobs(ctx, name.as_bytes()).map(drop);
+    });
+    applied?;
     out.emit(key, sum(values)?.to_string());
     Ok(())
 }

@@ -342,6 +342,7 @@ mod tests {
             grants: Grants::default(),
             labels: Default::default(),
             seed: None,
+            shuffle: None,
             delivered: 1,
         }
     }

@@ -25,8 +25,9 @@ wasmtime::component::bindgen!({
 
 pub(crate) use sandmill::guest::host::{Host, Level, add_to_linker};
 
-/// Largest batch of values handed to a guest by one `next-values` call.
-const VALUES_BATCH_BYTES: usize = 64 * 1024;
+/// Largest batch of values handed to a guest by one `next-values` call,
+/// and the size past which a batch of groups is handed over.
+pub(crate) const VALUES_BATCH_BYTES: usize = 64 * 1024;
 
 /// A call's log: host `log` lines and the guest's stdout and stderr, in the
 /// order written, cut at the log limit with one marker line.
@@ -158,6 +159,15 @@ impl ResourceLimiter for MemoryLimiter {
 /// Values of the key being reduced or combined.
 pub(crate) type ValueIter = Box<dyn Iterator<Item = Vec<u8>> + Send>;
 
+/// A partitioned map's spilling state.
+pub(crate) struct Spilling {
+    pub spiller: crate::shuffle::Spiller,
+    /// Bytes held before a spill.
+    pub buffer: u64,
+    /// Bytes emitted in all (bounded by the output limit).
+    pub emitted: u64,
+}
+
 /// Everything one call's store holds.
 pub(crate) struct HostState {
     pub wasi: WasiCtx,
@@ -168,6 +178,8 @@ pub(crate) struct HostState {
     pub input_name: String,
     pub records: Records,
     pub output_limit: u64,
+    pub spill: Option<Spilling>,
+    pub attempt: u32,
     pub values: Option<ValueIter>,
     pub counters: BTreeMap<String, i64>,
     pub progress: Option<(u64, u64)>,
@@ -220,7 +232,25 @@ impl Host for HostState {
     }
 
     fn emit(&mut self, batch: Vec<u8>) -> Result<()> {
-        self.records.push_batch(&batch).map_err(guest_bug)?;
+        let added = self.records.push_batch(&batch).map_err(guest_bug)?;
+        if let Some(spilling) = &mut self.spill {
+            // A partitioned map's output goes to disk past the buffer; the
+            // output limit bounds all it writes.
+            spilling.emitted += added as u64;
+            if spilling.emitted > self.output_limit {
+                return Err(wasmtime::Error::new(HostAbort(ExecError::OutputTooLarge {
+                    limit: self.output_limit,
+                })));
+            }
+            if self.records.held() as u64 >= spilling.buffer {
+                spilling.spiller.spill(&mut self.records).map_err(|e| {
+                    wasmtime::Error::new(HostAbort(ExecError::Host(format!(
+                        "spilling the map's output: {e}"
+                    ))))
+                })?;
+            }
+            return Ok(());
+        }
         // Held output may pass the limit by one batch (64 KiB) at most.
         if self.records.bytes() as u64 > self.output_limit {
             return Err(wasmtime::Error::new(HostAbort(ExecError::OutputTooLarge {
@@ -241,6 +271,10 @@ impl Host for HostState {
             }
         }
         Ok(batch)
+    }
+
+    fn attempt(&mut self) -> Result<u32> {
+        Ok(self.attempt)
     }
 
     fn report_panic(&mut self, message: String, location: String) -> Result<()> {

@@ -148,11 +148,11 @@ impl Export {
 
     fn path(self) -> (&'static str, &'static str) {
         match self {
-            Export::Map => ("sandmill:guest/mapper@0.1.0", "map"),
-            Export::Combine => ("sandmill:guest/combiner@0.1.0", "combine"),
-            Export::Reduce => ("sandmill:guest/reducer@0.1.0", "reduce"),
-            Export::Preprocess => ("sandmill:guest/preprocessor@0.1.0", "preprocess"),
-            Export::Run => ("sandmill:guest/runner@0.1.0", "run"),
+            Export::Map => ("sandmill:guest/mapper@0.2.0", "map"),
+            Export::Combine => ("sandmill:guest/combiner@0.2.0", "combine"),
+            Export::Reduce => ("sandmill:guest/reducer@0.2.0", "reduce"),
+            Export::Preprocess => ("sandmill:guest/preprocessor@0.2.0", "preprocess"),
+            Export::Run => ("sandmill:guest/runner@0.2.0", "run"),
         }
     }
 
@@ -196,6 +196,22 @@ pub struct Call {
     pub grants: Grants,
     /// Seeds the guest's randomness when `random` is not granted.
     pub seed: u64,
+    /// For a map of a map-reduce job: partition its output into sorted
+    /// runs in files, spilling past a buffer (see [`crate::shuffle`]).
+    pub spill: Option<SpillTo>,
+    /// Which attempt of its task this is (from 0), told to the guest.
+    pub attempt: u32,
+}
+
+/// Where and how a map's output is spilled as sorted runs.
+#[derive(Clone, Debug)]
+pub struct SpillTo {
+    /// Partitions (reducers).
+    pub partitions: u32,
+    /// Key and value bytes held before a spill.
+    pub buffer_bytes: u64,
+    /// A folder for the run files (it must exist; the caller removes it).
+    pub dir: PathBuf,
 }
 
 impl Call {
@@ -209,6 +225,8 @@ impl Call {
             limits: Limits::default(),
             grants: Grants::default(),
             seed: 0,
+            spill: None,
+            attempt: 0,
         }
     }
 
@@ -250,6 +268,12 @@ impl Call {
         self
     }
 
+    /// The same call, partitioning its output into spilled sorted runs.
+    pub fn with_spill(mut self, spill: SpillTo) -> Self {
+        self.spill = Some(spill);
+        self
+    }
+
     /// The same call with this input name.
     pub fn with_input_name(mut self, name: impl Into<String>) -> Self {
         self.input_name = name.into();
@@ -264,6 +288,9 @@ pub enum Output {
     Records(Records),
     /// Bytes (preprocess, task).
     Bytes(Vec<u8>),
+    /// A partitioned map's sorted runs (in files), and how many records
+    /// they hold.
+    Runs(Vec<crate::shuffle::RunFile>, u64),
 }
 
 impl PartialEq for Records {
@@ -614,6 +641,8 @@ impl Sandbox {
             limits,
             grants,
             seed,
+            spill,
+            attempt,
         } = call;
         let metered = limits.fuel.is_some();
         let flavor = self.flavor(metered)?;
@@ -641,6 +670,12 @@ impl Sandbox {
             input_name,
             records: Records::new(),
             output_limit: limits.output_bytes,
+            spill: spill.map(|to| host::Spilling {
+                spiller: crate::shuffle::Spiller::new(to.partitions, to.dir),
+                buffer: to.buffer_bytes,
+                emitted: 0,
+            }),
+            attempt,
             values: None,
             counters: BTreeMap::new(),
             progress: None,
@@ -692,6 +727,70 @@ impl Sandbox {
 
 type GuestResult<T> = Result<T, String>;
 
+/// Hands keys and their values to a guest's `combine` or `reduce` in
+/// batches of groups (see the WIT): one call per batch of about
+/// [`host::VALUES_BATCH_BYTES`], not one per key. A key whose values do not
+/// fit ends its batch; the guest reads the rest with `next-values`.
+async fn feed_groups(
+    store: &mut Store<HostState>,
+    func: &wasmtime::component::TypedFunc<(&[u8],), (GuestResult<()>,)>,
+    groups: impl Iterator<Item = Group>,
+) -> wasmtime::Result<Result<(), ExecError>> {
+    let limit = host::VALUES_BATCH_BYTES;
+    let mut batch: Vec<u8> = Vec::new();
+    let mut values_frames: Vec<u8> = Vec::new();
+    for (key, values) in groups {
+        let mut values = values.peekable();
+        values_frames.clear();
+        let mut count: u32 = 0;
+        for value in values.by_ref() {
+            crate::records::encode_values([value.as_slice()], &mut values_frames);
+            count += 1;
+            if batch.len() + values_frames.len() >= limit {
+                break;
+            }
+        }
+        let more = values.peek().is_some();
+        crate::records::encode_values([key.as_slice()], &mut batch);
+        let mut header = [0u8; 5];
+        header[..4].copy_from_slice(&count.to_le_bytes());
+        header[4] = u8::from(more);
+        crate::records::encode_values([&header[..]], &mut batch);
+        batch.extend_from_slice(&values_frames);
+        if more || batch.len() >= limit {
+            store.data_mut().values = more.then(|| Box::new(values) as host::ValueIter);
+            let (result,) = func.call_async(&mut *store, (&batch,)).await?;
+            store.data_mut().values = None;
+            if let Err(message) = result {
+                return Ok(Err(ExecError::Guest(message)));
+            }
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        let (result,) = func.call_async(&mut *store, (&batch,)).await?;
+        if let Err(message) = result {
+            return Ok(Err(ExecError::Guest(message)));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// A map's output: its records, or, when partitioned, the last spill and
+/// every run written.
+fn finish_map(state: &mut HostState) -> Result<Output, ExecError> {
+    let mut records = std::mem::take(&mut state.records);
+    let Some(mut spilling) = state.spill.take() else {
+        return Ok(Output::Records(records));
+    };
+    spilling
+        .spiller
+        .spill(&mut records)
+        .map_err(|e| ExecError::Host(format!("spilling the map's output: {e}")))?;
+    let (runs, n) = spilling.spiller.finish();
+    Ok(Output::Runs(runs, n))
+}
+
 /// Instantiates and calls; a guest's own error comes back as `Ok(Err(..))`,
 /// anything wasmtime raised as `Err(..)` for [`classify`].
 async fn invoke(
@@ -712,34 +811,43 @@ async fn invoke(
             if let Err(e) = guest(result) {
                 return Ok(Err(e));
             }
+            let spilled = store
+                .data()
+                .spill
+                .as_ref()
+                .is_some_and(|s| s.spiller.spills() > 0);
+            // A map that spilled is not combined on the host: its runs
+            // are sorted, and the reduce folds them.
+            let combine = combine.filter(|_| !spilled);
             let mut records = std::mem::take(&mut store.data_mut().records);
             let Some(combine) = combine else {
-                return Ok(Ok(Output::Records(records)));
+                store.data_mut().records = records;
+                return Ok(finish_map(store.data_mut()));
             };
             records.sort_by_key();
+            if let Some(spilling) = &mut store.data_mut().spill {
+                // The limit bounds what the combine writes, not both.
+                spilling.emitted = 0;
+            }
             let combine =
                 instance.get_typed_func::<(&[u8],), (GuestResult<()>,)>(&mut *store, &combine)?;
-            for (key, values) in records.groups() {
+            let groups = records.groups().map(|(key, values)| {
                 let values: Vec<Vec<u8>> = values.into_iter().map(<[u8]>::to_vec).collect();
-                store.data_mut().values = Some(Box::new(values.into_iter()));
-                let (result,) = combine.call_async(&mut *store, (key,)).await?;
-                if let Err(e) = guest(result) {
-                    return Ok(Err(e));
-                }
+                (
+                    key.to_vec(),
+                    Box::new(values.into_iter()) as Box<dyn Iterator<Item = Vec<u8>> + Send>,
+                )
+            });
+            if let Err(e) = feed_groups(store, &combine, groups).await? {
+                return Ok(Err(e));
             }
-            Ok(Ok(Output::Records(std::mem::take(
-                &mut store.data_mut().records,
-            ))))
+            Ok(finish_map(store.data_mut()))
         }
         (CallKind::Reduce, CallInput::Groups(groups)) => {
             let reduce =
                 instance.get_typed_func::<(&[u8],), (GuestResult<()>,)>(&mut *store, &export)?;
-            for (key, values) in groups {
-                store.data_mut().values = Some(values);
-                let (result,) = reduce.call_async(&mut *store, (&key,)).await?;
-                if let Err(e) = guest(result) {
-                    return Ok(Err(e));
-                }
+            if let Err(e) = feed_groups(store, &reduce, groups).await? {
+                return Ok(Err(e));
             }
             Ok(Ok(Output::Records(std::mem::take(
                 &mut store.data_mut().records,

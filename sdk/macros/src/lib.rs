@@ -161,14 +161,14 @@ fn glue(kind: &Kind, function: &ItemFn) -> TokenStream2 {
             quote_spanned!(span=> ::sandmill_sdk::__private::run_map(&HOST, super::#user_fn, &input)),
         ),
         "combine" => (
-            quote!(key: ::std::vec::Vec<u8>),
+            quote!(groups: ::std::vec::Vec<u8>),
             quote!(::core::result::Result<(), ::std::string::String>),
-            quote_spanned!(span=> ::sandmill_sdk::__private::run_combine(&HOST, super::#user_fn, &key)),
+            quote_spanned!(span=> ::sandmill_sdk::__private::run_combine(&HOST, super::#user_fn, &groups)),
         ),
         "reduce" => (
-            quote!(key: ::std::vec::Vec<u8>),
+            quote!(groups: ::std::vec::Vec<u8>),
             quote!(::core::result::Result<(), ::std::string::String>),
-            quote_spanned!(span=> ::sandmill_sdk::__private::run_reduce(&HOST, super::#user_fn, &key)),
+            quote_spanned!(span=> ::sandmill_sdk::__private::run_reduce(&HOST, super::#user_fn, &groups)),
         ),
         _ => (
             quote!(input: ::std::vec::Vec<u8>),
@@ -237,6 +237,7 @@ fn host_table() -> TokenStream2 {
             emit,
             next_values: imports::next_values,
             report_panic: imports::report_panic,
+            attempt: imports::attempt,
         };
     }
 }

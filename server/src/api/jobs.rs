@@ -71,7 +71,8 @@ pub async fn list_jobs(
     let page = Page::of(rows, limit, |j| (j.updated_at, j.id));
     let mut items = Vec::with_capacity(page.items.len());
     for job in &page.items {
-        items.push(JobView::new(job, store.counts(job).await?));
+        let phases = store.phases(job).await?;
+        items.push(JobView::new(job, store.counts(job).await?).with_phases(job, phases));
     }
     Ok(Json(Page {
         items,
@@ -94,7 +95,8 @@ pub async fn get_job(
         .await?
         .ok_or(ApiError::NotFound(format!("job {id}")))?;
     let counts = store.counts(&job).await?;
-    Ok(Json(JobView::new(&job, counts)))
+    let phases = store.phases(&job).await?;
+    Ok(Json(JobView::new(&job, counts).with_phases(&job, phases)))
 }
 
 /// Cancels a running job: its queued and running tasks, and those not

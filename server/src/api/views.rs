@@ -192,6 +192,62 @@ pub struct TaskCounts {
     pub cancelled: i64,
 }
 
+/// Where a map-reduce job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Maps run.
+    Map,
+    /// Every map succeeded; the reduces' inputs are being planned.
+    Shuffle,
+    /// Reduces run.
+    Reduce,
+    /// The job ended.
+    Done,
+}
+
+/// A map-reduce job's phases.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MapReduceView {
+    /// Where it is.
+    pub phase: Phase,
+    /// Its map tasks (one per split) by state.
+    pub maps: TaskCounts,
+    /// Its reduce tasks (one per partition) by state; `pending` until
+    /// every map succeeded.
+    pub reduces: TaskCounts,
+}
+
+impl MapReduceView {
+    /// The view of a map-reduce job's phases.
+    pub fn new(job: &JobRow, phases: [crate::store::PhaseCounts; 2]) -> Self {
+        let counts = |p: crate::store::PhaseCounts| TaskCounts {
+            total: p.pending + p.queued + p.running + p.succeeded + p.failed + p.cancelled,
+            pending: p.pending,
+            queued: p.queued,
+            running: p.running,
+            succeeded: p.succeeded,
+            failed: p.failed,
+            cancelled: p.cancelled,
+        };
+        let [maps, reduces] = phases.map(counts);
+        let phase = if job.status().is_final() {
+            Phase::Done
+        } else if job.planned == 1 && job.reducers > 0 {
+            Phase::Reduce
+        } else if job.reducers > 0 && maps.succeeded == maps.total {
+            Phase::Shuffle
+        } else {
+            Phase::Map
+        };
+        MapReduceView {
+            phase,
+            maps,
+            reduces,
+        }
+    }
+}
+
 /// Why a job's queued tasks wait.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Waiting {
@@ -233,6 +289,11 @@ pub struct JobView {
     pub queue_timeout: String,
     /// Its tasks by state.
     pub tasks: TaskCounts,
+    /// A map-reduce job's phases (`null` for other jobs).
+    pub mapreduce: Option<MapReduceView>,
+    /// The guests' counters (`ctx.counter`), summed over every task's
+    /// successful attempt.
+    pub counters: BTreeMap<String, i64>,
     /// Why its queued tasks wait, while no live worker can take them.
     pub waiting: Option<Waiting>,
     /// Submission time.
@@ -250,6 +311,16 @@ pub struct JobView {
 }
 
 impl JobView {
+    /// The same view with a map-reduce job's phases.
+    pub fn with_phases(
+        mut self,
+        job: &JobRow,
+        phases: Option<[crate::store::PhaseCounts; 2]>,
+    ) -> Self {
+        self.mapreduce = phases.map(|p| MapReduceView::new(job, p));
+        self
+    }
+
     /// The view of a job row with its counts.
     pub fn new(job: &JobRow, counts: Counts) -> Self {
         let end = job.finished_at.unwrap_or_else(crate::store::now_ms);
@@ -269,7 +340,7 @@ impl JobView {
                 u64::try_from(job.queue_timeout_ms).unwrap_or(0),
             )),
             tasks: TaskCounts {
-                total: job.total_tasks,
+                total: job.total_tasks + if job.planned == 0 { job.reducers } else { 0 },
                 pending: counts.pending,
                 queued: counts.queued,
                 running: counts.running,
@@ -277,6 +348,8 @@ impl JobView {
                 failed: counts.failed,
                 cancelled: counts.cancelled,
             },
+            mapreduce: None,
+            counters: job.counters.0.clone(),
             waiting: match (&job.waiting, job.waiting_since) {
                 (Some(reason), Some(since)) => Some(Waiting {
                     reason: reason.clone(),
@@ -412,6 +485,10 @@ pub struct AttemptView {
     pub log: LogView,
     /// Counters the guest reported.
     pub counters: BTreeMap<String, i64>,
+    /// When the worker began it, by the worker's clock (`null` when it did
+    /// not say).
+    #[schema(format = DateTime)]
+    pub started_at: Option<String>,
     /// End time.
     #[schema(format = DateTime)]
     pub finished_at: String,
@@ -435,6 +512,7 @@ impl AttemptView {
                 truncated: attempt.log_truncated != 0,
             },
             counters: attempt.counters.0.clone(),
+            started_at: attempt.started_at.map(time),
             finished_at: time(attempt.finished_at),
         }
     }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use sandmill_server::api::views::{JobCreated, JobView, ModuleView, Page, TaskView, WorkerView};
+use sandmill_server::api::views::{
+    JobCreated, JobView, ModuleView, Page, TaskCounts, TaskView, WorkerView,
+};
 use sandmill_server::model::{JobStatus, TaskState};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -218,7 +220,10 @@ fn job_id(text: &str) -> anyhow::Result<i64> {
 
 /// `9 succeeded, 1 failed` (states with no tasks left out).
 fn counts_line(job: &JobView) -> String {
-    let t = &job.tasks;
+    counts_of(&job.tasks)
+}
+
+fn counts_of(t: &TaskCounts) -> String {
     let parts: Vec<String> = [
         (t.pending, "pending"),
         (t.queued, "queued"),
@@ -275,6 +280,22 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
                     counts_line(&job),
                     job.elapsed
                 );
+                if let Some(mr) = &job.mapreduce {
+                    say!(
+                        "phase: {}; maps: {}; reduces: {}",
+                        serde_json::to_value(mr.phase)?.as_str().unwrap_or("?"),
+                        counts_of(&mr.maps),
+                        counts_of(&mr.reduces)
+                    );
+                }
+                if !job.counters.is_empty() {
+                    let counters: Vec<String> = job
+                        .counters
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    say!("counters: {}", counters.join(" "));
+                }
                 if let Some(waiting) = &job.waiting {
                     say!("waiting: {} (since {})", waiting.reason, waiting.since);
                 }
@@ -294,6 +315,12 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
                 let id = job_id(&job)?;
                 std::fs::create_dir_all(&output)
                     .with_context(|| format!("cannot create {}", output.display()))?;
+                // Of a map-reduce job, the last phase's outputs, numbered
+                // by partition.
+                let first_output = match server.job(id).await?.mapreduce {
+                    Some(mr) if mr.reduces.total > 0 => mr.maps.total,
+                    _ => 0,
+                };
                 let mut written = 0;
                 let server = &server;
                 let output = &output;
@@ -304,12 +331,18 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
                             TaskState::Succeeded
                         ),
                         async |task: TaskView| {
+                            if task.seq < first_output {
+                                return Ok(());
+                            }
                             let bytes = server
                                 .get(&format!("/v1/tasks/{}/output", task.id))
                                 .await?
                                 .bytes()
                                 .await?;
-                            std::fs::write(output.join(format!("part-{:05}", task.seq)), &bytes)?;
+                            std::fs::write(
+                                output.join(format!("part-{:05}", task.seq - first_output)),
+                                &bytes,
+                            )?;
                             written += 1;
                             Ok(())
                         },

@@ -215,6 +215,8 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
             let written = match output {
                 Output::Records(records) => records.write_lines(&mut stdout),
                 Output::Bytes(bytes) => stdout.write_all(&bytes),
+                // exec never asks for a partitioned map.
+                Output::Runs(..) => Ok(()),
             }
             .and_then(|()| stdout.flush());
             super::out::quiet_on_closed_pipe(written).context("cannot write the output")?;

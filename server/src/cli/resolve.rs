@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use sandmill_server::jobfile::{self, JobFile, NamedInput, SweepSection};
+use std::io::Read;
+
+use bytesize::ByteSize;
+use sandmill_server::jobfile::{self, DEFAULT_SPLIT_SIZE, JobFile, NamedInput, SweepSection};
 
 /// Where resolved files go: the embedded engine, or a server over HTTP.
 #[async_trait::async_trait]
@@ -78,6 +81,37 @@ pub async fn resolve(
             sweep.input = Some(format!("sha256:{}", upload.input(bytes).await?));
         }
     }
+    if let Some(mr) = &mut job.mapreduce {
+        mr.module = module.clone();
+        if mr.splits.is_none() {
+            if !inputs.is_empty() {
+                mr.inputs = inputs.iter().map(|p| p.display().to_string()).collect();
+            }
+            let split_size = match &mr.split_size {
+                Some(text) => text.parse::<ByteSize>().map(|b| b.0.max(1)).map_err(|e| {
+                    anyhow::anyhow!("mapreduce.split_size: `{text}` is not a size like 32MiB ({e})")
+                })?,
+                None => DEFAULT_SPLIT_SIZE,
+            };
+            let mut splits = Vec::new();
+            for (i, input) in mr.inputs.iter().enumerate() {
+                if is_ref(input) {
+                    splits.push(NamedInput {
+                        name: input.clone(),
+                        input: input.clone(),
+                    });
+                    continue;
+                }
+                let files = expand(&local(input))
+                    .with_context(|| format!("mapreduce.inputs[{i}]: `{input}`"))?;
+                for file in files {
+                    upload_splits(&file, split_size, upload, &mut splits).await?;
+                }
+            }
+            mr.splits = Some(splits);
+        }
+        return Ok(job);
+    }
     if !inputs.is_empty() {
         let mut files = Vec::new();
         for input in inputs {
@@ -117,6 +151,76 @@ pub async fn resolve(
         });
     }
     Ok(job)
+}
+
+/// The files a path names: itself, a folder's files (sorted), or a glob's
+/// matches (sorted). Naming nothing is an error.
+fn expand(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        entries.sort();
+        return Ok(entries);
+    }
+    let pattern = path.to_string_lossy();
+    let mut files: Vec<PathBuf> = glob::glob(&pattern)
+        .with_context(|| format!("`{pattern}` is not a glob"))?
+        .filter_map(Result::ok)
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no file matches {}", path.display());
+    }
+    Ok(files)
+}
+
+/// Cuts a file into splits of at most `split_size` bytes that end at a
+/// line boundary (a line longer than that is cut where it must be) and
+/// uploads each, named after the file. Holds one split in memory.
+async fn upload_splits(
+    file: &Path,
+    split_size: u64,
+    upload: &dyn Upload,
+    splits: &mut Vec<NamedInput>,
+) -> anyhow::Result<()> {
+    let name = file_name(file);
+    let mut reader =
+        std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let size = usize::try_from(split_size).unwrap_or(usize::MAX);
+    let mut carry: Vec<u8> = Vec::new();
+    let mut first = true;
+    loop {
+        let mut chunk = std::mem::take(&mut carry);
+        let want = size.saturating_sub(chunk.len());
+        let read = (&mut reader)
+            .take(want as u64)
+            .read_to_end(&mut chunk)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let at_end = read < want;
+        if chunk.is_empty() && !first {
+            break;
+        }
+        if !at_end && let Some(newline) = chunk.iter().rposition(|b| *b == b'\n') {
+            carry = chunk.split_off(newline + 1);
+        }
+        first = false;
+        let hash = upload.input(chunk).await?;
+        splits.push(NamedInput {
+            name: name.clone(),
+            input: format!("sha256:{hash}"),
+        });
+        if at_end && carry.is_empty() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn file_name(path: &Path) -> String {

@@ -91,15 +91,24 @@ async fn run_job(scheduler: &Scheduler, args: &RunArgs) -> anyhow::Result<ExitCo
     if let Some(dir) = &args.output {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    write_outputs(scheduler, job_id, args.output.as_ref()).await?;
+    write_outputs(scheduler, &job, args.output.as_ref()).await?;
     let store = scheduler.store();
     let counts = store.counts(&job).await?;
+    if !job.counters.0.is_empty() {
+        let counters: Vec<String> = job
+            .counters
+            .0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        tell!("counters: {}", counters.join(" "));
+    }
     tell!(
         "job {} `{}` {}: {} task(s) ({} succeeded, {} failed, {} cancelled) in {:.2?}",
         job.id,
         job.name,
         job.status(),
-        job.total_tasks,
+        job.total_tasks + if job.planned == 0 { job.reducers } else { 0 },
         counts.succeeded,
         counts.failed,
         counts.cancelled,
@@ -113,12 +122,19 @@ async fn run_job(scheduler: &Scheduler, args: &RunArgs) -> anyhow::Result<ExitCo
 }
 
 /// Writes every succeeded task's output (to `dir/part-NNNNN`, or stdout in
-/// task order) and says which tasks failed, a page at a time.
+/// task order) and says which tasks failed, a page at a time. Of a
+/// map-reduce job, only the last phase's outputs are written, numbered by
+/// partition (by split, for a map-only job).
 async fn write_outputs(
     scheduler: &Scheduler,
-    job_id: i64,
+    job: &sandmill_server::store::JobRow,
     dir: Option<&PathBuf>,
 ) -> anyhow::Result<()> {
+    let job_id = job.id;
+    let first_output = match job.maps {
+        Some(maps) if job.reducers > 0 => maps,
+        _ => 0,
+    };
     let store = scheduler.store();
     let mut after = None;
     loop {
@@ -137,6 +153,9 @@ async fn write_outputs(
                 );
                 continue;
             }
+            if task.seq < first_output {
+                continue;
+            }
             let output = match store.task_output(task.id).await? {
                 Some(Stored::Inline(bytes)) => bytes,
                 Some(Stored::Blob(hash)) => scheduler
@@ -148,7 +167,7 @@ async fn write_outputs(
             };
             match dir {
                 Some(dir) => {
-                    let path = dir.join(format!("part-{:05}", task.seq));
+                    let path = dir.join(format!("part-{:05}", task.seq - first_output));
                     std::fs::write(&path, &output)
                         .with_context(|| format!("cannot write {}", path.display()))?;
                 }

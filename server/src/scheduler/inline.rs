@@ -106,6 +106,7 @@ impl Scheduler {
             grants: new.grants.clone(),
             labels: new.labels.clone(),
             seed: Some(seed),
+            shuffle: None,
             delivered: 1,
         };
         let handle = tokio::runtime::Handle::current();

@@ -13,12 +13,14 @@
 //! - [`reconcile`]: says why tasks wait, expires those that waited too
 //!   long, and publishes again what the broker lost.
 //! - [`inline`]: the upload-and-run fast path of the embedded mode.
+//! - [`mapreduce`]: map-reduce jobs between their phases.
 //!
 //! Memory does not grow with the number of tasks: the backlog lives in the
 //! database, and what is in flight is bounded by the window.
 
 mod dispatch;
 mod inline;
+mod mapreduce;
 mod reconcile;
 mod recorder;
 mod submit;
@@ -39,6 +41,7 @@ use crate::model::JobStatus;
 use crate::store::{CancelRefused, JobRow, ModuleRow, Store, StoreError};
 
 pub use inline::{Inline, InlineRun};
+pub use mapreduce::part_name;
 pub use submit::{SubmitOptions, Submitted};
 
 /// How often the reconciler looks for live tasks missing from the broker,

@@ -55,6 +55,7 @@ impl Scheduler {
                 }
                 tracing::warn!(%error, "checking waiting jobs failed");
             }
+
             if last_absent.elapsed() >= self.inner.config.absent_every {
                 last_absent = tokio::time::Instant::now();
                 match self.republish_absent().await {

@@ -92,6 +92,8 @@ impl Scheduler {
                 recorded.finished_tasks.extend(more.finished_tasks);
                 recorded.retried.extend(more.retried);
                 recorded.finished_jobs.extend(more.finished_jobs);
+                recorded.maps_done.extend(more.maps_done);
+                recorded.failing.extend(more.failing);
                 recorded.set_aside.extend(more.set_aside);
                 recorded.ignored += more.ignored;
                 Ok(recorded)
@@ -172,6 +174,19 @@ impl Scheduler {
         }
         if !recorded.finished_jobs.is_empty() {
             self.inner.finished.send_modify(|n| *n += 1);
+        }
+        for job_id in recorded.failing.iter().copied() {
+            self.fail_early(job_id).await;
+        }
+        for job_id in recorded.maps_done.iter().copied() {
+            let scheduler = self.clone();
+            // Never block the recorder on the blob store; should this
+            // fail, the reconciler plans them.
+            tokio::spawn(async move {
+                if let Err(error) = scheduler.plan_reduces(job_id).await {
+                    tracing::warn!(job_id, %error, "planning reduces failed; the reconciler tries again");
+                }
+            });
         }
         self.wake_waiters(events, &recorded);
     }

@@ -140,7 +140,14 @@ impl Scheduler {
                         Ok(Item {
                             params: task_params.clone(),
                             input_hash: Some(input_ref(
-                                &format!("sweep.inputs[{i}].input"),
+                                &format!(
+                                    "{}[{i}].input",
+                                    if job.mapreduce.is_some() {
+                                        "mapreduce.splits"
+                                    } else {
+                                        "sweep.inputs"
+                                    }
+                                ),
                                 &named.input,
                             )?),
                             input_name: named.name.clone(),
@@ -175,9 +182,28 @@ impl Scheduler {
             )
             .into());
         }
+        let mapreduce = job.shuffle()?;
+        if let Some((reducers, _)) = &mapreduce
+            && *reducers > 0
+            && !self
+                .module(&resolved.module_hash)
+                .await?
+                .is_some_and(|m| m.exports.has(CallKind::Reduce))
+        {
+            return Err(Invalid::field(
+                "mapreduce.module",
+                format!(
+                    "module sha256:{} exports no reduce function; say reducers = 0 for a map-only job",
+                    resolved.module_hash
+                ),
+            )
+            .into());
+        }
         Ok(NewJob {
             name: job.name.clone(),
-            kind: if job.sweep.is_some() {
+            kind: if job.mapreduce.is_some() {
+                JobKind::MapReduce
+            } else if job.sweep.is_some() {
                 JobKind::Sweep
             } else {
                 JobKind::Task
@@ -196,6 +222,7 @@ impl Scheduler {
             items,
             max_attempts: i64::from(max_attempts),
             queue_timeout_ms: i64::try_from(job.queue_timeout()?.as_millis()).unwrap_or(i64::MAX),
+            mapreduce,
         })
     }
 

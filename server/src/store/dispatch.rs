@@ -5,12 +5,13 @@
 //! (and drops them once they are tasks).
 
 use sandmill_runtime::labels::Labels;
-use sandmill_runtime::message::TaskMessage;
+use sandmill_runtime::message::{Shuffle, TaskMessage};
 use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
 use sqlx::Row;
 
 use super::types::{JsonText, Text};
 use super::{LIVE_SQL, Store, StoreError, now_ms, on_pool, per_backend};
+use crate::jobfile::ShuffleSettings;
 use crate::model::{JobStatus, TaskState};
 
 /// A running job with tasks still to dispatch.
@@ -39,12 +40,16 @@ pub(crate) struct Template {
     has_items: i64,
     total_tasks: i64,
     dispatched: i64,
+    maps: Option<i64>,
+    reducers: i64,
+    shuffle: Option<JsonText<ShuffleSettings>>,
 }
 
 /// One task row as it was created.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct Created {
     id: i64,
+    seq: i64,
     params: Option<String>,
     input_hash: Option<String>,
     input_name: Option<String>,
@@ -66,6 +71,9 @@ impl Template {
             has_items: i64::from(!job.items.is_empty()),
             total_tasks: job.total,
             dispatched: 0,
+            maps: job.mapreduce.as_ref().map(|_| job.total),
+            reducers: job.mapreduce.as_ref().map_or(0, |(r, _)| i64::from(*r)),
+            shuffle: job.mapreduce.as_ref().map(|(_, s)| JsonText(s.clone())),
         }
     }
 
@@ -74,12 +82,19 @@ impl Template {
             Some(name) => (task.input_hash, name),
             None => (self.task_input_hash.clone(), self.task_input_name.clone()),
         };
+        let (kind, shuffle) = shape(
+            self.task_kind.0,
+            task.seq,
+            self.maps,
+            self.reducers,
+            self.shuffle.as_ref().map(|s| &s.0),
+        );
         TaskMessage {
             task_id: task.id,
             job_id,
             attempt: 0,
             priority: u8::try_from(self.priority).unwrap_or(0),
-            kind: self.task_kind.0,
+            kind,
             module: self.module_hash.clone(),
             input,
             input_name,
@@ -89,8 +104,36 @@ impl Template {
             grants: self.grants.0.clone(),
             labels: self.labels.0.clone(),
             seed: None,
+            shuffle,
             delivered: 1,
         }
+    }
+}
+
+/// A task's kind and part in the shuffle, from its job's shape: in a
+/// map-reduce job with reducers, the first `maps` tasks are its maps and
+/// the rest its reduces.
+pub(crate) fn shape(
+    kind: CallKind,
+    seq: i64,
+    maps: Option<i64>,
+    reducers: i64,
+    settings: Option<&ShuffleSettings>,
+) -> (CallKind, Option<Shuffle>) {
+    match (maps, settings) {
+        (Some(maps), Some(settings)) if reducers > 0 => {
+            if seq < maps {
+                let shuffle = Shuffle::Map {
+                    partitions: u32::try_from(reducers).unwrap_or(u32::MAX),
+                    buffer: settings.buffer,
+                    combine: settings.combine,
+                };
+                (CallKind::Map, Some(shuffle))
+            } else {
+                (CallKind::Reduce, Some(Shuffle::Reduce))
+            }
+        }
+        _ => (kind, None),
     }
 }
 
@@ -106,7 +149,7 @@ per_backend! {
     ) -> Result<Vec<TaskMessage>, sqlx::Error> {
         let template: Option<Template> = sqlx::query_as(
             "SELECT priority, task_kind, module_hash, limits, grants, labels, task_params, \
-             task_input_hash, task_input_name, has_items, total_tasks, dispatched \
+             task_input_hash, task_input_name, has_items, total_tasks, dispatched, maps, reducers, shuffle \
              FROM jobs WHERE id = $1 AND status = $2",
         )
         .bind(job_id)
@@ -138,7 +181,7 @@ per_backend! {
                 "INSERT INTO tasks (job_id, seq, state, params, input_hash, input_name, attempt, starts, created_at) \
                  SELECT job_id, seq, $2, params, input_hash, input_name, 0, 0, $3 FROM job_items \
                  WHERE job_id = $1 AND seq >= $4 AND seq < $5 \
-                 RETURNING id, params, input_hash, input_name",
+                 RETURNING id, seq, params, input_hash, input_name",
             )
             .bind(job_id)
             .bind(Text(TaskState::Queued))
@@ -158,7 +201,7 @@ per_backend! {
                 "WITH RECURSIVE s(n) AS (SELECT CAST($4 AS BIGINT) UNION ALL SELECT n + 1 FROM s WHERE n + 1 < $5) \
                  INSERT INTO tasks (job_id, seq, state, attempt, starts, created_at) \
                  SELECT $1, n, $2, 0, 0, $3 FROM s \
-                 RETURNING id, params, input_hash, input_name",
+                 RETURNING id, seq, params, input_hash, input_name",
             )
             .bind(job_id)
             .bind(Text(TaskState::Queued))

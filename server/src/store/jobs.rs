@@ -12,6 +12,7 @@ use super::{
     Counts, INSERT_CHUNK, JOB_COLUMNS, JobRow, LIVE_SQL, Store, StoreError, now_ms, on_pool,
     per_backend,
 };
+use crate::jobfile::ShuffleSettings;
 use crate::model::{JobKind, JobStatus, TaskState};
 
 /// Longest waiting reason or expiry message kept.
@@ -63,6 +64,8 @@ pub struct NewJob {
     pub max_attempts: i64,
     /// How long its tasks may wait while no live worker can take them (ms).
     pub queue_timeout_ms: i64,
+    /// A map-reduce job's reducers and shuffle (its maps are its items).
+    pub mapreduce: Option<(u32, ShuffleSettings)>,
 }
 
 /// Why a cancel did nothing.
@@ -93,8 +96,10 @@ per_backend! {
         sqlx::query(
             "INSERT INTO jobs (name, kind, status, priority, task_kind, module_hash, limits, grants, labels, \
              definition, task_params, task_input_hash, task_input_name, has_items, total_tasks, dispatched, \
-             succeeded, failed, cancelled, max_attempts, queue_timeout_ms, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, 0, 0, 0, $16, $17, $18, $18) \
+             succeeded, failed, cancelled, max_attempts, queue_timeout_ms, created_at, updated_at, \
+             maps, reducers, shuffle, planned) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, 0, 0, 0, $16, $17, $18, $18, \
+             $19, $20, $21, $22) \
              RETURNING id",
         )
         .bind(safe_text(&job.name, 1024))
@@ -115,6 +120,12 @@ per_backend! {
         .bind(job.max_attempts)
         .bind(job.queue_timeout_ms)
         .bind(now)
+        .bind(job.mapreduce.as_ref().map(|_| job.total))
+        .bind(job.mapreduce.as_ref().map_or(0, |(r, _)| i64::from(*r)))
+        .bind(job.mapreduce.as_ref().map(|(_, s)| JsonText(s.clone())))
+        // A map-reduce job with reducers is planned whole once its maps
+        // are done; every other job is planned whole now.
+        .bind(i64::from(job.mapreduce.as_ref().is_none_or(|(r, _)| *r == 0)))
         .fetch_one(&mut **tx)
         .await?
         .try_get(0)
@@ -255,7 +266,9 @@ impl Store {
         .map(|r| Ok::<_, sqlx::Error>((r.try_get::<Text<TaskState>, _>(0)?.0, r.try_get::<i64, _>(1)?)))
         .collect::<Result<Vec<_>, _>>()?);
         let mut counts = Counts {
-            pending: job.total_tasks - job.dispatched,
+            // A map-reduce job's reduces are pending until its maps are done.
+            pending: job.total_tasks - job.dispatched
+                + if job.planned == 0 { job.reducers } else { 0 },
             succeeded: job.succeeded,
             failed: job.failed,
             cancelled: job.cancelled,
@@ -274,6 +287,20 @@ impl Store {
     /// Cancels a running job: its live tasks and its backlog. Returns how
     /// many live tasks it cancelled.
     pub async fn cancel_job(&self, id: i64) -> Result<Result<i64, CancelRefused>, StoreError> {
+        self.end_job(id, JobStatus::Cancelled).await
+    }
+
+    /// Ends a running job as failed before its end (a map-reduce job with
+    /// a task that failed for good): what is left of it is cancelled.
+    pub async fn fail_job(&self, id: i64) -> Result<Result<i64, CancelRefused>, StoreError> {
+        self.end_job(id, JobStatus::Failed).await
+    }
+
+    async fn end_job(
+        &self,
+        id: i64,
+        status: JobStatus,
+    ) -> Result<Result<i64, CancelRefused>, StoreError> {
         let now = now_ms();
         let cancel_live = format!(
             "UPDATE tasks SET state = $1, finished_at = $2 WHERE job_id = $3 AND {LIVE_SQL}"
@@ -292,7 +319,7 @@ impl Store {
                  dispatched = total_tasks, updated_at = $3, finished_at = $3, waiting = NULL, \
                  waiting_since = NULL WHERE id = $4 AND status = $5",
             )
-            .bind(Text(JobStatus::Cancelled))
+            .bind(Text(status))
             .bind(live)
             .bind(now)
             .bind(id)

@@ -13,6 +13,8 @@
 //! - [`tasks`](self::tasks): tasks, attempts, outputs and logs as read back.
 //! - [`dispatch`](self::dispatch): turning a job's backlog into queued
 //!   tasks, a window at a time.
+//! - [`mapreduce`](self::mapreduce): map-reduce jobs' maps, reduces and
+//!   phases.
 //! - [`record`](self::record): applying what workers report.
 //! - [`recovery`](self::recovery): live tasks after a restart and for the
 //!   reconciler, a page at a time.
@@ -26,6 +28,7 @@
 mod catalog;
 pub mod dispatch;
 mod jobs;
+mod mapreduce;
 mod record;
 mod recovery;
 mod rows;
@@ -43,6 +46,7 @@ use sqlx::sqlite::{
 
 pub use catalog::NewSpec;
 pub use jobs::{CancelRefused, Expired, Item, NewJob};
+pub use mapreduce::{MapResult, PhaseCounts, RunningTask};
 pub use record::Recorded;
 pub use rows::*;
 pub use run::{RunRecord, RunWriter};

@@ -14,7 +14,7 @@ use sqlx::{QueryBuilder, Row};
 
 use super::types::{JsonText, Text, safe_text};
 use super::{LIVE_SQL, RECORD_CHUNK, Store, StoreError, now_ms, on_pool, per_backend};
-use crate::model::{JobStatus, TaskState};
+use crate::model::{JobKind, JobStatus, TaskState};
 
 /// What recording a batch of events changed.
 #[derive(Debug, Default)]
@@ -27,6 +27,12 @@ pub struct Recorded {
     pub retried: Vec<i64>,
     /// Jobs that reached a final status.
     pub finished_jobs: Vec<i64>,
+    /// Map-reduce jobs whose maps all succeeded: their reduces are to be
+    /// planned.
+    pub maps_done: Vec<i64>,
+    /// Running map-reduce jobs with a task that failed for good: the job
+    /// fails (what is left of it is cancelled).
+    pub failing: Vec<i64>,
     /// Results the database refused, recorded instead as their tasks'
     /// failures (filled in by the scheduler's recorder).
     pub set_aside: Vec<TaskResult>,
@@ -123,13 +129,28 @@ per_backend! {
     }
 
     /// Queues retryable failures again as their next attempt, if attempts
-    /// are left; returns the tasks requeued, with their jobs.
+    /// are left; returns the tasks requeued, with their jobs. The failure
+    /// of an attempt superseded by a backup only ends it (the backup goes
+    /// on): such tasks are returned too, with no new attempt to publish.
     pub(crate) async fn requeue(
         tx: &mut sqlx::Transaction<'static, Db>,
         retries: &[&TaskResult],
-    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    ) -> Result<Vec<(i64, i64, bool)>, sqlx::Error> {
         let mut requeued = Vec::new();
         for result in retries {
+            let superseded: Option<i64> = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE tasks SET prior = NULL WHERE id = $1 AND prior = $2 AND {LIVE_SQL} RETURNING job_id"
+            )))
+            .bind(result.task_id)
+            .bind(result.attempt)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+            if let Some(job) = superseded {
+                requeued.push((result.task_id, job, false));
+                continue;
+            }
             let job: Option<i64> = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE tasks SET state = $1, attempt = attempt + 1, started_at = NULL \
                  WHERE id = $2 AND attempt = $3 AND {LIVE_SQL} \
@@ -144,7 +165,7 @@ per_backend! {
             .map(|r| r.try_get(0))
             .transpose()?;
             if let Some(job) = job {
-                requeued.push((result.task_id, job));
+                requeued.push((result.task_id, job, true));
             }
         }
         Ok(requeued)
@@ -182,7 +203,7 @@ per_backend! {
         for chunk in finals.chunks(RECORD_CHUNK) {
             let mut update = QueryBuilder::new(
                 "UPDATE tasks SET state = v.column3, reason = v.column4, error = v.column5, \
-                 output = v.column6, output_hash = v.column7, output_size = v.column8, finished_at = ",
+                 output = v.column6, output_hash = v.column7, output_size = v.column8, prior = NULL, finished_at = ",
             );
             update.push_bind(now).push(" FROM (");
             update.push_values(chunk.iter(), |mut row, f| {
@@ -207,8 +228,10 @@ per_backend! {
                     .push_bind(output_hash)
                     .push_bind(output_size);
             });
+            // A backup's result counts, and so does the attempt it backs
+            // up (`prior`): the first of the two to finish.
             update.push(format!(
-                ") AS v WHERE tasks.id = v.column1 AND tasks.attempt = v.column2 \
+                ") AS v WHERE tasks.id = v.column1 AND (tasks.attempt = v.column2 OR tasks.prior = v.column2) \
                  AND tasks.{LIVE_SQL} RETURNING tasks.id, tasks.job_id, tasks.state"
             ));
             for row in update.build().fetch_all(&mut **tx).await? {
@@ -231,7 +254,7 @@ per_backend! {
         for chunk in attempts.chunks(RECORD_CHUNK) {
             let mut insert = QueryBuilder::new(
                 "INSERT INTO attempts (task_id, attempt, state, reason, error, worker, elapsed_ms, \
-                 fuel_used, log, log_hash, log_size, log_truncated, counters, finished_at) ",
+                 fuel_used, log, log_hash, log_size, log_truncated, counters, finished_at, started_at) ",
             );
             insert.push_values(chunk.iter(), |mut row, (result, reason)| {
                 let (log_hash, log_size) = match &result.log_blob {
@@ -251,7 +274,8 @@ per_backend! {
                     .push_bind(log_size)
                     .push_bind(i64::from(result.log_truncated))
                     .push_bind(JsonText(result.counters.clone()))
-                    .push_bind(now);
+                    .push_bind(now)
+                    .push_bind(result.started_ms);
             });
             insert.push(" ON CONFLICT (task_id, attempt) DO NOTHING");
             insert.build().execute(&mut **tx).await?;
@@ -259,19 +283,53 @@ per_backend! {
         Ok(())
     }
 
+    /// Adds guests' counters to their jobs' sums (at most
+    /// [`MAX_COUNTERS`](sandmill_runtime::message::MAX_COUNTERS) names).
+    pub(crate) async fn add_counters(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        sums: &BTreeMap<i64, BTreeMap<String, i64>>,
+    ) -> Result<(), sqlx::Error> {
+        for (job_id, sum) in sums {
+            let Some(row) = sqlx::query("SELECT counters FROM jobs WHERE id = $1")
+                .bind(*job_id)
+                .fetch_optional(&mut **tx)
+                .await?
+            else {
+                continue;
+            };
+            let mut counters: BTreeMap<String, i64> =
+                row.try_get::<JsonText<BTreeMap<String, i64>>, _>(0).map(|c| c.0).unwrap_or_default();
+            for (name, delta) in sum {
+                let slot = counters.entry(name.clone()).or_default();
+                *slot = slot.saturating_add(*delta);
+            }
+            let counters = sandmill_runtime::message::bound_counters(counters);
+            sqlx::query("UPDATE jobs SET counters = $1 WHERE id = $2")
+                .bind(JsonText(counters))
+                .bind(*job_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Adds finished tasks to their jobs' counters, notes the change, and
-    /// ends the jobs with nothing left to run; returns those ended.
+    /// ends the jobs with nothing left to run; returns those ended, the
+    /// map-reduce jobs whose maps are all done, and the running map-reduce
+    /// jobs with a new failure.
     pub(crate) async fn update_jobs(
         tx: &mut sqlx::Transaction<'static, Db>,
         changes: &BTreeMap<i64, (i64, i64)>,
         now: i64,
-    ) -> Result<Vec<i64>, sqlx::Error> {
+    ) -> Result<(Vec<i64>, Vec<i64>, Vec<i64>), sqlx::Error> {
         // One statement per job: the counters, and the end when nothing of
         // it is left to run (every task dispatched, none live). SET
         // expressions see the row as it was, so `failed + $2` is the new
         // count; a job that ends here returns finished_at = now.
+        // A map-reduce job whose reduces are not planned yet is not done,
+        // unless it failed.
         let ended_sql = format!(
-            "status = $5 AND dispatched = total_tasks AND NOT EXISTS \
+            "status = $5 AND dispatched = total_tasks AND (planned = 1 OR failed + $2 > 0) AND NOT EXISTS \
              (SELECT 1 FROM tasks WHERE tasks.job_id = jobs.id AND tasks.{LIVE_SQL})"
         );
         let sql = format!(
@@ -280,9 +338,11 @@ per_backend! {
              finished_at = CASE WHEN {ended_sql} THEN $3 ELSE finished_at END, \
              waiting = CASE WHEN {ended_sql} THEN NULL ELSE waiting END, \
              waiting_since = CASE WHEN {ended_sql} THEN NULL ELSE waiting_since END \
-             WHERE id = $4 RETURNING status, finished_at"
+             WHERE id = $4 RETURNING status, finished_at, kind, planned, succeeded, maps"
         );
         let mut ended = Vec::new();
+        let mut maps_done = Vec::new();
+        let mut failing = Vec::new();
         for (job_id, (succeeded, failed)) in changes {
             let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(*succeeded)
@@ -294,15 +354,25 @@ per_backend! {
                 .bind(Text(JobStatus::Succeeded))
                 .fetch_optional(&mut **tx)
                 .await?;
-            if let Some(row) = row
-                && row.try_get::<Text<JobStatus>, _>(0)?.0 != JobStatus::Running
+            let Some(row) = row else { continue };
+            let status = row.try_get::<Text<JobStatus>, _>(0)?.0;
+            if status != JobStatus::Running
                 && row.try_get::<Option<i64>, _>(1)? == Some(now)
                 && (*succeeded > 0 || *failed > 0)
             {
                 ended.push(*job_id);
             }
+            if status == JobStatus::Running && row.try_get::<Text<JobKind>, _>(2)?.0 == JobKind::MapReduce {
+                if *failed > 0 {
+                    failing.push(*job_id);
+                } else if row.try_get::<i64, _>(3)? == 0
+                    && Some(row.try_get::<i64, _>(4)?) == row.try_get::<Option<i64>, _>(5)?
+                {
+                    maps_done.push(*job_id);
+                }
+            }
         }
-        Ok(ended)
+        Ok((ended, maps_done, failing))
     }
 }
 
@@ -316,11 +386,11 @@ impl Store {
             ignored: sorted.duplicates,
             ..Recorded::default()
         };
-        let (finished_tasks, retried, finished_jobs) = on_pool!(self, pool, db => {
+        let (finished_tasks, retried, finished_jobs, maps_done, failing) = on_pool!(self, pool, db => {
             let mut tx = db::begin(pool).await?;
             db::record::apply_starts(&mut tx, &sorted.starts, now).await?;
             let requeued = db::record::requeue(&mut tx, &sorted.retries).await?;
-            let requeued_ids: BTreeSet<i64> = requeued.iter().map(|(t, _)| *t).collect();
+            let requeued_ids: BTreeSet<i64> = requeued.iter().map(|(t, _, _)| *t).collect();
             // Retryable failures with no attempt left are final.
             let finals: Vec<&TaskResult> = sorted
                 .finals
@@ -373,14 +443,28 @@ impl Store {
                     Verdict::Failed => entry.1 += 1,
                 }
             }
-            for (_, job) in &requeued {
+            for (_, job, _) in &requeued {
                 changes.entry(*job).or_default();
             }
-            let ended = db::record::update_jobs(&mut tx, &changes, now).await?;
+            let mut sums: BTreeMap<i64, BTreeMap<String, i64>> = BTreeMap::new();
+            for f in &finals {
+                if f.result.verdict == Verdict::Succeeded
+                    && !f.result.counters.is_empty()
+                    && let Some((_, job, _)) = applied.iter().find(|(t, _, _)| *t == f.result.task_id)
+                {
+                    let sum = sums.entry(*job).or_default();
+                    for (name, delta) in &f.result.counters {
+                        let slot = sum.entry(name.clone()).or_default();
+                        *slot = slot.saturating_add(*delta);
+                    }
+                }
+            }
+            db::record::add_counters(&mut tx, &sums).await?;
+            let (ended, maps_done, failing) = db::record::update_jobs(&mut tx, &changes, now).await?;
             tx.commit().await?;
             let finished: Vec<i64> = applied.iter().map(|(t, _, _)| *t).collect();
-            let retried: Vec<i64> = requeued.iter().map(|(t, _)| *t).collect();
-            (finished, retried, ended)
+            let retried: Vec<i64> = requeued.iter().filter(|(_, _, again)| *again).map(|(t, _, _)| *t).collect();
+            (finished, retried, ended, maps_done, failing)
         });
         let counted = finished_tasks.len() + retried.len();
         let results = events
@@ -391,6 +475,8 @@ impl Store {
         recorded.finished_tasks = finished_tasks;
         recorded.retried = retried;
         recorded.finished_jobs = finished_jobs;
+        recorded.maps_done = maps_done;
+        recorded.failing = failing;
         Ok(recorded)
     }
 }
@@ -415,6 +501,7 @@ mod tests {
             log_blob: None,
             log_truncated: false,
             counters: Default::default(),
+            started_ms: None,
             elapsed_ms: 0,
             fuel_used: None,
         })

@@ -27,21 +27,33 @@ struct LiveRow {
     grants: JsonText<Grants>,
     labels: JsonText<Labels>,
     seed: Option<i64>,
+    seq: i64,
+    maps: Option<i64>,
+    reducers: i64,
+    shuffle: Option<JsonText<crate::jobfile::ShuffleSettings>>,
 }
 
 const LIVE_COLUMNS: &str = "t.id, t.job_id, t.attempt, j.priority, j.task_kind, j.module_hash, \
      CASE WHEN t.input_name IS NULL THEN j.task_input_hash ELSE t.input_hash END AS input_hash, \
      COALESCE(t.input_name, j.task_input_name) AS input_name, \
-     COALESCE(t.params, j.task_params) AS params, j.limits, j.grants, j.labels, t.seed";
+     COALESCE(t.params, j.task_params) AS params, j.limits, j.grants, j.labels, t.seed, \
+     t.seq, j.maps, j.reducers, j.shuffle";
 
 impl LiveRow {
     fn message(self) -> TaskMessage {
+        let (kind, shuffle) = super::dispatch::shape(
+            self.task_kind.0,
+            self.seq,
+            self.maps,
+            self.reducers,
+            self.shuffle.as_ref().map(|s| &s.0),
+        );
         TaskMessage {
             task_id: self.id,
             job_id: self.job_id,
             attempt: self.attempt,
             priority: u8::try_from(self.priority).unwrap_or(0),
-            kind: self.task_kind.0,
+            kind,
             module: self.module_hash,
             input: self.input_hash,
             input_name: self.input_name,
@@ -52,6 +64,7 @@ impl LiveRow {
             labels: self.labels.0,
             // Stored as its bits in a signed column.
             seed: self.seed.map(|s| s as u64),
+            shuffle,
             delivered: 1,
         }
     }

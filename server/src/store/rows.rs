@@ -15,7 +15,7 @@ use crate::model::{JobKind, JobStatus, TaskState};
 pub const JOB_COLUMNS: &str = "id, name, kind, status, priority, task_kind, module_hash, limits, grants, \
      labels, task_params, task_input_hash, task_input_name, has_items, total_tasks, dispatched, \
      succeeded, failed, cancelled, max_attempts, queue_timeout_ms, waiting, waiting_since, created_at, \
-     updated_at, finished_at";
+     updated_at, finished_at, maps, reducers, planned, counters";
 
 /// Columns of [`TaskRow`], in order, from `tasks t JOIN jobs j`.
 pub const TASK_COLUMNS: &str = "t.id, t.job_id, t.seq, t.state, COALESCE(t.params, j.task_params) AS params, \
@@ -25,7 +25,7 @@ pub const TASK_COLUMNS: &str = "t.id, t.job_id, t.seq, t.state, COALESCE(t.param
 
 /// Columns of [`AttemptRow`], in order.
 pub const ATTEMPT_COLUMNS: &str = "task_id, attempt, state, reason, error, worker, elapsed_ms, fuel_used, \
-     log_size, log_hash, log_truncated, counters, finished_at";
+     log_size, log_hash, log_truncated, counters, finished_at, started_at";
 
 /// The kinds a module exports, stored comma-separated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +149,14 @@ pub struct JobRow {
     pub updated_at: i64,
     /// End time (ms).
     pub finished_at: Option<i64>,
+    /// A map-reduce job's map tasks (its first tasks); `None` for others.
+    pub maps: Option<i64>,
+    /// A map-reduce job's reduce tasks.
+    pub reducers: i64,
+    /// 0 while a map-reduce job's reduces are not yet planned.
+    pub planned: i64,
+    /// The guests' counters, summed over every task's successful attempt.
+    pub counters: JsonText<BTreeMap<String, i64>>,
 }
 
 impl JobRow {
@@ -257,4 +265,6 @@ pub struct AttemptRow {
     pub counters: JsonText<BTreeMap<String, i64>>,
     /// End time (ms).
     pub finished_at: i64,
+    /// When the worker began it (ms, the worker's clock), if it said.
+    pub started_at: Option<i64>,
 }
