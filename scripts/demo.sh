@@ -10,6 +10,6 @@ cargo build --quiet --release --target wasm32-wasip2 --manifest-path guest-examp
 echo "demo: building sandmill" >&2
 cargo build --quiet -p sandmill-server
 
-echo "demo: sandmill run examples/wordcount.toml (embedded: SQLite, in-process broker, workers)" >&2
-echo "demo: the ten most frequent words of examples/alice.txt" >&2
-target/debug/sandmill run examples/wordcount.toml | sort -k2,2nr -k1,1 | head -n 10
+echo "demo: sandmill run examples/wordcount-mapreduce.toml (embedded: SQLite, in-process broker, workers)" >&2
+echo "demo: a map per split of examples/corpus/*.txt, two reduces; the ten most frequent words:" >&2
+target/debug/sandmill run examples/wordcount-mapreduce.toml | sort -k2,2nr -k1,1 | head -n 10

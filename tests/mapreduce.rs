@@ -322,6 +322,34 @@ fn a_map_only_job_writes_one_part_per_split_and_bad_files_are_refused() {
             .contains("NATION")
     );
 
+    // A map that fails on every attempt fails the job, naming the split
+    // and the guest's message; no reduce runs.
+    let failing = job_file(
+        work.path(),
+        "bad-params",
+        guests::WORDCOUNT,
+        &glob,
+        "reducers = 2\n[mapreduce.params]\nno_such_knob = 1",
+    );
+    let failed = support::output_within(
+        sandmill(state.path()).args(["run", failing.to_str().unwrap()]),
+        LIMIT,
+    );
+    assert_eq!(failed.status.code(), Some(2));
+    let told = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        told.contains(".txt) failed[guest-error]: guest error: invalid task parameters: unknown field `no_such_knob`"),
+        "{told}"
+    );
+    // Two maps (one failed, the other failed or cancelled) and two
+    // reduces that never ran.
+    assert!(told.contains("4 task(s) (0 succeeded, "), "{told}");
+    assert!(
+        told.contains(" 2 cancelled)") || told.contains(" 3 cancelled)"),
+        "{told}"
+    );
+    assert!(told.contains("`bad-params` failed"), "{told}");
+
     // Refused before anything runs: a glob that names nothing, a module
     // with no reduce for a job with reducers, too many reducers.
     let nothing = job_file(work.path(), "none", guests::WORDCOUNT, "/nowhere/*.txt", "");
@@ -572,6 +600,60 @@ fn maps_and_reduces_run_in_parallel_once_each_and_the_job_ends_after_its_last_re
             "{status}"
         );
         assert!(status.contains("counters: words="), "{status}");
+
+        // Over HTTP, with inputs uploaded by the client: one split each.
+        let module = support::upload_module(&dev.http, &dev.base, guests::WORDCOUNT).await;
+        let mut inputs = Vec::new();
+        for text in ["one fish two fish", "red fish blue fish"] {
+            let input: Value = dev
+                .http
+                .post(format!("{}/v1/inputs", dev.base))
+                .body(text)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            inputs.push(input["input"].as_str().unwrap().to_owned());
+        }
+        let created: Value = dev
+            .http
+            .post(format!("{}/v1/jobs", dev.base))
+            .json(&serde_json::json!({
+                "name": "api",
+                "mapreduce": {"module": module, "inputs": inputs, "reducers": 1}
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = created["id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{created}"));
+        let finished = dev.finish(id, |_| {}).await;
+        assert_eq!(finished["status"], "succeeded", "{finished}");
+        let reduce = dev
+            .tasks(id)
+            .await
+            .into_iter()
+            .find(|t| t["task"]["seq"] == 2)
+            .unwrap();
+        let output = dev
+            .http
+            .get(format!(
+                "{}/v1/tasks/{}/output",
+                dev.base, reduce["task"]["id"]
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(output, "blue 1\nfish 4\none 1\nred 1\ntwo 1\n");
     });
 }
 

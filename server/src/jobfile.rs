@@ -495,6 +495,34 @@ impl JobFile {
         Ok(())
     }
 
+    /// The job with a `[mapreduce]` whose inputs are all `sha256:` refs
+    /// (and no splits) given one split per input, named by its ref: what
+    /// a client that uploaded its inputs itself sends. Otherwise as it is.
+    pub fn with_uploaded_splits(&self) -> std::borrow::Cow<'_, JobFile> {
+        match &self.mapreduce {
+            Some(mr)
+                if mr.splits.is_none()
+                    && !mr.inputs.is_empty()
+                    && mr.inputs.iter().all(|i| i.starts_with("sha256:")) =>
+            {
+                let mut job = self.clone();
+                if let Some(mr) = &mut job.mapreduce {
+                    mr.splits = Some(
+                        mr.inputs
+                            .iter()
+                            .map(|i| NamedInput {
+                                name: i.clone(),
+                                input: i.clone(),
+                            })
+                            .collect(),
+                    );
+                }
+                std::borrow::Cow::Owned(job)
+            }
+            _ => std::borrow::Cow::Borrowed(self),
+        }
+    }
+
     /// Where the tasks come from, bounded by `max_tasks`.
     pub fn backlog(&self, max_tasks: u64) -> Result<Backlog<'_>, Invalid> {
         if self.task.is_some() {

@@ -81,6 +81,15 @@ impl DirBlobStore {
 #[async_trait]
 impl BlobStore for DirBlobStore {
     async fn put(&self, bytes: &[u8]) -> Result<String, BlobError> {
+        if bytes.len() > SMALL_BLOB_BYTES {
+            // Hashing and writing a large blob is work for a thread of its
+            // own: several puts then run at once.
+            let owned = bytes.to_vec();
+            let store = self.dir.clone();
+            return tokio::task::spawn_blocking(move || put_large(&store, &owned))
+                .await
+                .map_err(|e| blob_error(BlobErrorKind::Io, format!("storing stopped: {e}")))?;
+        }
         let hash = hash(bytes);
         if self.cached(&hash).is_some() {
             return Ok(hash);
@@ -160,6 +169,36 @@ impl DirBlobStore {
             )
         })
     }
+}
+
+/// Stores a blob too large for the small-blob cache, on a blocking thread.
+fn put_large(dir: &std::path::Path, bytes: &[u8]) -> Result<String, BlobError> {
+    let hash = hash(bytes);
+    let path = dir.join(&hash[..2]).join(&hash);
+    if path.exists() {
+        return Ok(hash);
+    }
+    let parent = dir.join(&hash[..2]);
+    std::fs::create_dir_all(&parent).map_err(|e| {
+        blob_error(
+            BlobErrorKind::Io,
+            format!("cannot create {}: {e}", parent.display()),
+        )
+    })?;
+    let tmp = path.with_extension(format!("tmp{}-{}", std::process::id(), rand_suffix()));
+    std::fs::write(&tmp, bytes).map_err(|e| {
+        blob_error(
+            BlobErrorKind::Io,
+            format!("cannot write {}: {e}", tmp.display()),
+        )
+    })?;
+    std::fs::rename(&tmp, &path).map_err(|e| {
+        blob_error(
+            BlobErrorKind::Io,
+            format!("cannot store {}: {e}", path.display()),
+        )
+    })?;
+    Ok(hash)
 }
 
 fn rand_suffix() -> u64 {

@@ -181,9 +181,11 @@ fn expand(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Cuts a file into splits of at most `split_size` bytes that end at a
-/// line boundary (a line longer than that is cut where it must be) and
-/// uploads each, named after the file. Holds one split in memory.
+/// Cuts a file into splits that end at a line boundary, in as many
+/// pieces of about equal size as `split_size` asks for (a line longer than
+/// a piece is cut where it must be), and uploads them two at a time (the
+/// store hashes each on its own thread), named after the file. Holds two
+/// splits in memory.
 async fn upload_splits(
     file: &Path,
     split_size: u64,
@@ -193,10 +195,16 @@ async fn upload_splits(
     let name = file_name(file);
     let mut reader =
         std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let size = usize::try_from(split_size).unwrap_or(usize::MAX);
+    let length = reader.metadata().map(|m| m.len()).unwrap_or(0);
+    let pieces = length.div_ceil(split_size.max(1)).max(1);
+    let size = usize::try_from(length.div_ceil(pieces).max(1)).unwrap_or(usize::MAX);
     let mut carry: Vec<u8> = Vec::new();
     let mut first = true;
-    loop {
+    let mut done = false;
+    let mut next = || -> anyhow::Result<Option<Vec<u8>>> {
+        if done {
+            return Ok(None);
+        }
         let mut chunk = std::mem::take(&mut carry);
         let want = size.saturating_sub(chunk.len());
         let read = (&mut reader)
@@ -205,19 +213,31 @@ async fn upload_splits(
             .with_context(|| format!("cannot read {}", file.display()))?;
         let at_end = read < want;
         if chunk.is_empty() && !first {
-            break;
+            return Ok(None);
         }
         if !at_end && let Some(newline) = chunk.iter().rposition(|b| *b == b'\n') {
             carry = chunk.split_off(newline + 1);
         }
         first = false;
-        let hash = upload.input(chunk).await?;
-        splits.push(NamedInput {
-            name: name.clone(),
-            input: format!("sha256:{hash}"),
-        });
-        if at_end && carry.is_empty() {
+        done = at_end && carry.is_empty();
+        Ok(Some(chunk))
+    };
+    loop {
+        let (Some(one), two) = (next()?, next()?) else {
             break;
+        };
+        let hashes = match two {
+            Some(two) => {
+                let (a, b) = tokio::join!(upload.input(one), upload.input(two));
+                vec![a?, b?]
+            }
+            None => vec![upload.input(one).await?],
+        };
+        for hash in hashes {
+            splits.push(NamedInput {
+                name: name.clone(),
+                input: format!("sha256:{hash}"),
+            });
         }
     }
     Ok(())

@@ -94,6 +94,7 @@ impl Scheduler {
         job: &JobFile,
         options: SubmitOptions,
     ) -> Result<NewJob, SchedulerError> {
+        let job = &job.with_uploaded_splits();
         job.check()?;
         let template = job.template()?;
         let resolved = self.resolve(job).await?;

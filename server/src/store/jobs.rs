@@ -266,12 +266,22 @@ impl Store {
         .map(|r| Ok::<_, sqlx::Error>((r.try_get::<Text<TaskState>, _>(0)?.0, r.try_get::<i64, _>(1)?)))
         .collect::<Result<Vec<_>, _>>()?);
         let mut counts = Counts {
-            // A map-reduce job's reduces are pending until its maps are done.
+            // A map-reduce job's reduces are pending until its maps are
+            // done (and cancelled, if it ended first).
             pending: job.total_tasks - job.dispatched
-                + if job.planned == 0 { job.reducers } else { 0 },
+                + if job.planned == 0 && !job.status().is_final() {
+                    job.reducers
+                } else {
+                    0
+                },
             succeeded: job.succeeded,
             failed: job.failed,
-            cancelled: job.cancelled,
+            cancelled: job.cancelled
+                + if job.planned == 0 && job.status().is_final() {
+                    job.reducers
+                } else {
+                    0
+                },
             ..Counts::default()
         };
         for (state, n) in live {
