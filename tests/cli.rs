@@ -10,30 +10,14 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use support::{ok, sandmill};
+
 /// A command that ends on its own; killed (and the test failed) past this.
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn sandmill(state: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandmill"));
-    cmd.env("XDG_STATE_HOME", state)
-        .env_remove("SANDMILL_SERVER");
-    cmd
-}
 
 /// Runs `sandmill ARGS` to its end, bounded.
 fn run(state: &Path, args: &[&str]) -> Output {
     support::output_within(sandmill(state).args(args), LIMIT)
-}
-
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "status {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn examples() -> std::path::PathBuf {

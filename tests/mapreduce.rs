@@ -20,27 +20,10 @@ use sandmill_runtime::records::parse_line;
 use sandmill_runtime::shuffle::partition;
 use sandmill_test_artifacts as guests;
 use serde_json::Value;
+use support::{ok, sandmill};
 
 /// A command that ends on its own; killed (and the test failed) past this.
 const LIMIT: Duration = Duration::from_secs(300);
-
-fn sandmill(state: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandmill"));
-    cmd.env("XDG_STATE_HOME", state)
-        .env_remove("SANDMILL_SERVER");
-    cmd
-}
-
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "status {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// The word rule of the word count guest: maximal runs of alphabetic
 /// characters; invalid UTF-8 separates words.
@@ -194,13 +177,27 @@ fn counts_as_bytes(counts: &BTreeMap<Vec<u8>, u64>) -> BTreeMap<Vec<u8>, Vec<u8>
         .collect()
 }
 
+/// `sandmill run JOB`, to its end (bounded).
+fn run_job(state: &Path, job: &Path) -> Output {
+    support::output_within(sandmill(state).args(["run", job.to_str().unwrap()]), LIMIT)
+}
+
+/// `sandmill run JOB -o OUT`, which must succeed; its stdout.
+fn run_to(state: &Path, job: &Path, out: &Path) -> String {
+    ok(&support::output_within(
+        sandmill(state).args(["run", job.to_str().unwrap(), "-o", out.to_str().unwrap()]),
+        LIMIT,
+    ))
+}
+
 /// A `[mapreduce]` job file over `inputs` (a glob), in `dir`.
 fn job_file(dir: &Path, name: &str, module: &str, inputs: &str, extra: &str) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
         format!(
-            "name = \"{name}\"\n[mapreduce]\nmodule = \"{module}\"\ninputs = [\"{inputs}\"]\n{extra}\n"
+            "name = \"{name}\"\n[mapreduce]\nmodule = \"{module}\"\n\
+             inputs = [\"{inputs}\"]\n{extra}\n"
         ),
     )
     .unwrap();
@@ -258,15 +255,7 @@ fn word_count_and_index_equal_a_sequential_reference_embedded() {
         "reducers = 3\nsplit_size = \"4KiB\"\n[mapreduce.params]\nfail_first_attempts = true",
     );
     let out = work.path().join("wc-failing-out");
-    ok(&support::output_within(
-        sandmill(state.path()).args([
-            "run",
-            failing.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ]),
-        LIMIT,
-    ));
+    run_to(state.path(), &failing, &out);
     assert_eq!(read_parts(&out, 3), counts);
 
     let indexer = job_file(
@@ -277,15 +266,7 @@ fn word_count_and_index_equal_a_sequential_reference_embedded() {
         "reducers = 2\nsplit_size = \"4KiB\"\nbuffer = \"64KiB\"",
     );
     let out = work.path().join("ix-out");
-    ok(&support::output_within(
-        sandmill(state.path()).args([
-            "run",
-            indexer.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ]),
-        LIMIT,
-    ));
+    run_to(state.path(), &indexer, &out);
     assert_eq!(read_parts(&out, 2), index);
 }
 
@@ -308,10 +289,7 @@ fn a_map_only_job_writes_one_part_per_split_and_bad_files_are_refused() {
         "reducers = 0\n[mapreduce.params]\npattern = \"(?i)nation\"",
     );
     let out = work.path().join("out");
-    ok(&support::output_within(
-        sandmill(state.path()).args(["run", grep.to_str().unwrap(), "-o", out.to_str().unwrap()]),
-        LIMIT,
-    ));
+    run_to(state.path(), &grep, &out);
     assert_eq!(
         std::fs::read_to_string(out.join("part-00000")).unwrap(),
         "a.txt 1:one nation\na.txt 3:three nations\n"
@@ -331,14 +309,14 @@ fn a_map_only_job_writes_one_part_per_split_and_bad_files_are_refused() {
         &glob,
         "reducers = 2\n[mapreduce.params]\nno_such_knob = 1",
     );
-    let failed = support::output_within(
-        sandmill(state.path()).args(["run", failing.to_str().unwrap()]),
-        LIMIT,
-    );
+    let failed = run_job(state.path(), &failing);
     assert_eq!(failed.status.code(), Some(2));
     let told = String::from_utf8_lossy(&failed.stderr);
     assert!(
-        told.contains(".txt) failed[guest-error]: guest error: invalid task parameters: unknown field `no_such_knob`"),
+        told.contains(concat!(
+            ".txt) failed[guest-error]: guest error: ",
+            "invalid task parameters: unknown field `no_such_knob`"
+        )),
         "{told}"
     );
     // Two maps (one failed, the other failed or cancelled) and two
@@ -353,17 +331,11 @@ fn a_map_only_job_writes_one_part_per_split_and_bad_files_are_refused() {
     // Refused before anything runs: a glob that names nothing, a module
     // with no reduce for a job with reducers, too many reducers.
     let nothing = job_file(work.path(), "none", guests::WORDCOUNT, "/nowhere/*.txt", "");
-    let refused = support::output_within(
-        sandmill(state.path()).args(["run", nothing.to_str().unwrap()]),
-        LIMIT,
-    );
+    let refused = run_job(state.path(), &nothing);
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("no file matches"));
     let no_reduce = job_file(work.path(), "noreduce", guests::GREP, &glob, "reducers = 2");
-    let refused = support::output_within(
-        sandmill(state.path()).args(["run", no_reduce.to_str().unwrap()]),
-        LIMIT,
-    );
+    let refused = run_job(state.path(), &no_reduce);
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("exports no reduce function"),
         "{}",
@@ -376,17 +348,14 @@ fn a_map_only_job_writes_one_part_per_split_and_bad_files_are_refused() {
         &glob,
         "reducers = 100001",
     );
-    let refused = support::output_within(
-        sandmill(state.path()).args(["run", too_many.to_str().unwrap()]),
-        LIMIT,
-    );
+    let refused = run_job(state.path(), &too_many);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("mapreduce.reducers"));
 }
 
 /// A `sandmill dev` on a free port, killed on drop, with its client.
 struct Dev {
-    _dev: support::Killed,
-    _data: tempfile::TempDir,
+    dev: support::Killed,
+    data: tempfile::TempDir,
     state: tempfile::TempDir,
     base: String,
     http: reqwest::Client,
@@ -404,12 +373,40 @@ impl Dev {
         let http = reqwest::Client::new();
         support::wait_ready(&http, &base).await;
         Dev {
-            _dev: dev,
-            _data: data,
+            dev,
+            data,
             state,
             base,
             http,
             pid,
+        }
+    }
+
+    /// SIGKILL, then a new `sandmill dev` on the same folder and port.
+    async fn crash_and_restart(&mut self) {
+        self.dev.kill();
+        let port: u16 = self.base.rsplit(':').next().unwrap().parse().unwrap();
+        self.dev = support::Killed::spawn(&mut support::dev_command(self.data.path(), port));
+        self.pid = self.dev.0.id();
+        support::wait_ready(&self.http, &self.base).await;
+    }
+
+    /// Polls the job (the server may be restarting) until `done`.
+    async fn until(&self, id: i64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if let Ok(response) = self
+                .http
+                .get(format!("{}/v1/jobs/{id}", self.base))
+                .send()
+                .await
+                && let Ok(job) = response.json::<Value>().await
+                && done(&job)
+            {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id}: {what} did not happen");
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
@@ -425,6 +422,21 @@ impl Dev {
             LIMIT,
         ));
         out.trim().parse().unwrap()
+    }
+
+    /// `sandmill fetch ID -o OUT` against this server, which must succeed.
+    fn fetch(&self, id: i64, out: &Path) {
+        ok(&support::output_within(
+            sandmill(self.state.path()).args([
+                "--server",
+                &self.base,
+                "fetch",
+                &id.to_string(),
+                "-o",
+                out.to_str().unwrap(),
+            ]),
+            LIMIT,
+        ));
     }
 
     async fn get(&self, path: &str) -> Value {
@@ -576,17 +588,7 @@ fn maps_and_reduces_run_in_parallel_once_each_and_the_job_ends_after_its_last_re
 
         // `fetch` writes the reduces' outputs, numbered by partition.
         let out = work.path().join("out");
-        ok(&support::output_within(
-            sandmill(dev.state.path()).args([
-                "--server",
-                &dev.base,
-                "fetch",
-                &id.to_string(),
-                "-o",
-                out.to_str().unwrap(),
-            ]),
-            LIMIT,
-        ));
+        dev.fetch(id, &out);
         assert_eq!(
             read_parts(&out, 2),
             counts_as_bytes(&reference_counts(&files))
@@ -694,17 +696,7 @@ fn a_straggler_gets_a_backup_and_the_job_ends_near_the_median_time() {
         // median and a second (checked every second).
         assert!(took < Duration::from_secs(10), "took {took:?}");
         let out = work.path().join("out");
-        ok(&support::output_within(
-            sandmill(dev.state.path()).args([
-                "--server",
-                &dev.base,
-                "fetch",
-                &id.to_string(),
-                "-o",
-                out.to_str().unwrap(),
-            ]),
-            LIMIT,
-        ));
+        dev.fetch(id, &out);
         assert_eq!(
             read_parts(&out, 1),
             counts_as_bytes(&reference_counts(&files))
@@ -739,7 +731,13 @@ fn a_map_ten_times_its_buffer_spills_and_memory_stays_within_the_buffer() {
         let files = corpus(work.path(), 1, 64 << 10, 17);
         let glob = format!("{}/*.txt", work.path().display());
         // Warm up: the module compiled, the pools made.
-        let warm = job_file(work.path(), "warm", guests::WORDCOUNT, &glob, "reducers = 1");
+        let warm = job_file(
+            work.path(),
+            "warm",
+            guests::WORDCOUNT,
+            &glob,
+            "reducers = 1",
+        );
         let id = dev.submit(&warm);
         assert_eq!(dev.finish(id, |_| {}).await["status"], "succeeded");
         let before = dev.peak_rss();
@@ -752,7 +750,11 @@ fn a_map_ten_times_its_buffer_spills_and_memory_stays_within_the_buffer() {
             "big",
             guests::WORDCOUNT,
             &glob,
-            "reducers = 2\nbuffer = \"8MiB\"\n[mapreduce.params]\nplain = true\nrepeat = 3000\n[limits]\noutput = \"1GiB\"\ntimeout = \"5m\"",
+            concat!(
+                "reducers = 2\nbuffer = \"8MiB\"\n",
+                "[mapreduce.params]\nplain = true\nrepeat = 3000\n",
+                "[limits]\noutput = \"1GiB\"\ntimeout = \"5m\""
+            ),
         );
         let id = dev.submit(&big);
         let finished = dev.finish(id, |_| {}).await;
@@ -763,20 +765,87 @@ fn a_map_ten_times_its_buffer_spills_and_memory_stays_within_the_buffer() {
             .map(|(k, v)| (k, (v * 3000).to_string().into_bytes()))
             .collect();
         let out = work.path().join("out");
-        ok(&support::output_within(
-            sandmill(dev.state.path()).args(["--server", &dev.base, "fetch", &id.to_string(), "-o", out.to_str().unwrap()]),
-            LIMIT,
-        ));
+        dev.fetch(id, &out);
         assert_eq!(read_parts(&out, 2), expected);
-        let emitted: u64 = expected.iter().map(|(k, v)| {
-            let n: u64 = std::str::from_utf8(v).unwrap().parse().unwrap();
-            n * (k.len() as u64 + 1)
-        }).sum();
-        println!("map output {} MiB through a {} MiB buffer; peak RSS grew {} MiB", emitted >> 20, buffer >> 20, grew >> 20);
-        assert!(emitted > 10 * buffer, "the map's output is only {emitted} bytes");
+        let emitted: u64 = expected
+            .iter()
+            .map(|(k, v)| {
+                let n: u64 = std::str::from_utf8(v).unwrap().parse().unwrap();
+                n * (k.len() as u64 + 1)
+            })
+            .sum();
+        println!(
+            "map output {} MiB through a {} MiB buffer; peak RSS grew {} MiB",
+            emitted >> 20,
+            buffer >> 20,
+            grew >> 20
+        );
+        assert!(
+            emitted > 10 * buffer,
+            "the map's output is only {emitted} bytes"
+        );
         // The buffer, the sort's index of it, a run read back to store it,
         // and the reduce's merge: a few buffers, never the output.
         assert!(grew < 4 * buffer + (32 << 20), "peak RSS grew {grew} bytes");
+    });
+}
+
+#[test]
+fn sigkill_of_dev_mid_map_and_mid_reduce_loses_nothing() {
+    runtime().block_on(async {
+        let mut dev = Dev::start().await;
+        let work = tempfile::tempdir().unwrap();
+        let files = corpus(work.path(), 6, 8 << 10, 29);
+        let glob = format!("{}/*.txt", work.path().display());
+        // About twelve maps and two reduces of a third of a second each.
+        let job = job_file(
+            work.path(),
+            "crash",
+            guests::WORDCOUNT,
+            &glob,
+            concat!(
+                "reducers = 2\nsplit_size = \"4KiB\"\nspeculation = false\n",
+                "[mapreduce.params]\nspin = 300000000"
+            ),
+        );
+        let id = dev.submit(&job);
+        dev.until(id, "two maps done", |j| {
+            j["mapreduce"]["maps"]["succeeded"].as_i64().unwrap_or(0) >= 2
+        })
+        .await;
+        dev.crash_and_restart().await;
+        dev.until(id, "reducing", |j| {
+            let running = j["mapreduce"]["reduces"]["running"].as_i64().unwrap_or(0);
+            j["mapreduce"]["phase"] == "reduce" && running >= 1
+        })
+        .await;
+        let killed = dev.pid;
+        dev.crash_and_restart().await;
+        // The new process removed the spills its predecessor left.
+        let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with(&format!("sandmill-shuffle-{killed}-"))
+            })
+            .collect();
+        assert!(left.is_empty(), "scratch folders left behind: {left:?}");
+        let finished = dev.finish(id, |_| {}).await;
+        assert_eq!(finished["status"], "succeeded", "{finished}");
+        let out = work.path().join("out");
+        dev.fetch(id, &out);
+        assert_eq!(
+            read_parts(&out, 2),
+            counts_as_bytes(&reference_counts(&files))
+        );
+        let db = dev.data.path().join("sandmill.db");
+        let store = sandmill_server::store::Store::connect(db.to_str().unwrap())
+            .await
+            .unwrap();
+        let (tasks, successes, duplicated) = store.success_audit(id).await.unwrap();
+        assert_eq!((successes, duplicated), (tasks, 0));
+        assert_eq!(tasks, finished["tasks"]["total"].as_i64().unwrap());
     });
 }
 
@@ -806,7 +875,15 @@ fn on_a_fleet_outputs_equal_the_reference_through_crashing_guests_and_killed_wor
             support::Killed::spawn(quiet(&mut command))
         };
         let listen = format!("127.0.0.1:{port}");
-        let _serve = fleet(&["serve", "--database", &database, "--listen", &listen, "--ack-wait", "5s"]);
+        let _serve = fleet(&[
+            "serve",
+            "--database",
+            &database,
+            "--listen",
+            &listen,
+            "--ack-wait",
+            "5s",
+        ]);
         support::wait_ready(&http, &base).await;
         let mut workers: Vec<support::Killed> = ["w1", "w2"]
             .iter()
@@ -819,7 +896,10 @@ fn on_a_fleet_outputs_equal_the_reference_through_crashing_guests_and_killed_wor
         let client = |args: &[&str]| -> String {
             let mut all = vec!["--server", base.as_str()];
             all.extend_from_slice(args);
-            ok(&support::output_within(sandmill(state.path()).args(&all), LIMIT))
+            ok(&support::output_within(
+                sandmill(state.path()).args(&all),
+                LIMIT,
+            ))
         };
         let wait = |id: i64, what: &'static str, done: fn(&Value) -> bool| {
             let http = http.clone();
@@ -831,7 +911,10 @@ fn on_a_fleet_outputs_equal_the_reference_through_crashing_guests_and_killed_wor
                     if done(&job) {
                         return job;
                     }
-                    assert!(Instant::now() < deadline, "job {id}: {what} did not happen: {job}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "job {id}: {what} did not happen: {job}"
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -845,7 +928,10 @@ fn on_a_fleet_outputs_equal_the_reference_through_crashing_guests_and_killed_wor
             &glob,
             "reducers = 3\nsplit_size = \"4KiB\"\n[mapreduce.params]\nfail_first_attempts = true",
         );
-        let id: i64 = client(&["submit", wordcount.to_str().unwrap()]).trim().parse().unwrap();
+        let id: i64 = client(&["submit", wordcount.to_str().unwrap()])
+            .trim()
+            .parse()
+            .unwrap();
         let done = wait(id, "ending", |j| j["status"] != "running").await;
         let failed = http
             .get(format!("{base}/v1/jobs/{id}/tasks?state=failed"))
@@ -875,8 +961,17 @@ fn on_a_fleet_outputs_equal_the_reference_through_crashing_guests_and_killed_wor
             .filter(|t| t["attempt"].as_i64().unwrap() > 0)
             .count();
         assert!(retried > 0, "no first attempt trapped: {tasks}");
-        let indexer = job_file(work.path(), "ix", guests::INDEXER, &glob, "reducers = 2\nsplit_size = \"4KiB\"");
-        let id: i64 = client(&["submit", indexer.to_str().unwrap()]).trim().parse().unwrap();
+        let indexer = job_file(
+            work.path(),
+            "ix",
+            guests::INDEXER,
+            &glob,
+            "reducers = 2\nsplit_size = \"4KiB\"",
+        );
+        let id: i64 = client(&["submit", indexer.to_str().unwrap()])
+            .trim()
+            .parse()
+            .unwrap();
         let done = wait(id, "ending", |j| j["status"] != "running").await;
         assert_eq!(done["status"], "succeeded", "{done}");
         let out = work.path().join("ix");
@@ -890,14 +985,24 @@ fn on_a_fleet_outputs_equal_the_reference_through_crashing_guests_and_killed_wor
             "kills",
             guests::WORDCOUNT,
             &glob,
-            "reducers = 2\nsplit_size = \"4KiB\"\nspeculation = false\n[mapreduce.params]\nspin = 400000000",
+            concat!(
+                "reducers = 2\nsplit_size = \"4KiB\"\nspeculation = false\n",
+                "[mapreduce.params]\nspin = 400000000"
+            ),
         );
-        let id: i64 = client(&["submit", slow.to_str().unwrap()]).trim().parse().unwrap();
-        wait(id, "a map finishing", |j| j["mapreduce"]["maps"]["succeeded"].as_i64().unwrap_or(0) >= 2).await;
+        let id: i64 = client(&["submit", slow.to_str().unwrap()])
+            .trim()
+            .parse()
+            .unwrap();
+        wait(id, "a map finishing", |j| {
+            j["mapreduce"]["maps"]["succeeded"].as_i64().unwrap_or(0) >= 2
+        })
+        .await;
         workers.remove(0).kill();
         workers.push(fleet(&["worker", "--id", "w3", "--concurrency", "1"]));
         wait(id, "reducing", |j| {
-            j["mapreduce"]["phase"] == "reduce" && j["mapreduce"]["reduces"]["running"].as_i64().unwrap_or(0) >= 1
+            let running = j["mapreduce"]["reduces"]["running"].as_i64().unwrap_or(0);
+            j["mapreduce"]["phase"] == "reduce" && running >= 1
         })
         .await;
         workers.remove(0).kill();
@@ -907,7 +1012,9 @@ fn on_a_fleet_outputs_equal_the_reference_through_crashing_guests_and_killed_wor
         let out = work.path().join("kills");
         client(&["fetch", &id.to_string(), "-o", out.to_str().unwrap()]);
         assert_eq!(read_parts(&out, 2), counts);
-        let store = sandmill_server::store::Store::connect(&database).await.unwrap();
+        let store = sandmill_server::store::Store::connect(&database)
+            .await
+            .unwrap();
         let (tasks, successes, duplicated) = store.success_audit(id).await.unwrap();
         assert_eq!((successes, duplicated), (tasks, 0));
         drop(pg);

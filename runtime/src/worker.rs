@@ -162,6 +162,9 @@ impl WorkerPool {
         modules: Arc<dyn BlobStore>,
         nice: i32,
     ) -> std::io::Result<WorkerPool> {
+        if cfg!(target_os = "linux") {
+            remove_stale_scratch();
+        }
         let presence = Arc::new(Presence::default());
         let (drain, stop) = watch::channel(false);
         let mut slots = Vec::new();
@@ -564,7 +567,7 @@ impl Worker {
         // when the attempt ends.
         let scratch = match &task.shuffle {
             Some(_) => match tempfile::Builder::new()
-                .prefix("sandmill-shuffle-")
+                .prefix(&scratch_prefix(std::process::id()))
                 .tempdir()
             {
                 Ok(dir) => Some(dir),
@@ -759,6 +762,36 @@ impl Worker {
         }
         Ok(crate::shuffle::Merge::open(&paths)
             .map_err(|e| ExecError::Host(format!("opening the runs to merge: {e}"))))
+    }
+}
+
+/// Scratch folders of maps and reduces are named after their process, so
+/// a process that starts can remove those of processes killed before they
+/// could.
+fn scratch_prefix(pid: u32) -> String {
+    format!("sandmill-shuffle-{pid}-")
+}
+
+/// Removes the scratch folders that processes no longer running left in
+/// the temporary folder (a worker killed mid-map leaves its spills).
+fn remove_stale_scratch() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("sandmill-shuffle-"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

@@ -14,6 +14,28 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// The `sandmill` binary, its per-user state (LAST) in `state`, and no
+/// server from the environment.
+pub fn sandmill(state: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandmill"));
+    cmd.env("XDG_STATE_HOME", state)
+        .env_remove("SANDMILL_SERVER");
+    cmd
+}
+
+/// The stdout of a command that must have succeeded (else its output, in
+/// the failure).
+pub fn ok(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

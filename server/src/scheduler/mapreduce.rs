@@ -174,8 +174,17 @@ impl Scheduler {
             let Some(job) = self.inner.store.job(job_id).await? else {
                 continue;
             };
-            let (running, done) = self.inner.store.phase_timings(job_id, maps).await?;
+            let running = self.inner.store.running_tasks(job_id).await?;
             let now = crate::store::now_ms();
+            // Nothing has run long enough to be a straggler: the phases'
+            // timings need not be read.
+            if running
+                .iter()
+                .all(|t| t.backed_up || now - t.started_at <= STRAGGLER_MARGIN_MS)
+            {
+                continue;
+            }
+            let done = self.inner.store.phase_durations(job_id, maps).await?;
             let sizes = [maps, job.reducers];
             let mut chosen = Vec::new();
             for phase in 0..2 {

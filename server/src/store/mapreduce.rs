@@ -76,48 +76,51 @@ impl Store {
             .collect())
     }
 
-    /// A job's running tasks whose start was recorded, and the wall times
-    /// of its succeeded attempts per phase (maps, reduces).
-    pub async fn phase_timings(
+    /// A job's running tasks whose start was recorded (at most a dispatch
+    /// window of them).
+    pub async fn running_tasks(&self, job_id: i64) -> Result<Vec<RunningTask>, StoreError> {
+        let running = on_pool!(self, pool => sqlx::query(
+            "SELECT id, seq, started_at, prior FROM tasks WHERE job_id = $1 AND state = $2 \
+             AND started_at IS NOT NULL",
+        )
+        .bind(job_id)
+        .bind(Text(TaskState::Running))
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| Ok::<_, sqlx::Error>(RunningTask {
+            id: r.try_get(0)?,
+            seq: r.try_get(1)?,
+            started_at: r.try_get(2)?,
+            backed_up: r.try_get::<Option<i64>, _>(3)?.is_some(),
+        }))
+        .collect::<Result<Vec<_>, _>>()?);
+        Ok(running)
+    }
+
+    /// The wall times of a job's succeeded attempts per phase (maps,
+    /// reduces).
+    pub async fn phase_durations(
         &self,
         job_id: i64,
         maps: i64,
-    ) -> Result<(Vec<RunningTask>, [Vec<i64>; 2]), StoreError> {
-        let (running, done) = on_pool!(self, pool => {
-            let running = sqlx::query(
-                "SELECT id, seq, started_at, prior FROM tasks WHERE job_id = $1 AND state = $2 \
-                 AND started_at IS NOT NULL",
-            )
-            .bind(job_id)
-            .bind(Text(TaskState::Running))
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .map(|r| Ok::<_, sqlx::Error>(RunningTask {
-                id: r.try_get(0)?,
-                seq: r.try_get(1)?,
-                started_at: r.try_get(2)?,
-                backed_up: r.try_get::<Option<i64>, _>(3)?.is_some(),
-            }))
-            .collect::<Result<Vec<_>, _>>()?;
-            let done = sqlx::query(
-                "SELECT t.seq, a.elapsed_ms FROM attempts a JOIN tasks t ON t.id = a.task_id \
-                 WHERE t.job_id = $1 AND a.state = $2",
-            )
-            .bind(job_id)
-            .bind(Text(sandmill_runtime::message::Verdict::Succeeded))
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .map(|r| Ok::<_, sqlx::Error>((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
-            .collect::<Result<Vec<_>, _>>()?;
-            (running, done)
-        });
+    ) -> Result<[Vec<i64>; 2], StoreError> {
+        let done = on_pool!(self, pool => sqlx::query(
+            "SELECT t.seq, a.elapsed_ms FROM attempts a JOIN tasks t ON t.id = a.task_id \
+             WHERE t.job_id = $1 AND a.state = $2",
+        )
+        .bind(job_id)
+        .bind(Text(sandmill_runtime::message::Verdict::Succeeded))
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| Ok::<_, sqlx::Error>((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
+        .collect::<Result<Vec<_>, _>>()?);
         let mut phases = [Vec::new(), Vec::new()];
         for (seq, elapsed) in done {
             phases[usize::from(seq >= maps)].push(elapsed);
         }
-        Ok((running, phases))
+        Ok(phases)
     }
 
     /// Starts a backup attempt of a running task (if it has none and an

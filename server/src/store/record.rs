@@ -446,11 +446,13 @@ impl Store {
             for (_, job, _) in &requeued {
                 changes.entry(*job).or_default();
             }
+            // The guests' counters of the successes that counted, per job.
+            let job_of: BTreeMap<i64, i64> = applied.iter().map(|(t, j, _)| (*t, *j)).collect();
             let mut sums: BTreeMap<i64, BTreeMap<String, i64>> = BTreeMap::new();
             for f in &finals {
                 if f.result.verdict == Verdict::Succeeded
                     && !f.result.counters.is_empty()
-                    && let Some((_, job, _)) = applied.iter().find(|(t, _, _)| *t == f.result.task_id)
+                    && let Some(job) = job_of.get(&f.result.task_id)
                 {
                     let sum = sums.entry(*job).or_default();
                     for (name, delta) in &f.result.counters {
