@@ -268,6 +268,16 @@ fn word_count_and_index_equal_a_sequential_reference_embedded() {
     let out = work.path().join("ix-out");
     run_to(state.path(), &indexer, &out);
     assert_eq!(read_parts(&out, 2), index);
+    let failing = job_file(
+        work.path(),
+        "ix-failing",
+        guests::INDEXER,
+        &glob,
+        "reducers = 2\nsplit_size = \"4KiB\"\n[mapreduce.params]\nfail_first_attempts = true",
+    );
+    let out = work.path().join("ix-failing-out");
+    run_to(state.path(), &failing, &out);
+    assert_eq!(read_parts(&out, 2), index);
 }
 
 #[test]
@@ -966,7 +976,7 @@ fn on_a_fleet_outputs_equal_the_reference_through_crashing_guests_and_killed_wor
             "ix",
             guests::INDEXER,
             &glob,
-            "reducers = 2\nsplit_size = \"4KiB\"",
+            "reducers = 2\nsplit_size = \"4KiB\"\n[mapreduce.params]\nfail_first_attempts = true",
         );
         let id: i64 = client(&["submit", indexer.to_str().unwrap()])
             .trim()
@@ -980,43 +990,51 @@ fn on_a_fleet_outputs_equal_the_reference_through_crashing_guests_and_killed_wor
 
         // A worker killed mid-map, another mid-reduce: each task that ran
         // on them runs again, and one attempt's output counts.
-        let slow = job_file(
-            work.path(),
-            "kills",
-            guests::WORDCOUNT,
-            &glob,
-            concat!(
-                "reducers = 2\nsplit_size = \"4KiB\"\nspeculation = false\n",
-                "[mapreduce.params]\nspin = 400000000"
-            ),
-        );
-        let id: i64 = client(&["submit", slow.to_str().unwrap()])
-            .trim()
-            .parse()
-            .unwrap();
-        wait(id, "a map finishing", |j| {
-            j["mapreduce"]["maps"]["succeeded"].as_i64().unwrap_or(0) >= 2
-        })
-        .await;
-        workers.remove(0).kill();
-        workers.push(fleet(&["worker", "--id", "w3", "--concurrency", "1"]));
-        wait(id, "reducing", |j| {
-            let running = j["mapreduce"]["reduces"]["running"].as_i64().unwrap_or(0);
-            j["mapreduce"]["phase"] == "reduce" && running >= 1
-        })
-        .await;
-        workers.remove(0).kill();
-        workers.push(fleet(&["worker", "--id", "w4", "--concurrency", "1"]));
-        let done = wait(id, "ending", |j| j["status"] != "running").await;
-        assert_eq!(done["status"], "succeeded", "{done}");
-        let out = work.path().join("kills");
-        client(&["fetch", &id.to_string(), "-o", out.to_str().unwrap()]);
-        assert_eq!(read_parts(&out, 2), counts);
         let store = sandmill_server::store::Store::connect(&database)
             .await
             .unwrap();
-        let (tasks, successes, duplicated) = store.success_audit(id).await.unwrap();
-        assert_eq!((successes, duplicated), (tasks, 0));
+        let index = reference_index(&files);
+        let mut next_worker = 3;
+        for (module, expected) in [(guests::WORDCOUNT, &counts), (guests::INDEXER, &index)] {
+            let slow = job_file(
+                work.path(),
+                "kills",
+                module,
+                &glob,
+                concat!(
+                    "reducers = 2\nsplit_size = \"4KiB\"\nspeculation = false\n",
+                    "[mapreduce.params]\nspin = 400000000"
+                ),
+            );
+            let id: i64 = client(&["submit", slow.to_str().unwrap()])
+                .trim()
+                .parse()
+                .unwrap();
+            wait(id, "a map finishing", |j| {
+                j["mapreduce"]["maps"]["succeeded"].as_i64().unwrap_or(0) >= 2
+            })
+            .await;
+            workers.remove(0).kill();
+            let id_text = format!("w{next_worker}");
+            workers.push(fleet(&["worker", "--id", &id_text, "--concurrency", "1"]));
+            next_worker += 1;
+            wait(id, "reducing", |j| {
+                let running = j["mapreduce"]["reduces"]["running"].as_i64().unwrap_or(0);
+                j["mapreduce"]["phase"] == "reduce" && running >= 1
+            })
+            .await;
+            workers.remove(0).kill();
+            let id_text = format!("w{next_worker}");
+            workers.push(fleet(&["worker", "--id", &id_text, "--concurrency", "1"]));
+            next_worker += 1;
+            let done = wait(id, "ending", |j| j["status"] != "running").await;
+            assert_eq!(done["status"], "succeeded", "{done}");
+            let out = work.path().join(format!("kills-{id}"));
+            client(&["fetch", &id.to_string(), "-o", out.to_str().unwrap()]);
+            assert_eq!(&read_parts(&out, 2), expected, "{module}");
+            let (tasks, successes, duplicated) = store.success_audit(id).await.unwrap();
+            assert_eq!((successes, duplicated), (tasks, 0));
+        }
         drop(pg);
     });
 }

@@ -9,19 +9,16 @@
 
 use sandmill_sdk::{Context, Emitter, Result, Values};
 
-/// Knobs for tests of the fleet's fault handling; none are needed to count
-/// words.
+#[path = "../../knobs.rs"]
+mod knobs;
+
+/// Knobs for tests of the fleet's fault handling (see `knobs.rs`) and of
+/// the shuffle; none are needed to count words.
 #[derive(serde::Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 struct Params {
-    /// Trap on the first attempt of about a third of the maps (by a hash of
-    /// their input) and of the reduces (by a hash of their partition).
     fail_first_attempts: bool,
-    /// Burn this many loop iterations before counting (to make tasks
-    /// overlap in time).
     spin: u64,
-    /// The input whose first attempt is a straggler, and how many more
-    /// iterations it burns.
     slow_input: Option<String>,
     slow_spin: u64,
     /// Emit every word with 1, as 6.5840's map does, instead of combining
@@ -31,32 +28,22 @@ struct Params {
     repeat: Option<u64>,
 }
 
-/// FNV-1a: a stable hash to pick the tasks that fail.
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
-}
+impl Params {
+    fn read(ctx: &mut Context) -> Result<Params> {
+        if ctx.raw_params() == "{}" {
+            return Ok(Params::default());
+        }
+        Ok(ctx.params()?)
+    }
 
-fn spin(iterations: u64) {
-    for i in 0..iterations {
-        std::hint::black_box(i);
+    fn faults(&self) -> knobs::Faults {
+        knobs::Faults {
+            fail_first_attempts: self.fail_first_attempts,
+            spin: self.spin,
+            slow_input: self.slow_input.clone(),
+            slow_spin: self.slow_spin,
+        }
     }
-}
-
-/// Applies the test knobs: traps or burns time as they say.
-fn knobs(ctx: &mut Context, what: &[u8]) -> Result<Params> {
-    if ctx.raw_params() == "{}" {
-        return Ok(Params::default());
-    }
-    let params: Params = ctx.params()?;
-    if params.fail_first_attempts && ctx.attempt() == 0 && fnv(what) % 3 == 0 {
-        // A trap, as a crashing guest would: the attempt fails, a retry runs.
-        std::process::abort();
-    }
-    spin(params.spin);
-    if ctx.attempt() == 0 && params.slow_input.as_ref().is_some_and(|s| *s == ctx.input_name()) {
-        spin(params.slow_spin);
-    }
-    Ok(params)
 }
 
 /// Calls `f` on every word of `input`.
@@ -83,7 +70,8 @@ fn sum(values: &mut Values) -> Result<u64> {
 /// combining), so one record leaves the guest per distinct word.
 #[sandmill_sdk::map]
 fn map(input: &[u8], ctx: &mut Context, out: &mut Emitter) -> Result<()> {
-    let params = knobs(ctx, input)?;
+    let params = Params::read(ctx)?;
+    params.faults().apply(ctx, input);
     let mut count = 0i64;
     for _ in 0..params.repeat.unwrap_or(1) {
         if params.plain {
@@ -113,15 +101,7 @@ fn combine(key: &[u8], values: &mut Values, out: &mut Emitter) -> Result<()> {
 /// Sums the counts of one word.
 #[sandmill_sdk::reduce]
 fn reduce(key: &[u8], values: &mut Values, ctx: &mut Context, out: &mut Emitter) -> Result<()> {
-    // Once per reduce task (a fresh instance each), decided by the
-    // partition's name.
-    static KNOBS: std::sync::Once = std::sync::Once::new();
-    let mut applied = Ok(());
-    KNOBS.call_once(|| {
-        let name = ctx.input_name();
-        applied = knobs(ctx, name.as_bytes()).map(drop);
-    });
-    applied?;
+    Params::read(ctx)?.faults().apply_once(ctx);
     out.emit(key, sum(values)?.to_string());
     Ok(())
 }
