@@ -536,7 +536,7 @@ fn maps_and_reduces_run_in_parallel_once_each_and_the_job_ends_after_its_last_re
             "parallel",
             guests::WORDCOUNT,
             &glob,
-            "reducers = 2\n[mapreduce.params]\nspin = 250000000",
+            "reducers = 2\n[mapreduce.params]\nspin = 3000000000",
         );
         let id = dev.submit(&job);
         let mut phases = Vec::new();
@@ -807,15 +807,15 @@ fn sigkill_of_dev_mid_map_and_mid_reduce_loses_nothing() {
         let work = tempfile::tempdir().unwrap();
         let files = corpus(work.path(), 6, 8 << 10, 29);
         let glob = format!("{}/*.txt", work.path().display());
-        // About twelve maps and two reduces of a third of a second each.
+        // Six maps (a file each) and two reduces of about a second each.
         let job = job_file(
             work.path(),
             "crash",
             guests::WORDCOUNT,
             &glob,
             concat!(
-                "reducers = 2\nsplit_size = \"4KiB\"\nspeculation = false\n",
-                "[mapreduce.params]\nspin = 300000000"
+                "reducers = 2\nspeculation = false\n",
+                "[mapreduce.params]\nspin = 12000000000"
             ),
         );
         let id = dev.submit(&job);
@@ -1002,8 +1002,8 @@ fn on_a_fleet_outputs_equal_the_reference_through_crashing_guests_and_killed_wor
                 module,
                 &glob,
                 concat!(
-                    "reducers = 2\nsplit_size = \"4KiB\"\nspeculation = false\n",
-                    "[mapreduce.params]\nspin = 400000000"
+                    "reducers = 2\nspeculation = false\n",
+                    "[mapreduce.params]\nspin = 12000000000"
                 ),
             );
             let id: i64 = client(&["submit", slow.to_str().unwrap()])

@@ -7,9 +7,33 @@ use std::collections::BTreeSet;
 
 use sandmill_sdk::{Context, Emitter, Result, Values};
 
+#[path = "../../knobs.rs"]
+mod knobs;
+
+/// Knobs for tests of the fleet's fault handling (see `knobs.rs`).
+#[derive(serde::Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct Params {
+    fail_first_attempts: bool,
+    spin: u64,
+}
+
+fn faults(ctx: &mut Context) -> Result<knobs::Faults> {
+    if ctx.raw_params() == "{}" {
+        return Ok(knobs::Faults::default());
+    }
+    let params: Params = ctx.params()?;
+    Ok(knobs::Faults {
+        fail_first_attempts: params.fail_first_attempts,
+        spin: params.spin,
+        ..knobs::Faults::default()
+    })
+}
+
 /// Emits `word input-name` once per distinct word of the input.
 #[sandmill_sdk::map]
 fn map(input: &[u8], ctx: &mut Context, out: &mut Emitter) -> Result<()> {
+    faults(ctx)?.apply(ctx, input);
     let name = ctx.input_name();
     let mut seen = BTreeSet::new();
     for chunk in input.utf8_chunks() {
@@ -41,7 +65,8 @@ fn combine(key: &[u8], values: &mut Values, out: &mut Emitter) -> Result<()> {
 
 /// The sorted, de-duplicated inputs of one word.
 #[sandmill_sdk::reduce]
-fn reduce(key: &[u8], values: &mut Values, _ctx: &mut Context, out: &mut Emitter) -> Result<()> {
+fn reduce(key: &[u8], values: &mut Values, ctx: &mut Context, out: &mut Emitter) -> Result<()> {
+    faults(ctx)?.apply_once(ctx);
     out.emit(key, names(values).into_iter().collect::<Vec<_>>().join(&b","[..]));
     Ok(())
 }

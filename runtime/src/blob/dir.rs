@@ -82,13 +82,7 @@ impl DirBlobStore {
 impl BlobStore for DirBlobStore {
     async fn put(&self, bytes: &[u8]) -> Result<String, BlobError> {
         if bytes.len() > SMALL_BLOB_BYTES {
-            // Hashing and writing a large blob is work for a thread of its
-            // own: several puts then run at once.
-            let owned = bytes.to_vec();
-            let store = self.dir.clone();
-            return tokio::task::spawn_blocking(move || put_large(&store, &owned))
-                .await
-                .map_err(|e| blob_error(BlobErrorKind::Io, format!("storing stopped: {e}")))?;
+            return self.put_owned(bytes.to_vec()).await;
         }
         let hash = hash(bytes);
         if self.cached(&hash).is_some() {
@@ -126,6 +120,18 @@ impl BlobStore for DirBlobStore {
         })?;
         self.small().keep(&hash, bytes);
         Ok(hash)
+    }
+
+    async fn put_owned(&self, bytes: Vec<u8>) -> Result<String, BlobError> {
+        if bytes.len() <= SMALL_BLOB_BYTES {
+            return self.put(&bytes).await;
+        }
+        // Hashing and writing a large blob is work for a thread of its own:
+        // several puts then run at once.
+        let store = self.dir.clone();
+        tokio::task::spawn_blocking(move || put_large(&store, &bytes))
+            .await
+            .map_err(|e| blob_error(BlobErrorKind::Io, format!("storing stopped: {e}")))?
     }
 
     async fn contains(&self, hash: &str) -> Result<bool, BlobError> {

@@ -49,6 +49,12 @@ pub trait BlobStore: Send + Sync + 'static {
     /// is a no-op.
     async fn put(&self, bytes: &[u8]) -> Result<String, BlobError>;
 
+    /// [`put`](Self::put) of bytes the caller gives away: a store that
+    /// hands large blobs to another thread saves a copy.
+    async fn put_owned(&self, bytes: Vec<u8>) -> Result<String, BlobError> {
+        self.put(&bytes).await
+    }
+
     /// The bytes stored under `hash`, if any.
     async fn get(&self, hash: &str) -> Result<Option<Vec<u8>>, BlobError>;
 

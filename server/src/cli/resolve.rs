@@ -207,6 +207,7 @@ async fn upload_splits(
         }
         let mut chunk = std::mem::take(&mut carry);
         let want = size.saturating_sub(chunk.len());
+        chunk.reserve_exact(want);
         let read = (&mut reader)
             .take(want as u64)
             .read_to_end(&mut chunk)

@@ -51,7 +51,7 @@ impl Upload for Local<'_> {
         Ok(self.0.upload_module(&bytes).await?.hash)
     }
     async fn input(&self, bytes: Vec<u8>) -> anyhow::Result<String> {
-        Ok(self.0.upload_input(&bytes).await?)
+        Ok(self.0.upload_input_owned(bytes).await?)
     }
 }
 

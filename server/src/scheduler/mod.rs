@@ -267,6 +267,11 @@ impl Scheduler {
         Ok(self.inner.blobs.put(bytes).await?)
     }
 
+    /// [`upload_input`](Self::upload_input) of bytes the caller gives away.
+    pub async fn upload_input_owned(&self, bytes: Vec<u8>) -> Result<String, SchedulerError> {
+        Ok(self.inner.blobs.put_owned(bytes).await?)
+    }
+
     /// Cancels a running job: its live tasks and its backlog.
     pub async fn cancel(&self, job_id: i64) -> Result<(), SchedulerError> {
         match self.inner.store.cancel_job(job_id).await? {
