@@ -360,6 +360,34 @@ fn a_map_only_job_writes_one_part_per_split_and_bad_files_are_refused() {
     );
     let refused = run_job(state.path(), &too_many);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("mapreduce.reducers"));
+    // A shuffle buffer below its floor, a split size of nothing.
+    let tiny = job_file(
+        work.path(),
+        "tiny",
+        guests::WORDCOUNT,
+        &glob,
+        "buffer = \"1KiB\"",
+    );
+    let refused = run_job(state.path(), &tiny);
+    let told = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        told.contains("mapreduce.buffer") && told.contains("below the smallest buffer"),
+        "{told}"
+    );
+    let zero = job_file(
+        work.path(),
+        "zero",
+        guests::WORDCOUNT,
+        &glob,
+        "split_size = \"0B\"",
+    );
+    let refused = run_job(state.path(), &zero);
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("mapreduce.split_size"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }
 
 /// A `sandmill dev` on a free port, killed on drop, with its client.

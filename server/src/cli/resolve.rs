@@ -81,6 +81,10 @@ pub async fn resolve(
             sweep.input = Some(format!("sha256:{}", upload.input(bytes).await?));
         }
     }
+    // A map-reduce job's settings are checked before its inputs are cut
+    // and uploaded, so a bad one costs nothing.
+    job.shuffle()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     if let Some(mr) = &mut job.mapreduce {
         mr.module = module.clone();
         if mr.splits.is_none() {
