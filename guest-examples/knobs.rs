@@ -41,7 +41,12 @@ impl Faults {
             std::process::abort();
         }
         spin(self.spin);
-        if ctx.attempt() == 0 && self.slow_input.as_ref().is_some_and(|s| *s == ctx.input_name()) {
+        if ctx.attempt() == 0
+            && self
+                .slow_input
+                .as_ref()
+                .is_some_and(|s| *s == ctx.input_name())
+        {
             spin(self.slow_spin);
         }
     }

@@ -31,6 +31,8 @@ fn task(id: i64, attempt: i64, labels: &str) -> TaskMessage {
         labels: Labels::parse(labels).unwrap(),
         seed: None,
         shuffle: None,
+        inputs: Vec::new(),
+        preprocess: None,
         delivered: 1,
     }
 }

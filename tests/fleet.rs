@@ -439,6 +439,8 @@ fn a_task_delivered_twice_keeps_one_result() {
             labels: Default::default(),
             seed: None,
             shuffle: None,
+            inputs: Vec::new(),
+            preprocess: None,
             delivered: 1,
         };
         let client = async_nats::connect(fleet.nats.url()).await.unwrap();

@@ -33,6 +33,7 @@ fn job(total: i64, items: Vec<Item>, max_attempts: i64) -> NewJob {
         max_attempts,
         queue_timeout_ms: 3_600_000,
         mapreduce: None,
+        cache: false,
     }
 }
 
@@ -42,6 +43,7 @@ fn items(n: usize) -> Vec<Item> {
             params: format!("{{\"i\":{i}}}"),
             input_hash: None,
             input_name: format!("in-{i}"),
+            inputs: Vec::new(),
         })
         .collect()
 }

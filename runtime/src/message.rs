@@ -94,10 +94,35 @@ pub struct TaskMessage {
     /// The task's part in a map-reduce job's shuffle, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shuffle: Option<Shuffle>,
+    /// Inputs read one after the other, each a slice of a blob (a
+    /// pipeline step's); when given, they replace [`input`](Self::input).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<InputPart>,
+    /// A module whose `preprocess` turns the input into the one the call
+    /// sees (a pipeline step's preprocessor), by its sha256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocess: Option<String>,
     /// How many times the broker has delivered this message, counting this
     /// delivery (set on fetch; not part of the message).
     #[serde(skip, default = "first_delivery")]
     pub delivered: u32,
+}
+
+/// A slice of a blob: one of a task's inputs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputPart {
+    /// The blob's sha256.
+    pub hash: String,
+    /// Where the slice starts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset: u64,
+    /// How long it is; `None`: to the blob's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub len: Option<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A task's part in a map-reduce job's shuffle.

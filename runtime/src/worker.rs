@@ -507,12 +507,47 @@ impl Worker {
         task: &TaskMessage,
         drain: &watch::Receiver<bool>,
     ) -> Result<Result<(Vec<u8>, String), ExecError>, BlobError> {
-        let input = match &task.input {
-            None => Vec::new(),
-            Some(hash) => match self.blob(self.blobs.as_ref(), hash, drain).await? {
-                Ok(bytes) => bytes,
-                Err(error) => return Ok(Err(error)),
-            },
+        let input = if !task.inputs.is_empty() {
+            // Parts of one blob come in a row: it is read once.
+            let mut input = Vec::new();
+            let mut blob: Option<(&str, Vec<u8>)> = None;
+            for part in &task.inputs {
+                if blob.as_ref().is_none_or(|(hash, _)| *hash != part.hash) {
+                    match self.blob(self.blobs.as_ref(), &part.hash, drain).await? {
+                        Ok(bytes) => blob = Some((&part.hash, bytes)),
+                        Err(error) => return Ok(Err(error)),
+                    }
+                }
+                let bytes = blob.as_ref().map_or(&[][..], |(_, b)| b.as_slice());
+                let start = usize::try_from(part.offset).unwrap_or(usize::MAX);
+                let end = match part.len {
+                    None => Some(bytes.len()),
+                    Some(len) => usize::try_from(len)
+                        .ok()
+                        .and_then(|len| start.checked_add(len)),
+                };
+                match end.filter(|end| start <= *end && *end <= bytes.len()) {
+                    Some(end) => input.extend_from_slice(&bytes[start..end]),
+                    None => {
+                        return Ok(Err(ExecError::Host(format!(
+                            "input part {}+{:?} lies outside blob {} ({} bytes)",
+                            part.offset,
+                            part.len,
+                            part.hash,
+                            bytes.len()
+                        ))));
+                    }
+                }
+            }
+            input
+        } else {
+            match &task.input {
+                None => Vec::new(),
+                Some(hash) => match self.blob(self.blobs.as_ref(), hash, drain).await? {
+                    Ok(bytes) => bytes,
+                    Err(error) => return Ok(Err(error)),
+                },
+            }
         };
         let params = match &task.params_blob {
             None => task.params.clone(),
@@ -556,13 +591,56 @@ impl Worker {
                 return Ok(result);
             }
         };
-        let (input, params) = match self.inputs(task, drain).await? {
+        let (mut input, params) = match self.inputs(task, drain).await? {
             Ok(ready) => ready,
             Err(error) => {
                 fail(&mut result, &error);
                 return Ok(result);
             }
         };
+        // A pipeline step's preprocessor turns the input into the one
+        // its function sees; its log comes first in the task's.
+        let mut preprocess_log = Vec::new();
+        if let Some(hash) = &task.preprocess {
+            let preprocessor = match self.module(hash, drain).await? {
+                Ok(module) => module,
+                Err(error) => {
+                    fail(&mut result, &error);
+                    return Ok(result);
+                }
+            };
+            let call = Call {
+                kind: CallKind::Preprocess,
+                input: CallInput::Bytes(std::mem::take(&mut input)),
+                spill: None,
+                combine: false,
+                params: params.clone(),
+                input_name: task.input_name.clone(),
+                limits: task.limits.clone(),
+                grants: task.grants.clone(),
+                seed: task.seed.unwrap_or(task.task_id as u64),
+                attempt: u32::try_from(task.attempt).unwrap_or(u32::MAX),
+            };
+            let outcome = self.sandbox.call(&preprocessor, call).await;
+            preprocess_log = outcome.log;
+            match outcome.result {
+                Ok(Output::Bytes(bytes)) => input = bytes,
+                Ok(_) => {
+                    let error = ExecError::Host("the preprocessor returned records".to_owned());
+                    fail(&mut result, &error);
+                    return Ok(result);
+                }
+                Err(error) => {
+                    fail(&mut result, &error);
+                    if let Some(message) = &mut result.error {
+                        message.insert_str(0, "preprocess: ");
+                    }
+                    preprocess_log.truncate(INLINE_LOG_BYTES);
+                    result.log = preprocess_log;
+                    return Ok(result);
+                }
+            }
+        }
         // Spilled runs and merged runs live in a scratch folder, removed
         // when the attempt ends.
         let scratch = match &task.shuffle {
@@ -633,7 +711,11 @@ impl Worker {
             seed: task.seed.unwrap_or(task.task_id as u64),
             attempt: u32::try_from(task.attempt).unwrap_or(u32::MAX),
         };
-        let outcome = self.sandbox.call(&module, call).await;
+        let mut outcome = self.sandbox.call(&module, call).await;
+        if !preprocess_log.is_empty() {
+            preprocess_log.append(&mut outcome.log);
+            outcome.log = preprocess_log;
+        }
         result.log_truncated = outcome.log_truncated;
         if outcome.log.len() > INLINE_LOG_BYTES {
             let size = outcome.log.len() as u64;

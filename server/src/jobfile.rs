@@ -77,6 +77,113 @@ pub struct JobFile {
     /// none: any worker).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Take the output of an earlier task that computed the same thing
+    /// instead of running again (default true; `--no-cache` says false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
+    /// A pipeline: steps that read files and each other's outputs.
+    #[serde(default, rename = "step", skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepSection>,
+}
+
+/// `[[step]]`: one step of a pipeline.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepSection {
+    /// Its name, unique in the file; other steps read it as `step:<name>`.
+    pub name: String,
+    /// Path, `sha256:<hex>` or `name@version`.
+    pub module: String,
+    /// map, reduce, preprocess or task (default: the spec's, else task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// One input: `step:<name>`, a path (CLI) or `sha256:<hex>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// Inputs, read one after the other: `step:<name>` (all of that
+    /// step's outputs, in task order), paths (CLI) or `sha256:<hex>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
+    /// Fan-out: `line`, one task per line of the inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<String>,
+    /// A pure module (exporting preprocess) applied to each task's input
+    /// before the step's function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocess: Option<String>,
+    /// Parameters (any JSON/TOML table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<serde_json::Value>,
+    /// Retries of a failure worth retrying (a timeout, a lost worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetriesSection>,
+    /// The step's limits (default: the job's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSection>,
+    /// The step's grants (default: the job's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<GrantsSection>,
+    /// The step's labels (default: the job's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// `retries = { count = 3, backoff = "2s" }`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetriesSection {
+    /// Attempts after the first (0 to 99).
+    pub count: u32,
+    /// Wait before each retry, e.g. `2s` (default none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+}
+
+/// How a step fans out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForEach {
+    /// One task per line (a trailing newline ends a line; it starts none).
+    Line,
+}
+
+/// Where a step's input comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepInput {
+    /// Every output of another step (by index), in task order.
+    Step(usize),
+    /// An uploaded input (`sha256:` stripped) or, before the CLI uploads
+    /// it, a path.
+    File(String),
+}
+
+/// A pipeline, checked: each step's inputs resolved and its fan-out, in an
+/// order where every step comes after the steps it reads.
+#[derive(Clone, Debug)]
+pub struct Graph {
+    /// Per step (file order): its inputs.
+    pub inputs: Vec<Vec<StepInput>>,
+    /// Per step: its fan-out.
+    pub for_each: Vec<Option<ForEach>>,
+    /// Step indexes, every step after those it reads.
+    pub order: Vec<usize>,
+}
+
+impl Graph {
+    /// The steps step `i` reads (each once).
+    pub fn needs(&self, i: usize) -> Vec<usize> {
+        let mut needs: Vec<usize> = self.inputs[i]
+            .iter()
+            .filter_map(|input| match input {
+                StepInput::Step(j) => Some(*j),
+                StepInput::File(_) => None,
+            })
+            .collect();
+        needs.sort_unstable();
+        needs.dedup();
+        needs
+    }
 }
 
 /// `[task]`: one call.
@@ -262,6 +369,22 @@ impl Invalid {
         }
     }
 
+    /// The same problem, said of a pipeline step's key: `task.kind` and
+    /// `limits.memory` of the step's own job become `step.<name>.kind`
+    /// and `step.<name>.limits.memory`.
+    pub fn within_step(self, step: &str) -> Self {
+        let field = match self.field.strip_prefix("task.") {
+            Some(rest) => format!("step.{step}.{rest}"),
+            None if self.field.is_empty() => format!("step.{step}"),
+            None => format!("step.{step}.{}", self.field),
+        };
+        Invalid {
+            field,
+            line: None,
+            problem: self.problem,
+        }
+    }
+
     /// The key at fault (dotted, `sweep.rows[3]`), empty for the file.
     pub fn key(&self) -> &str {
         &self.field
@@ -428,6 +551,219 @@ pub enum Backlog<'a> {
 }
 
 impl JobFile {
+    /// A pipeline's graph, checked: names unique, every `step:` input a
+    /// step of the file, no cycle (one is named, step by step), fan-out
+    /// over something, a reduce reading records; `None` for a job without
+    /// steps. Errors name the step (`step.score.inputs: ...`).
+    pub fn graph(&self, max_steps: u64) -> Result<Option<Graph>, Invalid> {
+        if self.steps.is_empty() {
+            return Ok(None);
+        }
+        if self.task.is_some() || self.sweep.is_some() || self.mapreduce.is_some() {
+            return Err(Invalid::whole(
+                "a job file has either [[step]]s or one of [task], [sweep] or [mapreduce], not both",
+            ));
+        }
+        if self.steps.len() as u64 > max_steps {
+            return Err(Invalid::field(
+                "step",
+                format!(
+                    "{} steps exceed the limit of {max_steps} per job",
+                    self.steps.len()
+                ),
+            ));
+        }
+        let mut index = BTreeMap::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            let field = format!("step[{i}].name");
+            if step.name.is_empty()
+                || !step
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(Invalid::field(
+                    field,
+                    format!(
+                        "`{}` is not a step name (letters, digits, -, _ and .)",
+                        step.name
+                    ),
+                ));
+            }
+            check_name(&field, &step.name)?;
+            if index.insert(step.name.as_str(), i).is_some() {
+                return Err(Invalid::field(
+                    format!("step.{}", step.name),
+                    "two steps have this name",
+                ));
+            }
+        }
+        let mut inputs = Vec::with_capacity(self.steps.len());
+        let mut for_each = Vec::with_capacity(self.steps.len());
+        for (i, step) in self.steps.iter().enumerate() {
+            let at = |key: &str| format!("step.{}.{key}", step.name);
+            if step.input.is_some() && !step.inputs.is_empty() {
+                return Err(Invalid::field(
+                    at("input"),
+                    "give input or inputs, not both",
+                ));
+            }
+            let mut list = Vec::new();
+            for text in step.input.iter().chain(&step.inputs) {
+                match text.strip_prefix("step:") {
+                    Some(name) => match index.get(name) {
+                        Some(j) if *j == i => {
+                            return Err(Invalid::field(at("inputs"), "a step cannot read itself"));
+                        }
+                        Some(j) => list.push(StepInput::Step(*j)),
+                        None => {
+                            return Err(Invalid::field(
+                                at("inputs"),
+                                format!("`{text}` names no step of this job"),
+                            ));
+                        }
+                    },
+                    None => {
+                        check_name(&at("inputs"), text)?;
+                        list.push(StepInput::File(
+                            text.strip_prefix("sha256:").unwrap_or(text).to_owned(),
+                        ));
+                    }
+                }
+            }
+            let fan = match step.for_each.as_deref() {
+                None => None,
+                Some("line") => Some(ForEach::Line),
+                Some(other) => {
+                    return Err(Invalid::field(
+                        at("for_each"),
+                        format!("`{other}` is not a fan-out (expected line)"),
+                    ));
+                }
+            };
+            if fan.is_some() && list.is_empty() {
+                return Err(Invalid::field(
+                    at("for_each"),
+                    "fans out over nothing: the step has no input",
+                ));
+            }
+            if let Some(kind) = &step.kind {
+                let kind = parse_kind(&at("kind"), kind)?;
+                if kind == CallKind::Reduce {
+                    for input in &list {
+                        let StepInput::Step(j) = input else { continue };
+                        let theirs = self.steps[*j].kind.as_deref();
+                        if let Some(theirs) = theirs
+                            && !matches!(theirs, "map" | "reduce")
+                        {
+                            return Err(Invalid::field(
+                                at("kind"),
+                                format!(
+                                    "a reduce reads records, and step `{}` is a {theirs}, which writes bytes",
+                                    self.steps[*j].name
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+            if let Some(retries) = &step.retries {
+                if retries.count >= MAX_ATTEMPTS {
+                    return Err(Invalid::field(
+                        at("retries.count"),
+                        format!("{} is more than {}", retries.count, MAX_ATTEMPTS - 1),
+                    ));
+                }
+                if let Some(backoff) = &retries.backoff {
+                    let wait = parse_duration(&at("retries.backoff"), backoff)?;
+                    if wait > Duration::from_secs(3600) {
+                        return Err(Invalid::field(at("retries.backoff"), "is more than 1h"));
+                    }
+                }
+            }
+            inputs.push(list);
+            for_each.push(fan);
+        }
+        let mut graph = Graph {
+            inputs,
+            for_each,
+            order: Vec::new(),
+        };
+        // Kahn's algorithm; what is left over lies on or behind a cycle.
+        let n = self.steps.len();
+        let needs: Vec<Vec<usize>> = (0..n).map(|i| graph.needs(i)).collect();
+        let mut waiting: Vec<usize> = needs.iter().map(Vec::len).collect();
+        let mut readers = vec![Vec::new(); n];
+        for (i, list) in needs.iter().enumerate() {
+            for j in list {
+                readers[*j].push(i);
+            }
+        }
+        let mut ready: Vec<usize> = (0..n).filter(|i| waiting[*i] == 0).collect();
+        ready.reverse();
+        while let Some(i) = ready.pop() {
+            graph.order.push(i);
+            for r in &readers[i] {
+                waiting[*r] -= 1;
+                if waiting[*r] == 0 {
+                    ready.push(*r);
+                }
+            }
+        }
+        if graph.order.len() < n {
+            // Walk back along unfinished inputs until a step repeats.
+            let start = (0..n).find(|i| waiting[*i] > 0).unwrap_or(0);
+            let mut path = vec![start];
+            let mut at = start;
+            while let Some(next) = needs[at].iter().copied().find(|j| waiting[*j] > 0) {
+                if let Some(pos) = path.iter().position(|p| *p == next) {
+                    path.drain(..pos);
+                    path.push(next);
+                    break;
+                }
+                path.push(next);
+                at = next;
+            }
+            path.reverse();
+            let names: Vec<&str> = path.iter().map(|i| self.steps[*i].name.as_str()).collect();
+            return Err(Invalid::field(
+                format!("step.{}", names[0]),
+                format!("the steps form a cycle: {}", names.join(" → ")),
+            ));
+        }
+        Ok(Some(graph))
+    }
+
+    /// Step `i` as a job of its own: one `[task]` of its module, kind and
+    /// parameters, with its limits, grants and labels (the job's where it
+    /// has none of its own) and its retries as attempts.
+    pub fn step_job(&self, i: usize) -> JobFile {
+        let step = &self.steps[i];
+        JobFile {
+            name: step.name.clone(),
+            priority: self.priority,
+            max_attempts: step
+                .retries
+                .as_ref()
+                .map(|r| r.count + 1)
+                .or(self.max_attempts),
+            task: Some(TaskSection {
+                module: step.module.clone(),
+                kind: step.kind.clone(),
+                input: None,
+                input_name: None,
+                params: step.params.clone(),
+            }),
+            sweep: None,
+            mapreduce: None,
+            limits: step.limits.clone().unwrap_or_else(|| self.limits.clone()),
+            grants: step.grants.clone().unwrap_or_else(|| self.grants.clone()),
+            labels: step.labels.clone().unwrap_or_else(|| self.labels.clone()),
+            cache: self.cache,
+            steps: Vec::new(),
+        }
+    }
+
     /// The one section saying what to run.
     pub fn template(&self) -> Result<Template<'_>, Invalid> {
         match (&self.task, &self.sweep, &self.mapreduce) {

@@ -74,6 +74,9 @@ names!(
         Failed => "failed",
         /// Its job was cancelled before it ended.
         Cancelled => "cancelled",
+        /// It took the output of an earlier task that computed the same
+        /// thing (the result cache): it never ran.
+        Cached => "cached",
     }
 );
 
@@ -98,6 +101,8 @@ names!(
         Failed => "failed",
         /// It was cancelled.
         Cancelled => "cancelled",
+        /// A pipeline step that cannot run: a step it reads failed.
+        Blocked => "blocked",
     }
 );
 
@@ -117,6 +122,10 @@ names!(
         Sweep => "sweep",
         /// Maps over splits, then reduces over partitions (`[mapreduce]`).
         MapReduce => "mapreduce",
+        /// A graph of steps (`[[step]]`); its steps are jobs of their own.
+        Pipeline => "pipeline",
+        /// One step of a pipeline.
+        Step => "step",
     }
 );
 

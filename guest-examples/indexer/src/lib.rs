@@ -59,7 +59,13 @@ fn names(values: &mut Values) -> BTreeSet<Vec<u8>> {
 /// Merges the input lists of one word.
 #[sandmill_sdk::combine]
 fn combine(key: &[u8], values: &mut Values, out: &mut Emitter) -> Result<()> {
-    out.emit(key, names(values).into_iter().collect::<Vec<_>>().join(&b","[..]));
+    out.emit(
+        key,
+        names(values)
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(&b","[..]),
+    );
     Ok(())
 }
 
@@ -67,6 +73,12 @@ fn combine(key: &[u8], values: &mut Values, out: &mut Emitter) -> Result<()> {
 #[sandmill_sdk::reduce]
 fn reduce(key: &[u8], values: &mut Values, ctx: &mut Context, out: &mut Emitter) -> Result<()> {
     faults(ctx)?.apply_once(ctx);
-    out.emit(key, names(values).into_iter().collect::<Vec<_>>().join(&b","[..]));
+    out.emit(
+        key,
+        names(values)
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(&b","[..]),
+    );
     Ok(())
 }

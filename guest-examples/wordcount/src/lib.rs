@@ -113,10 +113,18 @@ mod tests {
     #[test]
     fn invalid_utf8_and_digits_separate_words() {
         let mut out = Emitter::collecting();
-        map(b"na\xff\xc3\xafve 42x\xe2\x82", &mut Context::local(), &mut out).unwrap();
+        map(
+            b"na\xff\xc3\xafve 42x\xe2\x82",
+            &mut Context::local(),
+            &mut out,
+        )
+        .unwrap();
         let keys: Vec<_> = out.records().iter().map(|(k, _)| k.clone()).collect();
         // In byte order, as the combining map emits them.
-        assert_eq!(keys, vec![b"na".to_vec(), b"x".to_vec(), "ïve".as_bytes().to_vec()]);
+        assert_eq!(
+            keys,
+            vec![b"na".to_vec(), b"x".to_vec(), "ïve".as_bytes().to_vec()]
+        );
     }
 
     #[test]

@@ -343,6 +343,8 @@ mod tests {
             labels: Default::default(),
             seed: None,
             shuffle: None,
+            inputs: Vec::new(),
+            preprocess: None,
             delivered: 1,
         }
     }

@@ -9,10 +9,31 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::error::{ApiError, ErrorBody};
-use super::views::{JobCreated, JobView, Page, TaskView, decode_cursor, page_size};
+use super::views::{
+    EdgeView, GraphView, JobCreated, JobView, Page, StepView, TaskView, decode_cursor, page_size,
+};
 use super::{ApiPath, ApiQuery, AppState, RawBody};
 use crate::jobfile::{self, JobFile};
-use crate::model::{JobStatus, TaskState};
+use crate::model::{JobKind, JobStatus, TaskState};
+use crate::store::{JobRow, Store};
+
+/// Most steps a graph shows (a pipeline has at most as many steps as a
+/// job may have tasks; past this, the graph is cut).
+const MAX_GRAPH_STEPS: i64 = 10_000;
+
+/// A job's view: its counts, phases, or (a pipeline's) its steps' sums.
+async fn job_view(store: &Store, job: &JobRow) -> Result<JobView, ApiError> {
+    let counts = store.counts(job).await?;
+    let phases = store.phases(job).await?;
+    let sums = if job.kind.0 == JobKind::Pipeline {
+        Some(store.pipeline_counts(job.id).await?)
+    } else {
+        None
+    };
+    Ok(JobView::new(job, counts)
+        .with_phases(job, phases)
+        .with_steps(sums))
+}
 
 /// The routes of this module.
 pub fn router() -> Router<AppState> {
@@ -21,6 +42,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/tasks", get(list_tasks))
+        .route("/v1/jobs/{id}/graph", get(job_graph))
 }
 
 /// Submits a job (a job file as JSON; modules and inputs by `sha256:` or
@@ -71,8 +93,7 @@ pub async fn list_jobs(
     let page = Page::of(rows, limit, |j| (j.updated_at, j.id));
     let mut items = Vec::with_capacity(page.items.len());
     for job in &page.items {
-        let phases = store.phases(job).await?;
-        items.push(JobView::new(job, store.counts(job).await?).with_phases(job, phases));
+        items.push(job_view(store, job).await?);
     }
     Ok(Json(Page {
         items,
@@ -94,9 +115,64 @@ pub async fn get_job(
         .job(id)
         .await?
         .ok_or(ApiError::NotFound(format!("job {id}")))?;
-    let counts = store.counts(&job).await?;
-    let phases = store.phases(&job).await?;
-    Ok(Json(JobView::new(&job, counts).with_phases(&job, phases)))
+    Ok(Json(job_view(store, &job).await?))
+}
+
+/// A pipeline's graph: each step with its state and task counts, and
+/// which step reads which. A job without steps is a one-step graph.
+#[utoipa::path(get, path = "/v1/jobs/{id}/graph", tag = "jobs", params(("id" = i64, Path)),
+    responses((status = 200, description = "the graph", body = GraphView),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
+        (status = 404, description = "no such job", body = ErrorBody)))]
+pub async fn job_graph(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<GraphView>, ApiError> {
+    let store = state.scheduler.store();
+    let job = store
+        .job(id)
+        .await?
+        .ok_or(ApiError::NotFound(format!("job {id}")))?;
+    let (steps, edges) = if job.kind.0 == JobKind::Pipeline {
+        (
+            store.steps_of(id, MAX_GRAPH_STEPS).await?,
+            store.edges_of(id).await?,
+        )
+    } else {
+        (vec![job.clone()], Vec::new())
+    };
+    let names: std::collections::HashMap<i64, String> = steps
+        .iter()
+        .map(|s| (s.id, s.step.clone().unwrap_or_else(|| s.name.clone())))
+        .collect();
+    let mut views = Vec::with_capacity(steps.len());
+    for step in &steps {
+        let view = job_view(store, step).await?;
+        views.push(StepView {
+            name: names.get(&step.id).cloned().unwrap_or_default(),
+            job_id: step.id,
+            status: step.status(),
+            kind: step.task_kind.0,
+            module: format!("sha256:{}", step.module_hash),
+            planned: step.planned == 1,
+            tasks: view.tasks,
+        });
+    }
+    let edges = edges
+        .into_iter()
+        .filter_map(|(reader, read)| {
+            Some(EdgeView {
+                from: names.get(&read)?.clone(),
+                to: names.get(&reader)?.clone(),
+            })
+        })
+        .collect();
+    Ok(Json(GraphView {
+        job_id: id,
+        status: job.status(),
+        steps: views,
+        edges,
+    }))
 }
 
 /// Cancels a running job: its queued and running tasks, and those not

@@ -109,6 +109,7 @@ pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
         jobs::get_job,
         jobs::cancel_job,
         jobs::list_tasks,
+        jobs::job_graph,
         tasks::get_task,
         tasks::task_output,
         tasks::task_logs,

@@ -190,6 +190,8 @@ pub struct TaskCounts {
     pub failed: i64,
     /// Cancelled.
     pub cancelled: i64,
+    /// Of the succeeded, those that took a cached output (never ran).
+    pub cached: i64,
 }
 
 /// Where a map-reduce job is.
@@ -229,6 +231,7 @@ impl MapReduceView {
             succeeded: p.succeeded,
             failed: p.failed,
             cancelled: p.cancelled,
+            cached: 0,
         };
         let [maps, reduces] = phases.map(counts);
         let phase = if job.status().is_final() {
@@ -291,6 +294,10 @@ pub struct JobView {
     pub tasks: TaskCounts,
     /// A map-reduce job's phases (`null` for other jobs).
     pub mapreduce: Option<MapReduceView>,
+    /// A step's pipeline (`null` for other jobs).
+    pub pipeline: Option<i64>,
+    /// A step's name (`null` for other jobs).
+    pub step: Option<String>,
     /// The guests' counters (`ctx.counter`), summed over every task's
     /// successful attempt.
     pub counters: BTreeMap<String, i64>,
@@ -311,6 +318,23 @@ pub struct JobView {
 }
 
 impl JobView {
+    /// The same view with a pipeline's tasks, summed over its steps.
+    pub fn with_steps(mut self, sums: Option<(Counts, i64, i64)>) -> Self {
+        if let Some((counts, cached, total)) = sums {
+            self.tasks = TaskCounts {
+                total,
+                pending: counts.pending,
+                queued: counts.queued,
+                running: counts.running,
+                succeeded: counts.succeeded,
+                failed: counts.failed,
+                cancelled: counts.cancelled,
+                cached,
+            };
+        }
+        self
+    }
+
     /// The same view with a map-reduce job's phases.
     pub fn with_phases(
         mut self,
@@ -347,8 +371,11 @@ impl JobView {
                 succeeded: counts.succeeded,
                 failed: counts.failed,
                 cancelled: counts.cancelled,
+                cached: job.cached,
             },
             mapreduce: None,
+            pipeline: job.parent_id,
+            step: job.step.clone(),
             counters: job.counters.0.clone(),
             waiting: match (&job.waiting, job.waiting_since) {
                 (Some(reason), Some(since)) => Some(Waiting {
@@ -365,6 +392,50 @@ impl JobView {
             )),
         }
     }
+}
+
+/// A pipeline's graph: its steps and which reads which.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GraphView {
+    /// The pipeline.
+    pub job_id: i64,
+    /// Its status.
+    pub status: JobStatus,
+    /// Its steps, in the order they were accepted (each after those it
+    /// reads).
+    pub steps: Vec<StepView>,
+    /// Which step reads which.
+    pub edges: Vec<EdgeView>,
+}
+
+/// One step of a pipeline.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StepView {
+    /// Its name.
+    pub name: String,
+    /// Its job (its tasks are `/v1/jobs/{job_id}/tasks`).
+    pub job_id: i64,
+    /// running (also while it waits for its inputs), succeeded, failed,
+    /// cancelled, or blocked (an input failed).
+    pub status: JobStatus,
+    /// What its tasks call.
+    #[schema(value_type = String, example = "task")]
+    pub kind: CallKind,
+    /// The module, `sha256:<hex>`.
+    pub module: String,
+    /// Whether it has its tasks yet (its inputs are ready).
+    pub planned: bool,
+    /// Its tasks by state.
+    pub tasks: TaskCounts,
+}
+
+/// `to` reads `from`'s outputs.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EdgeView {
+    /// The step read.
+    pub from: String,
+    /// The step reading it.
+    pub to: String,
 }
 
 /// A task's input.

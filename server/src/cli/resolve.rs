@@ -43,6 +43,45 @@ pub async fn resolve(
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let local = |p: &str| -> PathBuf { base.join(p) };
+    if !job.steps.is_empty() {
+        // Checked before anything is uploaded: a bad graph costs nothing.
+        job.graph(u64::MAX)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if !inputs.is_empty() {
+            bail!("--input: a pipeline names its inputs in its steps");
+        }
+        for step in &mut job.steps {
+            step.module = upload_module(&step.module, &local, upload)
+                .await
+                .with_context(|| format!("step {}: module", step.name))?;
+            if let Some(pre) = &step.preprocess {
+                step.preprocess = Some(
+                    upload_module(pre, &local, upload)
+                        .await
+                        .with_context(|| format!("step {}: preprocess", step.name))?,
+                );
+            }
+            let inputs: Vec<String> = step
+                .input
+                .take()
+                .into_iter()
+                .chain(step.inputs.drain(..))
+                .collect();
+            for input in inputs {
+                if input.starts_with("step:") || is_ref(&input) {
+                    step.inputs.push(input);
+                    continue;
+                }
+                let file = local(&input);
+                let bytes = std::fs::read(&file).with_context(|| {
+                    format!("step {}: input: cannot read {}", step.name, file.display())
+                })?;
+                step.inputs
+                    .push(format!("sha256:{}", upload.input(bytes).await?));
+            }
+        }
+        return Ok(job);
+    }
 
     let module = job.template()?.module.to_owned();
     let module = if !is_ref(&module) && (module.ends_with(".wasm") || local(&module).is_file()) {
@@ -155,6 +194,21 @@ pub async fn resolve(
         });
     }
     Ok(job)
+}
+
+/// A module named by a path is read and uploaded (`sha256:` after);
+/// a ref or a spec stays as it is.
+async fn upload_module(
+    module: &str,
+    local: &dyn Fn(&str) -> PathBuf,
+    upload: &dyn Upload,
+) -> anyhow::Result<String> {
+    if is_ref(module) || !(module.ends_with(".wasm") || local(module).is_file()) {
+        return Ok(module.to_owned());
+    }
+    let file = local(module);
+    let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    Ok(format!("sha256:{}", upload.module(bytes).await?))
 }
 
 /// The files a path names: itself, a folder's files (sorted), or a glob's

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use sandmill_server::embedded::{self, DEFAULT_STOP_WITHIN, EmbeddedConfig};
-use sandmill_server::model::{JobStatus, TaskState};
+use sandmill_server::model::{JobKind, JobStatus, TaskState};
 use sandmill_server::scheduler::Scheduler;
 use sandmill_server::store::Stored;
 
@@ -91,9 +91,13 @@ async fn run_job(scheduler: &Scheduler, args: &RunArgs) -> anyhow::Result<ExitCo
     if let Some(dir) = &args.output {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    write_outputs(scheduler, &job, args.output.as_ref()).await?;
     let store = scheduler.store();
-    let counts = store.counts(&job).await?;
+    let counts = if job.kind.0 == JobKind::Pipeline {
+        write_pipeline(scheduler, &job, args.output.as_ref()).await?
+    } else {
+        write_outputs(scheduler, &job, args.output.as_ref(), true).await?;
+        store.counts(&job).await?
+    };
     if !job.counters.0.is_empty() {
         let counters: Vec<String> = job
             .counters
@@ -108,7 +112,11 @@ async fn run_job(scheduler: &Scheduler, args: &RunArgs) -> anyhow::Result<ExitCo
         job.id,
         job.name,
         job.status(),
-        job.total_tasks + if job.planned == 0 { job.reducers } else { 0 },
+        if job.kind.0 == JobKind::Pipeline {
+            counts.finished() + counts.pending + counts.queued + counts.running
+        } else {
+            job.total_tasks + if job.planned == 0 { job.reducers } else { 0 }
+        },
         counts.succeeded,
         counts.failed,
         counts.cancelled,
@@ -121,6 +129,55 @@ async fn run_job(scheduler: &Scheduler, args: &RunArgs) -> anyhow::Result<ExitCo
     })
 }
 
+/// A pipeline's outcome: a line per step, the failures of every step,
+/// and the outputs of the steps no step reads (to `dir/part-NNNNN`, or
+/// `dir/<step>/part-NNNNN` when there are several). Returns its tasks'
+/// counts over every step.
+async fn write_pipeline(
+    scheduler: &Scheduler,
+    job: &sandmill_server::store::JobRow,
+    dir: Option<&PathBuf>,
+) -> anyhow::Result<sandmill_server::store::Counts> {
+    let store = scheduler.store();
+    let steps = store.steps_of(job.id, i64::MAX).await?;
+    let read: std::collections::BTreeSet<i64> = store
+        .edges_of(job.id)
+        .await?
+        .into_iter()
+        .map(|(_, read)| read)
+        .collect();
+    let sinks: Vec<_> = steps.iter().filter(|s| !read.contains(&s.id)).collect();
+    let mut sum = sandmill_server::store::Counts::default();
+    for step in &steps {
+        let counts = store.counts(step).await?;
+        sum.succeeded += counts.succeeded;
+        sum.failed += counts.failed;
+        sum.cancelled += counts.cancelled;
+        tell!(
+            "step {} {}: {} task(s) ({} succeeded, {} cached, {} failed)",
+            step.step.as_deref().unwrap_or(&step.name),
+            step.status(),
+            step.total_tasks,
+            counts.succeeded,
+            step.cached,
+            counts.failed
+        );
+        let sink = !read.contains(&step.id);
+        let own_dir = match dir {
+            Some(dir) if sink && sinks.len() > 1 => {
+                let path = dir.join(step.step.as_deref().unwrap_or(&step.name));
+                std::fs::create_dir_all(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                Some(path)
+            }
+            Some(dir) => Some(dir.clone()),
+            None => None,
+        };
+        write_outputs(scheduler, step, own_dir.as_ref(), sink).await?;
+    }
+    Ok(sum)
+}
+
 /// Writes every succeeded task's output (to `dir/part-NNNNN`, or stdout in
 /// task order) and says which tasks failed, a page at a time. Of a
 /// map-reduce job, only the last phase's outputs are written, numbered by
@@ -129,6 +186,7 @@ async fn write_outputs(
     scheduler: &Scheduler,
     job: &sandmill_server::store::JobRow,
     dir: Option<&PathBuf>,
+    write: bool,
 ) -> anyhow::Result<()> {
     let job_id = job.id;
     let first_output = match job.maps {
@@ -142,7 +200,7 @@ async fn write_outputs(
         let Some(last) = tasks.last() else { break };
         after = Some(last.seq);
         for task in &tasks {
-            if task.state() != TaskState::Succeeded {
+            if !matches!(task.state(), TaskState::Succeeded | TaskState::Cached) {
                 tell!(
                     "task {} ({}) {}[{}]: {}",
                     task.seq,
@@ -153,7 +211,7 @@ async fn write_outputs(
                 );
                 continue;
             }
-            if task.seq < first_output {
+            if task.seq < first_output || !write {
                 continue;
             }
             let output = match store.task_output(task.id).await? {

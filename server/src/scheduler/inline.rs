@@ -107,6 +107,8 @@ impl Scheduler {
             labels: new.labels.clone(),
             seed: Some(seed),
             shuffle: None,
+            inputs: Vec::new(),
+            preprocess: None,
             delivered: 1,
         };
         let handle = tokio::runtime::Handle::current();

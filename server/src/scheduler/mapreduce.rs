@@ -115,6 +115,7 @@ impl Scheduler {
                 params: job.task_params.clone(),
                 input_hash: Some(hash),
                 input_name: part_name(partition as i64),
+                inputs: Vec::new(),
             });
         }
         if self.inner.store.plan_reduces(job_id, &items).await? {
@@ -153,6 +154,9 @@ impl Scheduler {
                 _ = stopping.wait_for(|s| *s) => return,
             }
             let planned = self.plan_unplanned().await;
+            if let Err(error) = self.plan_pipelines().await {
+                tracing::warn!(%error, "looking for pipeline steps to plan failed");
+            }
             let speculated = self.speculate().await;
             if *stopping.borrow() {
                 return;

@@ -14,6 +14,7 @@
 //!   long, and publishes again what the broker lost.
 //! - [`inline`]: the upload-and-run fast path of the embedded mode.
 //! - [`mapreduce`]: map-reduce jobs between their phases.
+//! - [`pipeline`]: pipelines between their steps.
 //!
 //! Memory does not grow with the number of tasks: the backlog lives in the
 //! database, and what is in flight is bounded by the window.
@@ -21,6 +22,7 @@
 mod dispatch;
 mod inline;
 mod mapreduce;
+mod pipeline;
 mod reconcile;
 mod recorder;
 mod submit;

@@ -178,6 +178,11 @@ impl Scheduler {
         for job_id in recorded.failing.iter().copied() {
             self.fail_early(job_id).await;
         }
+        for job_id in recorded.finished_jobs.iter().copied() {
+            let scheduler = self.clone();
+            // A pipeline's next steps: planned behind the recorder.
+            tokio::spawn(async move { scheduler.job_ended(job_id).await });
+        }
         for job_id in recorded.maps_done.iter().copied() {
             let scheduler = self.clone();
             // Never block the recorder on the blob store; should this

@@ -33,12 +33,12 @@ pub struct Submitted {
 }
 
 /// Where a job's module, kind and defaults come from.
-struct Resolved {
-    module_hash: String,
-    kind: CallKind,
-    limits: Limits,
-    grants: Grants,
-    labels: Labels,
+pub(super) struct Resolved {
+    pub(super) module_hash: String,
+    pub(super) kind: CallKind,
+    pub(super) limits: Limits,
+    pub(super) grants: Grants,
+    pub(super) labels: Labels,
 }
 
 impl Scheduler {
@@ -59,6 +59,9 @@ impl Scheduler {
         job: &JobFile,
         options: SubmitOptions,
     ) -> Result<Submitted, SchedulerError> {
+        if let Some(graph) = job.graph(self.inner.config.max_tasks_per_job)? {
+            return self.submit_pipeline(job, graph, options).await;
+        }
         let new = self.prepare(job, options).await?;
         let dispatch_now = if new.total <= SMALL_JOB { new.total } else { 0 };
         let (job_id, messages) = self.inner.store.create_job(&new, dispatch_now).await?;
@@ -128,6 +131,7 @@ impl Scheduler {
                             params,
                             input_hash: task_input.clone(),
                             input_name: "-".to_owned(),
+                            inputs: Vec::new(),
                         })
                     })
                     .collect::<Result<Vec<_>, Invalid>>()?;
@@ -152,6 +156,7 @@ impl Scheduler {
                                 &named.input,
                             )?),
                             input_name: named.name.clone(),
+                            inputs: Vec::new(),
                         })
                     })
                     .collect::<Result<Vec<_>, Invalid>>()?;
@@ -224,12 +229,13 @@ impl Scheduler {
             max_attempts: i64::from(max_attempts),
             queue_timeout_ms: i64::try_from(job.queue_timeout()?.as_millis()).unwrap_or(i64::MAX),
             mapreduce,
+            cache: job.cache.unwrap_or(true),
         })
     }
 
     /// The module a job names (`sha256:` or a spec), its kind, and the
     /// limits, grants and labels in force (the job's own over the spec's).
-    async fn resolve(&self, job: &JobFile) -> Result<Resolved, SchedulerError> {
+    pub(super) async fn resolve(&self, job: &JobFile) -> Result<Resolved, SchedulerError> {
         let template = job.template()?;
         let module_field = template.section_field("module");
         let mut kind = template
@@ -299,7 +305,7 @@ impl Scheduler {
     }
 
     /// Every input named must be in the blob store (each checked once).
-    async fn check_inputs<'a>(
+    pub(super) async fn check_inputs<'a>(
         &self,
         hashes: impl Iterator<Item = &'a String>,
     ) -> Result<(), SchedulerError> {

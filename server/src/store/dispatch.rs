@@ -5,7 +5,7 @@
 //! (and drops them once they are tasks).
 
 use sandmill_runtime::labels::Labels;
-use sandmill_runtime::message::{Shuffle, TaskMessage};
+use sandmill_runtime::message::{InputPart, Shuffle, TaskMessage};
 use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
 use sqlx::Row;
 
@@ -43,6 +43,7 @@ pub(crate) struct Template {
     maps: Option<i64>,
     reducers: i64,
     shuffle: Option<JsonText<ShuffleSettings>>,
+    preprocess_hash: Option<String>,
 }
 
 /// One task row as it was created.
@@ -53,6 +54,7 @@ pub(crate) struct Created {
     params: Option<String>,
     input_hash: Option<String>,
     input_name: Option<String>,
+    inputs: Option<JsonText<Vec<InputPart>>>,
 }
 
 impl Template {
@@ -74,6 +76,7 @@ impl Template {
             maps: job.mapreduce.as_ref().map(|_| job.total),
             reducers: job.mapreduce.as_ref().map_or(0, |(r, _)| i64::from(*r)),
             shuffle: job.mapreduce.as_ref().map(|(_, s)| JsonText(s.clone())),
+            preprocess_hash: None,
         }
     }
 
@@ -105,6 +108,8 @@ impl Template {
             labels: self.labels.0.clone(),
             seed: None,
             shuffle,
+            inputs: task.inputs.map(|i| i.0).unwrap_or_default(),
+            preprocess: self.preprocess_hash.clone(),
             delivered: 1,
         }
     }
@@ -149,8 +154,8 @@ per_backend! {
     ) -> Result<Vec<TaskMessage>, sqlx::Error> {
         let template: Option<Template> = sqlx::query_as(
             "SELECT priority, task_kind, module_hash, limits, grants, labels, task_params, \
-             task_input_hash, task_input_name, has_items, total_tasks, dispatched, maps, reducers, shuffle \
-             FROM jobs WHERE id = $1 AND status = $2",
+             task_input_hash, task_input_name, has_items, total_tasks, dispatched, maps, reducers, shuffle, \
+             preprocess_hash FROM jobs WHERE id = $1 AND status = $2",
         )
         .bind(job_id)
         .bind(Text(JobStatus::Running))
@@ -178,10 +183,10 @@ per_backend! {
         }
         let created: Vec<Created> = if template.has_items == 1 {
             let created = sqlx::query_as(
-                "INSERT INTO tasks (job_id, seq, state, params, input_hash, input_name, attempt, starts, created_at) \
-                 SELECT job_id, seq, $2, params, input_hash, input_name, 0, 0, $3 FROM job_items \
+                "INSERT INTO tasks (job_id, seq, state, params, input_hash, input_name, inputs, attempt, starts, created_at) \
+                 SELECT job_id, seq, $2, params, input_hash, input_name, inputs, 0, 0, $3 FROM job_items \
                  WHERE job_id = $1 AND seq >= $4 AND seq < $5 \
-                 RETURNING id, seq, params, input_hash, input_name",
+                 RETURNING id, seq, params, input_hash, input_name, inputs",
             )
             .bind(job_id)
             .bind(Text(TaskState::Queued))
@@ -201,7 +206,7 @@ per_backend! {
                 "WITH RECURSIVE s(n) AS (SELECT CAST($4 AS BIGINT) UNION ALL SELECT n + 1 FROM s WHERE n + 1 < $5) \
                  INSERT INTO tasks (job_id, seq, state, attempt, starts, created_at) \
                  SELECT $1, n, $2, 0, 0, $3 FROM s \
-                 RETURNING id, seq, params, input_hash, input_name",
+                 RETURNING id, seq, params, input_hash, input_name, inputs",
             )
             .bind(job_id)
             .bind(Text(TaskState::Queued))

@@ -27,6 +27,9 @@ pub struct Item {
     pub input_hash: Option<String>,
     /// Name the guest sees.
     pub input_name: String,
+    /// Slices of blobs read one after the other (a pipeline step's
+    /// inputs); empty: `input_hash`.
+    pub inputs: Vec<sandmill_runtime::message::InputPart>,
 }
 
 /// A job being created.
@@ -66,6 +69,8 @@ pub struct NewJob {
     pub queue_timeout_ms: i64,
     /// A map-reduce job's reducers and shuffle (its maps are its items).
     pub mapreduce: Option<(u32, ShuffleSettings)>,
+    /// Whether its tasks may take cached outputs.
+    pub cache: bool,
 }
 
 /// Why a cancel did nothing.
@@ -97,9 +102,9 @@ per_backend! {
             "INSERT INTO jobs (name, kind, status, priority, task_kind, module_hash, limits, grants, labels, \
              definition, task_params, task_input_hash, task_input_name, has_items, total_tasks, dispatched, \
              succeeded, failed, cancelled, max_attempts, queue_timeout_ms, created_at, updated_at, \
-             maps, reducers, shuffle, planned) \
+             maps, reducers, shuffle, planned, cache) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, 0, 0, 0, $16, $17, $18, $18, \
-             $19, $20, $21, $22) \
+             $19, $20, $21, $22, $23) \
              RETURNING id",
         )
         .bind(safe_text(&job.name, 1024))
@@ -126,6 +131,7 @@ per_backend! {
         // A map-reduce job with reducers is planned whole once its maps
         // are done; every other job is planned whole now.
         .bind(i64::from(job.mapreduce.as_ref().is_none_or(|(r, _)| *r == 0)))
+        .bind(i64::from(job.cache))
         .fetch_one(&mut **tx)
         .await?
         .try_get(0)
@@ -139,14 +145,15 @@ per_backend! {
     ) -> Result<(), sqlx::Error> {
         for (chunk_index, chunk) in items.chunks(INSERT_CHUNK).enumerate() {
             let mut insert = QueryBuilder::new(
-                "INSERT INTO job_items (job_id, seq, params, input_hash, input_name) ",
+                "INSERT INTO job_items (job_id, seq, params, input_hash, input_name, inputs) ",
             );
             insert.push_values(chunk.iter().enumerate(), |mut row, (i, item)| {
                 row.push_bind(job_id)
                     .push_bind((chunk_index * INSERT_CHUNK + i) as i64)
                     .push_bind(item.params.clone())
                     .push_bind(item.input_hash.clone())
-                    .push_bind(safe_text(&item.input_name, 1024));
+                    .push_bind(safe_text(&item.input_name, 1024))
+                    .push_bind((!item.inputs.is_empty()).then(|| JsonText(item.inputs.clone())));
             });
             insert.build().execute(&mut **tx).await?;
         }
@@ -226,7 +233,8 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<JobRow>, StoreError> {
         let rows = on_pool!(self, pool => {
-            let mut q = QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1"));
+            // A pipeline's steps are shown with it, not on their own.
+            let mut q = QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE parent_id IS NULL"));
             if let Some(status) = status {
                 q.push(" AND status = ").push_bind(Text(status));
             }

@@ -264,7 +264,7 @@ impl Store {
                 TaskState::Pending => counts.pending += n,
                 TaskState::Queued => counts.queued += n,
                 TaskState::Running => counts.running += n,
-                TaskState::Succeeded => counts.succeeded += n,
+                TaskState::Succeeded | TaskState::Cached => counts.succeeded += n,
                 TaskState::Failed => counts.failed += n,
                 TaskState::Cancelled => counts.cancelled += n,
             }

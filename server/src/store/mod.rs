@@ -29,6 +29,7 @@ mod catalog;
 pub mod dispatch;
 mod jobs;
 mod mapreduce;
+mod pipeline;
 mod record;
 mod recovery;
 mod rows;
@@ -47,6 +48,7 @@ use sqlx::sqlite::{
 pub use catalog::NewSpec;
 pub use jobs::{CancelRefused, Expired, Item, NewJob};
 pub use mapreduce::{MapResult, PhaseCounts, RunningTask};
+pub use pipeline::{DraftInput, NewStep, SpecInput, StepOutput, StepRow, StepSpec};
 pub use record::Recorded;
 pub use rows::*;
 pub use run::{RunRecord, RunWriter};

@@ -3,7 +3,7 @@
 //! broker lost) and for retries. A page at a time, by task id.
 
 use sandmill_runtime::labels::Labels;
-use sandmill_runtime::message::TaskMessage;
+use sandmill_runtime::message::{InputPart, TaskMessage};
 use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
 use sqlx::{QueryBuilder, Row};
 
@@ -31,13 +31,15 @@ struct LiveRow {
     maps: Option<i64>,
     reducers: i64,
     shuffle: Option<JsonText<crate::jobfile::ShuffleSettings>>,
+    inputs: Option<JsonText<Vec<InputPart>>>,
+    preprocess_hash: Option<String>,
 }
 
 const LIVE_COLUMNS: &str = "t.id, t.job_id, t.attempt, j.priority, j.task_kind, j.module_hash, \
      CASE WHEN t.input_name IS NULL THEN j.task_input_hash ELSE t.input_hash END AS input_hash, \
      COALESCE(t.input_name, j.task_input_name) AS input_name, \
      COALESCE(t.params, j.task_params) AS params, j.limits, j.grants, j.labels, t.seed, \
-     t.seq, j.maps, j.reducers, j.shuffle";
+     t.seq, j.maps, j.reducers, j.shuffle, t.inputs, j.preprocess_hash";
 
 impl LiveRow {
     fn message(self) -> TaskMessage {
@@ -65,6 +67,8 @@ impl LiveRow {
             // Stored as its bits in a signed column.
             seed: self.seed.map(|s| s as u64),
             shuffle,
+            inputs: self.inputs.map(|i| i.0).unwrap_or_default(),
+            preprocess: self.preprocess_hash,
             delivered: 1,
         }
     }

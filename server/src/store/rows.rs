@@ -15,13 +15,14 @@ use crate::model::{JobKind, JobStatus, TaskState};
 pub const JOB_COLUMNS: &str = "id, name, kind, status, priority, task_kind, module_hash, limits, grants, \
      labels, task_params, task_input_hash, task_input_name, has_items, total_tasks, dispatched, \
      succeeded, failed, cancelled, max_attempts, queue_timeout_ms, waiting, waiting_since, created_at, \
-     updated_at, finished_at, maps, reducers, planned, counters";
+     updated_at, finished_at, maps, reducers, planned, counters, parent_id, step, cache, cached";
 
 /// Columns of [`TaskRow`], in order, from `tasks t JOIN jobs j`.
 pub const TASK_COLUMNS: &str = "t.id, t.job_id, t.seq, t.state, COALESCE(t.params, j.task_params) AS params, \
      CASE WHEN t.input_name IS NULL THEN j.task_input_hash ELSE t.input_hash END AS input_hash, \
      COALESCE(t.input_name, j.task_input_name) AS input_name, t.attempt, t.reason, t.error, \
-     t.output_hash, t.output_size, t.starts, t.created_at, t.started_at, t.finished_at";
+     t.output_hash, t.output_size, t.starts, t.created_at, t.started_at, t.finished_at, \
+     t.restart_of, t.cache_key";
 
 /// Columns of [`AttemptRow`], in order.
 pub const ATTEMPT_COLUMNS: &str = "task_id, attempt, state, reason, error, worker, elapsed_ms, fuel_used, \
@@ -157,6 +158,14 @@ pub struct JobRow {
     pub planned: i64,
     /// The guests' counters, summed over every task's successful attempt.
     pub counters: JsonText<BTreeMap<String, i64>>,
+    /// A step's pipeline.
+    pub parent_id: Option<i64>,
+    /// A step's name.
+    pub step: Option<String>,
+    /// 0 when its tasks never take cached outputs.
+    pub cache: i64,
+    /// Tasks that took a cached output (counted in `succeeded` too).
+    pub cached: i64,
 }
 
 impl JobRow {
@@ -227,6 +236,10 @@ pub struct TaskRow {
     pub started_at: Option<i64>,
     /// End time (ms).
     pub finished_at: Option<i64>,
+    /// The task this one was restarted from.
+    pub restart_of: Option<i64>,
+    /// What it computes, hashed (the result cache's key).
+    pub cache_key: Option<String>,
 }
 
 impl TaskRow {

@@ -16,9 +16,13 @@ fn frames(input: &[u8]) -> [&[u8]; 4] {
     let mut out: [&[u8]; 4] = [&[]; 4];
     let mut at = 0;
     for frame in &mut out {
-        let Some(header) = input.get(at..at + 4) else { break };
+        let Some(header) = input.get(at..at + 4) else {
+            break;
+        };
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let Some(bytes) = input.get(at + 4..at + 4 + len) else { break };
+        let Some(bytes) = input.get(at + 4..at + 4 + len) else {
+            break;
+        };
         *frame = bytes;
         at += 4 + len;
     }
