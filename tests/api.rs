@@ -279,11 +279,22 @@ async fn suite(database: Option<String>) {
     assert_eq!(task["task"]["output"]["size"], 7);
     let logs = client.get(&format!("/v1/tasks/{task_id}/logs")).await;
     assert!(logs.text().starts_with("== attempt 0 on embedded/"));
+    // A job without steps is a one-step graph.
+    let graph = client.get(&format!("/v1/jobs/{job_id}/graph")).await.json();
+    assert_eq!(graph["steps"].as_array().unwrap().len(), 1, "{graph}");
+    assert_eq!(graph["steps"][0]["job_id"], job_id, "{graph}");
+    assert_eq!(graph["steps"][0]["tasks"]["succeeded"], 1, "{graph}");
+    assert_eq!(graph["edges"], json!([]), "{graph}");
+    assert_eq!(
+        client.get("/v1/jobs/99999/graph").await.status,
+        StatusCode::NOT_FOUND
+    );
     for path in [
         "/v1/tasks/abc",
         "/v1/tasks/abc/output",
         "/v1/tasks/abc/logs",
         "/v1/jobs/abc",
+        "/v1/jobs/abc/graph",
     ] {
         assert_eq!(client.get(path).await.code(), "bad_request", "{path}");
     }

@@ -276,6 +276,22 @@ impl Scheduler {
 
     /// Cancels a running job: its live tasks and its backlog.
     pub async fn cancel(&self, job_id: i64) -> Result<(), SchedulerError> {
+        // A pipeline's running steps first (each a job of its own), then
+        // the pipeline: no step is planned after it ended.
+        if let Some(job) = self.inner.store.job(job_id).await?
+            && job.kind.0 == crate::model::JobKind::Pipeline
+            && job.status() == JobStatus::Running
+        {
+            for step in self.inner.store.steps_of(job_id, i64::MAX).await? {
+                if step.status() != JobStatus::Running {
+                    continue;
+                }
+                if let Ok(live) = self.inner.store.cancel_job(step.id).await? {
+                    self.inner.live.fetch_sub(live, Ordering::Relaxed);
+                    self.forget(step.id).await;
+                }
+            }
+        }
         match self.inner.store.cancel_job(job_id).await? {
             Ok(live) => {
                 self.inner.live.fetch_sub(live, Ordering::Relaxed);

@@ -163,9 +163,34 @@ impl Scheduler {
         if !recorded.retried.is_empty() {
             match self.inner.store.queued_messages(&recorded.retried).await {
                 Ok(messages) => {
+                    // A pipeline step's retries wait out its backoff (in
+                    // memory: after a restart they go at once).
+                    let mut jobs: Vec<i64> = messages.iter().map(|m| m.job_id).collect();
+                    jobs.sort_unstable();
+                    jobs.dedup();
+                    let backoffs = self
+                        .inner
+                        .store
+                        .retry_backoffs(&jobs)
+                        .await
+                        .unwrap_or_default();
+                    let (later, now): (Vec<_>, Vec<_>) = messages
+                        .into_iter()
+                        .partition(|m| backoffs.contains_key(&m.job_id));
+                    for message in later {
+                        let wait = backoffs.get(&message.job_id).copied().unwrap_or(0);
+                        let scheduler = self.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(std::time::Duration::from_millis(
+                                u64::try_from(wait).unwrap_or(0),
+                            ))
+                            .await;
+                            scheduler.publish(vec![message]).await;
+                        });
+                    }
                     let scheduler = self.clone();
                     // Never block the recorder on the broker.
-                    tokio::spawn(async move { scheduler.publish(messages).await });
+                    tokio::spawn(async move { scheduler.publish(now).await });
                 }
                 Err(error) => {
                     tracing::warn!(%error, "loading retries failed; the reconciler will publish them")

@@ -438,6 +438,34 @@ impl Store {
         Ok((counts, sums[4], sums[5]))
     }
 
+    /// The retry backoff (ms) of those of these jobs that have one.
+    pub async fn retry_backoffs(
+        &self,
+        jobs: &[i64],
+    ) -> Result<std::collections::BTreeMap<i64, i64>, StoreError> {
+        let mut backoffs = std::collections::BTreeMap::new();
+        for chunk in jobs.chunks(super::RECORD_CHUNK) {
+            let rows = on_pool!(self, pool => {
+                let mut q = sqlx::QueryBuilder::new(
+                    "SELECT id, retry_backoff_ms FROM jobs WHERE retry_backoff_ms > 0 AND id IN (",
+                );
+                let mut list = q.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                q.push(")");
+                q.build()
+                    .fetch_all(pool)
+                    .await?
+                    .into_iter()
+                    .map(|r| Ok::<_, sqlx::Error>((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
+                    .collect::<Result<Vec<_>, _>>()?
+            });
+            backoffs.extend(rows);
+        }
+        Ok(backoffs)
+    }
+
     /// A pipeline's edges (reader, read), by reader.
     pub async fn edges_of(&self, parent_id: i64) -> Result<Vec<(i64, i64)>, StoreError> {
         let rows = on_pool!(self, pool => sqlx::query(
