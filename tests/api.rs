@@ -556,6 +556,220 @@ async fn suite(database: Option<String>) {
     let huge = client.post("/v1/specs", vec![b' '; 5 << 20]).await;
     assert_eq!(huge.status, StatusCode::PAYLOAD_TOO_LARGE);
 
+    // Running again: restarts, retries, resubmits; what a job was made
+    // of, what a task ran with, and the blobs behind them.
+    let again = client
+        .post_json(
+            "/v1/jobs",
+            json!({"name": "again", "sweep": {"module": "echo@1", "count": 2}}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.text());
+    let again = again.json()["id"].as_i64().unwrap();
+    assert_eq!(client.wait_job(again).await["status"], "succeeded");
+    let definition = client.get(&format!("/v1/jobs/{again}/definition")).await;
+    assert_eq!(definition.status, StatusCode::OK);
+    assert_eq!(definition.json()["name"], "again");
+    assert_eq!(definition.json()["sweep"]["count"], 2);
+    assert_eq!(
+        client.get("/v1/jobs/x/definition").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        client.get("/v1/jobs/999999/definition").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let first = client.get(&format!("/v1/jobs/{again}/tasks")).await.json()["items"][0].clone();
+    let first_id = first["id"].as_i64().unwrap();
+    let call = client.get(&format!("/v1/tasks/{first_id}/call")).await;
+    assert_eq!(call.status, StatusCode::OK, "{}", call.text());
+    let call = call.json();
+    assert_eq!(call["module"], module.as_str());
+    assert_eq!(call["attempt"], 0);
+    assert_eq!(call["recorded"]["state"], "succeeded");
+    assert!(call["seed"].as_u64().is_some(), "{call}");
+    assert_eq!(
+        client
+            .get(&format!("/v1/tasks/{first_id}/call?attempt=4"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        client.get("/v1/tasks/x/call").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        client.get("/v1/tasks/999999/call").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let blob = client.get(&format!("/v1/blobs/{module}")).await;
+    assert_eq!(blob.status, StatusCode::OK);
+    assert_eq!(blob.body, noop);
+    assert_eq!(
+        client.get("/v1/blobs/not-hex").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        client
+            .get(&format!("/v1/blobs/{}", "0".repeat(64)))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let restarted = client
+        .post_json(&format!("/v1/tasks/{first_id}/restart"), json!({}))
+        .await;
+    assert_eq!(
+        restarted.status,
+        StatusCode::CREATED,
+        "{}",
+        restarted.text()
+    );
+    let rerun = restarted.json()["task"]["id"].as_i64().unwrap();
+    assert_eq!(restarted.json()["task"]["restart_of"], first_id);
+    let twice = client
+        .post(&format!("/v1/tasks/{first_id}/restart"), Vec::new())
+        .await;
+    assert_eq!(twice.status, StatusCode::OK);
+    assert_eq!(twice.json()["task"]["id"], rerun);
+    assert_eq!(
+        client
+            .post_json("/v1/tasks/x/restart", json!({}))
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        client
+            .post_json("/v1/tasks/999999/restart", json!({}))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(client.wait_job(again).await["status"], "succeeded");
+    let retried = client
+        .post(&format!("/v1/jobs/{again}/retry"), Vec::new())
+        .await;
+    assert_eq!(retried.status, StatusCode::OK);
+    assert_eq!(retried.json()["tasks"], 0);
+    assert_eq!(
+        client.post("/v1/jobs/x/retry", Vec::new()).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        client
+            .post("/v1/jobs/999999/retry", Vec::new())
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let resubmitted = client
+        .post_json(
+            &format!("/v1/jobs/{again}/resubmit"),
+            json!({"limits": {"timeout": "5s"}}),
+        )
+        .await;
+    assert_eq!(
+        resubmitted.status,
+        StatusCode::CREATED,
+        "{}",
+        resubmitted.text()
+    );
+    let copy = client
+        .wait_job(resubmitted.json()["id"].as_i64().unwrap())
+        .await;
+    assert_eq!(copy["resubmit_of"], again);
+    assert_eq!(copy["limits"]["timeout"], "5s");
+    assert_eq!(
+        client
+            .post_json(
+                &format!("/v1/jobs/{again}/resubmit"),
+                json!({"failed": true})
+            )
+            .await
+            .code(),
+        "conflict"
+    );
+    assert_eq!(
+        client
+            .post_json("/v1/jobs/x/resubmit", json!({}))
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        client
+            .post_json("/v1/jobs/999999/resubmit", json!({}))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    // A task still running cannot be restarted; a map-reduce job's tasks
+    // are neither restarted, retried nor replayed one by one.
+    let busy = json!({"name": "busy", "task": {"module": looping}, "limits": {"timeout": "30s"}});
+    let busy = client.post_json("/v1/jobs", busy).await.json()["id"]
+        .as_i64()
+        .unwrap();
+    let busy_task = client.get(&format!("/v1/jobs/{busy}/tasks")).await.json()["items"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let live = client
+        .post_json(&format!("/v1/tasks/{busy_task}/restart"), json!({}))
+        .await;
+    assert_eq!(live.status, StatusCode::CONFLICT, "{}", live.text());
+    client
+        .post(&format!("/v1/jobs/{busy}/cancel"), Vec::new())
+        .await;
+    let words = client
+        .post("/v1/modules", std::fs::read(guests::WORDCOUNT).unwrap())
+        .await
+        .json()["module"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let text = client.post("/v1/inputs", b"a b a".to_vec()).await.json()["input"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let counted = client
+        .post_json(
+            "/v1/jobs",
+            json!({"name": "words", "mapreduce": {"module": words, "inputs": [],
+                   "splits": [{"input": text, "name": "t"}], "reducers": 1}}),
+        )
+        .await;
+    assert_eq!(counted.status, StatusCode::CREATED, "{}", counted.text());
+    let counted = counted.json()["id"].as_i64().unwrap();
+    client.wait_job(counted).await;
+    let map_task = client
+        .get(&format!("/v1/jobs/{counted}/tasks"))
+        .await
+        .json()["items"][0]["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        client
+            .get(&format!("/v1/tasks/{map_task}/call"))
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        client
+            .post(&format!("/v1/jobs/{counted}/retry"), Vec::new())
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        client
+            .post_json(&format!("/v1/tasks/{map_task}/restart"), json!({}))
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+
     // Every documented route and status was seen, except those that need
     // a dependency down (checked where one is: the fleet tests).
     let seen = client.checker.seen();

@@ -2,7 +2,9 @@
 //! a fleet of real processes: the example runs and its output is the sum
 //! computed here; a graph with a cycle, an unknown step or a fan-out over
 //! nothing is refused naming the step; a failing middle step blocks only
-//! the steps after it.
+//! the steps after it; a second submission is served from the result
+//! cache; restarts, retries, resubmits and replays; a server killed
+//! between a step and its readers plans them once when started again.
 
 #![allow(clippy::unwrap_used)]
 
@@ -403,6 +405,793 @@ fn the_example_pipeline_runs_on_a_fleet() {
         assert_eq!(step(&graph, "score")["tasks"]["succeeded"], 8, "{graph}");
         let total = step_output(&http, &base, step(&graph, "total")).await;
         assert_eq!(total, expected_sales());
+
+        // A step needing a label no worker offers fails once it waited too
+        // long, blocking total; once a worker offering it joins, a retry
+        // runs it and what it blocked.
+        let dir = tempfile::tempdir().unwrap();
+        let steps = sales_steps("{ weight = 3 }").replace(
+            "params = { weight = 3 }",
+            "params = { weight = 3 }\nlabels = { zone = \"b\" }\nlimits = { queue_timeout = \"2s\", timeout = \"10s\" }",
+        );
+        let file = pipeline(dir.path(), "zoned", &steps);
+        let id = submit(state.path(), &base, &file, &[]);
+        let job = finish(&http, &base, id).await;
+        assert_eq!(job["status"], "failed", "{job}");
+        let graph = get(&http, &base, &format!("/v1/jobs/{id}/graph")).await;
+        assert_eq!(step(&graph, "score")["tasks"]["failed"], 8, "{graph}");
+        assert_eq!(step(&graph, "total")["status"], "blocked", "{graph}");
+        let _zoned = fleet(&["worker", "--id", "w3", "--labels", "zone=b"]);
+        let out = ok(&support::output_within(
+            sandmill(state.path()).args(["--server", &base, "retry", &id.to_string()]),
+            LIMIT,
+        ));
+        assert!(out.contains("8 task(s) and 1 step(s) run again"), "{out}");
+        let job = finish(&http, &base, id).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let graph = get(&http, &base, &format!("/v1/jobs/{id}/graph")).await;
+        let total = step_output(&http, &base, step(&graph, "total")).await;
+        assert!(total.ends_with(&format!("total\t{}\n", 3.0 * 287.5)), "{total}");
+        // parse ran once: the retry left what succeeded alone.
+        let parse = tasks_of(&http, &base, step(&graph, "parse")).await;
+        let detail = get(&http, &base, &format!("/v1/tasks/{}", parse[0].0)).await;
+        assert_eq!(detail["attempts"].as_array().unwrap().len(), 1, "{detail}");
+        assert_eq!(detail["task"]["restart_of"], Value::Null, "{detail}");
+
+        // The server killed (SIGKILL) after a step succeeded and before
+        // what reads it was planned: started again, it plans them, and
+        // every task runs once.
+        drop(_serve);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sandmill"));
+        command
+            .args(["serve", "--database", &database, "--listen", &listen])
+            .arg("--nats")
+            .arg(nats.url())
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .stdout(Stdio::null());
+        let (mut serve, paused) = start_paused(&mut command);
+        support::wait_ready(&http, &base).await;
+        let id = submit(state.path(), &base, &example("sales.toml"), &["--no-cache"]);
+        paused.recv_timeout(LIMIT).expect("the fault was never hit");
+        serve.kill();
+        let _serve = fleet(&["serve", "--database", &database, "--listen", &listen]);
+        support::wait_ready(&http, &base).await;
+        let job = finish(&http, &base, id).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        ran_once(&http, &base, id).await;
         drop(pg);
+    });
+}
+
+/// Submits a job file to a server through the CLI; returns its id.
+fn submit(state: &Path, base: &str, file: &Path, extra: &[&str]) -> i64 {
+    ok(&support::output_within(
+        sandmill(state)
+            .args(["--server", base, "submit", file.to_str().unwrap()])
+            .args(extra),
+        LIMIT,
+    ))
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// Every task of a job (one page): its id, state and output.
+async fn tasks_of(http: &reqwest::Client, base: &str, job: &Value) -> Vec<(i64, String, String)> {
+    let tasks = get(
+        http,
+        base,
+        &format!(
+            "/v1/jobs/{}/tasks",
+            job["job_id"].as_i64().or(job["id"].as_i64()).unwrap()
+        ),
+    )
+    .await;
+    let mut out = Vec::new();
+    for task in tasks["items"].as_array().unwrap() {
+        let id = task["id"].as_i64().unwrap();
+        let output = http
+            .get(format!("{base}/v1/tasks/{id}/output"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        out.push((id, task["state"].as_str().unwrap().to_owned(), output));
+    }
+    out
+}
+
+#[test]
+fn a_pipeline_submitted_again_takes_its_cached_outputs_unless_told_not_to() {
+    runtime().block_on(async {
+        let dev = Dev::start().await;
+        let (http, base) = (&dev.http, dev.base.as_str());
+        let state = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = pipeline(dir.path(), "sales", &sales_steps("{}"));
+        let first = finish(http, base, submit(state.path(), base, &file, &[])).await;
+        assert_eq!(first["status"], "succeeded", "{first}");
+        assert_eq!(first["tasks"]["cached"], 0, "{first}");
+
+        // The same code on the same inputs: nothing runs again.
+        let id = submit(state.path(), base, &file, &[]);
+        let again = finish(http, base, id).await;
+        assert_eq!(again["status"], "succeeded", "{again}");
+        assert_eq!(again["tasks"]["cached"], 10, "{again}");
+        assert_eq!(again["tasks"]["succeeded"], 10, "{again}");
+        let graph = get(http, base, &format!("/v1/jobs/{id}/graph")).await;
+        for name in ["parse", "score", "total"] {
+            let step = step(&graph, name);
+            assert_eq!(step["tasks"]["cached"], step["tasks"]["total"], "{graph}");
+        }
+        assert_eq!(
+            step_output(http, base, step(&graph, "total")).await,
+            expected_sales()
+        );
+        for (task, state, _) in tasks_of(http, base, step(&graph, "score")).await {
+            assert_eq!(state, "cached");
+            // Zero executions: no attempt, so no log.
+            let logs = http
+                .get(format!("{base}/v1/tasks/{task}/logs"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert_eq!(logs, "", "task {task}");
+        }
+
+        // --no-cache runs everything again, to the same result.
+        let id = submit(state.path(), base, &file, &["--no-cache"]);
+        let fresh = finish(http, base, id).await;
+        assert_eq!(fresh["status"], "succeeded", "{fresh}");
+        assert_eq!(fresh["tasks"]["cached"], 0, "{fresh}");
+        let graph = get(http, base, &format!("/v1/jobs/{id}/graph")).await;
+        assert_eq!(
+            step_output(http, base, step(&graph, "total")).await,
+            expected_sales()
+        );
+
+        // Other params for one step: it and what reads it run; the step
+        // before it is cached (under another job name).
+        let weighted = pipeline(dir.path(), "weighted", &sales_steps("{ weight = 2 }"));
+        let id = submit(state.path(), base, &weighted, &[]);
+        let job = finish(http, base, id).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let graph = get(http, base, &format!("/v1/jobs/{id}/graph")).await;
+        assert_eq!(step(&graph, "parse")["tasks"]["cached"], 1, "{graph}");
+        assert_eq!(step(&graph, "score")["tasks"]["cached"], 0, "{graph}");
+        assert_eq!(step(&graph, "total")["tasks"]["cached"], 0, "{graph}");
+        let total = step_output(http, base, step(&graph, "total")).await;
+        assert!(
+            total.ends_with(&format!("total\t{}\n", 2.0 * 287.5)),
+            "{total}"
+        );
+    });
+}
+
+#[test]
+fn a_guests_seed_follows_its_cache_key_and_real_randomness_is_never_cached() {
+    runtime().block_on(async {
+        let dev = Dev::start().await;
+        let (http, base) = (&dev.http, dev.base.as_str());
+        let state = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sweep = |name: &str, grants: &str| {
+            let path = dir.path().join(format!("{name}.toml"));
+            std::fs::write(
+                &path,
+                format!(
+                    "name = \"{name}\"\n[sweep]\nmodule = \"{}\"\ncount = 2\n{grants}",
+                    guests::HOSTILE_NONDETERMINISM
+                ),
+            )
+            .unwrap();
+            path
+        };
+        let fixed = sweep("fixed", "");
+        let run = |extra: &'static [&'static str], file: PathBuf| {
+            let state = state.path().to_owned();
+            async move {
+                let id = submit(&state, base, &file, extra);
+                let job = finish(http, base, id).await;
+                assert_eq!(job["status"], "succeeded", "{job}");
+                let tasks = tasks_of(http, base, &job).await;
+                (job, tasks)
+            }
+        };
+        let (_, first) = run(&[], fixed.clone()).await;
+        assert_eq!(first.len(), 2);
+        // Two tasks of a sweep see two seeds.
+        assert_ne!(first[0].2, first[1].2);
+        // Run again without the cache: the same seeds, so the same bytes.
+        let (job, fresh) = run(&["--no-cache"], fixed.clone()).await;
+        assert_eq!(job["tasks"]["cached"], 0, "{job}");
+        let outputs = |tasks: &[(i64, String, String)]| -> Vec<String> {
+            tasks.iter().map(|t| t.2.clone()).collect()
+        };
+        assert_eq!(outputs(&fresh), outputs(&first));
+        assert!(fresh.iter().all(|t| t.1 == "succeeded"), "{fresh:?}");
+        // With the cache: taken from it.
+        let (job, cached) = run(&[], fixed).await;
+        assert_eq!(job["tasks"]["cached"], 2, "{job}");
+        assert_eq!(outputs(&cached), outputs(&first));
+
+        // Granted the real clock and randomness: never cached, and each
+        // run sees other values.
+        let real = sweep("real", "[grants]\nallow = [\"clock\", \"random\"]\n");
+        let (_, one) = run(&[], real.clone()).await;
+        let (job, two) = run(&[], real).await;
+        assert_eq!(job["tasks"]["cached"], 0, "{job}");
+        assert!(two.iter().all(|t| t.1 == "succeeded"), "{two:?}");
+        assert_ne!(outputs(&one), outputs(&two));
+    });
+}
+
+async fn post(http: &reqwest::Client, base: &str, path: &str, body: Value) -> (u16, Value) {
+    let response = http
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[test]
+fn restarts_replace_one_run_and_with_downstream_what_reads_it() {
+    runtime().block_on(async {
+        let dev = Dev::start().await;
+        let (http, base) = (&dev.http, dev.base.as_str());
+        let state = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // `copy` reads parse too: a branch beside score and total.
+        let steps = format!(
+            "{}\n[[step]]\nname = \"copy\"\nmodule = \"NOOP\"\ninputs = [\"step:parse\"]\n",
+            sales_steps("{}")
+        );
+        let file = pipeline(dir.path(), "sales", &steps);
+        let id = submit(state.path(), base, &file, &["--no-cache"]);
+        let job = finish(http, base, id).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let graph = get(http, base, &format!("/v1/jobs/{id}/graph")).await;
+        let scores = tasks_of(http, base, step(&graph, "score")).await;
+        let totals = tasks_of(http, base, step(&graph, "total")).await;
+        let (old, _, old_output) = scores[3].clone();
+
+        // Two restarts of one task at once make one new run.
+        let path = format!("/v1/tasks/{old}/restart");
+        let (a, b) = tokio::join!(
+            post(http, base, &path, json!({})),
+            post(http, base, &path, json!({}))
+        );
+        let mut statuses = [a.0, b.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 201], "{a:?} {b:?}");
+        let new = a.1["task"]["id"].as_i64().unwrap();
+        assert_eq!(b.1["task"]["id"], new, "{a:?} {b:?}");
+        assert_eq!(a.1["task"]["restart_of"], old, "{a:?}");
+        assert_eq!(a.1["task"]["seq"], 3, "{a:?}");
+        let job = finish(http, base, id).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let old_view = get(http, base, &format!("/v1/tasks/{old}")).await;
+        assert_eq!(old_view["task"]["replaced_by"], new, "{old_view}");
+        assert_eq!(old_view["task"]["state"], "succeeded", "{old_view}");
+        let new_view = get(http, base, &format!("/v1/tasks/{new}")).await;
+        assert_eq!(new_view["task"]["state"], "succeeded", "{new_view}");
+        assert_eq!(
+            new_view["attempts"].as_array().unwrap().len(),
+            1,
+            "{new_view}"
+        );
+        // The new run is listed at its place; the old stays readable.
+        let graph = get(http, base, &format!("/v1/jobs/{id}/graph")).await;
+        let now = tasks_of(http, base, step(&graph, "score")).await;
+        assert_eq!(now.len(), 8);
+        assert_eq!(now[3].0, new);
+        assert_eq!(now[3].2, old_output);
+        // Without --downstream, what reads it keeps its run.
+        assert_eq!(tasks_of(http, base, step(&graph, "total")).await, totals);
+        // `sandmill task` shows the links.
+        let shown = ok(&support::output_within(
+            sandmill(state.path()).args(["--server", base, "task", &new.to_string()]),
+            LIMIT,
+        ));
+        assert!(
+            shown.contains(&format!("restart of: task {old}")),
+            "{shown}"
+        );
+
+        // With --downstream: that task again, and every step after it
+        // (total) planned again; the step before, the branch beside, and
+        // the step's other tasks are left alone.
+        let other = now[5].0;
+        let (status, body) = post(
+            http,
+            base,
+            &format!("/v1/tasks/{new}/restart"),
+            json!({"downstream": true}),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let newer = body["task"]["id"].as_i64().unwrap();
+        let job = finish(http, base, id).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let graph = get(http, base, &format!("/v1/jobs/{id}/graph")).await;
+        let retotaled = tasks_of(http, base, step(&graph, "total")).await;
+        assert_eq!(retotaled.len(), 1);
+        assert_ne!(retotaled[0].0, totals[0].0);
+        assert_eq!(retotaled[0].2, expected_sales());
+        let replaced = get(http, base, &format!("/v1/tasks/{}", totals[0].0)).await;
+        assert_eq!(replaced["task"]["replaced_by"], newer, "{replaced}");
+        for (name, task) in [("parse", 0), ("copy", 0), ("score", 5)] {
+            let tasks = tasks_of(http, base, step(&graph, name)).await;
+            let detail = get(http, base, &format!("/v1/tasks/{}", tasks[task].0)).await;
+            assert_eq!(
+                detail["task"]["restart_of"],
+                Value::Null,
+                "{name}: {detail}"
+            );
+            assert_eq!(
+                detail["attempts"].as_array().unwrap().len(),
+                1,
+                "{name}: {detail}"
+            );
+        }
+        assert_eq!(
+            tasks_of(http, base, step(&graph, "score")).await[5].0,
+            other
+        );
+        let now = tasks_of(http, base, step(&graph, "score")).await;
+        let new = newer;
+
+        // With --downstream, through the CLI: parse runs again, and score,
+        // total and copy are planned again from its new output.
+        let parse = tasks_of(http, base, step(&graph, "parse")).await[0].0;
+        let out = ok(&support::output_within(
+            sandmill(state.path()).args([
+                "--server",
+                base,
+                "restart",
+                &parse.to_string(),
+                "--downstream",
+            ]),
+            LIMIT,
+        ));
+        let parse_run: i64 = out.trim().parse().unwrap();
+        let job = finish(http, base, id).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let graph = get(http, base, &format!("/v1/jobs/{id}/graph")).await;
+        let rescored = tasks_of(http, base, step(&graph, "score")).await;
+        assert_eq!(rescored.len(), 8);
+        assert!(
+            rescored.iter().all(|t| !now.iter().any(|o| o.0 == t.0)),
+            "{rescored:?}"
+        );
+        let replaced = get(http, base, &format!("/v1/tasks/{new}")).await;
+        assert_eq!(replaced["task"]["replaced_by"], parse_run, "{replaced}");
+        assert_eq!(
+            step_output(http, base, step(&graph, "total")).await,
+            expected_sales()
+        );
+        // A restart of a replaced task names the run that replaced it.
+        let (status, body) = post(http, base, &format!("/v1/tasks/{new}/restart"), json!({})).await;
+        assert_eq!(status, 409, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("task {parse_run}")),
+            "{body}"
+        );
+        let (status, _) = post(http, base, "/v1/tasks/999999/restart", json!({})).await;
+        assert_eq!(status, 404);
+        let (status, body) = post(
+            http,
+            base,
+            &format!("/v1/tasks/{parse_run}/restart"),
+            json!({"down": true}),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+    });
+}
+
+#[test]
+fn a_retry_runs_failed_tasks_again_and_plans_blocked_steps_again() {
+    runtime().block_on(async {
+        let dev = Dev::start().await;
+        let (http, base) = (&dev.http, dev.base.as_str());
+        let state = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = pipeline(
+            dir.path(),
+            "failing",
+            &sales_steps("{ fail_region = \"east\" }"),
+        );
+        let id = submit(state.path(), base, &file, &[]);
+        let job = finish(http, base, id).await;
+        assert_eq!(job["status"], "failed", "{job}");
+        let graph = get(http, base, &format!("/v1/jobs/{id}/graph")).await;
+        let failed: Vec<i64> = tasks_of(http, base, step(&graph, "score"))
+            .await
+            .into_iter()
+            .filter(|t| t.1 == "failed")
+            .map(|t| t.0)
+            .collect();
+        assert_eq!(failed.len(), 2);
+        let out = ok(&support::output_within(
+            sandmill(state.path()).args(["--server", base, "retry", &id.to_string()]),
+            LIMIT,
+        ));
+        assert!(out.contains("2 task(s) and 1 step(s) run again"), "{out}");
+        // The failure is in the data: the new runs fail the same way, and
+        // total is blocked again.
+        let job = finish(http, base, id).await;
+        assert_eq!(job["status"], "failed", "{job}");
+        assert_eq!(job["tasks"]["failed"], 2, "{job}");
+        let graph = get(http, base, &format!("/v1/jobs/{id}/graph")).await;
+        assert_eq!(step(&graph, "total")["status"], "blocked", "{graph}");
+        let score_job = step(&graph, "score")["job_id"].as_i64().unwrap();
+        let tasks = get(
+            http,
+            base,
+            &format!("/v1/jobs/{score_job}/tasks?state=failed"),
+        )
+        .await;
+        let reruns: Vec<i64> = tasks["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["restart_of"].as_i64().unwrap())
+            .collect();
+        assert_eq!(reruns, failed, "{tasks}");
+        // A map-reduce job cannot be retried task by task; nor can what
+        // does not exist.
+        let (status, _) = post(http, base, "/v1/jobs/999999/retry", json!({})).await;
+        assert_eq!(status, 404);
+    });
+}
+
+#[test]
+fn failed_rows_come_back_as_their_csv_and_resubmit_with_new_limits() {
+    runtime().block_on(async {
+        let dev = Dev::start().await;
+        let (http, base) = (&dev.http, dev.base.as_str());
+        let state = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("record.json"),
+            r#"{"region":"east","amount":2,"quantity":3}"#,
+        )
+        .unwrap();
+        // Columns in an order that is not alphabetical.
+        std::fs::write(
+            dir.path().join("rows.csv"),
+            "zone,weight,fail_region\nz1,1,west\nz2,2,east\nz3,3,north\nz4,4,east\n",
+        )
+        .unwrap();
+        let file = dir.path().join("sweep.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"rows\"\n[sweep]\nmodule = \"{}\"\ninput = \"record.json\"\nparams = \"rows.csv\"\n",
+                guests::SCORE
+            ),
+        )
+        .unwrap();
+        let id = submit(state.path(), base, &file, &[]);
+        let job = finish(http, base, id).await;
+        assert_eq!(job["status"], "failed", "{job}");
+        assert_eq!(job["tasks"]["failed"], 2, "{job}");
+        let csv = ok(&support::output_within(
+            sandmill(state.path()).args(["--server", base, "failed", &id.to_string(), "--csv"]),
+            LIMIT,
+        ));
+        assert_eq!(csv, "zone,weight,fail_region\nz2,2,east\nz4,4,east\n");
+        let lines = ok(&support::output_within(
+            sandmill(state.path()).args(["--server", base, "failed", &id.to_string()]),
+            LIMIT,
+        ));
+        assert_eq!(lines.lines().count(), 2, "{lines}");
+        assert!(lines.contains("region east is refused"), "{lines}");
+
+        // The failed rows again, as a new job with other limits.
+        let again: i64 = ok(&support::output_within(
+            sandmill(state.path()).args([
+                "--server",
+                base,
+                "resubmit",
+                &id.to_string(),
+                "--failed",
+                "--memory",
+                "64MiB",
+                "--timeout",
+                "20s",
+            ]),
+            LIMIT,
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+        let job = finish(http, base, again).await;
+        assert_eq!(job["resubmit_of"], id, "{job}");
+        assert_eq!(job["tasks"]["total"], 2, "{job}");
+        assert_eq!(job["limits"]["memory"], "64MiB", "{job}");
+        assert_eq!(job["limits"]["timeout"], "20s", "{job}");
+        let tasks = get(http, base, &format!("/v1/jobs/{again}/tasks")).await;
+        let zones: Vec<&str> = tasks["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["params"]["zone"].as_str().unwrap())
+            .collect();
+        assert_eq!(zones, ["z2", "z4"], "{tasks}");
+        // The CSV round-trips: a sweep over it has the same tasks.
+        std::fs::write(dir.path().join("failed.csv"), &csv).unwrap();
+        let from_csv = dir.path().join("from-csv.toml");
+        std::fs::write(
+            &from_csv,
+            std::fs::read_to_string(&file).unwrap().replace("rows.csv", "failed.csv"),
+        )
+        .unwrap();
+        let round = finish(http, base, submit(state.path(), base, &from_csv, &["--no-cache"])).await;
+        let params = |tasks: &Value| -> Vec<Value> {
+            tasks["items"].as_array().unwrap().iter().map(|t| t["params"].clone()).collect()
+        };
+        let round_tasks = get(http, base, &format!("/v1/jobs/{}/tasks", round["id"])).await;
+        assert_eq!(params(&round_tasks), params(&tasks));
+        // Bad limits are refused, and change nothing.
+        let (status, body) = post(
+            http,
+            base,
+            &format!("/v1/jobs/{id}/resubmit"),
+            json!({"limits": {"memory": "lots"}}),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["field"], "limits.memory", "{body}");
+
+        // A count sweep resubmitted whole keeps each task's seed.
+        let random = dir.path().join("random.toml");
+        std::fs::write(
+            &random,
+            format!(
+                "name = \"seeds\"\ncache = false\n[sweep]\nmodule = \"{}\"\ncount = 3\n",
+                guests::HOSTILE_NONDETERMINISM
+            ),
+        )
+        .unwrap();
+        let first = finish(http, base, submit(state.path(), base, &random, &[])).await;
+        let again: i64 = ok(&support::output_within(
+            sandmill(state.path()).args(["--server", base, "resubmit", &first["id"].to_string()]),
+            LIMIT,
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+        let second = finish(http, base, again).await;
+        let outputs = |tasks: Vec<(i64, String, String)>| -> Vec<String> {
+            tasks.into_iter().map(|t| t.2).collect()
+        };
+        let before = outputs(tasks_of(http, base, &first).await);
+        assert_eq!(before.len(), 3);
+        assert_eq!(outputs(tasks_of(http, base, &second).await), before);
+    });
+}
+
+#[test]
+fn replay_reproduces_a_recorded_attempt_here() {
+    runtime().block_on(async {
+        let dev = Dev::start().await;
+        let (http, base) = (&dev.http, dev.base.as_str());
+        let state = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = pipeline(
+            dir.path(),
+            "failing",
+            &sales_steps("{ fail_region = \"east\" }"),
+        );
+        let id = submit(state.path(), base, &file, &[]);
+        finish(http, base, id).await;
+        let graph = get(http, base, &format!("/v1/jobs/{id}/graph")).await;
+        let scores = tasks_of(http, base, step(&graph, "score")).await;
+        let replay = |task: i64| {
+            support::output_within(
+                sandmill(state.path()).args(["--server", base, "replay", &task.to_string()]),
+                LIMIT,
+            )
+        };
+        // A failure: the same classified error, and exit code 2.
+        let failed = scores.iter().find(|t| t.1 == "failed").unwrap();
+        let out = replay(failed.0);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr
+                .contains("error[guest-error]: guest error: region east is refused by fail_region"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("reproduces what was recorded (failed [guest-error])"),
+            "{stderr}"
+        );
+        // A success (read through its preprocessor and its slice of the
+        // step before): the same bytes.
+        let succeeded = scores.iter().find(|t| t.1 == "succeeded").unwrap();
+        let out = replay(succeeded.0);
+        assert_eq!(ok(&out), succeeded.2);
+        // A hostile guest's out-of-memory, at its recorded limit.
+        let bomb = dir.path().join("bomb.toml");
+        std::fs::write(
+            &bomb,
+            format!(
+                "name = \"bomb\"\n[task]\nmodule = \"{}\"\n[limits]\nmemory = \"16MiB\"\n",
+                guests::HOSTILE_MEMBOMB
+            ),
+        )
+        .unwrap();
+        let job = finish(http, base, submit(state.path(), base, &bomb, &[])).await;
+        let task = tasks_of(http, base, &job).await[0].0;
+        let out = replay(task);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("error[out-of-memory]"), "{stderr}");
+        assert!(stderr.contains("reproduces what was recorded"), "{stderr}");
+        // No such attempt.
+        let out = support::output_within(
+            sandmill(state.path()).args([
+                "--server",
+                base,
+                "replay",
+                &task.to_string(),
+                "--attempt",
+                "7",
+            ]),
+            LIMIT,
+        );
+        assert_ne!(out.status.code(), Some(0));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("attempt 7"),
+            "{out:?}"
+        );
+    });
+}
+
+/// The fault that leaves a succeeded step's readers unplanned.
+const PAUSE: &str = "SANDMILL_FAULT_PAUSE_BEFORE_PLANNING";
+
+/// Starts `command` with the fault set and returns it once it says it
+/// stopped after a step's success (its stderr is read to that line).
+fn start_paused(command: &mut Command) -> (support::Killed, std::sync::mpsc::Receiver<()>) {
+    use std::io::BufRead;
+    let mut child = command
+        .env(PAUSE, "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the process");
+    let stderr = child.stderr.take().unwrap();
+    let (paused, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("fault injected") {
+                let _ = paused.send(());
+            }
+        }
+    });
+    (support::Killed(child), wait)
+}
+
+/// Each task of every step ran once: one attempt each, and as many tasks
+/// as the example has.
+async fn ran_once(http: &reqwest::Client, base: &str, id: i64) {
+    let graph = get(http, base, &format!("/v1/jobs/{id}/graph")).await;
+    for (name, n) in [("parse", 1), ("score", 8), ("total", 1)] {
+        let tasks = tasks_of(http, base, step(&graph, name)).await;
+        assert_eq!(tasks.len(), n, "{name}: {graph}");
+        for (task, state, _) in tasks {
+            assert_eq!(state, "succeeded", "{name}");
+            let detail = get(http, base, &format!("/v1/tasks/{task}")).await;
+            assert_eq!(detail["attempts"].as_array().unwrap().len(), 1, "{detail}");
+        }
+    }
+    assert_eq!(
+        step_output(http, base, step(&graph, "total")).await,
+        expected_sales()
+    );
+}
+
+#[test]
+fn a_server_killed_between_a_step_and_its_readers_plans_them_once_embedded() {
+    runtime().block_on(async {
+        let data = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let port = support::free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let (mut dev, paused) = start_paused(&mut support::dev_command(data.path(), port));
+        support::wait_ready(&http, &base).await;
+        let id = submit(state.path(), &base, &example("sales.toml"), &["--no-cache"]);
+        paused.recv_timeout(LIMIT).expect("the fault was never hit");
+        dev.kill();
+        let graph = get_after_restart(data.path(), port, &http, &base, id).await;
+        assert_eq!(step(&graph.1, "parse")["status"], "succeeded");
+        drop(graph.0);
+    });
+}
+
+/// Starts `sandmill dev` again on the same data, waits for the job, and
+/// checks every task ran once; returns the server and the graph.
+async fn get_after_restart(
+    data: &Path,
+    port: u16,
+    http: &reqwest::Client,
+    base: &str,
+    id: i64,
+) -> (support::Killed, Value) {
+    let dev = support::Killed::spawn(&mut support::dev_command(data, port));
+    support::wait_ready(http, base).await;
+    let job = finish(http, base, id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    ran_once(http, base, id).await;
+    (dev, get(http, base, &format!("/v1/jobs/{id}/graph")).await)
+}
+
+#[test]
+fn a_steps_retries_wait_out_their_backoff_and_run_out() {
+    runtime().block_on(async {
+        let dev = Dev::start().await;
+        let (http, base) = (&dev.http, dev.base.as_str());
+        let state = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let steps = |retries: &str| {
+            sales_steps("{ hang_first_attempt = true }").replace(
+                "params = { hang_first_attempt = true }",
+                &format!(
+                    "params = {{ hang_first_attempt = true }}\nretries = {retries}\nlimits = {{ timeout = \"300ms\" }}"
+                ),
+            )
+        };
+        // One retry, a second apart: every score task succeeds on its
+        // second attempt, which starts no sooner than the backoff.
+        let file = pipeline(dir.path(), "retried", &steps("{ count = 1, backoff = \"1s\" }"));
+        let id = submit(state.path(), base, &file, &[]);
+        let job = finish(http, base, id).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let graph = get(http, base, &format!("/v1/jobs/{id}/graph")).await;
+        let at = |text: &Value| humantime::parse_rfc3339(text.as_str().unwrap()).unwrap();
+        for (task, _, _) in tasks_of(http, base, step(&graph, "score")).await {
+            let detail = get(http, base, &format!("/v1/tasks/{task}")).await;
+            let attempts = detail["attempts"].as_array().unwrap();
+            assert_eq!(attempts.len(), 2, "{detail}");
+            assert_eq!(attempts[0]["reason"], "timeout", "{detail}");
+            let waited = at(&attempts[1]["started_at"])
+                .duration_since(at(&attempts[0]["finished_at"]))
+                .unwrap();
+            assert!(waited >= Duration::from_millis(1000), "{waited:?}: {detail}");
+        }
+        // No retry: the first attempt's timeout is final.
+        let file = pipeline(dir.path(), "unretried", &steps("{ count = 0 }"));
+        let job = finish(http, base, submit(state.path(), base, &file, &["--no-cache"])).await;
+        assert_eq!(job["status"], "failed", "{job}");
+        assert_eq!(job["tasks"]["failed"], 8, "{job}");
+        // A backoff past its bound is refused.
+        let file = pipeline(dir.path(), "slow", &steps("{ count = 1, backoff = \"2h\" }"));
+        let out = support::output_within(
+            sandmill(state.path()).args(["--server", base, "submit", file.to_str().unwrap()]),
+            LIMIT,
+        );
+        assert_ne!(out.status.code(), Some(0));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("step.score.retries.backoff: is more than 1h"),
+            "{out:?}"
+        );
     });
 }

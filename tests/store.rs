@@ -34,6 +34,7 @@ fn job(total: i64, items: Vec<Item>, max_attempts: i64) -> NewJob {
         queue_timeout_ms: 3_600_000,
         mapreduce: None,
         cache: false,
+        resubmit_of: None,
     }
 }
 
@@ -44,6 +45,7 @@ fn items(n: usize) -> Vec<Item> {
             input_hash: None,
             input_name: format!("in-{i}"),
             inputs: Vec::new(),
+            seed: None,
         })
         .collect()
 }
@@ -181,17 +183,22 @@ async fn suite(store: Store) {
         .create_job(&job(2_500, items(2_500), 2), 0)
         .await
         .unwrap();
-    assert!(messages.is_empty());
+    assert!(messages.messages.is_empty());
     let row = store.job(job_id).await.unwrap().unwrap();
     let counts = store.counts(&row).await.unwrap();
     assert_eq!((counts.pending, counts.queued), (2_500, 0));
     let backlog = store.backlog(10).await.unwrap();
     assert_eq!((backlog[0].job_id, backlog[0].remaining), (job_id, 2_500));
-    let mut messages = store.dispatch(job_id, 1_000).await.unwrap();
-    messages.extend(store.dispatch(job_id, 2_000).await.unwrap());
+    let mut messages = store.dispatch(job_id, 1_000).await.unwrap().messages;
+    messages.extend(store.dispatch(job_id, 2_000).await.unwrap().messages);
     assert_eq!(messages.len(), 2_500);
     assert!(
-        store.dispatch(job_id, 10).await.unwrap().is_empty(),
+        store
+            .dispatch(job_id, 10)
+            .await
+            .unwrap()
+            .messages
+            .is_empty(),
         "nothing left"
     );
     assert!(store.backlog(10).await.unwrap().is_empty());
@@ -354,11 +361,12 @@ async fn suite(store: Store) {
         .create_job(&job(10_000_000, Vec::new(), 1), 5)
         .await
         .unwrap();
+    let now = now.messages;
     assert_eq!(now.len(), 5);
     assert_eq!(now[0].params, "{\"shared\":true}");
     let row = store.job(counted).await.unwrap().unwrap();
     assert_eq!((row.total_tasks, row.dispatched), (10_000_000, 5));
-    let more = store.dispatch(counted, 3).await.unwrap();
+    let more = store.dispatch(counted, 3).await.unwrap().messages;
     assert_eq!(more.len(), 3);
     let seqs: Vec<i64> = store
         .tasks(counted, None, None, 100)
@@ -378,7 +386,14 @@ async fn suite(store: Store) {
         (counts.cancelled, counts.pending, counts.queued),
         (10_000_000, 0, 0)
     );
-    assert!(store.dispatch(counted, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .dispatch(counted, 10)
+            .await
+            .unwrap()
+            .messages
+            .is_empty()
+    );
     let late = store
         .record(&[result(now[0].task_id, 0, Verdict::Succeeded, false)])
         .await

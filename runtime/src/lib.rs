@@ -32,6 +32,15 @@ pub mod sandbox;
 pub mod shuffle;
 pub mod worker;
 
+/// What a guest's output depends on besides its module, inputs, params,
+/// limits and grants: the guest contract (the WIT package) and this
+/// runtime. Part of every result-cache key, so that an upgrade that could
+/// change what a guest computes never serves a result of the old one.
+pub const RUNTIME_SCOPE: &str = concat!(
+    "sandmill:guest@0.2.0 sandmill-runtime/",
+    env!("CARGO_PKG_VERSION")
+);
+
 pub use reason::Reason;
 pub use sandbox::{
     Call, CallKind, ExecError, Grants, Limits, Module, Outcome, Output, Sandbox, SandboxConfig,

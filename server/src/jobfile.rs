@@ -227,6 +227,10 @@ pub struct SweepSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
     pub rows: Option<Vec<BTreeMap<String, String>>>,
+    /// The rows' columns in the order of the CSV they came from (the CLI
+    /// sends them; `sandmill failed --csv` writes them back in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
     /// Or: this many identical tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
@@ -339,6 +343,47 @@ pub struct GrantsSection {
     /// Environment variables.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+}
+
+impl LimitsSection {
+    /// Sets the limits this section names over `limits`, checked.
+    pub fn apply_to(&self, limits: &mut Limits) -> Result<(), Invalid> {
+        let size = |field: &str, value: &Option<String>| -> Result<Option<u64>, Invalid> {
+            value
+                .as_deref()
+                .map(|v| {
+                    v.parse::<ByteSize>().map(|b| b.0).map_err(|e| {
+                        Invalid::field(
+                            format!("limits.{field}"),
+                            format!("`{v}` is not a size like 128MiB ({e})"),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        if let Some(memory) = size("memory", &self.memory)? {
+            limits.memory_bytes = memory;
+        }
+        if let Some(output) = size("output", &self.output)? {
+            limits.output_bytes = output;
+        }
+        if let Some(log) = size("log", &self.log)? {
+            limits.log_bytes = log;
+        }
+        if let Some(timeout) = &self.timeout {
+            limits.timeout = parse_duration("limits.timeout", timeout)?;
+            if limits.timeout.is_zero() || limits.timeout > Duration::from_secs(24 * 3600) {
+                return Err(Invalid::field(
+                    "limits.timeout",
+                    "must be between 1ms and 24h",
+                ));
+            }
+        }
+        if let Some(fuel) = self.fuel {
+            limits.fuel = Some(fuel);
+        }
+        Ok(())
+    }
 }
 
 /// A job file that does not make sense: which key, on which line (of a
@@ -1051,38 +1096,7 @@ impl JobFile {
     /// The limits, parsed, over the defaults.
     pub fn limits(&self) -> Result<Limits, Invalid> {
         let mut limits = Limits::default();
-        let size = |field: &str, value: &Option<String>| -> Result<Option<u64>, Invalid> {
-            value
-                .as_deref()
-                .map(|v| {
-                    v.parse::<ByteSize>().map(|b| b.0).map_err(|e| {
-                        Invalid::field(
-                            format!("limits.{field}"),
-                            format!("`{v}` is not a size like 128MiB ({e})"),
-                        )
-                    })
-                })
-                .transpose()
-        };
-        if let Some(memory) = size("memory", &self.limits.memory)? {
-            limits.memory_bytes = memory;
-        }
-        if let Some(output) = size("output", &self.limits.output)? {
-            limits.output_bytes = output;
-        }
-        if let Some(log) = size("log", &self.limits.log)? {
-            limits.log_bytes = log;
-        }
-        if let Some(timeout) = &self.limits.timeout {
-            limits.timeout = parse_duration("limits.timeout", timeout)?;
-            if limits.timeout.is_zero() || limits.timeout > Duration::from_secs(24 * 3600) {
-                return Err(Invalid::field(
-                    "limits.timeout",
-                    "must be between 1ms and 24h",
-                ));
-            }
-        }
-        limits.fuel = self.limits.fuel;
+        self.limits.apply_to(&mut limits)?;
         Ok(limits)
     }
 
@@ -1176,6 +1190,17 @@ pub fn parse_kind(field: &str, name: &str) -> Result<CallKind, Invalid> {
             format!("`{name}` is not one of map, reduce, preprocess, task"),
         )
     })
+}
+
+/// The header of CSV text: its columns, in order.
+pub fn csv_columns(text: &[u8]) -> Result<Vec<String>, Invalid> {
+    let mut reader = csv::Reader::from_reader(text);
+    Ok(reader
+        .headers()
+        .map_err(|e| Invalid::field("sweep.params", e.to_string()))?
+        .iter()
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Reads CSV text into parameter rows, one per record, keyed by the header.

@@ -2,7 +2,9 @@
 //! `quantity`) in, one `region<TAB>score` line out, where the score is
 //! amount × quantity × the `weight` parameter (default 1). A record whose
 //! region is the `fail_region` parameter fails (to test what follows a
-//! failed step).
+//! failed step); with `hang_first_attempt = true`, every first attempt
+//! spins until its time limit stops it (a failure that is retried, to test
+//! a step's retries).
 
 use sandmill_sdk::{Context, Error, Result};
 use serde_json::Value;
@@ -10,6 +12,12 @@ use serde_json::Value;
 #[sandmill_sdk::task]
 fn run(input: &[u8], ctx: &mut Context) -> Result<Vec<u8>> {
     let params: Value = ctx.params()?;
+    if params.get("hang_first_attempt").and_then(Value::as_bool) == Some(true) && ctx.attempt() == 0 {
+        let mut x = input.len() as u64;
+        loop {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
     let weight = params.get("weight").and_then(Value::as_f64).unwrap_or(1.0);
     let record: Value = serde_json::from_slice(input.trim_ascii())?;
     let region = record

@@ -1,8 +1,10 @@
 //! Jobs: submitted as job files (JSON), read with their task counts,
-//! listed a page at a time, cancelled; and their tasks, a page at a time.
+//! listed a page at a time, cancelled, retried, resubmitted; their tasks,
+//! a page at a time; a pipeline's graph.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -10,7 +12,8 @@ use utoipa::IntoParams;
 
 use super::error::{ApiError, ErrorBody};
 use super::views::{
-    EdgeView, GraphView, JobCreated, JobView, Page, StepView, TaskView, decode_cursor, page_size,
+    EdgeView, GraphView, JobCreated, JobView, Page, ResubmitRequest, RetryView, StepView, TaskView,
+    decode_cursor, page_size,
 };
 use super::{ApiPath, ApiQuery, AppState, RawBody};
 use crate::jobfile::{self, JobFile};
@@ -41,6 +44,9 @@ pub fn router() -> Router<AppState> {
         .route("/v1/jobs", post(submit_job).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/retry", post(retry_job))
+        .route("/v1/jobs/{id}/resubmit", post(resubmit_job))
+        .route("/v1/jobs/{id}/definition", get(job_definition))
         .route("/v1/jobs/{id}/tasks", get(list_tasks))
         .route("/v1/jobs/{id}/graph", get(job_graph))
 }
@@ -188,6 +194,73 @@ pub async fn cancel_job(
 ) -> Result<Json<JobView>, ApiError> {
     state.scheduler.cancel(id).await?;
     get_job(State(state), ApiPath(id)).await
+}
+
+/// Runs a job's failed tasks again (each a new task linked to the one it
+/// replaces) and, in a pipeline, plans its blocked steps again. The job
+/// reopens if it had ended.
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = i64, Path)),
+    responses((status = 200, description = "what runs again", body = RetryView),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
+        (status = 404, description = "no such job", body = ErrorBody),
+        (status = 409, description = "a map-reduce job", body = ErrorBody)))]
+pub async fn retry_job(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<RetryView>, ApiError> {
+    let retried = state.scheduler.retry_job(id).await?;
+    Ok(Json(RetryView {
+        job_id: id,
+        tasks: retried.tasks,
+        steps: retried.steps.len() as i64,
+    }))
+}
+
+/// Runs an ended task or sweep job's tasks again (with `failed`, those
+/// that did not succeed) as a new job, with other limits; the new job's
+/// `resubmit_of` names the old. Each task keeps its parameters, inputs and
+/// seed.
+#[utoipa::path(post, path = "/v1/jobs/{id}/resubmit", tag = "jobs", params(("id" = i64, Path)),
+    request_body = ResubmitRequest,
+    responses((status = 201, description = "the new job", body = JobCreated),
+        (status = 400, description = "the id or a limit is wrong", body = ErrorBody),
+        (status = 404, description = "no such job", body = ErrorBody),
+        (status = 409, description = "it is running, is no task or sweep, or has nothing to resubmit", body = ErrorBody)))]
+pub async fn resubmit_job(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    RawBody(body): RawBody,
+) -> Result<(StatusCode, Json<JobCreated>), ApiError> {
+    let request: ResubmitRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ResubmitRequest::default()
+    } else {
+        super::parse_json(&body)?
+    };
+    let id = state
+        .scheduler
+        .resubmit(id, request.failed, &request.limits)
+        .await?;
+    Ok((StatusCode::CREATED, Json(JobCreated { id })))
+}
+
+/// The job file a job was made from, as it was stored: modules and
+/// inputs by `sha256:`, a sweep's rows and a map-reduce job's splits left
+/// out (they are its tasks').
+#[utoipa::path(get, path = "/v1/jobs/{id}/definition", tag = "jobs", params(("id" = i64, Path)),
+    responses((status = 200, description = "the job file", body = JobFile),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
+        (status = 404, description = "no such job", body = ErrorBody)))]
+pub async fn job_definition(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Response, ApiError> {
+    let definition = state
+        .scheduler
+        .store()
+        .job_definition(id)
+        .await?
+        .ok_or(ApiError::NotFound(format!("job {id}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], definition).into_response())
 }
 
 /// Filters and paging of a job's tasks.

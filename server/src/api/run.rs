@@ -20,6 +20,7 @@ use super::error::{ApiError, ErrorBody, error};
 use super::views::JobCreated;
 use super::{AppState, DEFAULT_RUN_WAIT, RUN_WAIT_SLACK, RawBody, parse_json};
 use crate::jobfile::{GrantsSection, JobFile, LimitsSection, TaskSection, parse_duration};
+use crate::model::TaskState;
 use crate::scheduler::{SchedulerError, SubmitOptions};
 
 /// The routes of this module.
@@ -153,6 +154,23 @@ pub async fn run(
     let id = submitted.job_id;
     let accepted = || (StatusCode::ACCEPTED, Json(JobCreated { id })).into_response();
     let Some(waiter) = submitted.waiter else {
+        // A call whose output was cached never ran: answered at once.
+        if wait_for_task
+            && let Some(task) = state
+                .scheduler
+                .store()
+                .tasks(id, None, None, 1)
+                .await?
+                .first()
+            && task.state() == TaskState::Cached
+        {
+            let stored = state.scheduler.store().task_output(task.id).await?;
+            let bytes = match stored {
+                Some(stored) => super::tasks::read_stored(&state, stored).await?,
+                None => None,
+            };
+            return Ok(output_response(bytes.unwrap_or_default(), id, task.id));
+        }
         return Ok(accepted());
     };
     let task_id = waiter.task_id();
@@ -188,6 +206,11 @@ async fn answer(
             .ok_or_else(|| SchedulerError::Internal(format!("output blob {hash} is missing")))?,
         None => Vec::new(),
     };
+    Ok(output_response(bytes, id, task_id))
+}
+
+/// A call's output, with its job and task in headers.
+fn output_response(bytes: Vec<u8>, id: i64, task_id: i64) -> Response {
     let mut response =
         ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response();
     for (name, value) in [("x-sandmill-job", id), ("x-sandmill-task", task_id)] {
@@ -195,5 +218,5 @@ async fn answer(
             response.headers_mut().insert(name, value);
         }
     }
-    Ok(response)
+    response
 }

@@ -1,14 +1,16 @@
 //! Tasks: one with its attempts, its output bytes, its logs.
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::error::{ApiError, ErrorBody};
-use super::views::{AttemptView, TaskDetail, TaskView};
-use super::{ApiPath, AppState};
+use super::views::{
+    AttemptView, CallView, InputPartView, InputView, RestartRequest, TaskDetail, TaskView,
+};
+use super::{ApiPath, ApiQuery, AppState, RawBody, parse_json};
 use crate::scheduler::SchedulerError;
 use crate::store::Stored;
 
@@ -18,6 +20,143 @@ pub fn router() -> Router<AppState> {
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/tasks/{id}/output", get(task_output))
         .route("/v1/tasks/{id}/logs", get(task_logs))
+        .route("/v1/tasks/{id}/restart", post(restart_task))
+        .route("/v1/tasks/{id}/call", get(task_call))
+        .route("/v1/blobs/{hash}", get(get_blob))
+}
+
+/// Which attempt of a task.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CallQuery {
+    /// The attempt (from 0; default: the last).
+    pub attempt: Option<i64>,
+}
+
+/// Everything an attempt of a task ran with (module, preprocessor,
+/// inputs, params, limits, grants, seed) and how it ended: what
+/// `sandmill replay` runs again.
+#[utoipa::path(get, path = "/v1/tasks/{id}/call", tag = "tasks", params(("id" = i64, Path), CallQuery),
+    responses((status = 200, description = "the call", body = CallView),
+        (status = 400, description = "the id or attempt is wrong", body = ErrorBody),
+        (status = 404, description = "no such task or attempt", body = ErrorBody),
+        (status = 409, description = "a map-reduce task, whose input is a shuffle", body = ErrorBody)))]
+pub async fn task_call(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(query): ApiQuery<CallQuery>,
+) -> Result<Json<CallView>, ApiError> {
+    let store = state.scheduler.store();
+    let task = store
+        .task(id)
+        .await?
+        .ok_or(ApiError::NotFound(format!("task {id}")))?;
+    let job = store
+        .job(task.job_id)
+        .await?
+        .ok_or(ApiError::NotFound(format!("job {}", task.job_id)))?;
+    if job.maps.is_some() && job.reducers > 0 {
+        return Err(SchedulerError::Conflict(format!(
+            "task {id} is part of a map-reduce job's shuffle: replay its job with `sandmill run` instead"
+        ))
+        .into());
+    }
+    let attempts = store.attempts(id).await?;
+    let attempt = query.attempt.unwrap_or(task.attempt);
+    let recorded = attempts.iter().find(|a| a.attempt == attempt);
+    if recorded.is_none() && !(attempts.is_empty() && attempt == 0) {
+        return Err(ApiError::NotFound(format!(
+            "attempt {attempt} of task {id}"
+        )));
+    }
+    Ok(Json(CallView {
+        task_id: id,
+        job_id: task.job_id,
+        attempt,
+        kind: job.task_kind.0,
+        module: format!("sha256:{}", job.module_hash),
+        preprocess: job.preprocess_hash.as_ref().map(|h| format!("sha256:{h}")),
+        input: InputView {
+            blob: task.input_hash.as_ref().map(|h| format!("sha256:{h}")),
+            name: task.input_name.clone(),
+        },
+        inputs: task
+            .inputs
+            .as_ref()
+            .map(|i| i.0.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|part| InputPartView {
+                blob: format!("sha256:{}", part.hash),
+                offset: part.offset,
+                len: part.len,
+            })
+            .collect(),
+        params: serde_json::from_str(&task.params)
+            .unwrap_or_else(|_| serde_json::Value::String(task.params.clone())),
+        limits: (&job.limits.0).into(),
+        grants: (&job.grants.0).into(),
+        seed: task.seed.unwrap_or(task.id) as u64,
+        recorded: recorded.map(AttemptView::new),
+    }))
+}
+
+/// A stored blob's bytes (a module, an input, an output, a log).
+#[utoipa::path(get, path = "/v1/blobs/{hash}", tag = "tasks", params(("hash" = String, Path)),
+    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "not a sha256", body = ErrorBody),
+        (status = 404, description = "no such blob", body = ErrorBody)))]
+pub async fn get_blob(
+    State(state): State<AppState>,
+    ApiPath(hash): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let hash = hash.strip_prefix("sha256:").unwrap_or(&hash).to_owned();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest(crate::jobfile::Invalid::field(
+            "hash",
+            "not a sha256 (64 hex digits)",
+        )));
+    }
+    let bytes = state
+        .scheduler
+        .blobs()
+        .get(&hash)
+        .await
+        .map_err(SchedulerError::Blob)?
+        .ok_or(ApiError::NotFound(format!("blob sha256:{hash}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// Runs a task that ended again: a new task at its place, linked to it by
+/// `restart_of` (the old one stays readable, its `replaced_by` set). The
+/// job (and its pipeline) reopens; steps the task blocked are planned
+/// again, and with `downstream`, every step after it. Two restarts of one
+/// task make one new run: the second answers 200 with it.
+#[utoipa::path(post, path = "/v1/tasks/{id}/restart", tag = "tasks", params(("id" = i64, Path)),
+    request_body(content = Option<RestartRequest>, description = "optional; `{}` by default"),
+    responses((status = 201, description = "the new run", body = TaskDetail),
+        (status = 200, description = "the run an earlier restart made", body = TaskDetail),
+        (status = 400, description = "the id or body is wrong", body = ErrorBody),
+        (status = 404, description = "no such task", body = ErrorBody),
+        (status = 409, description = "it has not ended, was replaced, or is a map-reduce task", body = ErrorBody)))]
+pub async fn restart_task(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    RawBody(body): RawBody,
+) -> Result<(StatusCode, Json<TaskDetail>), ApiError> {
+    let request: RestartRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RestartRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let restarted = state.scheduler.restart_task(id, request.downstream).await?;
+    let Json(detail) = get_task(State(state), ApiPath(restarted.task_id)).await?;
+    let status = if restarted.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(detail)))
 }
 
 /// A task with its attempts.

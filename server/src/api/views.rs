@@ -298,6 +298,8 @@ pub struct JobView {
     pub pipeline: Option<i64>,
     /// A step's name (`null` for other jobs).
     pub step: Option<String>,
+    /// The job whose tasks this one runs again (`sandmill resubmit`).
+    pub resubmit_of: Option<i64>,
     /// The guests' counters (`ctx.counter`), summed over every task's
     /// successful attempt.
     pub counters: BTreeMap<String, i64>,
@@ -376,6 +378,7 @@ impl JobView {
             mapreduce: None,
             pipeline: job.parent_id,
             step: job.step.clone(),
+            resubmit_of: job.resubmit_of,
             counters: job.counters.0.clone(),
             waiting: match (&job.waiting, job.waiting_since) {
                 (Some(reason), Some(since)) => Some(Waiting {
@@ -491,6 +494,13 @@ pub struct TaskView {
     /// End time.
     #[schema(format = DateTime)]
     pub finished_at: Option<String>,
+    /// The task this run replaces (it was restarted, or retried).
+    pub restart_of: Option<i64>,
+    /// The run that replaced it; or, for a task of a step planned again
+    /// after a restart upstream, the restarted run that caused it. A
+    /// replaced task is not listed with its job's tasks, and not read by
+    /// the steps after it.
+    pub replaced_by: Option<i64>,
 }
 
 impl TaskView {
@@ -512,13 +522,17 @@ impl TaskView {
             },
             reason: task.reason.map(|r| r.0),
             error: task.error.clone(),
-            output: (task.state.0 == TaskState::Succeeded).then(|| OutputView {
-                size: task.output_size.unwrap_or(0),
-                href: format!("/v1/tasks/{}/output", task.id),
+            output: matches!(task.state.0, TaskState::Succeeded | TaskState::Cached).then(|| {
+                OutputView {
+                    size: task.output_size.unwrap_or(0),
+                    href: format!("/v1/tasks/{}/output", task.id),
+                }
             }),
             created_at: time(task.created_at),
             started_at: task.started_at.map(time),
             finished_at: task.finished_at.map(time),
+            restart_of: task.restart_of,
+            replaced_by: task.replaced_by,
         }
     }
 }
@@ -671,6 +685,89 @@ impl SpecView {
             created_at: time(spec.created_at),
         }
     }
+}
+
+/// Everything one attempt of a task ran with, to run it again elsewhere
+/// (`sandmill replay`): fetch the blobs from `/v1/blobs/{hash}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CallView {
+    /// The task.
+    pub task_id: i64,
+    /// Its job.
+    pub job_id: i64,
+    /// The attempt (the guest's `attempt()`).
+    pub attempt: i64,
+    /// What it calls.
+    #[schema(value_type = String, example = "task")]
+    pub kind: CallKind,
+    /// The module, `sha256:<hex>`.
+    pub module: String,
+    /// Its preprocessor, `sha256:<hex>`, applied to its input first.
+    pub preprocess: Option<String>,
+    /// Its input (when it reads one blob whole).
+    pub input: InputView,
+    /// The slices of blobs it reads one after the other (a pipeline
+    /// step's task); empty: `input`.
+    pub inputs: Vec<InputPartView>,
+    /// Its parameters.
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    /// Its limits.
+    pub limits: LimitsView,
+    /// Its grants (environment values are not shown).
+    pub grants: GrantsView,
+    /// The seed its guest's randomness is drawn from.
+    pub seed: u64,
+    /// How the attempt ended, as recorded (`null`: no attempt ran, e.g. a
+    /// cached task).
+    pub recorded: Option<AttemptView>,
+}
+
+/// A slice of a blob.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InputPartView {
+    /// The blob, `sha256:<hex>`.
+    pub blob: String,
+    /// Where the slice starts.
+    pub offset: u64,
+    /// How long it is; `null`: to the blob's end.
+    pub len: Option<u64>,
+}
+
+/// How to restart a task.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestartRequest {
+    /// Plan every step after the task's again once the new run ends
+    /// (default: only steps it blocked run; the others keep what they
+    /// computed).
+    #[serde(default)]
+    pub downstream: bool,
+}
+
+/// Which of a job's tasks to run again as a new job, and with what
+/// limits.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResubmitRequest {
+    /// Only the tasks that did not succeed (default: every task).
+    #[serde(default)]
+    pub failed: bool,
+    /// Limits over the old job's (those not named stay as they were).
+    #[serde(default)]
+    pub limits: crate::jobfile::LimitsSection,
+}
+
+/// What a retry runs again.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RetryView {
+    /// The job.
+    pub job_id: i64,
+    /// Failed tasks run again (each a new task linked to the old one).
+    pub tasks: i64,
+    /// Steps that were blocked (or failed before they had tasks) and will
+    /// be planned again.
+    pub steps: i64,
 }
 
 /// An accepted job.

@@ -1,6 +1,7 @@
 //! The commands that talk to a server: submit, status, wait, logs, fetch,
-//! cancel, jobs, workers. `LAST` stands for the last job submitted from
-//! this machine. Lists are read a page at a time.
+//! cancel, jobs, workers; task, failed, retry, restart, resubmit, replay.
+//! `LAST` stands for the last job submitted from this machine. Lists are
+//! read a page at a time.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,8 +10,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Subcommand;
 use sandmill_server::api::views::{
-    JobCreated, JobView, ModuleView, Page, TaskCounts, TaskView, WorkerView,
+    CallView, GraphView, JobCreated, JobView, ModuleView, Page, RestartRequest, ResubmitRequest,
+    RetryView, TaskCounts, TaskDetail, TaskView, WorkerView,
 };
+use sandmill_server::jobfile::{JobFile, LimitsSection};
 use sandmill_server::model::{JobStatus, TaskState};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -33,11 +36,72 @@ pub enum ClientCommand {
         /// Wait for the job, with a progress bar.
         #[arg(long)]
         wait: bool,
+        /// Run every task, even those whose output is cached.
+        #[arg(long)]
+        no_cache: bool,
     },
     /// A job's status and task counts (or the job list).
     Status {
         /// Job id or LAST.
         job: Option<String>,
+        /// Draw a pipeline's steps and what each reads.
+        #[arg(long)]
+        graph: bool,
+    },
+    /// A task: its state, input, output, attempts, and the runs it
+    /// replaced or was replaced by.
+    Task {
+        /// Task id.
+        task: i64,
+    },
+    /// The tasks of a job that did not succeed: a line each, or with
+    /// `--csv` their parameters as the CSV they came from.
+    Failed {
+        /// Job id or LAST.
+        job: String,
+        /// Write their parameters as CSV, columns in their original order.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Run an ended job's tasks again as a new job, with other limits.
+    Resubmit {
+        /// Job id or LAST.
+        job: String,
+        /// Only the tasks that did not succeed.
+        #[arg(long)]
+        failed: bool,
+        /// Memory limit, e.g. 256MiB.
+        #[arg(long)]
+        memory: Option<String>,
+        /// Time limit, e.g. 30s.
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Fuel limit.
+        #[arg(long)]
+        fuel: Option<u64>,
+    },
+    /// Run one attempt of a task again here, in the same sandbox, from
+    /// what the server recorded: its log, output and classified error.
+    Replay {
+        /// Task id.
+        task: i64,
+        /// Which attempt (from 0; default: the last).
+        #[arg(long)]
+        attempt: Option<i64>,
+    },
+    /// Run a job's failed tasks again, and its blocked steps.
+    Retry {
+        /// Job id or LAST.
+        job: String,
+    },
+    /// Run a task that ended again, as a new task linked to it.
+    Restart {
+        /// Task id.
+        task: i64,
+        /// Plan every step after it again too (else they keep what they
+        /// computed, and only the steps it blocked run).
+        #[arg(long)]
+        downstream: bool,
     },
     /// Wait for a job, showing task counts per state.
     Wait {
@@ -254,8 +318,16 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
     };
     runtime.block_on(async move {
         match command {
-            ClientCommand::Submit { job, input, wait } => {
-                let resolved = resolve(&job, &input, &server).await?;
+            ClientCommand::Submit {
+                job,
+                input,
+                wait,
+                no_cache,
+            } => {
+                let mut resolved = resolve(&job, &input, &server).await?;
+                if no_cache {
+                    resolved.cache = Some(false);
+                }
                 let body = serde_json::to_vec(&resolved)?;
                 let created: JobCreated = server
                     .post("/v1/jobs", body, "application/json")
@@ -269,8 +341,11 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            ClientCommand::Status { job: None } => list(&server, None, 20).await,
-            ClientCommand::Status { job: Some(job) } => {
+            ClientCommand::Status { job: None, .. } => list(&server, None, 20).await,
+            ClientCommand::Status {
+                job: Some(job),
+                graph,
+            } => {
                 let job = server.job(job_id(&job)?).await?;
                 say!(
                     "job {} `{}` {}: {} ({})",
@@ -299,6 +374,102 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
                 if let Some(waiting) = &job.waiting {
                     say!("waiting: {} (since {})", waiting.reason, waiting.since);
                 }
+                if graph {
+                    let graph: GraphView = server
+                        .get_json(&format!("/v1/jobs/{}/graph", job.id))
+                        .await?;
+                    for line in draw_graph(&graph) {
+                        say!("{line}");
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ClientCommand::Task { task } => {
+                let detail: TaskDetail = server.get_json(&format!("/v1/tasks/{task}")).await?;
+                for line in describe_task(&detail) {
+                    say!("{line}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ClientCommand::Failed { job, csv } => failed(&server, job_id(&job)?, csv).await,
+            ClientCommand::Resubmit {
+                job,
+                failed,
+                memory,
+                timeout,
+                fuel,
+            } => {
+                let id = job_id(&job)?;
+                let body = serde_json::to_vec(&ResubmitRequest {
+                    failed,
+                    limits: LimitsSection {
+                        memory,
+                        timeout,
+                        fuel,
+                        ..LimitsSection::default()
+                    },
+                })?;
+                let created: JobCreated = server
+                    .post(&format!("/v1/jobs/{id}/resubmit"), body, "application/json")
+                    .await?
+                    .json()
+                    .await?;
+                remember(created.id);
+                say!("{}", created.id);
+                Ok(ExitCode::SUCCESS)
+            }
+            ClientCommand::Replay { task, attempt } => {
+                let path = match attempt {
+                    Some(n) => format!("/v1/tasks/{task}/call?attempt={n}"),
+                    None => format!("/v1/tasks/{task}/call"),
+                };
+                let call: CallView = server.get_json(&path).await?;
+                let mut blobs = Vec::new();
+                for hash in super::replay::blobs_of(&call) {
+                    let bytes = server
+                        .get(&format!("/v1/blobs/{hash}"))
+                        .await?
+                        .bytes()
+                        .await?;
+                    blobs.push((hash, bytes.to_vec()));
+                }
+                super::replay::replay(&call, blobs).await
+            }
+            ClientCommand::Retry { job } => {
+                let id = job_id(&job)?;
+                let retried: RetryView = server
+                    .post(
+                        &format!("/v1/jobs/{id}/retry"),
+                        Vec::new(),
+                        "application/json",
+                    )
+                    .await?
+                    .json()
+                    .await?;
+                say!(
+                    "job {id}: {} task(s) and {} step(s) run again",
+                    retried.tasks,
+                    retried.steps
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            ClientCommand::Restart { task, downstream } => {
+                let body = serde_json::to_vec(&RestartRequest { downstream })?;
+                let detail: TaskDetail = server
+                    .post(
+                        &format!("/v1/tasks/{task}/restart"),
+                        body,
+                        "application/json",
+                    )
+                    .await?
+                    .json()
+                    .await?;
+                say!("{}", detail.task.id);
+                tell!(
+                    "task {task} runs again as task {} (job {})",
+                    detail.task.id,
+                    detail.task.job_id
+                );
                 Ok(ExitCode::SUCCESS)
             }
             ClientCommand::Wait { job } => wait_for(&server, job_id(&job)?).await,
@@ -326,12 +497,11 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
                 let output = &output;
                 server
                     .pages(
-                        &format!(
-                            "/v1/jobs/{id}/tasks?state={}&limit=1000",
-                            TaskState::Succeeded
-                        ),
+                        &format!("/v1/jobs/{id}/tasks?limit=1000"),
                         async |task: TaskView| {
-                            if task.seq < first_output {
+                            let done =
+                                matches!(task.state, TaskState::Succeeded | TaskState::Cached);
+                            if !done || task.seq < first_output {
                                 return Ok(());
                             }
                             let bytes = server
@@ -404,6 +574,188 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// A pipeline drawn a step a line, each under the steps it reads (by
+/// depth: the longest chain of steps before it), with its status and
+/// counts and the steps it reads.
+fn draw_graph(graph: &GraphView) -> Vec<String> {
+    let reads = |name: &str| -> Vec<&str> {
+        graph
+            .edges
+            .iter()
+            .filter(|e| e.to == name)
+            .map(|e| e.from.as_str())
+            .collect()
+    };
+    let mut depth = std::collections::BTreeMap::<&str, usize>::new();
+    // Steps come in an order where every step follows those it reads.
+    for step in &graph.steps {
+        let d = reads(&step.name)
+            .iter()
+            .filter_map(|r| depth.get(r))
+            .map(|d| d + 1)
+            .max()
+            .unwrap_or(0);
+        depth.insert(&step.name, d);
+    }
+    let width = graph
+        .steps
+        .iter()
+        .map(|s| s.name.len() + 2 * depth[s.name.as_str()])
+        .max()
+        .unwrap_or(0);
+    graph
+        .steps
+        .iter()
+        .map(|step| {
+            let d = depth[step.name.as_str()];
+            let mark = match step.status {
+                JobStatus::Succeeded => "✓",
+                JobStatus::Failed => "✗",
+                JobStatus::Blocked => "⊘",
+                JobStatus::Cancelled => "-",
+                JobStatus::Running => "…",
+            };
+            let arrow = if d == 0 { "" } else { "└▶" };
+            let name = format!("{}{arrow}{}", "  ".repeat(d.saturating_sub(1)), step.name);
+            let inputs = reads(&step.name);
+            let mut line = format!(
+                "{mark} {name:<width$}  {:<9}  {}",
+                step.status.as_str(),
+                if step.planned || step.tasks.total > 0 {
+                    counts_of(&step.tasks)
+                } else {
+                    "not planned".to_owned()
+                },
+                width = width + 2
+            );
+            if step.tasks.cached > 0 {
+                line.push_str(&format!(" ({} cached)", step.tasks.cached));
+            }
+            if !inputs.is_empty() {
+                line.push_str(&format!("  ← {}", inputs.join(", ")));
+            }
+            line
+        })
+        .collect()
+}
+
+/// The tasks of a job that did not succeed, in order: a line each, or
+/// their parameters as CSV (the columns of the CSV the sweep came from,
+/// in its order; else the parameters' names).
+async fn failed(server: &Server, id: i64, csv: bool) -> anyhow::Result<ExitCode> {
+    let definition: JobFile = server
+        .get_json(&format!("/v1/jobs/{id}/definition"))
+        .await?;
+    let mut columns = definition.sweep.as_ref().and_then(|s| s.columns.clone());
+    let mut writer = csv.then(|| csv::Writer::from_writer(std::io::stdout()));
+    if let (Some(writer), Some(columns)) = (writer.as_mut(), &columns) {
+        writer.write_record(columns)?;
+    }
+    let mut n = 0;
+    server
+        .pages(
+            &format!("/v1/jobs/{id}/tasks?limit=1000"),
+            async |task: TaskView| {
+                if matches!(task.state, TaskState::Succeeded | TaskState::Cached)
+                    || task.state.is_live()
+                {
+                    return Ok(());
+                }
+                n += 1;
+                let Some(writer) = writer.as_mut() else {
+                    say!(
+                        "task {} #{} {}[{}]: {}",
+                        task.id,
+                        task.seq,
+                        task.state,
+                        task.reason.map_or("-", |r| r.as_str()),
+                        task.error.as_deref().unwrap_or("")
+                    );
+                    return Ok(());
+                };
+                let params = task.params.as_object().cloned().unwrap_or_default();
+                let columns = match &columns {
+                    Some(columns) => columns,
+                    None => {
+                        let names: Vec<String> = params.keys().cloned().collect();
+                        writer.write_record(&names)?;
+                        columns.insert(names)
+                    }
+                };
+                writer.write_record(columns.iter().map(|c| match params.get(c) {
+                    None | Some(Value::Null) => String::new(),
+                    Some(Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                }))?;
+                Ok(())
+            },
+        )
+        .await?;
+    if let Some(mut writer) = writer {
+        writer.flush()?;
+    }
+    tell!("{n} task(s) of job {id} did not succeed");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A task's detail, a line a fact.
+fn describe_task(detail: &TaskDetail) -> Vec<String> {
+    let task = &detail.task;
+    let mut lines = vec![format!(
+        "task {} (job {}, #{}) {}",
+        task.id, task.job_id, task.seq, task.state
+    )];
+    lines.push(match &task.input.blob {
+        Some(blob) => format!("input: {} {blob}", task.input.name),
+        None => format!("input: {}", task.input.name),
+    });
+    if task.params != serde_json::json!({}) {
+        lines.push(format!("params: {}", task.params));
+    }
+    if let Some(output) = &task.output {
+        lines.push(format!(
+            "output: {} byte(s) at {}",
+            output.size, output.href
+        ));
+    }
+    if let Some(error) = &task.error {
+        let reason = task.reason.map(|r| r.as_str()).unwrap_or("-");
+        lines.push(format!("error [{reason}]: {error}"));
+    }
+    if let Some(of) = task.restart_of {
+        lines.push(format!("restart of: task {of}"));
+    }
+    if let Some(by) = task.replaced_by {
+        lines.push(format!("replaced by: task {by}"));
+    }
+    if detail.attempts.is_empty() {
+        lines.push(match task.state {
+            TaskState::Cached => "attempts: none (its output was cached)".to_owned(),
+            _ => "attempts: none".to_owned(),
+        });
+    }
+    for a in &detail.attempts {
+        let verdict = serde_json::to_value(a.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        lines.push(format!(
+            "attempt {} on {}: {verdict}{} in {}{}",
+            a.attempt,
+            a.worker,
+            a.reason
+                .map(|r| format!(" [{}]", r.as_str()))
+                .unwrap_or_default(),
+            a.elapsed,
+            a.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    lines
 }
 
 async fn list(server: &Server, status: Option<JobStatus>, limit: u32) -> anyhow::Result<ExitCode> {

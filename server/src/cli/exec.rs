@@ -97,7 +97,7 @@ fn parse_kind(name: &str) -> Result<CallKind, String> {
         .ok_or_else(|| format!("`{name}` is not one of map, reduce, preprocess, task"))
 }
 
-fn default_cache_dir() -> Option<PathBuf> {
+pub(super) fn default_cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;

@@ -6,6 +6,7 @@ mod exec;
 mod fleet;
 mod new;
 pub mod out;
+mod replay;
 mod resolve;
 mod run;
 mod settings;

@@ -112,6 +112,7 @@ pub async fn resolve(
             let bytes = std::fs::read(&file)
                 .with_context(|| format!("sweep.params: cannot read {}", file.display()))?;
             sweep.rows = Some(jobfile::csv_rows(&bytes)?);
+            sweep.columns = Some(jobfile::csv_columns(&bytes)?);
         }
         if let Some(input) = sweep.input.clone().filter(|i| !is_ref(i)) {
             let file = local(&input);

@@ -39,6 +39,10 @@ pub struct RunArgs {
     /// Keep the instance's data here instead of a temporary folder.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Run every task, even those whose output is cached (with `--data`,
+    /// from an earlier run).
+    #[arg(long)]
+    no_cache: bool,
     #[command(flatten)]
     scheduler: SchedulerArgs,
 }
@@ -82,7 +86,10 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_job(scheduler: &Scheduler, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let job = resolve(&args.job, &args.input, &Local(scheduler)).await?;
+    let mut job = resolve(&args.job, &args.input, &Local(scheduler)).await?;
+    if args.no_cache {
+        job.cache = Some(false);
+    }
     let job_id = scheduler.submit(&job).await?;
     let job = scheduler
         .wait(job_id, Duration::from_secs(u64::MAX / 4))
@@ -92,11 +99,11 @@ async fn run_job(scheduler: &Scheduler, args: &RunArgs) -> anyhow::Result<ExitCo
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let store = scheduler.store();
-    let counts = if job.kind.0 == JobKind::Pipeline {
+    let (counts, cached) = if job.kind.0 == JobKind::Pipeline {
         write_pipeline(scheduler, &job, args.output.as_ref()).await?
     } else {
         write_outputs(scheduler, &job, args.output.as_ref(), true).await?;
-        store.counts(&job).await?
+        (store.counts(&job).await?, job.cached)
     };
     if !job.counters.0.is_empty() {
         let counters: Vec<String> = job
@@ -108,7 +115,7 @@ async fn run_job(scheduler: &Scheduler, args: &RunArgs) -> anyhow::Result<ExitCo
         tell!("counters: {}", counters.join(" "));
     }
     tell!(
-        "job {} `{}` {}: {} task(s) ({} succeeded, {} failed, {} cancelled) in {:.2?}",
+        "job {} `{}` {}: {} task(s) ({} succeeded, {} cached, {} failed, {} cancelled) in {:.2?}",
         job.id,
         job.name,
         job.status(),
@@ -118,6 +125,7 @@ async fn run_job(scheduler: &Scheduler, args: &RunArgs) -> anyhow::Result<ExitCo
             job.total_tasks + if job.planned == 0 { job.reducers } else { 0 }
         },
         counts.succeeded,
+        cached,
         counts.failed,
         counts.cancelled,
         elapsed
@@ -132,12 +140,12 @@ async fn run_job(scheduler: &Scheduler, args: &RunArgs) -> anyhow::Result<ExitCo
 /// A pipeline's outcome: a line per step, the failures of every step,
 /// and the outputs of the steps no step reads (to `dir/part-NNNNN`, or
 /// `dir/<step>/part-NNNNN` when there are several). Returns its tasks'
-/// counts over every step.
+/// counts over every step, and how many were cached.
 async fn write_pipeline(
     scheduler: &Scheduler,
     job: &sandmill_server::store::JobRow,
     dir: Option<&PathBuf>,
-) -> anyhow::Result<sandmill_server::store::Counts> {
+) -> anyhow::Result<(sandmill_server::store::Counts, i64)> {
     let store = scheduler.store();
     let steps = store.steps_of(job.id, i64::MAX).await?;
     let read: std::collections::BTreeSet<i64> = store
@@ -148,11 +156,13 @@ async fn write_pipeline(
         .collect();
     let sinks: Vec<_> = steps.iter().filter(|s| !read.contains(&s.id)).collect();
     let mut sum = sandmill_server::store::Counts::default();
+    let mut cached = 0;
     for step in &steps {
         let counts = store.counts(step).await?;
         sum.succeeded += counts.succeeded;
         sum.failed += counts.failed;
         sum.cancelled += counts.cancelled;
+        cached += step.cached;
         tell!(
             "step {} {}: {} task(s) ({} succeeded, {} cached, {} failed)",
             step.step.as_deref().unwrap_or(&step.name),
@@ -175,7 +185,7 @@ async fn write_pipeline(
         };
         write_outputs(scheduler, step, own_dir.as_ref(), sink).await?;
     }
-    Ok(sum)
+    Ok((sum, cached))
 }
 
 /// Writes every succeeded task's output (to `dir/part-NNNNN`, or stdout in

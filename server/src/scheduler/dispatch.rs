@@ -121,16 +121,21 @@ impl Scheduler {
         for (job_id, n) in plan(room, &jobs) {
             let mut left = n;
             while left > 0 {
-                let messages = self
+                let round = self
                     .inner
                     .store
                     .dispatch(job_id, left.min(DISPATCH_CHUNK))
                     .await?;
-                let created = messages.len() as i64;
+                let queued = round.messages.len() as i64;
+                // Cached tasks take no room, but count toward the round.
+                let created = queued + round.cached;
                 dispatched += created;
                 left -= created;
-                self.inner.live.fetch_add(created, Ordering::Relaxed);
-                self.publish(messages).await;
+                self.inner.live.fetch_add(queued, Ordering::Relaxed);
+                self.publish(round.messages).await;
+                if round.ended {
+                    self.job_finished(job_id);
+                }
                 if created == 0 {
                     break;
                 }

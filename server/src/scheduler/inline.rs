@@ -87,10 +87,22 @@ impl Scheduler {
         let new = self.prepare(job, options).await?;
         // A call that could outlast the wait must be accepted first, so
         // that its 202 names a job: the ordinary way.
-        if new.total != 1 || new.limits.timeout > wait {
+        if new.total != 1 || !new.items.is_empty() || new.limits.timeout > wait {
             return Ok(None);
         }
-        let seed = fresh_seed();
+        // The seed is a function of the call's cache key, as a queued
+        // task's is; a call whose output is cached already takes it the
+        // ordinary way.
+        let key = crate::store::dispatch::Template::of_new(&new).first_cache_key();
+        if let Some(key) = &key
+            && new.cache
+            && self.inner.store.has_cached(key).await?
+        {
+            return Ok(None);
+        }
+        let seed = key
+            .as_deref()
+            .map_or_else(fresh_seed, crate::store::dispatch::seed_of);
         let task = TaskMessage {
             task_id: 0,
             job_id: 0,
@@ -122,6 +134,7 @@ impl Scheduler {
                 let record = RunRecord {
                     job: &new,
                     seed,
+                    cache_key: key.as_deref(),
                     result: &result,
                     started_at,
                 };

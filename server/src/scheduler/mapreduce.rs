@@ -116,6 +116,7 @@ impl Scheduler {
                 input_hash: Some(hash),
                 input_name: part_name(partition as i64),
                 inputs: Vec::new(),
+                seed: None,
             });
         }
         if self.inner.store.plan_reduces(job_id, &items).await? {

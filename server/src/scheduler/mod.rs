@@ -25,6 +25,7 @@ mod mapreduce;
 mod pipeline;
 mod reconcile;
 mod recorder;
+mod restart;
 mod submit;
 
 use std::collections::HashMap;

@@ -33,6 +33,31 @@ const LINE_PACK_BYTES: usize = INLINE_OUTPUT_BYTES;
 /// Steps or pipelines looked at per round of the watcher's scan.
 const SCAN_PAGE: i64 = 100;
 
+/// Fault injection for crash tests: when this variable is set, the first
+/// step to succeed is left unfollowed (its readers are not planned, by
+/// the recorder's hook or the watcher) and a line saying so goes to
+/// stderr, so that a test can kill the server in that very window.
+const PAUSE_BEFORE_PLANNING: &str = "SANDMILL_FAULT_PAUSE_BEFORE_PLANNING";
+
+/// Set once the fault above has been hit: nothing is planned any more.
+static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether planning stops here (see [`PAUSE_BEFORE_PLANNING`]).
+fn pause_before_planning(step: &StepRow) -> bool {
+    if PAUSED.load(Ordering::Relaxed) {
+        return true;
+    }
+    if step.status == JobStatus::Succeeded && std::env::var_os(PAUSE_BEFORE_PLANNING).is_some() {
+        PAUSED.store(true, Ordering::Relaxed);
+        eprintln!(
+            "sandmill: fault injected: step {} (job {}) succeeded; what reads it is not planned",
+            step.name, step.id
+        );
+        return true;
+    }
+    false
+}
+
 impl Scheduler {
     /// Accepts a `[[step]]` job: checks every step as a job of its own,
     /// stores the pipeline and its steps unplanned in one transaction,
@@ -142,6 +167,7 @@ impl Scheduler {
                         .unwrap_or(i64::MAX),
                     mapreduce: None,
                     cache: job.cache.unwrap_or(true),
+                    resubmit_of: None,
                 },
                 name: step.name.clone(),
                 inputs,
@@ -170,6 +196,7 @@ impl Scheduler {
             queue_timeout_ms: first.queue_timeout_ms,
             mapreduce: None,
             cache: job.cache.unwrap_or(true),
+            resubmit_of: None,
         };
         let (job_id, ids) = self
             .inner
@@ -187,6 +214,14 @@ impl Scheduler {
         })
     }
 
+    /// A job ended outside the recorder (every task it had left was
+    /// cached): waiters are told, and what follows it is planned.
+    pub(super) fn job_finished(&self, job_id: i64) {
+        self.inner.finished.send_modify(|n| *n += 1);
+        let scheduler = self.clone();
+        tokio::spawn(async move { scheduler.job_ended(job_id).await });
+    }
+
     /// A job ended: if it is a pipeline's step, the steps that read it
     /// are planned or blocked, and the pipeline ends once every step has.
     pub(super) async fn job_ended(&self, job_id: i64) {
@@ -200,11 +235,18 @@ impl Scheduler {
                     continue;
                 }
             };
+            if pause_before_planning(&step) {
+                return;
+            }
+            // The pipeline cannot end while a step reading this one runs.
+            let mut running = false;
             match self.inner.store.readers(id).await {
                 Ok(readers) => {
                     for reader in readers {
-                        if self.try_plan(reader).await {
-                            ended.push(reader);
+                        match self.try_plan(reader).await {
+                            Planned::Ended => ended.push(reader),
+                            Planned::Running => running = true,
+                            Planned::Nothing => {}
                         }
                     }
                 }
@@ -212,14 +254,16 @@ impl Scheduler {
                     tracing::warn!(job_id = id, %error, "reading a step's readers failed; the watcher plans them")
                 }
             }
-            self.end_pipeline(step.parent_id).await;
+            if !running {
+                self.end_pipeline(step.parent_id).await;
+            }
         }
     }
 
     /// Plans a step whose inputs may be ready, and carries on after it if
     /// it ended at once (blocked, or nothing to do).
-    async fn step_ready(&self, step_id: i64) {
-        if self.try_plan(step_id).await {
+    pub(super) async fn step_ready(&self, step_id: i64) {
+        if self.try_plan(step_id).await == Planned::Ended {
             Box::pin(self.job_ended(step_id)).await;
         }
     }
@@ -240,26 +284,29 @@ impl Scheduler {
 
     /// Plans or blocks a step if its inputs have all ended; returns
     /// whether the step ended now (blocked, or planned with no task).
-    async fn try_plan(&self, step_id: i64) -> bool {
+    async fn try_plan(&self, step_id: i64) -> Planned {
         match self.plan_step(step_id).await {
-            Ok(ended) => ended,
+            Ok(planned) => planned,
             Err(error) => {
                 tracing::warn!(job_id = step_id, %error, "planning a step failed; the watcher tries again");
-                false
+                Planned::Running
             }
         }
     }
 
-    async fn plan_step(&self, step_id: i64) -> Result<bool, SchedulerError> {
+    async fn plan_step(&self, step_id: i64) -> Result<Planned, SchedulerError> {
         let Some(step) = self.inner.store.step(step_id).await? else {
-            return Ok(false);
+            return Ok(Planned::Nothing);
         };
-        if step.status != JobStatus::Running || step.planned == 1 {
-            return Ok(false);
+        if step.status != JobStatus::Running {
+            return Ok(Planned::Nothing);
+        }
+        if step.planned == 1 {
+            return Ok(Planned::Running);
         }
         let needs = self.inner.store.needs_statuses(step_id).await?;
         if needs.contains(&JobStatus::Running) {
-            return Ok(false);
+            return Ok(Planned::Running);
         }
         if needs.iter().any(|s| *s != JobStatus::Succeeded) {
             let blocked = self.inner.store.block_step(step_id).await?;
@@ -267,7 +314,11 @@ impl Scheduler {
                 tracing::info!(job_id = step_id, step = %step.name, "a step it reads failed: blocked");
                 self.inner.finished.send_modify(|n| *n += 1);
             }
-            return Ok(blocked);
+            return Ok(if blocked {
+                Planned::Ended
+            } else {
+                Planned::Nothing
+            });
         }
         let items = match self.gather(&step).await? {
             Ok(items) => items,
@@ -276,9 +327,9 @@ impl Scheduler {
                 return match self.inner.store.fail_job(step_id).await? {
                     Ok(_) => {
                         self.inner.finished.send_modify(|n| *n += 1);
-                        Ok(true)
+                        Ok(Planned::Ended)
                     }
-                    Err(_) => Ok(false),
+                    Err(_) => Ok(Planned::Nothing),
                 };
             }
         };
@@ -289,7 +340,7 @@ impl Scheduler {
             .plan_step(step_id, &items, SMALL_JOB)
             .await?
         else {
-            return Ok(false);
+            return Ok(Planned::Nothing);
         };
         tracing::debug!(job_id = step_id, step = %step.name, tasks = total, "step planned");
         self.inner
@@ -301,8 +352,9 @@ impl Scheduler {
         }
         if ended {
             self.inner.finished.send_modify(|n| *n += 1);
+            return Ok(Planned::Ended);
         }
-        Ok(ended)
+        Ok(Planned::Running)
     }
 
     /// A step's tasks: one reading all its inputs, or with `for_each`,
@@ -342,6 +394,7 @@ impl Scheduler {
                             .await?;
                         let Some(last) = page.last() else { break };
                         after = last.seq;
+                        let full = page.len() as i64 == OUTPUT_PAGE;
                         for output in page {
                             match (output.inline, output.hash) {
                                 (Some(bytes), _) => {
@@ -352,6 +405,9 @@ impl Scheduler {
                                 }
                                 (None, None) => {}
                             }
+                        }
+                        if !full {
+                            break;
                         }
                     }
                 }
@@ -377,6 +433,7 @@ impl Scheduler {
                         input_name
                     },
                     inputs: packer.parts,
+                    seed: None,
                 }]
             }
             Sink::Lines {
@@ -400,6 +457,9 @@ impl Scheduler {
     /// Plans every step left ready and ends every pipeline left done (by a
     /// crash, or a planning that failed).
     pub(super) async fn plan_pipelines(&self) -> Result<(), SchedulerError> {
+        if PAUSED.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         for step_id in self.inner.store.ready_steps(SCAN_PAGE).await? {
             self.step_ready(step_id).await;
         }
@@ -408,6 +468,17 @@ impl Scheduler {
         }
         Ok(())
     }
+}
+
+/// What looking at a step's inputs did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Planned {
+    /// It ended now (blocked, failed, or nothing to run).
+    Ended,
+    /// It runs (planned, or waiting for inputs that run).
+    Running,
+    /// Nothing: it had ended already.
+    Nothing,
 }
 
 /// Small pieces of input packed into blobs: what goes in is
@@ -563,6 +634,7 @@ async fn flush_lines(
             input_hash: None,
             input_name: name,
             inputs: vec![part],
+            seed: None,
         });
     }
     Ok(())

@@ -64,7 +64,8 @@ impl Scheduler {
         }
         let new = self.prepare(job, options).await?;
         let dispatch_now = if new.total <= SMALL_JOB { new.total } else { 0 };
-        let (job_id, messages) = self.inner.store.create_job(&new, dispatch_now).await?;
+        let (job_id, dispatched) = self.inner.store.create_job(&new, dispatch_now).await?;
+        let messages = dispatched.messages;
         self.inner
             .live
             .fetch_add(messages.len() as i64, Ordering::Relaxed);
@@ -85,8 +86,8 @@ impl Scheduler {
         if new.total > dispatch_now {
             self.inner.dispatch.notify_one();
         }
-        if new.total == 0 {
-            self.inner.finished.send_modify(|n| *n += 1);
+        if dispatched.ended {
+            self.job_finished(job_id);
         }
         Ok(Submitted { job_id, waiter })
     }
@@ -132,6 +133,7 @@ impl Scheduler {
                             input_hash: task_input.clone(),
                             input_name: "-".to_owned(),
                             inputs: Vec::new(),
+                            seed: None,
                         })
                     })
                     .collect::<Result<Vec<_>, Invalid>>()?;
@@ -157,6 +159,7 @@ impl Scheduler {
                             )?),
                             input_name: named.name.clone(),
                             inputs: Vec::new(),
+                            seed: None,
                         })
                     })
                     .collect::<Result<Vec<_>, Invalid>>()?;
@@ -230,6 +233,7 @@ impl Scheduler {
             queue_timeout_ms: i64::try_from(job.queue_timeout()?.as_millis()).unwrap_or(i64::MAX),
             mapreduce,
             cache: job.cache.unwrap_or(true),
+            resubmit_of: None,
         })
     }
 

@@ -7,10 +7,12 @@
 use sandmill_runtime::labels::Labels;
 use sandmill_runtime::message::{InputPart, Shuffle, TaskMessage};
 use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
-use sqlx::Row;
+use std::collections::HashMap;
+
+use sqlx::{QueryBuilder, Row};
 
 use super::types::{JsonText, Text};
-use super::{LIVE_SQL, Store, StoreError, now_ms, on_pool, per_backend};
+use super::{INSERT_CHUNK, LIVE_SQL, Store, StoreError, now_ms, on_pool, per_backend};
 use crate::jobfile::ShuffleSettings;
 use crate::model::{JobStatus, TaskState};
 
@@ -44,17 +46,88 @@ pub(crate) struct Template {
     reducers: i64,
     shuffle: Option<JsonText<ShuffleSettings>>,
     preprocess_hash: Option<String>,
+    cache: i64,
+    reruns: i64,
 }
 
-/// One task row as it was created.
+/// A task run again, leaving `pending` for `queued`.
 #[derive(Debug, sqlx::FromRow)]
-pub(crate) struct Created {
+struct Rerun {
     id: i64,
     seq: i64,
     params: Option<String>,
     input_hash: Option<String>,
     input_name: Option<String>,
     inputs: Option<JsonText<Vec<InputPart>>>,
+    seed: Option<i64>,
+}
+
+/// One task about to be created: its own parameters and input, if any.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct Pending {
+    seq: i64,
+    params: Option<String>,
+    input_hash: Option<String>,
+    input_name: Option<String>,
+    inputs: Option<JsonText<Vec<InputPart>>>,
+    seed: Option<i64>,
+}
+
+impl Pending {
+    /// A task with nothing of its own (a `count` sweep's).
+    fn bare(seq: i64) -> Self {
+        Pending {
+            seq,
+            params: None,
+            input_hash: None,
+            input_name: None,
+            inputs: None,
+            seed: None,
+        }
+    }
+
+    /// The seed its guest sees: its own, else one drawn from its key.
+    fn seed(&self, key: Option<&str>) -> Option<i64> {
+        self.seed.or_else(|| key.map(|k| seed_of(k) as i64))
+    }
+}
+
+/// A successful output a new task can take instead of running.
+#[derive(Clone, Debug, sqlx::FromRow)]
+struct Hit {
+    cache_key: String,
+    output: Option<Vec<u8>>,
+    output_hash: Option<String>,
+    output_size: Option<i64>,
+}
+
+/// What dispatching did.
+#[derive(Debug, Default)]
+pub struct Dispatched {
+    /// Messages of the tasks created queued, to publish.
+    pub messages: Vec<TaskMessage>,
+    /// Tasks that took a cached output instead.
+    pub cached: i64,
+    /// Whether the job ended (every task it had left was cached).
+    pub ended: bool,
+}
+
+/// Whether a call with these grants computes the same bytes every time
+/// from the same module, inputs and params: no real clock, randomness,
+/// network, environment or host directory.
+pub fn deterministic(grants: &Grants) -> bool {
+    !grants.clock
+        && !grants.random
+        && !grants.network
+        && grants.env.is_empty()
+        && grants.dirs.is_empty()
+}
+
+/// The seed of the randomness a task with this cache key sees.
+pub fn seed_of(key: &str) -> u64 {
+    key.get(..16)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .unwrap_or(0)
 }
 
 impl Template {
@@ -77,23 +150,72 @@ impl Template {
             reducers: job.mapreduce.as_ref().map_or(0, |(r, _)| i64::from(*r)),
             shuffle: job.mapreduce.as_ref().map(|(_, s)| JsonText(s.clone())),
             preprocess_hash: None,
+            cache: i64::from(job.cache),
+            reruns: 0,
         }
     }
 
-    fn message(&self, job_id: i64, task: Created) -> TaskMessage {
+    /// The task's kind and part in the shuffle.
+    fn shape_of(&self, seq: i64) -> (CallKind, Option<Shuffle>) {
+        shape(
+            self.task_kind.0,
+            seq,
+            self.maps,
+            self.reducers,
+            self.shuffle.as_ref().map(|s| &s.0),
+        )
+    }
+
+    /// The cache key of a job's first task, when it has nothing of its
+    /// own (a one-task job).
+    pub(crate) fn first_cache_key(&self) -> Option<String> {
+        self.cache_key(&Pending::bare(0))
+    }
+
+    /// The task's result-cache key: the hash of everything its output
+    /// depends on (module, preprocessor, kind, inputs and their names,
+    /// params, limits, grants, the runtime, and its index in a job whose
+    /// tasks have nothing of their own); `None` when its output may vary
+    /// (it is granted a real clock, randomness, network, environment or
+    /// directories) or is a map-reduce partition.
+    pub(crate) fn cache_key(&self, task: &Pending) -> Option<String> {
+        let (kind, shuffle) = self.shape_of(task.seq);
+        if shuffle.is_some() || !deterministic(&self.grants.0) {
+            return None;
+        }
+        let (input, input_name) = match &task.input_name {
+            Some(name) => (task.input_hash.as_deref(), name.as_str()),
+            None => (
+                self.task_input_hash.as_deref(),
+                self.task_input_name.as_str(),
+            ),
+        };
+        let key = serde_json::json!({
+            "runtime": sandmill_runtime::RUNTIME_SCOPE,
+            "module": self.module_hash,
+            "preprocess": self.preprocess_hash,
+            "kind": kind.name(),
+            "input": input,
+            "inputs": task.inputs.as_ref().map(|i| &i.0),
+            "input_name": input_name,
+            "params": task.params.as_deref().unwrap_or(&self.task_params),
+            "limits": self.limits.0,
+            "grants": self.grants.0,
+            // Tasks of a `count` sweep differ only by their seed.
+            "index": (self.has_items == 0).then_some(task.seq),
+            "seed": task.seed,
+        });
+        Some(sandmill_runtime::blob::hash(key.to_string().as_bytes()))
+    }
+
+    fn message(&self, job_id: i64, task_id: i64, task: Pending, seed: Option<u64>) -> TaskMessage {
         let (input, input_name) = match task.input_name {
             Some(name) => (task.input_hash, name),
             None => (self.task_input_hash.clone(), self.task_input_name.clone()),
         };
-        let (kind, shuffle) = shape(
-            self.task_kind.0,
-            task.seq,
-            self.maps,
-            self.reducers,
-            self.shuffle.as_ref().map(|s| &s.0),
-        );
+        let (kind, shuffle) = self.shape_of(task.seq);
         TaskMessage {
-            task_id: task.id,
+            task_id,
             job_id,
             attempt: 0,
             priority: u8::try_from(self.priority).unwrap_or(0),
@@ -106,7 +228,7 @@ impl Template {
             limits: self.limits.0.clone(),
             grants: self.grants.0.clone(),
             labels: self.labels.0.clone(),
-            seed: None,
+            seed,
             shuffle,
             inputs: task.inputs.map(|i| i.0).unwrap_or_default(),
             preprocess: self.preprocess_hash.clone(),
@@ -143,26 +265,27 @@ pub(crate) fn shape(
 }
 
 per_backend! {
-    /// Creates up to `max` of the job's next tasks as queued rows (moving
-    /// their items out of `job_items`) and returns their messages; none if
-    /// the job is not running or has nothing left.
+    /// Creates up to `max` of the job's next tasks (moving their items out
+    /// of `job_items`): queued, or `cached` when a task with the same
+    /// cache key has succeeded and the job allows it. Returns the queued
+    /// tasks' messages; none if the job is not running or has nothing left.
     pub(crate) async fn materialize(
         tx: &mut sqlx::Transaction<'static, Db>,
         job_id: i64,
         max: i64,
         now: i64,
-    ) -> Result<Vec<TaskMessage>, sqlx::Error> {
+    ) -> Result<Dispatched, sqlx::Error> {
         let template: Option<Template> = sqlx::query_as(
             "SELECT priority, task_kind, module_hash, limits, grants, labels, task_params, \
              task_input_hash, task_input_name, has_items, total_tasks, dispatched, maps, reducers, shuffle, \
-             preprocess_hash FROM jobs WHERE id = $1 AND status = $2",
+             preprocess_hash, cache, reruns FROM jobs WHERE id = $1 AND status = $2",
         )
         .bind(job_id)
         .bind(Text(JobStatus::Running))
         .fetch_optional(&mut **tx)
         .await?;
         let Some(template) = template else {
-            return Ok(Vec::new());
+            return Ok(Dispatched::default());
         };
         materialize_from(tx, job_id, &template, max, now).await
     }
@@ -175,22 +298,58 @@ per_backend! {
         template: &Template,
         max: i64,
         now: i64,
-    ) -> Result<Vec<TaskMessage>, sqlx::Error> {
+    ) -> Result<Dispatched, sqlx::Error> {
+        // Tasks run again go first: they wait as `pending`, in order.
+        let mut reruns = Vec::new();
+        if template.reruns > 0 && max > 0 {
+            reruns = sqlx::query_as::<_, Rerun>(
+                "UPDATE tasks SET state = $1 WHERE id IN (SELECT id FROM tasks WHERE job_id = $2 \
+                 AND state = $3 ORDER BY seq LIMIT $4) \
+                 RETURNING id, seq, params, input_hash, input_name, inputs, seed",
+            )
+            .bind(Text(TaskState::Queued))
+            .bind(job_id)
+            .bind(Text(TaskState::Pending))
+            .bind(max)
+            .fetch_all(&mut **tx)
+            .await?;
+            sqlx::query("UPDATE jobs SET reruns = reruns - $1, updated_at = $2 WHERE id = $3")
+                .bind(reruns.len() as i64)
+                .bind(now)
+                .bind(job_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        let mut rerun_messages: Vec<TaskMessage> = reruns
+            .into_iter()
+            .map(|r| {
+                let seed = r.seed.map(|s| s as u64);
+                let task = Pending {
+                    seq: r.seq,
+                    params: r.params,
+                    input_hash: r.input_hash,
+                    input_name: r.input_name,
+                    inputs: r.inputs,
+                    seed: None,
+                };
+                template.message(job_id, r.id, task, seed)
+            })
+            .collect();
+        let max = max - rerun_messages.len() as i64;
         let from = template.dispatched;
         let to = from + max.min(template.total_tasks - from);
         if to <= from {
-            return Ok(Vec::new());
+            return Ok(Dispatched {
+                messages: rerun_messages,
+                ..Dispatched::default()
+            });
         }
-        let created: Vec<Created> = if template.has_items == 1 {
-            let created = sqlx::query_as(
-                "INSERT INTO tasks (job_id, seq, state, params, input_hash, input_name, inputs, attempt, starts, created_at) \
-                 SELECT job_id, seq, $2, params, input_hash, input_name, inputs, 0, 0, $3 FROM job_items \
-                 WHERE job_id = $1 AND seq >= $4 AND seq < $5 \
-                 RETURNING id, seq, params, input_hash, input_name, inputs",
+        let pending: Vec<Pending> = if template.has_items == 1 {
+            let pending = sqlx::query_as(
+                "SELECT seq, params, input_hash, input_name, inputs, seed FROM job_items \
+                 WHERE job_id = $1 AND seq >= $2 AND seq < $3 ORDER BY seq",
             )
             .bind(job_id)
-            .bind(Text(TaskState::Queued))
-            .bind(now)
             .bind(from)
             .bind(to)
             .fetch_all(&mut **tx)
@@ -200,40 +359,113 @@ per_backend! {
                 .bind(to)
                 .execute(&mut **tx)
                 .await?;
-            created
+            pending
         } else {
-            sqlx::query_as(
-                "WITH RECURSIVE s(n) AS (SELECT CAST($4 AS BIGINT) UNION ALL SELECT n + 1 FROM s WHERE n + 1 < $5) \
-                 INSERT INTO tasks (job_id, seq, state, attempt, starts, created_at) \
-                 SELECT $1, n, $2, 0, 0, $3 FROM s \
-                 RETURNING id, seq, params, input_hash, input_name, inputs",
-            )
-            .bind(job_id)
-            .bind(Text(TaskState::Queued))
-            .bind(now)
-            .bind(from)
-            .bind(to)
-            .fetch_all(&mut **tx)
-            .await?
+            (from..to).map(Pending::bare).collect()
         };
+        if pending.len() as i64 != to - from {
+            return Err(sqlx::Error::Protocol(format!(
+                "job {job_id}: dispatch raced (items missing)"
+            )));
+        }
+        let keys: Vec<Option<String>> = pending.iter().map(|t| template.cache_key(t)).collect();
+        let hits = if template.cache == 1 {
+            cache_hits(tx, &keys).await?
+        } else {
+            HashMap::new()
+        };
+        let mut ids = HashMap::with_capacity(pending.len());
+        for (chunk, chunk_keys) in pending.chunks(INSERT_CHUNK).zip(keys.chunks(INSERT_CHUNK)) {
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO tasks (job_id, seq, state, params, input_hash, input_name, inputs, attempt, starts, \
+                 created_at, cache_key, seed, output, output_hash, output_size, started_at, finished_at) ",
+            );
+            insert.push_values(chunk.iter().zip(chunk_keys), |mut row, (task, key)| {
+                let hit = key.as_ref().and_then(|k| hits.get(k));
+                row.push_bind(job_id)
+                    .push_bind(task.seq)
+                    .push_bind(Text(if hit.is_some() { TaskState::Cached } else { TaskState::Queued }))
+                    .push_bind(task.params.clone())
+                    .push_bind(task.input_hash.clone())
+                    .push_bind(task.input_name.clone())
+                    .push_bind(task.inputs.as_ref().map(|i| JsonText(i.0.clone())))
+                    .push_bind(0_i64)
+                    .push_bind(0_i64)
+                    .push_bind(now)
+                    .push_bind(key.clone())
+                    .push_bind(task.seed(key.as_deref()))
+                    .push_bind(hit.and_then(|h| h.output.clone()))
+                    .push_bind(hit.and_then(|h| h.output_hash.clone()))
+                    .push_bind(hit.and_then(|h| h.output_size))
+                    .push_bind(hit.map(|_| now))
+                    .push_bind(hit.map(|_| now));
+            });
+            insert.push(" RETURNING id, seq");
+            for row in insert.build().fetch_all(&mut **tx).await? {
+                ids.insert(row.try_get::<i64, _>(1)?, row.try_get::<i64, _>(0)?);
+            }
+        }
+        let cached = keys
+            .iter()
+            .filter(|k| k.as_ref().is_some_and(|k| hits.contains_key(k)))
+            .count() as i64;
         let moved = sqlx::query(
-            "UPDATE jobs SET dispatched = $1, updated_at = $2 WHERE id = $3 AND dispatched = $4",
+            "UPDATE jobs SET dispatched = $1, succeeded = succeeded + $2, cached = cached + $2, \
+             updated_at = $3 WHERE id = $4 AND dispatched = $5",
         )
         .bind(to)
+        .bind(cached)
         .bind(now)
         .bind(job_id)
         .bind(from)
         .execute(&mut **tx)
         .await?
         .rows_affected();
-        if moved != 1 || created.len() as i64 != to - from {
+        if moved != 1 || ids.len() as i64 != to - from {
             // Someone else moved the cursor: this transaction must not
             // commit (the caller rolls back on error).
             return Err(sqlx::Error::Protocol(format!(
-                "job {job_id}: dispatch raced (cursor moved or items missing)"
+                "job {job_id}: dispatch raced (cursor moved)"
             )));
         }
-        Ok(created.into_iter().map(|task| template.message(job_id, task)).collect())
+        let mut messages = std::mem::take(&mut rerun_messages);
+        messages.reserve(pending.len() - cached as usize);
+        for (task, key) in pending.into_iter().zip(keys) {
+            if key.as_ref().is_some_and(|k| hits.contains_key(k)) {
+                continue;
+            }
+            let id = ids[&task.seq];
+            let seed = task.seed(key.as_deref()).map(|s| s as u64);
+            messages.push(template.message(job_id, id, task, seed));
+        }
+        let ended = cached > 0 && db::jobs::finish_if_done(tx, job_id, now).await?;
+        Ok(Dispatched { messages, cached, ended })
+    }
+
+    /// The first successful output of each of these keys that has one.
+    async fn cache_hits(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        keys: &[Option<String>],
+    ) -> Result<HashMap<String, Hit>, sqlx::Error> {
+        let mut wanted: Vec<&String> = keys.iter().flatten().collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut hits = HashMap::new();
+        for chunk in wanted.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::new(
+                "SELECT cache_key, output, output_hash, output_size FROM tasks WHERE id IN \
+                 (SELECT MIN(id) FROM tasks WHERE state IN ('succeeded', 'cached') AND cache_key IN (",
+            );
+            let mut list = q.separated(", ");
+            for key in chunk {
+                list.push_bind((*key).clone());
+            }
+            q.push(") GROUP BY cache_key)");
+            for hit in q.build_query_as::<Hit>().fetch_all(&mut **tx).await? {
+                hits.insert(hit.cache_key.clone(), hit);
+            }
+        }
+        Ok(hits)
     }
 }
 
@@ -242,8 +474,8 @@ impl Store {
     /// oldest first within a priority; at most `limit`.
     pub async fn backlog(&self, limit: i64) -> Result<Vec<Backlog>, StoreError> {
         let rows = on_pool!(self, pool => sqlx::query(
-            "SELECT id, priority, total_tasks - dispatched FROM jobs \
-             WHERE status = 'running' AND dispatched < total_tasks \
+            "SELECT id, priority, total_tasks - dispatched + reruns FROM jobs \
+             WHERE status = 'running' AND (dispatched < total_tasks OR reruns > 0) \
              ORDER BY priority DESC, id LIMIT $1",
         )
         .bind(limit)
@@ -259,17 +491,30 @@ impl Store {
         Ok(rows)
     }
 
-    /// Dispatches up to `max` of a job's next tasks: creates them queued,
-    /// in one transaction, and returns their messages to publish.
-    pub async fn dispatch(&self, job_id: i64, max: i64) -> Result<Vec<TaskMessage>, StoreError> {
+    /// Dispatches up to `max` of a job's next tasks: creates them queued
+    /// (or cached), in one transaction, and returns their messages to
+    /// publish.
+    pub async fn dispatch(&self, job_id: i64, max: i64) -> Result<Dispatched, StoreError> {
         let now = now_ms();
         let messages = on_pool!(self, pool, db => {
             let mut tx = db::begin(pool).await?;
-            let messages = db::dispatch::materialize(&mut tx, job_id, max, now).await?;
+            let dispatched = db::dispatch::materialize(&mut tx, job_id, max, now).await?;
             tx.commit().await?;
-            messages
+            dispatched
         });
         Ok(messages)
+    }
+
+    /// Whether a task with this cache key has a successful output.
+    pub async fn has_cached(&self, key: &str) -> Result<bool, StoreError> {
+        let found = on_pool!(self, pool => sqlx::query(
+            "SELECT 1 FROM tasks WHERE cache_key = $1 AND state IN ('succeeded', 'cached') LIMIT 1",
+        )
+        .bind(key)
+        .fetch_optional(pool)
+        .await?
+        .is_some());
+        Ok(found)
     }
 
     /// Tasks queued or running, in every job (at most a dispatch window of

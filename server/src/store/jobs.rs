@@ -3,7 +3,6 @@
 
 use sandmill_runtime::Reason;
 use sandmill_runtime::labels::Labels;
-use sandmill_runtime::message::TaskMessage;
 use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
 use sqlx::{QueryBuilder, Row};
 
@@ -30,6 +29,9 @@ pub struct Item {
     /// Slices of blobs read one after the other (a pipeline step's
     /// inputs); empty: `input_hash`.
     pub inputs: Vec<sandmill_runtime::message::InputPart>,
+    /// The seed its guest sees, when it must be this one (a task
+    /// resubmitted); `None`: drawn from its cache key.
+    pub seed: Option<i64>,
 }
 
 /// A job being created.
@@ -71,6 +73,8 @@ pub struct NewJob {
     pub mapreduce: Option<(u32, ShuffleSettings)>,
     /// Whether its tasks may take cached outputs.
     pub cache: bool,
+    /// The job whose tasks it runs again (`sandmill resubmit`).
+    pub resubmit_of: Option<i64>,
 }
 
 /// Why a cancel did nothing.
@@ -102,9 +106,9 @@ per_backend! {
             "INSERT INTO jobs (name, kind, status, priority, task_kind, module_hash, limits, grants, labels, \
              definition, task_params, task_input_hash, task_input_name, has_items, total_tasks, dispatched, \
              succeeded, failed, cancelled, max_attempts, queue_timeout_ms, created_at, updated_at, \
-             maps, reducers, shuffle, planned, cache) \
+             maps, reducers, shuffle, planned, cache, resubmit_of) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, 0, 0, 0, $16, $17, $18, $18, \
-             $19, $20, $21, $22, $23) \
+             $19, $20, $21, $22, $23, $24) \
              RETURNING id",
         )
         .bind(safe_text(&job.name, 1024))
@@ -132,6 +136,7 @@ per_backend! {
         // are done; every other job is planned whole now.
         .bind(i64::from(job.mapreduce.as_ref().is_none_or(|(r, _)| *r == 0)))
         .bind(i64::from(job.cache))
+        .bind(job.resubmit_of)
         .fetch_one(&mut **tx)
         .await?
         .try_get(0)
@@ -145,7 +150,7 @@ per_backend! {
     ) -> Result<(), sqlx::Error> {
         for (chunk_index, chunk) in items.chunks(INSERT_CHUNK).enumerate() {
             let mut insert = QueryBuilder::new(
-                "INSERT INTO job_items (job_id, seq, params, input_hash, input_name, inputs) ",
+                "INSERT INTO job_items (job_id, seq, params, input_hash, input_name, inputs, seed) ",
             );
             insert.push_values(chunk.iter().enumerate(), |mut row, (i, item)| {
                 row.push_bind(job_id)
@@ -153,7 +158,8 @@ per_backend! {
                     .push_bind(item.params.clone())
                     .push_bind(item.input_hash.clone())
                     .push_bind(safe_text(&item.input_name, 1024))
-                    .push_bind((!item.inputs.is_empty()).then(|| JsonText(item.inputs.clone())));
+                    .push_bind((!item.inputs.is_empty()).then(|| JsonText(item.inputs.clone())))
+                    .push_bind(item.seed);
             });
             insert.build().execute(&mut **tx).await?;
         }
@@ -181,7 +187,7 @@ per_backend! {
         let done = sqlx::query(
             "UPDATE jobs SET status = CASE WHEN failed > 0 THEN $1 ELSE $2 END, \
              updated_at = $3, finished_at = $3, waiting = NULL, waiting_since = NULL \
-             WHERE id = $4 AND status = $5 AND dispatched = total_tasks",
+             WHERE id = $4 AND status = $5 AND dispatched = total_tasks AND reruns = 0",
         )
         .bind(Text(JobStatus::Failed))
         .bind(Text(JobStatus::Succeeded))
@@ -198,28 +204,28 @@ per_backend! {
 impl Store {
     /// Creates a job with its backlog and dispatches its first
     /// `dispatch_now` tasks, in one transaction: once this returns, the
-    /// job is accepted. Returns its id and the messages to publish.
+    /// job is accepted. Returns its id and what was dispatched.
     pub async fn create_job(
         &self,
         job: &NewJob,
         dispatch_now: i64,
-    ) -> Result<(i64, Vec<TaskMessage>), StoreError> {
+    ) -> Result<(i64, super::dispatch::Dispatched), StoreError> {
         let now = now_ms();
         let created = on_pool!(self, pool, db => {
             let mut tx = db::begin(pool).await?;
             let job_id = db::jobs::insert_job(&mut tx, job, now).await?;
             db::jobs::insert_items(&mut tx, job_id, &job.items).await?;
-            let messages = if dispatch_now > 0 {
+            let mut dispatched = if dispatch_now > 0 {
                 let template = super::dispatch::Template::of_new(job);
                 db::dispatch::materialize_from(&mut tx, job_id, &template, dispatch_now, now).await?
             } else {
-                Vec::new()
+                super::dispatch::Dispatched::default()
             };
             if job.total == 0 {
-                db::jobs::finish_if_done(&mut tx, job_id, now).await?;
+                dispatched.ended = db::jobs::finish_if_done(&mut tx, job_id, now).await?;
             }
             tx.commit().await?;
-            (job_id, messages)
+            (job_id, dispatched)
         });
         Ok(created)
     }
@@ -261,6 +267,18 @@ impl Store {
         Ok(row)
     }
 
+    /// The job file a job was created from, as JSON (without its rows or
+    /// inputs).
+    pub async fn job_definition(&self, id: i64) -> Result<Option<String>, StoreError> {
+        let row = on_pool!(self, pool => sqlx::query("SELECT definition FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .map(|r| r.try_get::<String, _>(0))
+            .transpose()?);
+        Ok(row)
+    }
+
     /// A job's tasks per state: one row read and a count of its live
     /// tasks (at most a dispatch window), however large the job.
     pub async fn counts(&self, job: &JobRow) -> Result<Counts, StoreError> {
@@ -277,6 +295,7 @@ impl Store {
             // A map-reduce job's reduces are pending until its maps are
             // done (and cancelled, if it ended first).
             pending: job.total_tasks - job.dispatched
+                + job.reruns
                 + if job.planned == 0 && !job.status().is_final() {
                     job.reducers
                 } else {
@@ -332,13 +351,23 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected() as i64;
+            let reruns = sqlx::query(
+                "UPDATE tasks SET state = $1, finished_at = $2 WHERE job_id = $3 AND state = $4",
+            )
+            .bind(Text(TaskState::Cancelled))
+            .bind(now)
+            .bind(id)
+            .bind(Text(TaskState::Pending))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as i64;
             let changed = sqlx::query(
                 "UPDATE jobs SET status = $1, cancelled = cancelled + $2 + total_tasks - dispatched, \
-                 dispatched = total_tasks, updated_at = $3, finished_at = $3, waiting = NULL, \
+                 dispatched = total_tasks, reruns = 0, updated_at = $3, finished_at = $3, waiting = NULL, \
                  waiting_since = NULL WHERE id = $4 AND status = $5",
             )
             .bind(Text(status))
-            .bind(live)
+            .bind(live + reruns)
             .bind(now)
             .bind(id)
             .bind(Text(JobStatus::Running))
@@ -487,11 +516,24 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected() as i64;
+            let reruns = sqlx::query(
+                "UPDATE tasks SET state = $1, reason = $2, error = $3, finished_at = $4 \
+                 WHERE job_id = $5 AND state = $6",
+            )
+            .bind(Text(TaskState::Failed))
+            .bind(Text(Reason::QueueTimeout))
+            .bind(safe_text(error, MAX_NOTE_BYTES))
+            .bind(now)
+            .bind(job_id)
+            .bind(Text(TaskState::Pending))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as i64;
             sqlx::query(
                 "UPDATE jobs SET failed = failed + $1 + total_tasks - dispatched, dispatched = total_tasks, \
-                 updated_at = $2 WHERE id = $3 AND status = $4",
+                 reruns = 0, updated_at = $2 WHERE id = $3 AND status = $4",
             )
-            .bind(tasks)
+            .bind(tasks + reruns)
             .bind(now)
             .bind(job_id)
             .bind(Text(JobStatus::Running))

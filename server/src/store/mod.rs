@@ -32,6 +32,7 @@ mod mapreduce;
 mod pipeline;
 mod record;
 mod recovery;
+mod restart;
 mod rows;
 mod run;
 mod tasks;
@@ -50,6 +51,7 @@ pub use jobs::{CancelRefused, Expired, Item, NewJob};
 pub use mapreduce::{MapResult, PhaseCounts, RunningTask};
 pub use pipeline::{DraftInput, NewStep, SpecInput, StepOutput, StepRow, StepSpec};
 pub use record::Recorded;
+pub use restart::{RestartRefused, Restarted, Retried};
 pub use rows::*;
 pub use run::{RunRecord, RunWriter};
 pub use tasks::Stored;
@@ -234,6 +236,7 @@ pub(crate) mod backend {
         pub(crate) use crate::store::dispatch::sqlite as dispatch;
         pub(crate) use crate::store::jobs::sqlite as jobs;
         pub(crate) use crate::store::record::sqlite as record;
+        pub(crate) use crate::store::restart::sqlite as restart;
 
         /// A write transaction. `BEGIN IMMEDIATE` takes the write lock at
         /// once: a deferred transaction that read first could not write
@@ -250,6 +253,7 @@ pub(crate) mod backend {
         pub(crate) use crate::store::dispatch::postgres as dispatch;
         pub(crate) use crate::store::jobs::postgres as jobs;
         pub(crate) use crate::store::record::postgres as record;
+        pub(crate) use crate::store::restart::postgres as restart;
 
         /// A write transaction.
         pub(crate) async fn begin(

@@ -241,7 +241,7 @@ impl Store {
     ) -> Result<Vec<StepOutput>, StoreError> {
         let rows = on_pool!(self, pool => sqlx::query(
             "SELECT seq, output, output_hash FROM tasks WHERE job_id = $1 AND seq > $2 \
-             AND state IN ($3, $4) ORDER BY seq LIMIT $5",
+             AND state IN ($3, $4) AND replaced_by IS NULL ORDER BY seq LIMIT $5",
         )
         .bind(job_id)
         .bind(after_seq)
@@ -281,7 +281,7 @@ impl Store {
     /// Gives an unplanned step its tasks and dispatches the first
     /// `dispatch_now`, in one transaction; `None` if it was planned (or
     /// ended) already. Returns the messages to publish and whether the
-    /// step ended (it has no task).
+    /// step ended (it has no task, or every task was cached).
     pub async fn plan_step(
         &self,
         id: i64,
@@ -307,14 +307,11 @@ impl Store {
                 None
             } else {
                 db::jobs::insert_items(&mut tx, id, items).await?;
-                let messages = db::dispatch::materialize(&mut tx, id, dispatch_now, now).await?;
-                let ended = if items.is_empty() {
-                    db::jobs::finish_if_done(&mut tx, id, now).await?
-                } else {
-                    false
-                };
+                let dispatched = db::dispatch::materialize(&mut tx, id, dispatch_now, now).await?;
+                let ended = dispatched.ended || (items.is_empty()
+                    && db::jobs::finish_if_done(&mut tx, id, now).await?);
                 tx.commit().await?;
-                Some((messages, ended))
+                Some((dispatched.messages, ended))
             }
         });
         Ok(planned)

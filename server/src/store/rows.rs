@@ -15,14 +15,14 @@ use crate::model::{JobKind, JobStatus, TaskState};
 pub const JOB_COLUMNS: &str = "id, name, kind, status, priority, task_kind, module_hash, limits, grants, \
      labels, task_params, task_input_hash, task_input_name, has_items, total_tasks, dispatched, \
      succeeded, failed, cancelled, max_attempts, queue_timeout_ms, waiting, waiting_since, created_at, \
-     updated_at, finished_at, maps, reducers, planned, counters, parent_id, step, cache, cached";
+     updated_at, finished_at, maps, reducers, planned, counters, parent_id, step, cache, cached, reruns, resubmit_of, preprocess_hash";
 
 /// Columns of [`TaskRow`], in order, from `tasks t JOIN jobs j`.
 pub const TASK_COLUMNS: &str = "t.id, t.job_id, t.seq, t.state, COALESCE(t.params, j.task_params) AS params, \
      CASE WHEN t.input_name IS NULL THEN j.task_input_hash ELSE t.input_hash END AS input_hash, \
      COALESCE(t.input_name, j.task_input_name) AS input_name, t.attempt, t.reason, t.error, \
      t.output_hash, t.output_size, t.starts, t.created_at, t.started_at, t.finished_at, \
-     t.restart_of, t.cache_key";
+     t.restart_of, t.cache_key, t.replaced_by, t.inputs, t.seed";
 
 /// Columns of [`AttemptRow`], in order.
 pub const ATTEMPT_COLUMNS: &str = "task_id, attempt, state, reason, error, worker, elapsed_ms, fuel_used, \
@@ -166,6 +166,12 @@ pub struct JobRow {
     pub cache: i64,
     /// Tasks that took a cached output (counted in `succeeded` too).
     pub cached: i64,
+    /// Tasks run again that wait for room (`pending`).
+    pub reruns: i64,
+    /// The job whose tasks it runs again (`sandmill resubmit`).
+    pub resubmit_of: Option<i64>,
+    /// A step's preprocessor, applied to each task's input first.
+    pub preprocess_hash: Option<String>,
 }
 
 impl JobRow {
@@ -240,6 +246,13 @@ pub struct TaskRow {
     pub restart_of: Option<i64>,
     /// What it computes, hashed (the result cache's key).
     pub cache_key: Option<String>,
+    /// The run that replaced it (it was restarted), or, for a task of a
+    /// step planned again, the restarted run upstream that caused it.
+    pub replaced_by: Option<i64>,
+    /// The slices of blobs it reads (a pipeline step's task), if any.
+    pub inputs: Option<JsonText<Vec<sandmill_runtime::message::InputPart>>>,
+    /// The seed its guest's randomness is drawn from; `None`: its id.
+    pub seed: Option<i64>,
 }
 
 impl TaskRow {

@@ -28,6 +28,8 @@ pub struct RunRecord<'a> {
     pub job: &'a NewJob,
     /// The seed its guest's randomness was drawn from.
     pub seed: u64,
+    /// Its result-cache key, if its output may be reused.
+    pub cache_key: Option<&'a str>,
     /// How it ended.
     pub result: &'a TaskResult,
     /// When it was accepted (ms).
@@ -128,8 +130,8 @@ const INSERT_JOB: &str = "INSERT INTO jobs (name, kind, status, priority, task_k
      $16, $17, $18, $19, $19) RETURNING id";
 
 const INSERT_TASK: &str = "INSERT INTO tasks (job_id, seq, state, attempt, reason, error, output, \
-     output_hash, output_size, starts, seed, created_at, started_at, finished_at) \
-     VALUES ($1, 0, $2, 0, $3, $4, $5, $6, $7, 1, $8, $9, $9, $10) RETURNING id";
+     output_hash, output_size, starts, seed, created_at, started_at, finished_at, cache_key) \
+     VALUES ($1, 0, $2, 0, $3, $4, $5, $6, $7, 1, $8, $9, $9, $10, $11) RETURNING id";
 
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (task_id, attempt, state, reason, error, worker, \
      elapsed_ms, fuel_used, log, log_hash, log_size, log_truncated, counters, finished_at) \
@@ -288,6 +290,7 @@ impl Store {
             .bind(run.seed as i64)
             .bind(run.started_at)
             .bind(v.now)
+            .bind(run.cache_key)
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
@@ -362,6 +365,7 @@ fn write_sqlite(
                 run.seed as i64,
                 run.started_at,
                 v.now,
+                run.cache_key,
             ],
             |row| row.get(0),
         )?;

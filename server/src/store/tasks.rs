@@ -20,7 +20,8 @@ pub enum Stored {
 
 impl Store {
     /// A page of a job's tasks in order, optionally in one state: the first
-    /// `limit` whose seq is after `after`.
+    /// `limit` whose seq is after `after`. Runs replaced by a restart are
+    /// not listed (each is linked from the run that replaced it).
     pub async fn tasks(
         &self,
         job_id: i64,
@@ -32,7 +33,7 @@ impl Store {
             let mut q = QueryBuilder::new(format!(
                 "SELECT {TASK_COLUMNS} FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.job_id = "
             ));
-            q.push_bind(job_id);
+            q.push_bind(job_id).push(" AND t.replaced_by IS NULL");
             if let Some(state) = state {
                 q.push(" AND t.state = ").push_bind(Text(state));
             }
