@@ -802,21 +802,25 @@ fn restarts_replace_one_run_and_with_downstream_what_reads_it() {
     });
 }
 
+/// The example with score failing on the east records, run to its end
+/// on `dev`: the CLI's state folder and the job.
+async fn failing(dev: &Dev) -> (tempfile::TempDir, i64) {
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let steps = sales_steps("{ fail_region = \"east\" }");
+    let file = pipeline(dir.path(), "failing", &steps);
+    let id = submit(state.path(), &dev.base, &file, &[]);
+    let job = finish(&dev.http, &dev.base, id).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    (state, id)
+}
+
 #[test]
 fn a_retry_runs_failed_tasks_again_and_plans_blocked_steps_again() {
     runtime().block_on(async {
         let dev = Dev::start().await;
         let (http, base) = (&dev.http, dev.base.as_str());
-        let state = tempfile::tempdir().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let file = pipeline(
-            dir.path(),
-            "failing",
-            &sales_steps("{ fail_region = \"east\" }"),
-        );
-        let id = submit(state.path(), base, &file, &[]);
-        let job = finish(http, base, id).await;
-        assert_eq!(job["status"], "failed", "{job}");
+        let (state, id) = failing(&dev).await;
         let graph = get(http, base, &format!("/v1/jobs/{id}/graph")).await;
         let failed: Vec<i64> = tasks_of(http, base, step(&graph, "score"))
             .await
@@ -990,15 +994,8 @@ fn replay_reproduces_a_recorded_attempt_here() {
     runtime().block_on(async {
         let dev = Dev::start().await;
         let (http, base) = (&dev.http, dev.base.as_str());
-        let state = tempfile::tempdir().unwrap();
+        let (state, id) = failing(&dev).await;
         let dir = tempfile::tempdir().unwrap();
-        let file = pipeline(
-            dir.path(),
-            "failing",
-            &sales_steps("{ fail_region = \"east\" }"),
-        );
-        let id = submit(state.path(), base, &file, &[]);
-        finish(http, base, id).await;
         let graph = get(http, base, &format!("/v1/jobs/{id}/graph")).await;
         let scores = tasks_of(http, base, step(&graph, "score")).await;
         let replay = |task: i64| {

@@ -231,11 +231,7 @@ pub async fn resubmit_job(
     ApiPath(id): ApiPath<i64>,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<JobCreated>), ApiError> {
-    let request: ResubmitRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ResubmitRequest::default()
-    } else {
-        super::parse_json(&body)?
-    };
+    let request: ResubmitRequest = super::parse_json_or_default(&body)?;
     let id = state
         .scheduler
         .resubmit(id, request.failed, &request.limits)

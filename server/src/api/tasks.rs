@@ -10,7 +10,7 @@ use super::error::{ApiError, ErrorBody};
 use super::views::{
     AttemptView, CallView, InputPartView, InputView, RestartRequest, TaskDetail, TaskView,
 };
-use super::{ApiPath, ApiQuery, AppState, RawBody, parse_json};
+use super::{ApiPath, ApiQuery, AppState, RawBody};
 use crate::scheduler::SchedulerError;
 use crate::store::Stored;
 
@@ -144,11 +144,7 @@ pub async fn restart_task(
     ApiPath(id): ApiPath<i64>,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<TaskDetail>), ApiError> {
-    let request: RestartRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RestartRequest::default()
-    } else {
-        parse_json(&body)?
-    };
+    let request: RestartRequest = super::parse_json_or_default(&body)?;
     let restarted = state.scheduler.restart_task(id, request.downstream).await?;
     let Json(detail) = get_task(State(state), ApiPath(restarted.task_id)).await?;
     let status = if restarted.created {

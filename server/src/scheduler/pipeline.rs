@@ -304,11 +304,10 @@ impl Scheduler {
         if step.planned == 1 {
             return Ok(Planned::Running);
         }
-        let needs = self.inner.store.needs_statuses(step_id).await?;
-        if needs.contains(&JobStatus::Running) {
+        if step.needs_running > 0 {
             return Ok(Planned::Running);
         }
-        if needs.iter().any(|s| *s != JobStatus::Succeeded) {
+        if step.needs_failed > 0 {
             let blocked = self.inner.store.block_step(step_id).await?;
             if blocked {
                 tracing::info!(job_id = step_id, step = %step.name, "a step it reads failed: blocked");

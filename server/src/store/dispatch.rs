@@ -54,12 +54,8 @@ pub(crate) struct Template {
 #[derive(Debug, sqlx::FromRow)]
 struct Rerun {
     id: i64,
-    seq: i64,
-    params: Option<String>,
-    input_hash: Option<String>,
-    input_name: Option<String>,
-    inputs: Option<JsonText<Vec<InputPart>>>,
-    seed: Option<i64>,
+    #[sqlx(flatten)]
+    task: Pending,
 }
 
 /// One task about to be created: its own parameters and input, if any.
@@ -287,17 +283,43 @@ per_backend! {
         let Some(template) = template else {
             return Ok(Dispatched::default());
         };
-        materialize_from(tx, job_id, &template, max, now).await
+        materialize_from(tx, job_id, &template, max, now, None).await
     }
 
-    /// [`materialize`] with the job's template at hand (a job created in
-    /// this transaction: no need to read it back).
+    /// Marks an unplanned step planned with `total` tasks, returning its
+    /// template; `None` if it was planned (or ended) already.
+    pub(crate) async fn plan(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        job_id: i64,
+        total: i64,
+        now: i64,
+    ) -> Result<Option<Template>, sqlx::Error> {
+        sqlx::query_as(
+            "UPDATE jobs SET planned = 1, total_tasks = $1, has_items = 1, updated_at = $2 \
+             WHERE id = $3 AND status = $4 AND planned = 0 \
+             RETURNING priority, task_kind, module_hash, limits, grants, labels, task_params, \
+             task_input_hash, task_input_name, has_items, total_tasks, dispatched, maps, reducers, shuffle, \
+             preprocess_hash, cache, reruns",
+        )
+        .bind(total)
+        .bind(now)
+        .bind(job_id)
+        .bind(Text(JobStatus::Running))
+        .fetch_optional(&mut **tx)
+        .await
+    }
+
+    /// [`materialize`] with the job's template at hand (a job created or
+    /// planned in this transaction: no need to read it back), and, when
+    /// `given`, its items too (by seq: those dispatched now need not be
+    /// stored in `job_items` first).
     pub(crate) async fn materialize_from(
         tx: &mut sqlx::Transaction<'static, Db>,
         job_id: i64,
         template: &Template,
         max: i64,
         now: i64,
+        given: Option<&[crate::store::Item]>,
     ) -> Result<Dispatched, sqlx::Error> {
         // Tasks run again go first: they wait as `pending`, in order.
         let mut reruns = Vec::new();
@@ -323,16 +345,8 @@ per_backend! {
         let mut rerun_messages: Vec<TaskMessage> = reruns
             .into_iter()
             .map(|r| {
-                let seed = r.seed.map(|s| s as u64);
-                let task = Pending {
-                    seq: r.seq,
-                    params: r.params,
-                    input_hash: r.input_hash,
-                    input_name: r.input_name,
-                    inputs: r.inputs,
-                    seed: None,
-                };
-                template.message(job_id, r.id, task, seed)
+                let seed = r.task.seed.map(|s| s as u64);
+                template.message(job_id, r.id, r.task, seed)
             })
             .collect();
         let max = max - rerun_messages.len() as i64;
@@ -344,7 +358,25 @@ per_backend! {
                 ..Dispatched::default()
             });
         }
-        let pending: Vec<Pending> = if template.has_items == 1 {
+        let pending: Vec<Pending> = if let Some(items) = given
+            && template.has_items == 1
+        {
+            let (first, last) = (usize::try_from(from).unwrap_or(0), usize::try_from(to).unwrap_or(0));
+            items
+                .get(first..last)
+                .unwrap_or_default()
+                .iter()
+                .zip(from..)
+                .map(|(item, seq)| Pending {
+                    seq,
+                    params: Some(item.params.clone()),
+                    input_hash: item.input_hash.clone(),
+                    input_name: Some(item.input_name.clone()),
+                    inputs: (!item.inputs.is_empty()).then(|| JsonText(item.inputs.clone())),
+                    seed: item.seed,
+                })
+                .collect()
+        } else if template.has_items == 1 {
             let pending = sqlx::query_as(
                 "SELECT seq, params, input_hash, input_name, inputs, seed FROM job_items \
                  WHERE job_id = $1 AND seq >= $2 AND seq < $3 ORDER BY seq",

@@ -142,11 +142,13 @@ per_backend! {
         .try_get(0)
     }
 
-    /// Stores each task's own parameters and input until its turn.
+    /// Stores each task's own parameters and input until its turn; the
+    /// first of `items` is task `first_seq`.
     pub(crate) async fn insert_items(
         tx: &mut sqlx::Transaction<'static, Db>,
         job_id: i64,
         items: &[Item],
+        first_seq: i64,
     ) -> Result<(), sqlx::Error> {
         for (chunk_index, chunk) in items.chunks(INSERT_CHUNK).enumerate() {
             let mut insert = QueryBuilder::new(
@@ -154,7 +156,7 @@ per_backend! {
             );
             insert.push_values(chunk.iter().enumerate(), |mut row, (i, item)| {
                 row.push_bind(job_id)
-                    .push_bind((chunk_index * INSERT_CHUNK + i) as i64)
+                    .push_bind(first_seq + (chunk_index * INSERT_CHUNK + i) as i64)
                     .push_bind(item.params.clone())
                     .push_bind(item.input_hash.clone())
                     .push_bind(safe_text(&item.input_name, 1024))
@@ -214,10 +216,12 @@ impl Store {
         let created = on_pool!(self, pool, db => {
             let mut tx = db::begin(pool).await?;
             let job_id = db::jobs::insert_job(&mut tx, job, now).await?;
-            db::jobs::insert_items(&mut tx, job_id, &job.items).await?;
+            // Items dispatched now go straight to tasks; the rest wait.
+            let now_items = usize::try_from(dispatch_now).unwrap_or(0).min(job.items.len());
+            db::jobs::insert_items(&mut tx, job_id, &job.items[now_items..], now_items as i64).await?;
             let mut dispatched = if dispatch_now > 0 {
                 let template = super::dispatch::Template::of_new(job);
-                db::dispatch::materialize_from(&mut tx, job_id, &template, dispatch_now, now).await?
+                db::dispatch::materialize_from(&mut tx, job_id, &template, dispatch_now, now, Some(&job.items)).await?
             } else {
                 super::dispatch::Dispatched::default()
             };
@@ -503,32 +507,24 @@ impl Store {
         let now = now_ms();
         let expired = on_pool!(self, pool, db => {
             let mut tx = db::begin(pool).await?;
-            let tasks = sqlx::query(
-                "UPDATE tasks SET state = $1, reason = $2, error = $3, finished_at = $4 \
-                 WHERE job_id = $5 AND state = $6",
-            )
-            .bind(Text(TaskState::Failed))
-            .bind(Text(Reason::QueueTimeout))
-            .bind(safe_text(error, MAX_NOTE_BYTES))
-            .bind(now)
-            .bind(job_id)
-            .bind(Text(TaskState::Queued))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected() as i64;
-            let reruns = sqlx::query(
-                "UPDATE tasks SET state = $1, reason = $2, error = $3, finished_at = $4 \
-                 WHERE job_id = $5 AND state = $6",
-            )
-            .bind(Text(TaskState::Failed))
-            .bind(Text(Reason::QueueTimeout))
-            .bind(safe_text(error, MAX_NOTE_BYTES))
-            .bind(now)
-            .bind(job_id)
-            .bind(Text(TaskState::Pending))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected() as i64;
+            // Queued tasks, and runs again still pending, fail alike.
+            let mut failed = [0_i64; 2];
+            for (n, state) in failed.iter_mut().zip([TaskState::Queued, TaskState::Pending]) {
+                *n = sqlx::query(
+                    "UPDATE tasks SET state = $1, reason = $2, error = $3, finished_at = $4 \
+                     WHERE job_id = $5 AND state = $6",
+                )
+                .bind(Text(TaskState::Failed))
+                .bind(Text(Reason::QueueTimeout))
+                .bind(safe_text(error, MAX_NOTE_BYTES))
+                .bind(now)
+                .bind(job_id)
+                .bind(Text(state))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected() as i64;
+            }
+            let [tasks, reruns] = failed;
             sqlx::query(
                 "UPDATE jobs SET failed = failed + $1 + total_tasks - dispatched, dispatched = total_tasks, \
                  reruns = 0, updated_at = $2 WHERE id = $3 AND status = $4",

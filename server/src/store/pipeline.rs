@@ -91,6 +91,11 @@ pub struct StepRow {
     pub spec: StepSpec,
     /// Its tasks' parameters.
     pub task_params: String,
+    /// Of the steps it reads: how many still run, and how many ended
+    /// other than succeeded.
+    pub needs_running: i64,
+    /// See `needs_running`.
+    pub needs_failed: i64,
 }
 
 /// One successful task's output, where it is.
@@ -183,11 +188,17 @@ impl Store {
     /// A step, as the planner reads it; `None` if the job is no step.
     pub async fn step(&self, id: i64) -> Result<Option<StepRow>, StoreError> {
         let row = on_pool!(self, pool => sqlx::query(
-            "SELECT id, parent_id, step, status, planned, step_spec, task_params FROM jobs \
-             WHERE id = $1 AND kind = $2",
+            "SELECT j.id, j.parent_id, j.step, j.status, j.planned, j.step_spec, j.task_params, \
+             (SELECT COUNT(*) FROM job_deps d JOIN jobs n ON n.id = d.needs_id \
+              WHERE d.job_id = j.id AND n.status = $3), \
+             (SELECT COUNT(*) FROM job_deps d JOIN jobs n ON n.id = d.needs_id \
+              WHERE d.job_id = j.id AND n.status NOT IN ($3, $4)) \
+             FROM jobs j WHERE j.id = $1 AND j.kind = $2",
         )
         .bind(id)
         .bind(Text(JobKind::Step))
+        .bind(Text(JobStatus::Running))
+        .bind(Text(JobStatus::Succeeded))
         .fetch_optional(pool)
         .await?
         .map(|r| Ok::<_, sqlx::Error>(StepRow {
@@ -198,23 +209,11 @@ impl Store {
             planned: r.try_get(4)?,
             spec: r.try_get::<Option<JsonText<StepSpec>>, _>(5)?.map(|s| s.0).unwrap_or_default(),
             task_params: r.try_get(6)?,
+            needs_running: r.try_get(7)?,
+            needs_failed: r.try_get(8)?,
         }))
         .transpose()?);
         Ok(row)
-    }
-
-    /// The statuses of the steps a step reads.
-    pub async fn needs_statuses(&self, id: i64) -> Result<Vec<JobStatus>, StoreError> {
-        let rows = on_pool!(self, pool => sqlx::query(
-            "SELECT j.status FROM job_deps d JOIN jobs j ON j.id = d.needs_id WHERE d.job_id = $1",
-        )
-        .bind(id)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|r| r.try_get::<Text<JobStatus>, _>(0).map(|s| s.0))
-        .collect::<Result<Vec<_>, _>>()?);
-        Ok(rows)
     }
 
     /// The steps that read this one.
@@ -291,27 +290,24 @@ impl Store {
         let now = now_ms();
         let planned = on_pool!(self, pool, db => {
             let mut tx = db::begin(pool).await?;
-            let changed = sqlx::query(
-                "UPDATE jobs SET planned = 1, total_tasks = $1, has_items = 1, updated_at = $2 \
-                 WHERE id = $3 AND status = $4 AND planned = 0",
-            )
-            .bind(items.len() as i64)
-            .bind(now)
-            .bind(id)
-            .bind(Text(JobStatus::Running))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if changed != 1 {
-                tx.rollback().await?;
-                None
-            } else {
-                db::jobs::insert_items(&mut tx, id, items).await?;
-                let dispatched = db::dispatch::materialize(&mut tx, id, dispatch_now, now).await?;
-                let ended = dispatched.ended || (items.is_empty()
-                    && db::jobs::finish_if_done(&mut tx, id, now).await?);
-                tx.commit().await?;
-                Some((dispatched.messages, ended))
+            match db::dispatch::plan(&mut tx, id, items.len() as i64, now).await? {
+                None => {
+                    tx.rollback().await?;
+                    None
+                }
+                Some(template) => {
+                    // Tasks dispatched now are made from `items` at once.
+                    let now_items = usize::try_from(dispatch_now).unwrap_or(0).min(items.len());
+                    db::jobs::insert_items(&mut tx, id, &items[now_items..], now_items as i64).await?;
+                    let dispatched = db::dispatch::materialize_from(
+                        &mut tx, id, &template, dispatch_now, now, Some(items),
+                    )
+                    .await?;
+                    let ended = dispatched.ended || (items.is_empty()
+                        && db::jobs::finish_if_done(&mut tx, id, now).await?);
+                    tx.commit().await?;
+                    Some((dispatched.messages, ended))
+                }
             }
         });
         Ok(planned)
