@@ -499,6 +499,18 @@ async fn suite(database: Option<String>) {
         client.get(&format!("/v1/tasks/{task}")).await.json()["attempts"][0]["state"],
         "succeeded"
     );
+    // The same call again is answered from the result cache: its task
+    // never ran.
+    let again = client
+        .post_json(
+            "/v1/run",
+            json!({"module_base64": b64.encode(&noop), "input": "echo me"}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text());
+    assert_eq!(again.body, b"echo me");
+    let cached = client.get("/v1/jobs?limit=1").await.json()["items"][0].clone();
+    assert_eq!(cached["tasks"]["cached"], 1, "{cached}");
     let panic = std::fs::read(guests::HOSTILE_PANIC).unwrap();
     let failed = client
         .post_json("/v1/run", json!({"module_base64": b64.encode(&panic)}))
