@@ -212,6 +212,17 @@ async fn get(http: &reqwest::Client, base: &str, path: &str) -> Value {
         .unwrap()
 }
 
+/// A response body as text.
+async fn text(http: &reqwest::Client, base: &str, path: &str) -> String {
+    http.get(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Polls the job until it ends.
 async fn finish(http: &reqwest::Client, base: &str, id: i64) -> Value {
     let deadline = Instant::now() + LIMIT;
@@ -230,13 +241,7 @@ async fn step_output(http: &reqwest::Client, base: &str, step: &Value) -> String
     let tasks = get(http, base, &format!("/v1/jobs/{}/tasks", step["job_id"])).await;
     let items = tasks["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{tasks}");
-    http.get(format!("{base}/v1/tasks/{}/output", items[0]["id"]))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    text(http, base, &format!("/v1/tasks/{}/output", items[0]["id"])).await
 }
 
 fn step<'a>(graph: &'a Value, name: &str) -> &'a Value {
@@ -491,14 +496,7 @@ async fn tasks_of(http: &reqwest::Client, base: &str, job: &Value) -> Vec<(i64, 
     let mut out = Vec::new();
     for task in tasks["items"].as_array().unwrap() {
         let id = task["id"].as_i64().unwrap();
-        let output = http
-            .get(format!("{base}/v1/tasks/{id}/output"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let output = text(http, base, &format!("/v1/tasks/{id}/output")).await;
         out.push((id, task["state"].as_str().unwrap().to_owned(), output));
     }
     out
@@ -534,14 +532,7 @@ fn a_pipeline_submitted_again_takes_its_cached_outputs_unless_told_not_to() {
         for (task, state, _) in tasks_of(http, base, step(&graph, "score")).await {
             assert_eq!(state, "cached");
             // Zero executions: no attempt, so no log.
-            let logs = http
-                .get(format!("{base}/v1/tasks/{task}/logs"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let logs = text(http, base, &format!("/v1/tasks/{task}/logs")).await;
             assert_eq!(logs, "", "task {task}");
         }
 
