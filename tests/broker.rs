@@ -33,6 +33,7 @@ fn task(id: i64, attempt: i64, labels: &str) -> TaskMessage {
         shuffle: None,
         inputs: Vec::new(),
         preprocess: None,
+        output_blob: false,
         delivered: 1,
     }
 }

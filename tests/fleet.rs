@@ -441,6 +441,7 @@ fn a_task_delivered_twice_keeps_one_result() {
             shuffle: None,
             inputs: Vec::new(),
             preprocess: None,
+            output_blob: false,
             delivered: 1,
         };
         let client = async_nats::connect(fleet.nats.url()).await.unwrap();

@@ -55,6 +55,7 @@ fn pipeline(dir: &Path, name: &str, steps: &str) -> PathBuf {
         .replace("NORMALIZE", guests::NORMALIZE)
         .replace("SCORE", guests::SCORE)
         .replace("TOTAL", guests::TOTAL)
+        .replace("WORDCOUNT", guests::WORDCOUNT)
         .replace("NOOP", guests::NOOP);
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
@@ -258,6 +259,193 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// The only task of a step, as the API shows it.
+async fn only_task(http: &reqwest::Client, base: &str, step: &Value) -> Value {
+    let tasks = get(http, base, &format!("/v1/jobs/{}/tasks", step["job_id"])).await;
+    let items = tasks["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{tasks}");
+    items[0].clone()
+}
+
+#[test]
+fn a_chain_of_one_task_steps_is_planned_as_each_step_is_recorded() {
+    runtime().block_on(async {
+        let dev = Dev::start().await;
+        let state = tempfile::tempdir().unwrap();
+        chain_is_followed(&dev.http, &dev.base, state.path()).await;
+    });
+}
+
+/// Runs a chain of three one-task steps: each step's task is created by
+/// the transaction that recorded the step before (same time), reading its
+/// output whole from the blob store.
+async fn chain_is_followed(http: &reqwest::Client, base: &str, state: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let steps = r#"
+[[step]]
+name = "parse"
+module = "CSV2JSON"
+kind = "preprocess"
+input = "sales.csv"
+[[step]]
+name = "clean"
+module = "NORMALIZE"
+kind = "preprocess"
+inputs = ["step:parse"]
+[[step]]
+name = "again"
+module = "NORMALIZE"
+kind = "preprocess"
+inputs = ["step:clean"]
+"#;
+    let file = pipeline(dir.path(), "chain", steps);
+    let id = submit(state, base, &file, &["--no-cache"]);
+    let job = finish(http, base, id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let graph = get(http, base, &format!("/v1/jobs/{id}/graph")).await;
+    let mut outputs = Vec::new();
+    let mut last: Option<Value> = None;
+    for name in ["parse", "clean", "again"] {
+        let task = only_task(http, base, step(&graph, name)).await;
+        let output = text(http, base, &format!("/v1/tasks/{}/output", task["id"])).await;
+        assert!(output.contains("\"region\""), "{name}: {output}");
+        if let Some(before) = &last {
+            // Created by the transaction that recorded the step before.
+            assert_eq!(
+                task["created_at"], before["finished_at"],
+                "{name}: {task} after {before}"
+            );
+            // It reads that step's output whole, from the blob store.
+            let call = get(http, base, &format!("/v1/tasks/{}/call", task["id"])).await;
+            let inputs = call["inputs"].as_array().unwrap();
+            assert_eq!(inputs.len(), 1, "{call}");
+            assert_eq!(inputs[0]["offset"], 0, "{call}");
+            assert_eq!(inputs[0]["len"], Value::Null, "{call}");
+            let blob = inputs[0]["blob"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("sha256:");
+            assert_eq!(
+                &text(http, base, &format!("/v1/blobs/{blob}")).await,
+                outputs.last().unwrap(),
+                "{name}"
+            );
+        }
+        outputs.push(output);
+        last = Some(task);
+    }
+    // Normalizing twice changes nothing.
+    assert_eq!(outputs[1], outputs[2]);
+}
+
+/// Words as the wordcount guest cuts them: runs of letters.
+fn count_words(text: &str, counts: &mut std::collections::BTreeMap<String, u64>) {
+    for word in text
+        .split(|c: char| !c.is_alphabetic())
+        .filter(|w| !w.is_empty())
+    {
+        *counts.entry(word.to_owned()).or_default() += 1;
+    }
+}
+
+#[test]
+fn a_map_reduce_step_maps_each_output_it_reads_and_its_reduces_feed_the_next() {
+    runtime().block_on(async {
+        let dev = Dev::start().await;
+        let state = tempfile::tempdir().unwrap();
+        map_reduce_step(&dev.http, &dev.base, state.path()).await;
+    });
+}
+
+/// A pipeline with a map-reduce step over a step's output and a file:
+/// one map each, two reduces, their counts the words of what it read;
+/// the step after it reads the reduces' outputs. A map-reduce step
+/// without inputs is refused.
+async fn map_reduce_step(http: &reqwest::Client, base: &str, state: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/corpus/gettysburg.txt");
+    std::fs::copy(&corpus, dir.path().join("gettysburg.txt")).unwrap();
+    let steps = r#"
+[[step]]
+name = "parse"
+module = "CSV2JSON"
+kind = "preprocess"
+input = "sales.csv"
+[[step]]
+name = "count"
+module = "WORDCOUNT"
+inputs = ["step:parse", "gettysburg.txt"]
+mapreduce = { reducers = 2 }
+[[step]]
+name = "after"
+module = "NOOP"
+inputs = ["step:count"]
+"#;
+    let file = pipeline(dir.path(), "words", steps);
+    let id = submit(state, base, &file, &[]);
+    let job = finish(http, base, id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let graph = get(http, base, &format!("/v1/jobs/{id}/graph")).await;
+    let count = step(&graph, "count");
+    // Two maps (parse's output, the file), two reduces.
+    assert_eq!(count["tasks"]["total"], 4, "{graph}");
+    assert_eq!(count["tasks"]["succeeded"], 4, "{graph}");
+    let detail = get(http, base, &format!("/v1/jobs/{}", count["job_id"])).await;
+    assert_eq!(detail["mapreduce"]["maps"]["total"], 2, "{detail}");
+    assert_eq!(detail["mapreduce"]["reduces"]["total"], 2, "{detail}");
+    // The words of what it read, counted here.
+    let parse = only_task(http, base, step(&graph, "parse")).await;
+    let parsed = text(http, base, &format!("/v1/tasks/{}/output", parse["id"])).await;
+    let mut expected = std::collections::BTreeMap::new();
+    count_words(&parsed, &mut expected);
+    count_words(&std::fs::read_to_string(&corpus).unwrap(), &mut expected);
+    let mut counted = std::collections::BTreeMap::new();
+    let tasks = tasks_of(http, base, count).await;
+    for (_, _, output) in &tasks[2..] {
+        for line in output.lines() {
+            let (word, n) = line.split_once(' ').unwrap();
+            assert!(
+                counted
+                    .insert(word.to_owned(), n.parse::<u64>().unwrap())
+                    .is_none(),
+                "{word} twice"
+            );
+        }
+    }
+    assert_eq!(counted, expected);
+    // The step after it reads the two reduces' outputs, not the maps'.
+    let after = only_task(http, base, step(&graph, "after")).await;
+    let call = get(http, base, &format!("/v1/tasks/{}/call", after["id"])).await;
+    let mut read = String::new();
+    for part in call["inputs"].as_array().unwrap() {
+        let blob = part["blob"].as_str().unwrap().trim_start_matches("sha256:");
+        let bytes = text(http, base, &format!("/v1/blobs/{blob}")).await;
+        let offset = part["offset"].as_u64().unwrap() as usize;
+        let len = part["len"]
+            .as_u64()
+            .map_or(bytes.len() - offset, |l| l as usize);
+        read.push_str(&bytes[offset..offset + len]);
+    }
+    let reduced: String = tasks[2..].iter().map(|(_, _, o)| o.as_str()).collect();
+    assert_eq!(read, reduced);
+    // A map-reduce step that fans out by line, or has no input, is refused.
+    let bad = pipeline(
+        dir.path(),
+        "bad",
+        "[[step]]\nname = \"count\"\nmodule = \"WORDCOUNT\"\nmapreduce = { reducers = 1 }\n",
+    );
+    let out = support::output_within(
+        sandmill(state).args(["--server", base, "submit", bad.to_str().unwrap()]),
+        LIMIT,
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("step.count.inputs") && stderr.contains("needs inputs"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -465,6 +653,8 @@ fn the_example_pipeline_runs_on_a_fleet() {
         let job = finish(&http, &base, id).await;
         assert_eq!(job["status"], "succeeded", "{job}");
         ran_once(&http, &base, id).await;
+        chain_is_followed(&http, &base, state.path()).await;
+        map_reduce_step(&http, &base, state.path()).await;
         drop(pg);
     });
 }

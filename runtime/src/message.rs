@@ -102,6 +102,11 @@ pub struct TaskMessage {
     /// sees (a pipeline step's preprocessor), by its sha256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preprocess: Option<String>,
+    /// Store a non-empty output in the blob store whatever its size: a
+    /// later pipeline step reads it as it is, so its tasks can be created
+    /// in the very transaction that records this one.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub output_blob: bool,
     /// How many times the broker has delivered this message, counting this
     /// delivery (set on fetch; not part of the message).
     #[serde(skip, default = "first_delivery")]
@@ -119,6 +124,10 @@ pub struct InputPart {
     /// How long it is; `None`: to the blob's end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub len: Option<u64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero(n: &u64) -> bool {

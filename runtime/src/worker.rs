@@ -760,13 +760,16 @@ impl Worker {
                     }
                 };
                 result.verdict = Verdict::Succeeded;
-                result.output = Some(if bytes.len() <= INLINE_OUTPUT_BYTES {
-                    OutputRef::Inline(bytes)
-                } else {
-                    let size = bytes.len() as u64;
-                    let hash = patiently(drain, || self.blobs.put(&bytes)).await?;
-                    OutputRef::Blob { hash, size }
-                });
+                result.output = Some(
+                    if bytes.len() <= INLINE_OUTPUT_BYTES && (!task.output_blob || bytes.is_empty())
+                    {
+                        OutputRef::Inline(bytes)
+                    } else {
+                        let size = bytes.len() as u64;
+                        let hash = patiently(drain, || self.blobs.put(&bytes)).await?;
+                        OutputRef::Blob { hash, size }
+                    },
+                );
             }
             Err(error) => {
                 fail(&mut result, &error);

@@ -3,9 +3,10 @@
 //! in-process broker, two worker threads) of a chain of 1,000 `noop`
 //! steps, each reading the one before, next to one of a 1,000-task `count`
 //! sweep of the same module, in the same run: milliseconds per step and
-//! per task, job accepted to job ended (as `run` reports it). A chain's
-//! steps run one at a time (each waits for the last to be recorded and
-//! its reader planned); a sweep's tasks run two at a time.
+//! per task, job accepted to job ended (as `run` reports it: after the
+//! modules are uploaded). A chain's steps run one at a time (each step's
+//! task is created in the transaction that records the step before); a
+//! sweep's tasks run two at a time.
 //!
 //! Under `cargo test` (no `--bench`) it runs 20 of each as a smoke test.
 

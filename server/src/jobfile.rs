@@ -127,6 +127,29 @@ pub struct StepSection {
     /// The step's labels (default: the job's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
+    /// Run the step as a map-reduce: every output it reads (and every
+    /// input it names) is one map's split, then its reduces run; the
+    /// step's outputs are the reduces' (the maps' with `reducers = 0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapreduce: Option<StepMapReduce>,
+}
+
+/// `mapreduce = { reducers = 2 }` in a step: the shape of its map-reduce
+/// (its module exports map, and reduce unless `reducers = 0`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepMapReduce {
+    /// Reduce tasks, one per partition (default 1); 0: map-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reducers: Option<u32>,
+    /// Run the module's combine over each map's output before the shuffle
+    /// (default: if the module exports one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub combine: Option<bool>,
+    /// Map output held in memory before it is spilled as sorted runs,
+    /// e.g. `32MiB` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer: Option<String>,
 }
 
 /// `retries = { count = 3, backoff = "2s" }`.
@@ -686,6 +709,34 @@ impl JobFile {
                     ));
                 }
             };
+            if step.mapreduce.is_some() {
+                if fan.is_some() {
+                    return Err(Invalid::field(
+                        at("for_each"),
+                        "a map-reduce step's maps are its inputs' outputs: it does not fan out by line",
+                    ));
+                }
+                if step.preprocess.is_some() {
+                    return Err(Invalid::field(
+                        at("preprocess"),
+                        "a map-reduce step takes no preprocessor",
+                    ));
+                }
+                if let Some(kind) = step.kind.as_deref()
+                    && kind != "map"
+                {
+                    return Err(Invalid::field(
+                        at("kind"),
+                        format!("a map-reduce step runs map (and reduce), not {kind}"),
+                    ));
+                }
+                if list.is_empty() {
+                    return Err(Invalid::field(
+                        at("inputs"),
+                        "a map-reduce step needs inputs: each output it reads is a map's split",
+                    ));
+                }
+            }
             if fan.is_some() && list.is_empty() {
                 return Err(Invalid::field(
                     at("for_each"),
@@ -780,8 +831,9 @@ impl JobFile {
     }
 
     /// Step `i` as a job of its own: one `[task]` of its module, kind and
-    /// parameters, with its limits, grants and labels (the job's where it
-    /// has none of its own) and its retries as attempts.
+    /// parameters (a `[mapreduce]` without splits when it is one), with
+    /// its limits, grants and labels (the job's where it has none of its
+    /// own) and its retries as attempts.
     pub fn step_job(&self, i: usize) -> JobFile {
         let step = &self.steps[i];
         JobFile {
@@ -792,7 +844,7 @@ impl JobFile {
                 .as_ref()
                 .map(|r| r.count + 1)
                 .or(self.max_attempts),
-            task: Some(TaskSection {
+            task: step.mapreduce.is_none().then(|| TaskSection {
                 module: step.module.clone(),
                 kind: step.kind.clone(),
                 input: None,
@@ -800,7 +852,17 @@ impl JobFile {
                 params: step.params.clone(),
             }),
             sweep: None,
-            mapreduce: None,
+            mapreduce: step.mapreduce.as_ref().map(|mr| MapReduceSection {
+                module: step.module.clone(),
+                inputs: Vec::new(),
+                splits: None,
+                reducers: mr.reducers,
+                split_size: None,
+                combine: mr.combine,
+                buffer: mr.buffer.clone(),
+                speculation: Some(false),
+                params: step.params.clone(),
+            }),
             limits: step.limits.clone().unwrap_or_else(|| self.limits.clone()),
             grants: step.grants.clone().unwrap_or_else(|| self.grants.clone()),
             labels: step.labels.clone().unwrap_or_else(|| self.labels.clone()),

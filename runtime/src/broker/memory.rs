@@ -345,6 +345,7 @@ mod tests {
             shuffle: None,
             inputs: Vec::new(),
             preprocess: None,
+            output_blob: false,
             delivered: 1,
         }
     }

@@ -160,7 +160,7 @@ pub async fn job_graph(
             status: step.status(),
             kind: step.task_kind.0,
             module: format!("sha256:{}", step.module_hash),
-            planned: step.planned == 1,
+            planned: step.planned == 1 || step.maps.is_some(),
             tasks: view.tasks,
         });
     }

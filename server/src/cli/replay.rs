@@ -98,6 +98,7 @@ fn message(call: &CallView) -> anyhow::Result<TaskMessage> {
             })
             .collect(),
         preprocess: call.preprocess.as_deref().map(|p| hash_of(p).to_owned()),
+        output_blob: false,
         delivered: 1,
     })
 }

@@ -85,11 +85,12 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_job(scheduler: &Scheduler, args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
     let mut job = resolve(&args.job, &args.input, &Local(scheduler)).await?;
     if args.no_cache {
         job.cache = Some(false);
     }
+    // The job's own time: accepted (its modules and inputs are in) to ended.
+    let started = Instant::now();
     let job_id = scheduler.submit(&job).await?;
     let job = scheduler
         .wait(job_id, Duration::from_secs(u64::MAX / 4))

@@ -121,6 +121,7 @@ impl Scheduler {
             shuffle: None,
             inputs: Vec::new(),
             preprocess: None,
+            output_blob: false,
             delivered: 1,
         };
         let handle = tokio::runtime::Handle::current();

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use sandmill_runtime::shuffle::{MapOutput, ReduceInput};
 
 use super::{Scheduler, SchedulerError};
-use crate::model::{JobKind, JobStatus};
+use crate::model::JobStatus;
 use crate::store::Item;
 use crate::store::RunningTask;
 
@@ -68,10 +68,7 @@ impl Scheduler {
         let Some(job) = self.inner.store.job(job_id).await? else {
             return Ok(());
         };
-        if job.kind.0 != JobKind::MapReduce
-            || job.status() != JobStatus::Running
-            || job.planned == 1
-        {
+        if job.maps.is_none() || job.status() != JobStatus::Running || job.planned == 1 {
             return Ok(());
         }
         let maps = job.maps.unwrap_or(0);
@@ -135,6 +132,9 @@ impl Scheduler {
                 self.inner.finished.send_modify(|n| *n += 1);
                 self.inner.dispatch.notify_one();
                 self.forget(job_id).await;
+                // A map-reduce step: what reads it is blocked.
+                let scheduler = self.clone();
+                tokio::spawn(async move { scheduler.job_ended(job_id).await });
             }
             // It ended meanwhile.
             Ok(Err(_)) => {}

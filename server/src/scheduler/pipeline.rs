@@ -17,7 +17,9 @@ use crate::jobfile::{
     DEFAULT_MAX_ATTEMPTS, ForEach, Graph, Invalid, JobFile, StepInput, parse_duration,
 };
 use crate::model::{JobKind, JobStatus};
-use crate::store::{DraftInput, Item, NewJob, NewStep, SpecInput, StepRow};
+use crate::store::{
+    DraftInput, FOLLOW_OUTPUTS, Item, NewJob, NewStep, PAUSE_BEFORE_PLANNING, SpecInput, StepRow,
+};
 
 /// Outputs read per page while gathering a step's inputs.
 const OUTPUT_PAGE: i64 = 512;
@@ -33,16 +35,11 @@ const LINE_PACK_BYTES: usize = INLINE_OUTPUT_BYTES;
 /// Steps or pipelines looked at per round of the watcher's scan.
 const SCAN_PAGE: i64 = 100;
 
-/// Fault injection for crash tests: when this variable is set, the first
-/// step to succeed is left unfollowed (its readers are not planned, by
-/// the recorder's hook or the watcher) and a line saying so goes to
-/// stderr, so that a test can kill the server in that very window.
-const PAUSE_BEFORE_PLANNING: &str = "SANDMILL_FAULT_PAUSE_BEFORE_PLANNING";
-
 /// Set once the fault above has been hit: nothing is planned any more.
 static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Whether planning stops here (see [`PAUSE_BEFORE_PLANNING`]).
+/// Whether planning stops here (see
+/// [`PAUSE_BEFORE_PLANNING`](crate::store::PAUSE_BEFORE_PLANNING)).
 fn pause_before_planning(step: &StepRow) -> bool {
     if PAUSED.load(Ordering::Relaxed) {
         return true;
@@ -89,6 +86,10 @@ impl Scheduler {
             let task_params = own
                 .task_params(max_params)
                 .map_err(|e| e.within_step(&step.name))?;
+            let mapreduce = self
+                .shuffle(&own, &resolved.module_hash)
+                .await
+                .map_err(|e| within(&step.name, e))?;
             let preprocess = match &step.preprocess {
                 None => None,
                 Some(module) => {
@@ -165,7 +166,7 @@ impl Scheduler {
                     max_attempts: i64::from(own.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS)),
                     queue_timeout_ms: i64::try_from(own.queue_timeout()?.as_millis())
                         .unwrap_or(i64::MAX),
-                    mapreduce: None,
+                    mapreduce,
                     cache: job.cache.unwrap_or(true),
                     resubmit_of: None,
                 },
@@ -336,7 +337,12 @@ impl Scheduler {
         let Some((messages, ended)) = self
             .inner
             .store
-            .plan_step(step_id, &items, SMALL_JOB)
+            .plan_step(
+                step_id,
+                &items,
+                SMALL_JOB,
+                total <= FOLLOW_OUTPUTS && step.readers > 0 && !step.mapreduce,
+            )
             .await?
         else {
             return Ok(Planned::Nothing);
@@ -361,6 +367,11 @@ impl Scheduler {
     /// many).
     async fn gather(&self, step: &StepRow) -> Result<Result<Vec<Item>, String>, SchedulerError> {
         let mut sink = match step.spec.for_each {
+            None if step.mapreduce => Sink::Splits {
+                packer: Packer::new(PACK_BYTES),
+                names: Vec::new(),
+                items: Vec::new(),
+            },
             None => Sink::Whole(Packer::new(PACK_BYTES)),
             Some(ForEach::Line) => Sink::Lines {
                 packer: Packer::new(LINE_PACK_BYTES),
@@ -411,7 +422,7 @@ impl Scheduler {
                     }
                 }
             }
-            if let Sink::Lines { items, .. } = &sink
+            if let Sink::Lines { items, .. } | Sink::Splits { items, .. } = &sink
                 && items.len() as u64 > max_tasks
             {
                 return Ok(Err(format!(
@@ -437,10 +448,15 @@ impl Scheduler {
             }
             Sink::Lines {
                 mut packer,
-                mut lines,
+                lines: mut names,
+                mut items,
+            }
+            | Sink::Splits {
+                mut packer,
+                mut names,
                 mut items,
             } => {
-                flush_lines(self, &mut packer, &mut lines, &mut items, step).await?;
+                flush_lines(self, &mut packer, &mut names, &mut items, step).await?;
                 items
             }
         };
@@ -554,6 +570,14 @@ enum Sink {
         lines: Vec<String>,
         items: Vec<Item>,
     },
+    /// A map-reduce's maps, one per output or input read: small outputs
+    /// packed, each map a slice; blobs as they are.
+    Splits {
+        packer: Packer,
+        /// Names of the outputs in the packer not stored yet.
+        names: Vec<String>,
+        items: Vec<Item>,
+    },
 }
 
 impl Sink {
@@ -591,6 +615,20 @@ impl Sink {
                     lines.push(name.to_owned());
                 }
             }
+            Sink::Splits {
+                packer,
+                names,
+                items,
+            } => {
+                if bytes.is_empty() || items.len() as u64 + names.len() as u64 > max_tasks {
+                    return Ok(());
+                }
+                if !packer.buffer.is_empty() && packer.buffer.len() + bytes.len() > packer.limit {
+                    flush_lines(scheduler, packer, names, items, step).await?;
+                }
+                packer.add(scheduler, &bytes).await?;
+                names.push(name.to_owned());
+            }
         }
         Ok(())
     }
@@ -605,6 +643,28 @@ impl Sink {
     ) -> Result<(), SchedulerError> {
         match self {
             Sink::Whole(packer) => packer.blob(scheduler, hash).await,
+            Sink::Splits {
+                packer,
+                names,
+                items,
+            } => {
+                // In order: what is packed before it comes first.
+                flush_lines(scheduler, packer, names, items, step).await?;
+                if items.len() as u64 <= max_tasks {
+                    items.push(Item {
+                        params: step.task_params.clone(),
+                        input_hash: None,
+                        input_name: name.to_owned(),
+                        inputs: vec![InputPart {
+                            hash: hash.to_owned(),
+                            offset: 0,
+                            len: None,
+                        }],
+                        seed: None,
+                    });
+                }
+                Ok(())
+            }
             Sink::Lines { .. } => {
                 let bytes = scheduler.inner.blobs.get(hash).await?.ok_or_else(|| {
                     SchedulerError::Internal(format!(

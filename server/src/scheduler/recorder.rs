@@ -95,6 +95,8 @@ impl Scheduler {
                 recorded.maps_done.extend(more.maps_done);
                 recorded.failing.extend(more.failing);
                 recorded.set_aside.extend(more.set_aside);
+                recorded.planned.extend(more.planned);
+                recorded.followed.extend(more.followed);
                 recorded.ignored += more.ignored;
                 Ok(recorded)
             }
@@ -153,7 +155,16 @@ impl Scheduler {
 
     /// What a recorded batch sets going: room in the window, retries,
     /// ended jobs, waiting callers.
-    async fn after_recording(&self, events: &[TaskEvent], recorded: Recorded) {
+    async fn after_recording(&self, events: &[TaskEvent], mut recorded: Recorded) {
+        if !recorded.planned.is_empty() {
+            // Pipeline steps planned in the recording transaction.
+            let planned = std::mem::take(&mut recorded.planned);
+            self.inner
+                .live
+                .fetch_add(planned.len() as i64, Ordering::Relaxed);
+            let scheduler = self.clone();
+            tokio::spawn(async move { scheduler.publish(planned).await });
+        }
         if !recorded.finished_tasks.is_empty() {
             self.inner
                 .live
@@ -204,6 +215,9 @@ impl Scheduler {
             self.fail_early(job_id).await;
         }
         for job_id in recorded.finished_jobs.iter().copied() {
+            if recorded.followed.contains(&job_id) {
+                continue;
+            }
             let scheduler = self.clone();
             // A pipeline's next steps: planned behind the recorder.
             tokio::spawn(async move { scheduler.job_ended(job_id).await });

@@ -191,23 +191,7 @@ impl Scheduler {
             )
             .into());
         }
-        let mapreduce = job.shuffle()?;
-        if let Some((reducers, _)) = &mapreduce
-            && *reducers > 0
-            && !self
-                .module(&resolved.module_hash)
-                .await?
-                .is_some_and(|m| m.exports.has(CallKind::Reduce))
-        {
-            return Err(Invalid::field(
-                "mapreduce.module",
-                format!(
-                    "module sha256:{} exports no reduce function; say reducers = 0 for a map-only job",
-                    resolved.module_hash
-                ),
-            )
-            .into());
-        }
+        let mapreduce = self.shuffle(job, &resolved.module_hash).await?;
         Ok(NewJob {
             name: job.name.clone(),
             kind: if job.mapreduce.is_some() {
@@ -235,6 +219,32 @@ impl Scheduler {
             cache: job.cache.unwrap_or(true),
             resubmit_of: None,
         })
+    }
+
+    /// A map-reduce job's shape, its module checked to export reduce when
+    /// it has reducers; `None` for other jobs.
+    pub(super) async fn shuffle(
+        &self,
+        job: &JobFile,
+        module_hash: &str,
+    ) -> Result<Option<(u32, crate::jobfile::ShuffleSettings)>, SchedulerError> {
+        let mapreduce = job.shuffle()?;
+        if let Some((reducers, _)) = &mapreduce
+            && *reducers > 0
+            && !self
+                .module(module_hash)
+                .await?
+                .is_some_and(|m| m.exports.has(CallKind::Reduce))
+        {
+            return Err(Invalid::field(
+                "mapreduce.module",
+                format!(
+                    "module sha256:{module_hash} exports no reduce function; say reducers = 0 for a map-only job"
+                ),
+            )
+            .into());
+        }
+        Ok(mapreduce)
     }
 
     /// The module a job names (`sha256:` or a spec), its kind, and the

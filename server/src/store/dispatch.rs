@@ -48,6 +48,10 @@ pub(crate) struct Template {
     preprocess_hash: Option<String>,
     cache: i64,
     reruns: i64,
+    /// Whether its outputs go to the blob store whatever their size (a
+    /// one-task step that others read: see [`TaskMessage::output_blob`]).
+    #[sqlx(skip)]
+    pub(crate) output_blob: bool,
 }
 
 /// A task run again, leaving `pending` for `queued`.
@@ -148,6 +152,7 @@ impl Template {
             preprocess_hash: None,
             cache: i64::from(job.cache),
             reruns: 0,
+            output_blob: false,
         }
     }
 
@@ -228,6 +233,7 @@ impl Template {
             shuffle,
             inputs: task.inputs.map(|i| i.0).unwrap_or_default(),
             preprocess: self.preprocess_hash.clone(),
+            output_blob: self.output_blob,
             delivered: 1,
         }
     }
@@ -295,8 +301,10 @@ per_backend! {
         now: i64,
     ) -> Result<Option<Template>, sqlx::Error> {
         sqlx::query_as(
-            "UPDATE jobs SET planned = 1, total_tasks = $1, has_items = 1, updated_at = $2 \
-             WHERE id = $3 AND status = $4 AND planned = 0 \
+            "UPDATE jobs SET planned = CASE WHEN shuffle IS NOT NULL AND reducers > 0 THEN 0 ELSE 1 END, \
+             maps = CASE WHEN shuffle IS NOT NULL THEN $1 ELSE maps END, \
+             total_tasks = $1, has_items = 1, updated_at = $2 \
+             WHERE id = $3 AND status = $4 AND planned = 0 AND maps IS NULL \
              RETURNING priority, task_kind, module_hash, limits, grants, labels, task_params, \
              task_input_hash, task_input_name, has_items, total_tasks, dispatched, maps, reducers, shuffle, \
              preprocess_hash, cache, reruns",

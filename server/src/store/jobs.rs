@@ -300,7 +300,7 @@ impl Store {
             // done (and cancelled, if it ended first).
             pending: job.total_tasks - job.dispatched
                 + job.reruns
-                + if job.planned == 0 && !job.status().is_final() {
+                + if job.planned != 1 && job.maps.is_some() && !job.status().is_final() {
                     job.reducers
                 } else {
                     0
@@ -308,7 +308,7 @@ impl Store {
             succeeded: job.succeeded,
             failed: job.failed,
             cancelled: job.cancelled
-                + if job.planned == 0 && job.status().is_final() {
+                + if job.planned != 1 && job.maps.is_some() && job.status().is_final() {
                     job.reducers
                 } else {
                     0

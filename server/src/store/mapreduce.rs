@@ -175,7 +175,7 @@ impl Store {
             let mut tx = db::begin(pool).await?;
             let row = sqlx::query(
                 "UPDATE jobs SET total_tasks = total_tasks + $1, planned = 1, has_items = 1, updated_at = $2 \
-                 WHERE id = $3 AND status = $4 AND kind = $5 AND planned = 0 AND succeeded = maps \
+                 WHERE id = $3 AND status = $4 AND kind IN ($5, $6) AND planned = 0 AND succeeded = maps \
                  RETURNING maps",
             )
             .bind(reduces.len() as i64)
@@ -183,6 +183,7 @@ impl Store {
             .bind(job_id)
             .bind(Text(JobStatus::Running))
             .bind(Text(JobKind::MapReduce))
+            .bind(Text(JobKind::Step))
             .fetch_optional(&mut *tx)
             .await?;
             match row {
@@ -217,12 +218,13 @@ impl Store {
     /// are not planned (after a restart, or a planning that failed).
     pub async fn unplanned_jobs(&self, limit: i64) -> Result<Vec<i64>, StoreError> {
         let ids = on_pool!(self, pool => sqlx::query(
-            "SELECT id FROM jobs WHERE status = $1 AND kind = $2 AND planned = 0 AND succeeded = maps \
+            "SELECT id FROM jobs WHERE status = $1 AND kind IN ($2, $4) AND planned = 0 AND succeeded = maps \
              ORDER BY id LIMIT $3",
         )
         .bind(Text(JobStatus::Running))
         .bind(Text(JobKind::MapReduce))
         .bind(limit)
+        .bind(Text(JobKind::Step))
         .fetch_all(pool)
         .await?
         .into_iter()
@@ -237,7 +239,7 @@ impl Store {
         &self,
         job: &super::JobRow,
     ) -> Result<Option<[PhaseCounts; 2]>, StoreError> {
-        if job.kind.0 != JobKind::MapReduce {
+        if job.maps.is_none() {
             return Ok(None);
         }
         Ok(Some(self.phase_counts(job).await?))

@@ -49,7 +49,10 @@ use sqlx::sqlite::{
 pub use catalog::NewSpec;
 pub use jobs::{CancelRefused, Expired, Item, NewJob};
 pub use mapreduce::{MapResult, PhaseCounts, RunningTask};
-pub use pipeline::{DraftInput, NewStep, SpecInput, StepOutput, StepRow, StepSpec};
+pub use pipeline::{
+    DraftInput, FOLLOW_OUTPUTS, NewStep, PAUSE_BEFORE_PLANNING, SpecInput, StepOutput, StepRow,
+    StepSpec,
+};
 pub use record::Recorded;
 pub use restart::{RestartRefused, Restarted, Retried};
 pub use rows::*;
@@ -235,6 +238,7 @@ pub(crate) mod backend {
     pub(crate) mod sqlite {
         pub(crate) use crate::store::dispatch::sqlite as dispatch;
         pub(crate) use crate::store::jobs::sqlite as jobs;
+        pub(crate) use crate::store::pipeline::sqlite as pipeline;
         pub(crate) use crate::store::record::sqlite as record;
         pub(crate) use crate::store::restart::sqlite as restart;
 
@@ -252,6 +256,7 @@ pub(crate) mod backend {
     pub(crate) mod postgres {
         pub(crate) use crate::store::dispatch::postgres as dispatch;
         pub(crate) use crate::store::jobs::postgres as jobs;
+        pub(crate) use crate::store::pipeline::postgres as pipeline;
         pub(crate) use crate::store::record::postgres as record;
         pub(crate) use crate::store::restart::postgres as restart;
 

@@ -4,14 +4,173 @@
 //! [`Store::block_step`] ends it when a step it reads failed, and
 //! [`Store::end_pipeline_if_done`] ends the pipeline when every step has.
 
-use sandmill_runtime::message::TaskMessage;
+use sandmill_runtime::message::{InputPart, TaskMessage};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row};
 
 use super::types::{JsonText, Text, safe_text};
-use super::{Item, JOB_COLUMNS, JobRow, NewJob, Store, StoreError, now_ms, on_pool};
+use super::{Item, JOB_COLUMNS, JobRow, NewJob, Store, StoreError, now_ms, on_pool, per_backend};
 use crate::jobfile::ForEach;
 use crate::model::{JobKind, JobStatus, TaskState};
+
+/// A step of at most this many tasks that another step reads keeps its
+/// outputs in the blob store whatever their size; a step that reads at
+/// most this many outputs, all in the blob store, and does not fan out,
+/// gets its task in the transaction that records the last of them (see
+/// [`follow`](sqlite::follow)). Others are planned right after, by the
+/// scheduler, which packs small outputs into blobs first.
+pub const FOLLOW_OUTPUTS: i64 = 16;
+
+/// Fault injection for crash tests: when this variable is set, the first
+/// step to succeed is left unfollowed (its readers are planned neither in
+/// the recording transaction nor after it) and a line saying so goes to
+/// stderr, so that a test can kill the server in that very window.
+pub const PAUSE_BEFORE_PLANNING: &str = "SANDMILL_FAULT_PAUSE_BEFORE_PLANNING";
+
+/// What following the steps that ended did inside the transaction that
+/// recorded their end.
+#[derive(Debug, Default)]
+pub struct Followed {
+    /// Messages of the tasks created, to publish.
+    pub messages: Vec<TaskMessage>,
+    /// Steps that ended whose every ready reader was planned here:
+    /// nothing is left to do after them.
+    pub done: Vec<i64>,
+    /// Steps planned here that ended at once (every task cached).
+    pub ended: Vec<i64>,
+}
+
+per_backend! {
+    /// Plans, in the recording transaction, the steps that read the jobs
+    /// that just `ended` and can start now: every step they read
+    /// succeeded, they do not fan out, and what they read is at most
+    /// [`FOLLOW_OUTPUTS`] outputs already in the blob store (one task,
+    /// reading them whole, in task order, exactly as the scheduler's
+    /// planner would).
+    pub(crate) async fn follow(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        ended: &[i64],
+        now: i64,
+    ) -> Result<Followed, sqlx::Error> {
+        let mut followed = Followed::default();
+        if ended.is_empty() || std::env::var_os(PAUSE_BEFORE_PLANNING).is_some() {
+            return Ok(followed);
+        }
+        let mut q = QueryBuilder::new(
+            "SELECT d.needs_id, j.id, j.step_spec, j.task_params, \
+             (SELECT COUNT(*) FROM job_deps r WHERE r.needs_id = j.id), j.shuffle IS NOT NULL \
+             FROM job_deps d JOIN jobs j ON j.id = d.job_id WHERE j.status = ",
+        );
+        q.push_bind(Text(JobStatus::Running))
+            .push(" AND j.planned = 0 AND j.maps IS NULL AND NOT EXISTS (SELECT 1 FROM job_deps n JOIN jobs s \
+                   ON s.id = n.needs_id WHERE n.job_id = j.id AND s.status <> ")
+            .push_bind(Text(JobStatus::Succeeded))
+            .push(") AND d.needs_id IN (");
+        let mut list = q.separated(", ");
+        for id in ended {
+            list.push_bind(*id);
+        }
+        q.push(") ORDER BY j.id");
+        let rows = q.build().fetch_all(&mut **tx).await?;
+        // Per step that ended: whether each of its ready readers was planned.
+        let mut done: std::collections::BTreeMap<i64, bool> = std::collections::BTreeMap::new();
+        let mut planned: std::collections::BTreeMap<i64, bool> = std::collections::BTreeMap::new();
+        for row in rows {
+            let needs_id: i64 = row.try_get(0)?;
+            let id: i64 = row.try_get(1)?;
+            let ok = match planned.get(&id) {
+                Some(ok) => *ok,
+                None => {
+                    let spec = row
+                        .try_get::<Option<JsonText<StepSpec>>, _>(2)?
+                        .map(|s| s.0)
+                        .unwrap_or_default();
+                    let readers: i64 = row.try_get(4)?;
+                    // A map-reduce step's splits are planned by the scheduler.
+                    if row.try_get::<bool, _>(5)? {
+                        planned.insert(id, false);
+                        *done.entry(needs_id).or_insert(true) = false;
+                        continue;
+                    }
+                    let ok = follow_one(tx, id, &spec, row.try_get(3)?, readers > 0, now, &mut followed)
+                        .await?;
+                    planned.insert(id, ok);
+                    ok
+                }
+            };
+            *done.entry(needs_id).or_insert(true) &= ok;
+        }
+        followed.done = done.into_iter().filter(|(_, ok)| *ok).map(|(id, _)| id).collect();
+        Ok(followed)
+    }
+
+    /// Plans one ready step here if it can be (see [`follow`]); returns
+    /// whether it is planned now (by this or by an earlier planning).
+    async fn follow_one(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        id: i64,
+        spec: &StepSpec,
+        params: String,
+        read: bool,
+        now: i64,
+        followed: &mut Followed,
+    ) -> Result<bool, sqlx::Error> {
+        if spec.for_each.is_some() {
+            return Ok(false);
+        }
+        let mut parts = Vec::new();
+        let mut names = Vec::new();
+        for input in &spec.inputs {
+            match input {
+                SpecInput::Blob { hash, name } => {
+                    names.push(name.clone());
+                    parts.push(InputPart { hash: hash.clone(), offset: 0, len: None });
+                }
+                SpecInput::Step { job, name } => {
+                    names.push(format!("step:{name}"));
+                    let outputs = sqlx::query(
+                        "SELECT output, output_hash FROM tasks WHERE job_id = $1 AND state IN ($2, $3) \
+                         AND replaced_by IS NULL AND seq >= (SELECT CASE WHEN reducers > 0 \
+                         THEN COALESCE(maps, 0) ELSE 0 END FROM jobs WHERE id = $1) ORDER BY seq LIMIT $4",
+                    )
+                    .bind(*job)
+                    .bind(Text(TaskState::Succeeded))
+                    .bind(Text(TaskState::Cached))
+                    .bind(FOLLOW_OUTPUTS + 1)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                    if outputs.len() as i64 > FOLLOW_OUTPUTS {
+                        return Ok(false);
+                    }
+                    for output in outputs {
+                        let inline: Option<Vec<u8>> = output.try_get(0)?;
+                        match (inline, output.try_get::<Option<String>, _>(1)?) {
+                            // Small outputs are packed into a blob first:
+                            // the scheduler's planner does that.
+                            (Some(bytes), _) if !bytes.is_empty() => return Ok(false),
+                            (_, Some(hash)) => parts.push(InputPart { hash, offset: 0, len: None }),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        let input_name = if names.is_empty() { "-".to_owned() } else { names.join(",") };
+        let Some(mut template) = db::dispatch::plan(tx, id, 1, now).await? else {
+            return Ok(true);
+        };
+        template.output_blob = read;
+        let item = Item { params, input_hash: None, input_name, inputs: parts, seed: None };
+        let dispatched =
+            db::dispatch::materialize_from(tx, id, &template, 1, now, Some(std::slice::from_ref(&item)))
+                .await?;
+        followed.messages.extend(dispatched.messages);
+        if dispatched.ended {
+            followed.ended.push(id);
+        }
+        Ok(true)
+    }
+}
 
 /// Where a step's input comes from, as stored with the step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,7 +244,7 @@ pub struct StepRow {
     pub name: String,
     /// Its status.
     pub status: JobStatus,
-    /// 1 once it has its tasks.
+    /// 1 once it has its tasks (a map-reduce step: once it has its maps).
     pub planned: i64,
     /// What it reads.
     pub spec: StepSpec,
@@ -96,6 +255,10 @@ pub struct StepRow {
     pub needs_running: i64,
     /// See `needs_running`.
     pub needs_failed: i64,
+    /// How many steps read it.
+    pub readers: i64,
+    /// Whether it is a map-reduce.
+    pub mapreduce: bool,
 }
 
 /// One successful task's output, where it is.
@@ -151,7 +314,7 @@ impl Store {
                 };
                 sqlx::query(
                     "UPDATE jobs SET parent_id = $1, step = $2, step_spec = $3, preprocess_hash = $4, \
-                     planned = 0, retry_backoff_ms = $5 WHERE id = $6",
+                     planned = 0, maps = NULL, retry_backoff_ms = $5 WHERE id = $6",
                 )
                 .bind(parent_id)
                 .bind(safe_text(&step.name, 256))
@@ -188,11 +351,12 @@ impl Store {
     /// A step, as the planner reads it; `None` if the job is no step.
     pub async fn step(&self, id: i64) -> Result<Option<StepRow>, StoreError> {
         let row = on_pool!(self, pool => sqlx::query(
-            "SELECT j.id, j.parent_id, j.step, j.status, j.planned, j.step_spec, j.task_params, \
+            "SELECT j.id, j.parent_id, j.step, j.status, CASE WHEN j.maps IS NULL THEN j.planned ELSE 1 END, j.step_spec, j.task_params, \
              (SELECT COUNT(*) FROM job_deps d JOIN jobs n ON n.id = d.needs_id \
               WHERE d.job_id = j.id AND n.status = $3), \
              (SELECT COUNT(*) FROM job_deps d JOIN jobs n ON n.id = d.needs_id \
-              WHERE d.job_id = j.id AND n.status NOT IN ($3, $4)) \
+              WHERE d.job_id = j.id AND n.status NOT IN ($3, $4)), \
+             (SELECT COUNT(*) FROM job_deps r WHERE r.needs_id = j.id), j.shuffle IS NOT NULL \
              FROM jobs j WHERE j.id = $1 AND j.kind = $2",
         )
         .bind(id)
@@ -211,6 +375,8 @@ impl Store {
             task_params: r.try_get(6)?,
             needs_running: r.try_get(7)?,
             needs_failed: r.try_get(8)?,
+            readers: r.try_get(9)?,
+            mapreduce: r.try_get(10)?,
         }))
         .transpose()?);
         Ok(row)
@@ -240,7 +406,8 @@ impl Store {
     ) -> Result<Vec<StepOutput>, StoreError> {
         let rows = on_pool!(self, pool => sqlx::query(
             "SELECT seq, output, output_hash FROM tasks WHERE job_id = $1 AND seq > $2 \
-             AND state IN ($3, $4) AND replaced_by IS NULL ORDER BY seq LIMIT $5",
+             AND state IN ($3, $4) AND replaced_by IS NULL AND seq >= (SELECT CASE WHEN reducers > 0 \
+             THEN COALESCE(maps, 0) ELSE 0 END FROM jobs WHERE id = $1) ORDER BY seq LIMIT $5",
         )
         .bind(job_id)
         .bind(after_seq)
@@ -265,7 +432,7 @@ impl Store {
         let now = now_ms();
         let changed = on_pool!(self, pool => sqlx::query(
             "UPDATE jobs SET status = $1, updated_at = $2, finished_at = $2 \
-             WHERE id = $3 AND status = $4 AND planned = 0",
+             WHERE id = $3 AND status = $4 AND planned = 0 AND maps IS NULL",
         )
         .bind(Text(JobStatus::Blocked))
         .bind(now)
@@ -280,12 +447,14 @@ impl Store {
     /// Gives an unplanned step its tasks and dispatches the first
     /// `dispatch_now`, in one transaction; `None` if it was planned (or
     /// ended) already. Returns the messages to publish and whether the
-    /// step ended (it has no task, or every task was cached).
+    /// step ended (it has no task, or every task was cached). With
+    /// `output_blob`, its tasks keep their outputs in the blob store.
     pub async fn plan_step(
         &self,
         id: i64,
         items: &[Item],
         dispatch_now: i64,
+        output_blob: bool,
     ) -> Result<Option<(Vec<TaskMessage>, bool)>, StoreError> {
         let now = now_ms();
         let planned = on_pool!(self, pool, db => {
@@ -295,7 +464,8 @@ impl Store {
                     tx.rollback().await?;
                     None
                 }
-                Some(template) => {
+                Some(mut template) => {
+                    template.output_blob = output_blob;
                     // Tasks dispatched now are made from `items` at once.
                     let now_items = usize::try_from(dispatch_now).unwrap_or(0).min(items.len());
                     db::jobs::insert_items(&mut tx, id, &items[now_items..], now_items as i64).await?;
@@ -339,7 +509,7 @@ impl Store {
     /// runs (after a restart, or a planning that failed): at most `limit`.
     pub async fn ready_steps(&self, limit: i64) -> Result<Vec<i64>, StoreError> {
         let rows = on_pool!(self, pool => sqlx::query(
-            "SELECT j.id FROM jobs j WHERE j.kind = $1 AND j.status = $2 AND j.planned = 0 \
+            "SELECT j.id FROM jobs j WHERE j.kind = $1 AND j.status = $2 AND j.planned = 0 AND j.maps IS NULL \
              AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs n ON n.id = d.needs_id \
              WHERE d.job_id = j.id AND n.status = $2) ORDER BY j.id LIMIT $3",
         )

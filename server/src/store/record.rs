@@ -9,12 +9,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use sandmill_runtime::Reason;
-use sandmill_runtime::message::{MAX_ERROR_BYTES, OutputRef, TaskEvent, TaskResult, Verdict};
+use sandmill_runtime::message::{
+    MAX_ERROR_BYTES, OutputRef, TaskEvent, TaskMessage, TaskResult, Verdict,
+};
 use sqlx::{QueryBuilder, Row};
 
 use super::types::{JsonText, Text, safe_text};
 use super::{LIVE_SQL, RECORD_CHUNK, Store, StoreError, now_ms, on_pool, per_backend};
-use crate::model::{JobKind, JobStatus, TaskState};
+use crate::model::{JobStatus, TaskState};
 
 /// What recording a batch of events changed.
 #[derive(Debug, Default)]
@@ -36,6 +38,12 @@ pub struct Recorded {
     /// Results the database refused, recorded instead as their tasks'
     /// failures (filled in by the scheduler's recorder).
     pub set_aside: Vec<TaskResult>,
+    /// Tasks of pipeline steps planned in the same transaction (their
+    /// inputs' last success is in this batch), to publish.
+    pub planned: Vec<TaskMessage>,
+    /// Steps in `finished_jobs` whose every ready reader was planned in
+    /// the transaction: the scheduler has nothing to do after them.
+    pub followed: Vec<i64>,
 }
 
 /// A batch sorted into what each part of the transaction does.
@@ -362,7 +370,8 @@ per_backend! {
             {
                 ended.push(*job_id);
             }
-            if status == JobStatus::Running && row.try_get::<Text<JobKind>, _>(2)?.0 == JobKind::MapReduce {
+            // A map-reduce job, or step (planned 0 while its reduces wait).
+            if status == JobStatus::Running && row.try_get::<Option<i64>, _>(5)?.is_some() {
                 if *failed > 0 {
                     failing.push(*job_id);
                 } else if row.try_get::<i64, _>(3)? == 0
@@ -386,7 +395,7 @@ impl Store {
             ignored: sorted.duplicates,
             ..Recorded::default()
         };
-        let (finished_tasks, retried, finished_jobs, maps_done, failing) = on_pool!(self, pool, db => {
+        let (finished_tasks, retried, finished_jobs, maps_done, failing, followed) = on_pool!(self, pool, db => {
             let mut tx = db::begin(pool).await?;
             db::record::apply_starts(&mut tx, &sorted.starts, now).await?;
             let requeued = db::record::requeue(&mut tx, &sorted.retries).await?;
@@ -462,11 +471,13 @@ impl Store {
                 }
             }
             db::record::add_counters(&mut tx, &sums).await?;
-            let (ended, maps_done, failing) = db::record::update_jobs(&mut tx, &changes, now).await?;
+            let (mut ended, maps_done, failing) = db::record::update_jobs(&mut tx, &changes, now).await?;
+            let followed = db::pipeline::follow(&mut tx, &ended, now).await?;
+            ended.extend(followed.ended.iter().copied());
             tx.commit().await?;
             let finished: Vec<i64> = applied.iter().map(|(t, _, _)| *t).collect();
             let retried: Vec<i64> = requeued.iter().filter(|(_, _, again)| *again).map(|(t, _, _)| *t).collect();
-            (finished, retried, ended, maps_done, failing)
+            (finished, retried, ended, maps_done, failing, followed)
         });
         let counted = finished_tasks.len() + retried.len();
         let results = events
@@ -479,6 +490,8 @@ impl Store {
         recorded.finished_jobs = finished_jobs;
         recorded.maps_done = maps_done;
         recorded.failing = failing;
+        recorded.planned = followed.messages;
+        recorded.followed = followed.done;
         Ok(recorded)
     }
 }

@@ -69,6 +69,7 @@ impl LiveRow {
             shuffle,
             inputs: self.inputs.map(|i| i.0).unwrap_or_default(),
             preprocess: self.preprocess_hash,
+            output_blob: false,
             delivered: 1,
         }
     }

@@ -139,7 +139,7 @@ per_backend! {
             .execute(&mut **tx)
             .await?;
         sqlx::query(
-            "UPDATE jobs SET status = $1, planned = 0, total_tasks = 0, dispatched = 0, succeeded = 0, \
+            "UPDATE jobs SET status = $1, planned = 0, maps = NULL, total_tasks = 0, dispatched = 0, succeeded = 0, \
              failed = 0, cancelled = 0, cached = 0, reruns = 0, has_items = 0, counters = '{}', \
              waiting = NULL, waiting_since = NULL, finished_at = NULL, updated_at = $2 WHERE id = $3",
         )
@@ -160,7 +160,7 @@ per_backend! {
     ) -> Result<bool, sqlx::Error> {
         let changed = sqlx::query(
             "UPDATE jobs SET status = $1, cancelled = 0, finished_at = NULL, updated_at = $2 \
-             WHERE id = $3 AND planned = 0 AND status <> $1",
+             WHERE id = $3 AND planned = 0 AND maps IS NULL AND status <> $1",
         )
         .bind(Text(JobStatus::Running))
         .bind(now)
@@ -343,7 +343,7 @@ impl Store {
             let kind = kind.unwrap_or(JobKind::Task);
             let mut retried = Retried::default();
             if kind == JobKind::Pipeline {
-                let steps = sqlx::query("SELECT id, status, planned FROM jobs WHERE parent_id = $1 ORDER BY id")
+                let steps = sqlx::query("SELECT id, status, planned, maps FROM jobs WHERE parent_id = $1 ORDER BY id")
                     .bind(job_id)
                     .fetch_all(&mut *tx)
                     .await?;
@@ -351,6 +351,9 @@ impl Store {
                     let id: i64 = step.try_get(0)?;
                     let status = step.try_get::<Text<JobStatus>, _>(1)?.0;
                     let planned: i64 = step.try_get(2)?;
+                    if status == JobStatus::Failed && step.try_get::<Option<i64>, _>(3)?.is_some() {
+                        return Ok(Err(RestartRefused::MapReduce));
+                    }
                     if planned == 0 {
                         if matches!(status, JobStatus::Blocked | JobStatus::Failed)
                             && db::restart::unblock(&mut tx, id, now).await?
