@@ -322,13 +322,32 @@ pub enum TaskEvent {
     },
     /// An attempt ended.
     Finished(TaskResult),
+    /// A running attempt's guest reported how far it is (`host.progress`):
+    /// shown live, never stored (the latest of a task is sent at most every
+    /// [`PROGRESS_EVERY`]).
+    Progress {
+        /// The task's job.
+        job_id: i64,
+        /// The task.
+        task_id: i64,
+        /// The attempt.
+        attempt: i64,
+        /// Units done, as the guest counts them.
+        done: u64,
+        /// Units in all, as the guest counts them.
+        total: u64,
+    },
 }
+
+/// How often a running task's progress is sent at most: a guest calling
+/// `host.progress` in a tight loop costs the broker nothing more.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl TaskEvent {
     /// The task this event is about.
     pub fn task_id(&self) -> i64 {
         match self {
-            TaskEvent::Started { task_id, .. } => *task_id,
+            TaskEvent::Started { task_id, .. } | TaskEvent::Progress { task_id, .. } => *task_id,
             TaskEvent::Finished(result) => result.task_id,
         }
     }
@@ -337,6 +356,7 @@ impl TaskEvent {
     pub fn weight(&self) -> usize {
         match self {
             TaskEvent::Started { worker, .. } => 64 + worker.len(),
+            TaskEvent::Progress { .. } => 64,
             TaskEvent::Finished(r) => {
                 256 + r.worker.len()
                     + r.log.len()

@@ -22,11 +22,13 @@ use crate::blob::{BlobError, BlobErrorKind, BlobStore};
 use crate::broker::{Broker, BrokerErrorKind};
 use crate::message::Shuffle;
 use crate::message::{
-    BlobRef, HEARTBEAT_EVERY, INLINE_LOG_BYTES, INLINE_OUTPUT_BYTES, OutputRef, TaskEvent,
-    TaskMessage, TaskResult, Verdict, WorkerInfo, now_ms,
+    BlobRef, HEARTBEAT_EVERY, INLINE_LOG_BYTES, INLINE_OUTPUT_BYTES, OutputRef, PROGRESS_EVERY,
+    TaskEvent, TaskMessage, TaskResult, Verdict, WorkerInfo, now_ms,
 };
 use crate::reason::Reason;
-use crate::sandbox::{Call, CallInput, CallKind, ExecError, Module, Output, Sandbox, SpillTo};
+use crate::sandbox::{
+    Call, CallInput, CallKind, ExecError, Module, Output, ProgressSink, Sandbox, SpillTo,
+};
 
 /// Task attempts one worker loop takes per fetch, at most.
 pub const FETCH_BATCH: usize = 64;
@@ -620,6 +622,7 @@ impl Worker {
                 grants: task.grants.clone(),
                 seed: task.seed.unwrap_or(task.task_id as u64),
                 attempt: u32::try_from(task.attempt).unwrap_or(u32::MAX),
+                progress: None,
             };
             let outcome = self.sandbox.call(&preprocessor, call).await;
             preprocess_log = outcome.log;
@@ -710,6 +713,7 @@ impl Worker {
             grants: task.grants.clone(),
             seed: task.seed.unwrap_or(task.task_id as u64),
             attempt: u32::try_from(task.attempt).unwrap_or(u32::MAX),
+            progress: Some(progress_sink(self.broker.clone(), task)),
         };
         let mut outcome = self.sandbox.call(&module, call).await;
         if !preprocess_log.is_empty() {
@@ -919,4 +923,41 @@ fn fail(result: &mut TaskResult, error: &ExecError) {
     result.reason = Some(error.reason());
     result.error = Some(error.to_string());
     result.retryable = !error.is_deterministic();
+}
+
+/// Where a running guest's progress goes: the first call starts a sender
+/// that announces the latest progress at most every [`PROGRESS_EVERY`]
+/// until the call ends (a task that never reports progress costs nothing
+/// but this closure).
+fn progress_sink(broker: Arc<dyn Broker>, task: &TaskMessage) -> ProgressSink {
+    let (job_id, task_id, attempt) = (task.job_id, task.task_id, task.attempt);
+    let latest: std::sync::OnceLock<watch::Sender<(u64, u64)>> = std::sync::OnceLock::new();
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    Arc::new(move |done, total| {
+        let Some(runtime) = &runtime else { return };
+        let sender = latest.get_or_init(|| {
+            let (sender, mut receiver) = watch::channel((done, total));
+            receiver.mark_changed();
+            let broker = broker.clone();
+            runtime.spawn(async move {
+                // Ends when the call ends (the sender is dropped with it).
+                while receiver.changed().await.is_ok() {
+                    let (done, total) = *receiver.borrow_and_update();
+                    let event = TaskEvent::Progress {
+                        job_id,
+                        task_id,
+                        attempt,
+                        done,
+                        total,
+                    };
+                    if let Err(error) = broker.announce(vec![event]).await {
+                        tracing::debug!(%error, task_id, "announcing progress failed");
+                    }
+                    tokio::time::sleep(PROGRESS_EVERY).await;
+                }
+            });
+            sender
+        });
+        sender.send_replace((done, total));
+    })
 }

@@ -12,7 +12,8 @@ use serde_json::Value;
 #[sandmill_sdk::task]
 fn run(input: &[u8], ctx: &mut Context) -> Result<Vec<u8>> {
     let params: Value = ctx.params()?;
-    if params.get("hang_first_attempt").and_then(Value::as_bool) == Some(true) && ctx.attempt() == 0 {
+    if params.get("hang_first_attempt").and_then(Value::as_bool) == Some(true) && ctx.attempt() == 0
+    {
         let mut x = input.len() as u64;
         loop {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));

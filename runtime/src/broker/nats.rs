@@ -542,6 +542,18 @@ fn event_key(event: &TaskEvent) -> (i64, i64, i64, String) {
             ..
         } => (*job_id, *task_id, *attempt, format!("started-{delivery}")),
         TaskEvent::Finished(r) => (r.job_id, r.task_id, r.attempt, "finished".to_owned()),
+        TaskEvent::Progress {
+            job_id,
+            task_id,
+            attempt,
+            done,
+            total,
+        } => (
+            *job_id,
+            *task_id,
+            *attempt,
+            format!("progress-{done}-{total}"),
+        ),
     }
 }
 

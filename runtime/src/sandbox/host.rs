@@ -183,6 +183,7 @@ pub(crate) struct HostState {
     pub values: Option<ValueIter>,
     pub counters: BTreeMap<String, i64>,
     pub progress: Option<(u64, u64)>,
+    pub progress_sink: Option<super::ProgressSink>,
     pub panic: Option<(String, String)>,
 }
 
@@ -214,6 +215,9 @@ impl Host for HostState {
 
     fn progress(&mut self, done: u64, total: u64) -> Result<()> {
         self.progress = Some((done, total));
+        if let Some(sink) = &self.progress_sink {
+            sink(done, total);
+        }
         Ok(())
     }
 

@@ -201,7 +201,14 @@ pub struct Call {
     pub spill: Option<SpillTo>,
     /// Which attempt of its task this is (from 0), told to the guest.
     pub attempt: u32,
+    /// Where the guest's `host.progress` calls go while it runs (the
+    /// latest one wins); the last one is also in [`Outcome::progress`].
+    pub progress: Option<ProgressSink>,
 }
+
+/// Told each of a running guest's `host.progress` calls, `(done, total)`,
+/// as it makes them (so it must be quick).
+pub type ProgressSink = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 /// Where and how a map's output is spilled as sorted runs.
 #[derive(Clone, Debug)]
@@ -227,6 +234,7 @@ impl Call {
             seed: 0,
             spill: None,
             attempt: 0,
+            progress: None,
         }
     }
 
@@ -643,6 +651,7 @@ impl Sandbox {
             seed,
             spill,
             attempt,
+            progress: progress_sink,
         } = call;
         let metered = limits.fuel.is_some();
         let flavor = self.flavor(metered)?;
@@ -679,6 +688,7 @@ impl Sandbox {
             values: None,
             counters: BTreeMap::new(),
             progress: None,
+            progress_sink,
             panic: None,
         };
         let mut store = Store::new(&flavor.engine, state);
