@@ -13,6 +13,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use base64::Engine as _;
+use futures_util::StreamExt;
 use sandmill_server::api::{self, ApiConfig};
 use sandmill_server::embedded::{self, EmbeddedConfig};
 use sandmill_test_artifacts as guests;
@@ -58,6 +59,12 @@ impl Client {
             .uri(uri)
             .body(Body::from(body))
             .unwrap();
+        self.request(request).await
+    }
+    async fn request(&self, request: Request<Body>) -> Reply {
+        let method = request.method().as_str().to_owned();
+        let uri = request.uri().to_string();
+        let (method, uri) = (method.as_str(), uri.as_str());
         let response = tokio::time::timeout(
             Duration::from_secs(60),
             self.router.clone().oneshot(request),
@@ -85,6 +92,50 @@ impl Client {
     }
     async fn get(&self, uri: &str) -> Reply {
         self.send("GET", uri, Vec::new()).await
+    }
+    /// The first event of an event stream (then the stream is dropped),
+    /// checked against the OpenAPI document's `EventView`.
+    async fn first_event(&self, uri: &str, last_id: Option<u64>) -> Value {
+        let mut request = Request::builder().uri(uri);
+        if let Some(id) = last_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = tokio::time::timeout(
+            Duration::from_secs(60),
+            self.router
+                .clone()
+                .oneshot(request.body(Body::empty()).unwrap()),
+        )
+        .await
+        .expect("answered in time")
+        .unwrap();
+        let status = response.status();
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        self.checker
+            .check("GET", uri, status.as_u16(), Some(&content_type), b"")
+            .unwrap();
+        let mut body = response.into_body().into_data_stream();
+        let mut parser = sandmill_server::api::events::SseParser::default();
+        loop {
+            let chunk = tokio::time::timeout(Duration::from_secs(60), body.next())
+                .await
+                .expect("an event in time")
+                .expect("the stream stays open")
+                .unwrap();
+            if let Some(message) = parser.push(&chunk).unwrap().into_iter().next() {
+                let event: Value = serde_json::from_str(&message.data).unwrap();
+                self.checker.check_schema("EventView", &event).unwrap();
+                assert_eq!(
+                    message.id.as_deref(),
+                    Some(event["id"].to_string().as_str())
+                );
+                assert_eq!(message.event.as_deref(), event["type"].as_str());
+                return event;
+            }
+        }
     }
     async fn post(&self, uri: &str, body: Vec<u8>) -> Reply {
         self.send("POST", uri, body).await
@@ -781,6 +832,41 @@ async fn suite(database: Option<String>) {
             .status,
         StatusCode::CONFLICT
     );
+
+    // Live events: a job's stream opens with where it is; everything's
+    // stream goes on from a Last-Event-ID; each event is an EventView.
+    let opening = client
+        .first_event(&format!("/v1/jobs/{sweep_id}/events"), None)
+        .await;
+    assert_eq!(opening["type"], "job");
+    assert_eq!(opening["job_id"], sweep_id);
+    assert_eq!(opening["status"], "succeeded");
+    assert_eq!(opening["tasks"]["succeeded"], 5);
+    let from = opening["id"].as_u64().unwrap() - 1;
+    let replayed = client.first_event("/v1/events", Some(from)).await;
+    assert_eq!(replayed["id"].as_u64().unwrap(), from + 1);
+    for (uri, status) in [
+        (
+            format!("/v1/jobs/{sweep_id}/events"),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/v1/events".to_owned(), StatusCode::BAD_REQUEST),
+        ("/v1/jobs/424242/events".to_owned(), StatusCode::NOT_FOUND),
+    ] {
+        let request = Request::builder()
+            .uri(&uri)
+            .header(
+                "last-event-id",
+                if status == StatusCode::NOT_FOUND {
+                    "1"
+                } else {
+                    "x"
+                },
+            )
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(client.request(request).await.status, status, "{uri}");
+    }
 
     // Every documented route and status was seen, except those that need
     // a dependency down (checked where one is: the fleet tests).

@@ -9,6 +9,8 @@
 //!   errors naming the key and line.
 //! - [`scheduler`]: accepts jobs, dispatches their tasks a window at a
 //!   time, records what workers report, keeps the broker in step.
+//! - [`events`]: live events of tasks and jobs, kept in a bounded ring
+//!   for clients that reconnect.
 //! - [`api`]: the HTTP API (axum), its view types and OpenAPI document.
 //! - [`embedded`]: scheduler, in-process broker and blob store and workers
 //!   in one process (`sandmill dev`, `sandmill run`).
@@ -19,6 +21,7 @@
 
 pub mod api;
 pub mod embedded;
+pub mod events;
 pub mod fleet;
 pub mod jobfile;
 pub mod model;

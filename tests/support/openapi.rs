@@ -136,6 +136,23 @@ impl Checker {
         }
     }
 
+    /// Checks a value against one of the document's schemas by name.
+    pub fn check_schema(&self, name: &str, value: &Value) -> Result<(), String> {
+        let mut root = json!({"components": self.doc["components"].clone()});
+        root["$ref"] = json!(format!("#/components/schemas/{name}"));
+        let validator =
+            jsonschema::validator_for(&root).map_err(|e| format!("{name}: bad schema: {e}"))?;
+        let errors: Vec<String> = validator
+            .iter_errors(value)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{name}: {} in {value}", errors.join("; ")))
+        }
+    }
+
     /// Every (method, path, status) the document lists.
     pub fn documented(&self) -> BTreeSet<(String, String, u16)> {
         let mut all = BTreeSet::new();

@@ -6,9 +6,11 @@
 //!
 //! One module per resource, each with its `router()`:
 //! [`health`], [`modules`], [`specs`], [`jobs`], [`tasks`], [`run`],
-//! [`workers`]; [`views`] holds what they return.
+//! [`workers`], [`events`] (live, as Server-Sent Events); [`views`] holds
+//! what they return.
 
 mod error;
+pub mod events;
 pub mod health;
 pub mod jobs;
 pub mod modules;
@@ -81,6 +83,7 @@ pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
         .merge(tasks::router())
         .merge(run::router())
         .merge(workers::router())
+        .merge(events::router())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(AppState { scheduler, config })
 }
@@ -121,6 +124,8 @@ pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
         tasks::get_blob,
         run::run,
         workers::list_workers,
+        events::all_events,
+        events::job_events,
     )
 )]
 struct ApiDoc;

@@ -174,7 +174,7 @@ impl From<&Grants> for GrantsView {
 }
 
 /// A job's tasks by state.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, ToSchema)]
 pub struct TaskCounts {
     /// Every task of the job.
     pub total: i64,

@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -22,7 +21,7 @@ use super::out::{say, tell};
 use super::resolve::{Upload, resolve};
 
 /// Exit code when the job (or request) failed.
-const EXIT_FAILED: u8 = 2;
+pub(super) const EXIT_FAILED: u8 = 2;
 
 #[derive(Subcommand, Debug)]
 pub enum ClientCommand {
@@ -103,8 +102,15 @@ pub enum ClientCommand {
         #[arg(long)]
         downstream: bool,
     },
-    /// Wait for a job, showing task counts per state.
+    /// Wait for a job, showing task counts per state (from its live
+    /// events: no polling); exits 2 unless it succeeded.
     Wait {
+        /// Job id or LAST.
+        job: String,
+    },
+    /// Follow a job live: a progress bar, counts per state, failures as
+    /// they happen and the guests' progress; exits 2 unless it succeeded.
+    Watch {
         /// Job id or LAST.
         job: String,
     },
@@ -139,9 +145,9 @@ pub enum ClientCommand {
     },
 }
 
-struct Server {
-    base: String,
-    http: reqwest::Client,
+pub(super) struct Server {
+    pub(super) base: String,
+    pub(super) http: reqwest::Client,
 }
 
 /// A refusal from the server, shown as `[code] message`.
@@ -153,7 +159,7 @@ struct Refused {
 }
 
 impl Server {
-    async fn check(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    pub(super) async fn check(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
         if response.status().is_success() {
             return Ok(response);
         }
@@ -287,7 +293,7 @@ fn counts_line(job: &JobView) -> String {
     counts_of(&job.tasks)
 }
 
-fn counts_of(t: &TaskCounts) -> String {
+pub(super) fn counts_of(t: &TaskCounts) -> String {
     let parts: Vec<String> = [
         (t.pending, "pending"),
         (t.queued, "queued"),
@@ -337,7 +343,7 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
                 remember(created.id);
                 say!("{}", created.id);
                 if wait {
-                    return wait_for(&server, created.id).await;
+                    return super::watch::follow(&server, created.id, false).await;
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -472,7 +478,12 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
                 );
                 Ok(ExitCode::SUCCESS)
             }
-            ClientCommand::Wait { job } => wait_for(&server, job_id(&job)?).await,
+            ClientCommand::Wait { job } => {
+                super::watch::follow(&server, job_id(&job)?, false).await
+            }
+            ClientCommand::Watch { job } => {
+                super::watch::follow(&server, job_id(&job)?, true).await
+            }
             ClientCommand::Logs { task } => {
                 let text = server
                     .get(&format!("/v1/tasks/{task}/logs"))
@@ -775,37 +786,4 @@ async fn list(server: &Server, status: Option<JobStatus>, limit: u32) -> anyhow:
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Polls the job and shows a bar until it ends; exits 2 unless it succeeded.
-async fn wait_for(server: &Server, id: i64) -> anyhow::Result<ExitCode> {
-    let mut job = server.job(id).await?;
-    let bar = indicatif::ProgressBar::new(u64::try_from(job.tasks.total).unwrap_or(0));
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    loop {
-        let done = job.tasks.succeeded + job.tasks.failed + job.tasks.cancelled;
-        bar.set_position(u64::try_from(done).unwrap_or(0));
-        match &job.waiting {
-            Some(waiting) => bar.set_message(format!(
-                "{} (waiting: {})",
-                counts_line(&job),
-                waiting.reason
-            )),
-            None => bar.set_message(counts_line(&job)),
-        }
-        if job.status.is_final() {
-            bar.finish();
-            tell!("job {id} {}: {}", job.status, counts_line(&job));
-            return Ok(if job.status == JobStatus::Succeeded {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_FAILED)
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        job = server.job(id).await?;
-    }
 }

@@ -70,7 +70,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             args.data.display()
         );
         let within = if args.stop_within.is_zero() { DEFAULT_STOP_WITHIN } else { args.stop_within };
-        serve_until(listener, app, stop, within / 3).await?;
+        let events = instance.scheduler.events().clone();
+        serve_until(listener, app, events, stop, within / 3).await?;
         tell!("sandmill dev: stopping");
         let stopped = instance.shutdown(within * 2 / 3).await;
         if stopped.workers_left_running {

@@ -154,7 +154,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.nats.nats,
             server.republished
         );
-        serve_until(listener, app, stop, args.stop_within).await?;
+        let events = server.scheduler.events().clone();
+        serve_until(listener, app, events, stop, args.stop_within).await?;
         server.scheduler.stop();
         tell!("sandmill serve: stopped (unrecorded events stay in NATS for the next start)");
         Ok(ExitCode::SUCCESS)

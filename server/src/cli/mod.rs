@@ -10,6 +10,7 @@ mod replay;
 mod resolve;
 mod run;
 mod settings;
+mod watch;
 
 use std::process::ExitCode;
 

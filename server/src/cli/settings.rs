@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use clap::Args;
+use sandmill_server::events::DEFAULT_EVENT_BUFFER;
 use sandmill_server::jobfile::DEFAULT_MAX_TASKS_PER_JOB;
 use sandmill_server::scheduler::{
     DEFAULT_ABSENT_EVERY, DEFAULT_MAX_PARAMS_BYTES, DEFAULT_WINDOW, SchedulerConfig,
@@ -27,6 +28,10 @@ pub struct SchedulerArgs {
     /// submit with a 400.
     #[arg(long, env = "SANDMILL_MAX_PARAMS", default_value_t = DEFAULT_MAX_PARAMS_BYTES)]
     pub max_params: usize,
+    /// Live events kept for clients that reconnect (`Last-Event-ID`); one
+    /// whose place is older is told it lagged.
+    #[arg(long, env = "SANDMILL_EVENT_BUFFER", default_value_t = DEFAULT_EVENT_BUFFER)]
+    pub event_buffer: usize,
 }
 
 impl SchedulerArgs {
@@ -37,6 +42,7 @@ impl SchedulerArgs {
             max_tasks_per_job: self.max_tasks_per_job,
             max_params_bytes: self.max_params,
             absent_every: absent_every.unwrap_or(DEFAULT_ABSENT_EVERY),
+            event_buffer: self.event_buffer.max(1),
         }
     }
 }
@@ -82,16 +88,21 @@ async fn signal() {
     let _ = ctrl_c.await;
 }
 
-/// Serves `app` on `listener` until `stop`; requests still running
-/// `grace` after the stop are cut off (a dependency that hangs them must
-/// not hang the stop).
+/// Serves `app` on `listener` until `stop`, then ends the live event
+/// streams of `events`; requests still running `grace` after the stop
+/// are cut off (a dependency that hangs them must not hang the stop).
 pub async fn serve_until(
     listener: tokio::net::TcpListener,
     app: axum::Router,
+    events: sandmill_server::events::Hub,
     stop: watch::Receiver<bool>,
     grace: Duration,
 ) -> anyhow::Result<()> {
-    let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop.clone()));
+    let stopping = stop.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        stopped(stopping).await;
+        events.close();
+    });
     tokio::select! {
         served = server => served?,
         () = async { stopped(stop).await; tokio::time::sleep(grace).await } => {

@@ -12,12 +12,14 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sandmill_runtime::message::{TaskMessage, TaskResult};
+use sandmill_runtime::message::{TaskMessage, TaskResult, Verdict};
 use sandmill_runtime::worker::{Ran, Worker};
 use tokio::sync::{Semaphore, watch};
 
 use super::{Scheduler, SchedulerError, SubmitOptions};
+use crate::events::{JobCounts, What};
 use crate::jobfile::JobFile;
+use crate::model::JobStatus;
 use crate::store::{RunRecord, RunWriter, now_ms};
 
 /// What runs calls on the fast path.
@@ -147,6 +149,24 @@ impl Scheduler {
         result.job_id = job_id;
         result.task_id = task_id;
         self.inner.finished.send_modify(|n| *n += 1);
+        let (succeeded, failed, status) = match result.verdict {
+            Verdict::Succeeded => (1, 0, JobStatus::Succeeded),
+            Verdict::Failed => (0, 1, JobStatus::Failed),
+        };
+        self.inner.events.push([
+            (job_id, super::recorder::ended_what(&result)),
+            (
+                job_id,
+                What::Job(JobCounts {
+                    parent_id: None,
+                    status,
+                    total: 1,
+                    succeeded,
+                    failed,
+                    cancelled: 0,
+                }),
+            ),
+        ]);
         Ok(Some(InlineRun {
             job_id,
             task_id,

@@ -129,7 +129,7 @@ impl Scheduler {
         match self.inner.store.fail_job(job_id).await {
             Ok(Ok(live)) => {
                 self.inner.live.fetch_sub(live, Ordering::Relaxed);
-                self.inner.finished.send_modify(|n| *n += 1);
+                self.job_changed(job_id);
                 self.inner.dispatch.notify_one();
                 self.forget(job_id).await;
                 // A map-reduce step: what reads it is blocked.

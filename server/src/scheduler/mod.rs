@@ -39,6 +39,7 @@ use sandmill_runtime::message::{TaskResult, WorkerInfo};
 use sandmill_runtime::sandbox::{CallKind, ExecError, Sandbox};
 use tokio::sync::{Notify, oneshot, watch};
 
+use crate::events::{Hub, JobCounts, What};
 use crate::jobfile::{self, DEFAULT_MAX_TASKS_PER_JOB};
 use crate::model::JobStatus;
 use crate::store::{CancelRefused, JobRow, ModuleRow, Store, StoreError};
@@ -110,6 +111,9 @@ pub struct SchedulerConfig {
     /// How often the reconciler looks for live tasks whose messages the
     /// broker lost (see [`DEFAULT_ABSENT_EVERY`]).
     pub absent_every: Duration,
+    /// Live events kept for clients that reconnect (see
+    /// [`DEFAULT_EVENT_BUFFER`](crate::events::DEFAULT_EVENT_BUFFER)).
+    pub event_buffer: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -119,6 +123,7 @@ impl Default for SchedulerConfig {
             max_params_bytes: DEFAULT_MAX_PARAMS_BYTES,
             window: DEFAULT_WINDOW,
             absent_every: DEFAULT_ABSENT_EVERY,
+            event_buffer: crate::events::DEFAULT_EVENT_BUFFER,
         }
     }
 }
@@ -137,6 +142,8 @@ struct Inner {
     config: SchedulerConfig,
     /// Bumped whenever a job reaches a final status.
     finished: watch::Sender<u64>,
+    /// Live events of tasks and jobs.
+    events: Hub,
     /// Tasks queued or running (the window's fill), kept by whoever
     /// changes it: dispatch adds, results and cancels take away.
     live: AtomicI64,
@@ -169,8 +176,9 @@ impl Scheduler {
                 broker,
                 blobs,
                 sandbox,
-                config,
                 finished: watch::channel(0).0,
+                events: Hub::new(config.event_buffer),
+                config,
                 live: AtomicI64::new(0),
                 dispatch: Notify::new(),
                 waiters: Mutex::default(),
@@ -189,6 +197,35 @@ impl Scheduler {
     /// The blob store.
     pub fn blobs(&self) -> &Arc<dyn BlobStore> {
         &self.inner.blobs
+    }
+
+    /// Live events of tasks and jobs.
+    pub fn events(&self) -> &Hub {
+        &self.inner.events
+    }
+
+    /// A job changed outside the recorder (it ended, or was blocked):
+    /// waiters are woken, and live-event clients told its status and counts.
+    pub(crate) fn job_changed(&self, job_id: i64) {
+        self.inner.finished.send_modify(|n| *n += 1);
+        self.announce_job(job_id);
+    }
+
+    /// Tells live-event clients a job's status and counts, as its row says.
+    fn announce_job(&self, job_id: i64) {
+        let scheduler = self.clone();
+        tokio::spawn(async move {
+            match scheduler.inner.store.job(job_id).await {
+                Ok(Some(job)) => scheduler
+                    .inner
+                    .events
+                    .push([(job_id, What::Job(job_counts(&job)))]),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(job_id, %error, "reading a job that changed failed; live clients miss its change")
+                }
+            }
+        });
     }
 
     /// The settings.
@@ -296,7 +333,7 @@ impl Scheduler {
         match self.inner.store.cancel_job(job_id).await? {
             Ok(live) => {
                 self.inner.live.fetch_sub(live, Ordering::Relaxed);
-                self.inner.finished.send_modify(|n| *n += 1);
+                self.job_changed(job_id);
                 self.inner.dispatch.notify_one();
                 self.forget(job_id).await;
                 Ok(())
@@ -367,6 +404,18 @@ impl Scheduler {
 
     fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<i64, oneshot::Sender<TaskResult>>> {
         self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A job row's status and counts, as a live event carries them.
+pub(crate) fn job_counts(job: &JobRow) -> JobCounts {
+    JobCounts {
+        parent_id: job.parent_id,
+        status: job.status(),
+        total: job.total_tasks,
+        succeeded: job.succeeded,
+        failed: job.failed,
+        cancelled: job.cancelled,
     }
 }
 

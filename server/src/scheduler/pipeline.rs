@@ -218,7 +218,7 @@ impl Scheduler {
     /// A job ended outside the recorder (every task it had left was
     /// cached): waiters are told, and what follows it is planned.
     pub(super) fn job_finished(&self, job_id: i64) {
-        self.inner.finished.send_modify(|n| *n += 1);
+        self.job_changed(job_id);
         let scheduler = self.clone();
         tokio::spawn(async move { scheduler.job_ended(job_id).await });
     }
@@ -274,7 +274,7 @@ impl Scheduler {
         match self.inner.store.end_pipeline_if_done(parent_id).await {
             Ok(true) => {
                 tracing::info!(job_id = parent_id, "pipeline ended");
-                self.inner.finished.send_modify(|n| *n += 1);
+                self.job_changed(parent_id);
             }
             Ok(false) => {}
             Err(error) => {
@@ -312,7 +312,7 @@ impl Scheduler {
             let blocked = self.inner.store.block_step(step_id).await?;
             if blocked {
                 tracing::info!(job_id = step_id, step = %step.name, "a step it reads failed: blocked");
-                self.inner.finished.send_modify(|n| *n += 1);
+                self.job_changed(step_id);
             }
             return Ok(if blocked {
                 Planned::Ended
@@ -326,7 +326,7 @@ impl Scheduler {
                 tracing::warn!(job_id = step_id, step = %step.name, %problem, "the step cannot be planned: it fails");
                 return match self.inner.store.fail_job(step_id).await? {
                     Ok(_) => {
-                        self.inner.finished.send_modify(|n| *n += 1);
+                        self.job_changed(step_id);
                         Ok(Planned::Ended)
                     }
                     Err(_) => Ok(Planned::Nothing),
@@ -356,7 +356,7 @@ impl Scheduler {
             self.inner.dispatch.notify_one();
         }
         if ended {
-            self.inner.finished.send_modify(|n| *n += 1);
+            self.job_changed(step_id);
             return Ok(Planned::Ended);
         }
         Ok(Planned::Running)

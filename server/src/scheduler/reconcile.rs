@@ -156,7 +156,7 @@ impl Scheduler {
                 let expired = self.inner.store.expire_queued(job_id, &error).await?;
                 self.inner.live.fetch_sub(expired.tasks, Ordering::Relaxed);
                 if expired.ended {
-                    self.inner.finished.send_modify(|n| *n += 1);
+                    self.job_changed(job_id);
                 }
                 self.forget(job_id).await;
             }

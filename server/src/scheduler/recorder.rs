@@ -5,7 +5,7 @@
 //! the batch and set aside — recorded as its task's failure
 //! (`store-rejected`) — so one task's bytes never stop the others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -14,6 +14,8 @@ use sandmill_runtime::broker::BrokerErrorKind;
 use sandmill_runtime::message::{TaskEvent, TaskResult, Verdict};
 
 use super::Scheduler;
+use crate::events::{What, short_error};
+use crate::model::TaskState;
 use crate::store::{Recorded, StoreError, StoreErrorKind};
 
 /// Events recorded per transaction at most. Small enough that a batch
@@ -97,6 +99,7 @@ impl Scheduler {
                 recorded.set_aside.extend(more.set_aside);
                 recorded.planned.extend(more.planned);
                 recorded.followed.extend(more.followed);
+                recorded.counts.extend(more.counts);
                 recorded.ignored += more.ignored;
                 Ok(recorded)
             }
@@ -156,6 +159,7 @@ impl Scheduler {
     /// What a recorded batch sets going: room in the window, retries,
     /// ended jobs, waiting callers.
     async fn after_recording(&self, events: &[TaskEvent], mut recorded: Recorded) {
+        self.push_events(events, &recorded);
         if !recorded.planned.is_empty() {
             // Pipeline steps planned in the recording transaction.
             let planned = std::mem::take(&mut recorded.planned);
@@ -235,6 +239,89 @@ impl Scheduler {
         self.wake_waiters(events, &recorded);
     }
 
+    /// Tells live-event clients what the batch changed: tasks that started,
+    /// ended or go round again, guests' progress, and each job's counts.
+    fn push_events(&self, events: &[TaskEvent], recorded: &Recorded) {
+        let mut ended: HashSet<i64> = recorded.finished_tasks.iter().copied().collect();
+        let mut retried: HashSet<i64> = recorded.retried.iter().copied().collect();
+        let ends_here: HashSet<(i64, i64)> = events
+            .iter()
+            .filter_map(|e| match e {
+                TaskEvent::Finished(r) => Some((r.task_id, r.attempt)),
+                _ => None,
+            })
+            .collect();
+        let set_aside: HashMap<i64, &TaskResult> =
+            recorded.set_aside.iter().map(|r| (r.task_id, r)).collect();
+        let mut out = Vec::with_capacity(events.len() + recorded.counts.len());
+        for event in events {
+            match event {
+                TaskEvent::Started {
+                    job_id,
+                    task_id,
+                    attempt,
+                    worker,
+                    ..
+                } if !ends_here.contains(&(*task_id, *attempt)) => out.push((
+                    *job_id,
+                    What::Task {
+                        task_id: *task_id,
+                        attempt: *attempt,
+                        state: TaskState::Running,
+                        reason: None,
+                        error: None,
+                        worker: Some(worker.clone()),
+                    },
+                )),
+                TaskEvent::Started { .. } => {}
+                // Task 0: an upload-and-run call before it has a row.
+                TaskEvent::Progress {
+                    job_id,
+                    task_id,
+                    attempt,
+                    done,
+                    total,
+                } if *task_id > 0 => out.push((
+                    *job_id,
+                    What::Progress {
+                        task_id: *task_id,
+                        attempt: *attempt,
+                        done: *done,
+                        total: *total,
+                    },
+                )),
+                TaskEvent::Progress { .. } => {}
+                TaskEvent::Finished(result) => {
+                    if ended.remove(&result.task_id) {
+                        let result = set_aside.get(&result.task_id).copied().unwrap_or(result);
+                        out.push((result.job_id, ended_what(result)));
+                    } else if retried.remove(&result.task_id) {
+                        let mut what = ended_what(result);
+                        if let What::Task { state, .. } = &mut what {
+                            *state = TaskState::Queued;
+                        }
+                        out.push((result.job_id, what));
+                    }
+                }
+            }
+        }
+        let counted: HashSet<i64> = recorded.counts.iter().map(|(job, _)| *job).collect();
+        out.extend(
+            recorded
+                .counts
+                .iter()
+                .map(|(job_id, counts)| (*job_id, What::Job(*counts))),
+        );
+        self.inner.events.push(out);
+        // Jobs ended in the transaction by what followed them (a
+        // pipeline's steps): their rows say how.
+        for job_id in &recorded.finished_jobs {
+            if !counted.contains(job_id) {
+                self.announce_job(*job_id);
+            }
+        }
+    }
+
     /// Hands each waiting caller its task's result, as recorded.
     fn wake_waiters(&self, events: &[TaskEvent], recorded: &Recorded) {
         let mut waiters = self.lock_waiters();
@@ -257,5 +344,20 @@ impl Scheduler {
                 let _ = waiter.send((*result).clone());
             }
         }
+    }
+}
+
+/// The live event of an attempt that ended for good.
+pub(super) fn ended_what(result: &TaskResult) -> What {
+    What::Task {
+        task_id: result.task_id,
+        attempt: result.attempt,
+        state: match result.verdict {
+            Verdict::Succeeded => TaskState::Succeeded,
+            Verdict::Failed => TaskState::Failed,
+        },
+        reason: result.reason,
+        error: result.error.as_deref().map(short_error),
+        worker: Some(result.worker.clone()),
     }
 }

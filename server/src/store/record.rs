@@ -16,6 +16,7 @@ use sqlx::{QueryBuilder, Row};
 
 use super::types::{JsonText, Text, safe_text};
 use super::{LIVE_SQL, RECORD_CHUNK, Store, StoreError, now_ms, on_pool, per_backend};
+use crate::events::JobCounts;
 use crate::model::{JobStatus, TaskState};
 
 /// What recording a batch of events changed.
@@ -44,6 +45,20 @@ pub struct Recorded {
     /// Steps in `finished_jobs` whose every ready reader was planned in
     /// the transaction: the scheduler has nothing to do after them.
     pub followed: Vec<i64>,
+    /// The status and counts of every job the batch changed, after it.
+    pub counts: Vec<(i64, JobCounts)>,
+}
+
+/// What updating the jobs of a batch found.
+pub(crate) struct JobsUpdated {
+    /// Jobs that ended.
+    pub ended: Vec<i64>,
+    /// Map-reduce jobs whose maps all succeeded.
+    pub maps_done: Vec<i64>,
+    /// Running map-reduce jobs with a new failure.
+    pub failing: Vec<i64>,
+    /// Every job's status and counts after the batch.
+    pub counts: Vec<(i64, JobCounts)>,
 }
 
 /// A batch sorted into what each part of the transaction does.
@@ -64,7 +79,7 @@ fn sort(events: &[TaskEvent]) -> Sorted<'_> {
         .iter()
         .filter_map(|e| match e {
             TaskEvent::Finished(r) => Some((r.task_id, r.attempt)),
-            TaskEvent::Started { .. } => None,
+            TaskEvent::Started { .. } | TaskEvent::Progress { .. } => None,
         })
         .collect();
     let mut sorted = Sorted {
@@ -92,6 +107,8 @@ fn sort(events: &[TaskEvent]) -> Sorted<'_> {
                     sorted.finals.push(result);
                 }
             }
+            // Shown live, never stored.
+            TaskEvent::Progress { .. } => {}
         }
     }
     sorted
@@ -329,7 +346,7 @@ per_backend! {
         tx: &mut sqlx::Transaction<'static, Db>,
         changes: &BTreeMap<i64, (i64, i64)>,
         now: i64,
-    ) -> Result<(Vec<i64>, Vec<i64>, Vec<i64>), sqlx::Error> {
+    ) -> Result<JobsUpdated, sqlx::Error> {
         // One statement per job: the counters, and the end when nothing of
         // it is left to run (every task dispatched, none live). SET
         // expressions see the row as it was, so `failed + $2` is the new
@@ -346,11 +363,13 @@ per_backend! {
              finished_at = CASE WHEN {ended_sql} THEN $3 ELSE finished_at END, \
              waiting = CASE WHEN {ended_sql} THEN NULL ELSE waiting END, \
              waiting_since = CASE WHEN {ended_sql} THEN NULL ELSE waiting_since END \
-             WHERE id = $4 RETURNING status, finished_at, kind, planned, succeeded, maps"
+             WHERE id = $4 RETURNING status, finished_at, kind, planned, succeeded, maps, \
+             failed, cancelled, total_tasks, parent_id"
         );
         let mut ended = Vec::new();
         let mut maps_done = Vec::new();
         let mut failing = Vec::new();
+        let mut counts = Vec::with_capacity(changes.len());
         for (job_id, (succeeded, failed)) in changes {
             let row = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(*succeeded)
@@ -364,6 +383,17 @@ per_backend! {
                 .await?;
             let Some(row) = row else { continue };
             let status = row.try_get::<Text<JobStatus>, _>(0)?.0;
+            counts.push((
+                *job_id,
+                JobCounts {
+                    parent_id: row.try_get(9)?,
+                    status,
+                    total: row.try_get(8)?,
+                    succeeded: row.try_get(4)?,
+                    failed: row.try_get(6)?,
+                    cancelled: row.try_get(7)?,
+                },
+            ));
             if status != JobStatus::Running
                 && row.try_get::<Option<i64>, _>(1)? == Some(now)
                 && (*succeeded > 0 || *failed > 0)
@@ -381,7 +411,12 @@ per_backend! {
                 }
             }
         }
-        Ok((ended, maps_done, failing))
+        Ok(JobsUpdated {
+            ended,
+            maps_done,
+            failing,
+            counts,
+        })
     }
 }
 
@@ -395,7 +430,7 @@ impl Store {
             ignored: sorted.duplicates,
             ..Recorded::default()
         };
-        let (finished_tasks, retried, finished_jobs, maps_done, failing, followed) = on_pool!(self, pool, db => {
+        let (finished_tasks, retried, jobs, followed) = on_pool!(self, pool, db => {
             let mut tx = db::begin(pool).await?;
             db::record::apply_starts(&mut tx, &sorted.starts, now).await?;
             let requeued = db::record::requeue(&mut tx, &sorted.retries).await?;
@@ -471,13 +506,13 @@ impl Store {
                 }
             }
             db::record::add_counters(&mut tx, &sums).await?;
-            let (mut ended, maps_done, failing) = db::record::update_jobs(&mut tx, &changes, now).await?;
-            let followed = db::pipeline::follow(&mut tx, &ended, now).await?;
-            ended.extend(followed.ended.iter().copied());
+            let mut jobs = db::record::update_jobs(&mut tx, &changes, now).await?;
+            let followed = db::pipeline::follow(&mut tx, &jobs.ended, now).await?;
+            jobs.ended.extend(followed.ended.iter().copied());
             tx.commit().await?;
             let finished: Vec<i64> = applied.iter().map(|(t, _, _)| *t).collect();
             let retried: Vec<i64> = requeued.iter().filter(|(_, _, again)| *again).map(|(t, _, _)| *t).collect();
-            (finished, retried, ended, maps_done, failing, followed)
+            (finished, retried, jobs, followed)
         });
         let counted = finished_tasks.len() + retried.len();
         let results = events
@@ -487,9 +522,10 @@ impl Store {
         recorded.ignored = results.saturating_sub(counted);
         recorded.finished_tasks = finished_tasks;
         recorded.retried = retried;
-        recorded.finished_jobs = finished_jobs;
-        recorded.maps_done = maps_done;
-        recorded.failing = failing;
+        recorded.finished_jobs = jobs.ended;
+        recorded.maps_done = jobs.maps_done;
+        recorded.failing = jobs.failing;
+        recorded.counts = jobs.counts;
         recorded.planned = followed.messages;
         recorded.followed = followed.done;
         Ok(recorded)
