@@ -17,7 +17,7 @@ use sandmill_server::api::events::{EventView, SseParser};
 use sandmill_server::model::{JobStatus, TaskState};
 use sandmill_test_artifacts as guests;
 use serde_json::{Value, json};
-use support::{Killed, dev_command, free_port, sandmill, upload_module, wait_port};
+use support::{Killed, dev_command, free_port, sandmill, submit_json, upload_module, wait_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A TCP proxy to `upstream` that counts the HTTP requests sent through it.
@@ -95,21 +95,6 @@ fn dev(extra: &[&str]) -> Dev {
     }
 }
 
-async fn submit(http: &reqwest::Client, base: &str, job: Value) -> i64 {
-    let created: Value = http
-        .post(format!("{base}/v1/jobs"))
-        .json(&job)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    created["id"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("not accepted: {created}"))
-}
-
 /// A sweep of `tasks` progress guests, `steps` steps each.
 fn sweep(module: &str, tasks: usize, steps: u64, spin: u64, fail: &str) -> Value {
     let rows: Vec<Value> = (0..tasks)
@@ -181,7 +166,7 @@ async fn wait_follows_the_event_stream_with_one_request_and_ends_with_the_job() 
         let state = tempfile::tempdir().unwrap();
 
         // A job of a few seconds: `wait` must sit on its stream meanwhile.
-        let id = submit(&http, &dev.base, sweep(&module, 4, 20, 100_000_000, "")).await;
+        let id = submit_json(&http, &dev.base, &sweep(&module, 4, 20, 100_000_000, "")).await;
         let mut wait = sandmill(state.path());
         wait.args([
             "--server",
@@ -222,7 +207,7 @@ async fn wait_follows_the_event_stream_with_one_request_and_ends_with_the_job() 
         );
 
         // A job that already ended: `wait` ends at once, exit 2 for a failure.
-        let failed = submit(&http, &dev.base, sweep(&module, 2, 1, 0, "boom")).await;
+        let failed = submit_json(&http, &dev.base, &sweep(&module, 2, 1, 0, "boom")).await;
         let mut watch = sandmill(state.path());
         watch.args(["--server", &dev.base, "watch", &failed.to_string()]);
         let output = support::output_within(&mut watch, Duration::from_secs(60));
@@ -235,7 +220,12 @@ async fn wait_follows_the_event_stream_with_one_request_and_ends_with_the_job() 
         // Failures are printed as they happen (the job may have ended
         // before `watch` connected: then there is nothing to print).
         let mut late = sandmill(state.path());
-        let slow_fail = submit(&http, &dev.base, sweep(&module, 1, 60, 150_000_000, "boom")).await;
+        let slow_fail = submit_json(
+            &http,
+            &dev.base,
+            &sweep(&module, 1, 60, 150_000_000, "boom"),
+        )
+        .await;
         late.args(["--server", &dev.base, "watch", &slow_fail.to_string()]);
         let output = support::output_within(&mut late, Duration::from_secs(120));
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -259,7 +249,7 @@ async fn a_client_that_reconnects_with_last_event_id_misses_nothing_and_sees_not
         // Everything, in one connection: the reference.
         let mut all = Stream::open(&http, &format!("{}/v1/events", dev.base), None).await;
         let tasks = 30;
-        let id = submit(&http, &dev.base, sweep(&module, tasks, 5, 60_000_000, "")).await;
+        let id = submit_json(&http, &dev.base, &sweep(&module, tasks, 5, 60_000_000, "")).await;
         let url = format!("{}/v1/jobs/{id}/events", dev.base);
 
         // The job's stream, dropped three times and resumed from the last id.

@@ -152,19 +152,7 @@ impl Fleet {
     }
 
     async fn submit(&self, job: Value) -> i64 {
-        let created: Value = self
-            .http
-            .post(format!("{}/v1/jobs", self.base))
-            .json(&job)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        created["id"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("job refused: {created}"))
+        support::submit_json(&self.http, &self.base, &job).await
     }
 
     async fn get(&self, path: &str) -> Value {

@@ -357,6 +357,22 @@ pub fn one_connection() -> (String, std::thread::JoinHandle<String>) {
     (addr, accepted)
 }
 
+/// `POST /v1/jobs` of a job file as JSON; the new job's id.
+pub async fn submit_json(http: &reqwest::Client, base: &str, job: &serde_json::Value) -> i64 {
+    let created: serde_json::Value = http
+        .post(format!("{base}/v1/jobs"))
+        .json(job)
+        .send()
+        .await
+        .expect("submit request")
+        .json()
+        .await
+        .expect("submit json");
+    created["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("job refused: {created}"))
+}
+
 /// `GET /v1/jobs/{id}` as JSON.
 pub async fn job(http: &reqwest::Client, base: &str, id: i64) -> serde_json::Value {
     http.get(format!("{base}/v1/jobs/{id}"))
