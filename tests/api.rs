@@ -833,6 +833,126 @@ async fn suite(database: Option<String>) {
         StatusCode::CONFLICT
     );
 
+    // Schedules: created from a job file with `every`, listed, paused,
+    // resumed, deleted; refused as a job; bad ones refused.
+    let tick =
+        json!({"name": "tick", "every": "1h", "overlap": "queue", "task": {"module": "echo@1"}});
+    let created = client.post_json("/v1/schedules", tick.clone()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let created = created.json();
+    assert_eq!(created["every"], "1h");
+    assert_eq!(created["overlap"], "queue");
+    assert_eq!(created["paused"], false);
+    assert_eq!(created["job"]["task"]["module"], "echo@1");
+    assert!(
+        created["job"]["every"].is_null(),
+        "the job it submits has no schedule"
+    );
+    assert_eq!(
+        client.post_json("/v1/schedules", tick.clone()).await.code(),
+        "conflict"
+    );
+    assert_eq!(
+        client.post_json("/v1/jobs", tick).await.code(),
+        "bad_request"
+    );
+    for (body, field) in [
+        (
+            json!({"name": "x", "every": "soon", "task": {"module": "echo@1"}}),
+            "every",
+        ),
+        (
+            json!({"name": "x", "every": "10ms", "task": {"module": "echo@1"}}),
+            "every",
+        ),
+        (
+            json!({"name": "x", "schedule": "every day", "task": {"module": "echo@1"}}),
+            "schedule",
+        ),
+        (
+            json!({"name": "x", "schedule": "0 * * * * *", "every": "1s", "task": {"module": "echo@1"}}),
+            "every",
+        ),
+        (
+            json!({"name": "x", "task": {"module": "echo@1"}}),
+            "schedule",
+        ),
+    ] {
+        let refused = client.post_json("/v1/schedules", body).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{}",
+            refused.text()
+        );
+        assert_eq!(refused.json()["field"], field, "{}", refused.text());
+    }
+    assert_eq!(
+        client
+            .post_json(
+                "/v1/schedules",
+                json!({"name": "x", "every": "1s", "task": {"module": "nope@1"}})
+            )
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let huge = client.post("/v1/schedules", vec![b' '; 5 << 20]).await;
+    assert_eq!(huge.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let cron = json!({"name": "nightly", "schedule": "0 0 3 * * *", "task": {"module": "echo@1"}});
+    assert_eq!(
+        client.post_json("/v1/schedules", cron).await.status,
+        StatusCode::CREATED
+    );
+    let names: Vec<String> = client
+        .all("/v1/schedules?limit=1")
+        .await
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["nightly", "tick"]);
+    assert_eq!(
+        client.get("/v1/schedules?limit=0").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let paused = client
+        .post("/v1/schedules/tick/pause", Vec::new())
+        .await
+        .json();
+    assert_eq!(paused["paused"], true);
+    assert!(paused["next_at"].is_null());
+    let resumed = client
+        .post("/v1/schedules/tick/resume", Vec::new())
+        .await
+        .json();
+    assert_eq!(resumed["paused"], false);
+    assert!(resumed["next_at"].is_string());
+    assert_eq!(
+        client.get("/v1/schedules/nightly").await.json()["schedule"],
+        "0 0 3 * * *"
+    );
+    for name in ["tick", "nightly"] {
+        assert_eq!(
+            client
+                .send("DELETE", &format!("/v1/schedules/{name}"), Vec::new())
+                .await
+                .status,
+            StatusCode::NO_CONTENT
+        );
+    }
+    for (method, uri) in [
+        ("GET", "/v1/schedules/tick"),
+        ("DELETE", "/v1/schedules/tick"),
+        ("POST", "/v1/schedules/tick/pause"),
+        ("POST", "/v1/schedules/tick/resume"),
+    ] {
+        assert_eq!(
+            client.send(method, uri, Vec::new()).await.status,
+            StatusCode::NOT_FOUND,
+            "{method} {uri}"
+        );
+    }
+
     // Live events: a job's stream opens with where it is; everything's
     // stream goes on from a Last-Event-ID; each event is an EventView.
     let opening = client

@@ -137,6 +137,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<Server> {
     tokio::spawn(scheduler.clone().dispatch());
     tokio::spawn(scheduler.clone().reconcile());
     tokio::spawn(scheduler.clone().watch_mapreduce());
+    tokio::spawn(scheduler.clone().run_schedules());
     Ok(Server {
         scheduler,
         republished,

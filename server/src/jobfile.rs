@@ -84,6 +84,151 @@ pub struct JobFile {
     /// A pipeline: steps that read files and each other's outputs.
     #[serde(default, rename = "step", skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepSection>,
+    /// Makes the file a schedule (`sandmill submit` creates it; over HTTP,
+    /// `POST /v1/schedules`): a new job each time this cron expression
+    /// fires. Six fields, seconds first (`0 */5 * * * *`: every five
+    /// minutes), in UTC; a seventh, years, may follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Makes the file a schedule firing at this interval (`30s`, `1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+    /// What a schedule's firing does while its previous job still runs:
+    /// `skip` (the default), `queue` (fire when it ends) or `allow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<Overlap>,
+}
+
+/// What a schedule's firing does while its previous job still runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    /// Nothing: the firing is skipped (and counted).
+    #[default]
+    Skip,
+    /// It fires once the previous job ends (one waits at most).
+    Queue,
+    /// It fires anyway: jobs may run side by side.
+    Allow,
+}
+
+impl Overlap {
+    /// The stable name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overlap::Skip => "skip",
+            Overlap::Queue => "queue",
+            Overlap::Allow => "allow",
+        }
+    }
+
+    /// The value of a stored name.
+    pub fn parse(text: &str) -> Option<Overlap> {
+        match text {
+            "skip" => Some(Overlap::Skip),
+            "queue" => Some(Overlap::Queue),
+            "allow" => Some(Overlap::Allow),
+            _ => None,
+        }
+    }
+}
+
+/// Shortest interval of an `every` schedule: a schedule is for jobs, not
+/// for a busy loop.
+pub const MIN_EVERY: Duration = Duration::from_millis(100);
+
+/// When a schedule fires.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Firing {
+    /// On a cron expression (with seconds), in UTC.
+    Cron(String),
+    /// At an interval.
+    Every(Duration),
+}
+
+impl Firing {
+    /// The first firing strictly after `after_ms`; an `every` schedule
+    /// keeps its phase from `anchor_ms` (its previous firing time).
+    pub fn next_after(&self, anchor_ms: i64, after_ms: i64) -> Option<i64> {
+        match self {
+            Firing::Every(every) => {
+                let every = i64::try_from(every.as_millis()).unwrap_or(i64::MAX).max(1);
+                if anchor_ms > after_ms {
+                    return Some(anchor_ms);
+                }
+                let steps = (after_ms - anchor_ms) / every + 1;
+                anchor_ms.checked_add(steps.checked_mul(every)?)
+            }
+            Firing::Cron(expression) => {
+                let schedule: cron::Schedule = expression.parse().ok()?;
+                let after = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(after_ms)?;
+                schedule
+                    .after(&after)
+                    .next()
+                    .map(|at| at.timestamp_millis())
+            }
+        }
+    }
+}
+
+impl JobFile {
+    /// Whether the file describes a schedule (`schedule` or `every`).
+    pub fn is_schedule(&self) -> bool {
+        self.schedule.is_some() || self.every.is_some()
+    }
+
+    /// When the schedule this file describes fires; refuses a file that
+    /// is not one, or says both, or a bad expression or interval.
+    pub fn firing(&self) -> Result<Firing, Invalid> {
+        match (&self.schedule, &self.every) {
+            (Some(_), Some(_)) => Err(Invalid::field(
+                "every",
+                "give `schedule` (cron) or `every`, not both",
+            )),
+            (Some(expression), None) => {
+                let parsed: Result<cron::Schedule, _> = expression.parse();
+                match parsed {
+                    Ok(schedule) if schedule.upcoming(chrono::Utc).next().is_some() => {
+                        Ok(Firing::Cron(expression.clone()))
+                    }
+                    Ok(_) => Err(Invalid::field(
+                        "schedule",
+                        "this expression never fires again",
+                    )),
+                    Err(error) => Err(Invalid::field(
+                        "schedule",
+                        format!(
+                            "not a cron expression with seconds (`sec min hour day month weekday`, e.g. `0 */5 * * * *`): {error}"
+                        ),
+                    )),
+                }
+            }
+            (None, Some(every)) => {
+                let every = parse_duration("every", every)?;
+                if every < MIN_EVERY {
+                    return Err(Invalid::field(
+                        "every",
+                        format!("at least {}", humantime::format_duration(MIN_EVERY)),
+                    ));
+                }
+                Ok(Firing::Every(every))
+            }
+            (None, None) => Err(Invalid::field(
+                "schedule",
+                "a schedule needs `schedule` (cron) or `every`",
+            )),
+        }
+    }
+
+    /// The job each firing submits: this file without its schedule.
+    pub fn without_schedule(&self) -> JobFile {
+        JobFile {
+            schedule: None,
+            every: None,
+            overlap: None,
+            ..self.clone()
+        }
+    }
 }
 
 /// `[[step]]`: one step of a pipeline.
@@ -868,6 +1013,9 @@ impl JobFile {
             labels: step.labels.clone().unwrap_or_else(|| self.labels.clone()),
             cache: self.cache,
             steps: Vec::new(),
+            schedule: None,
+            every: None,
+            overlap: None,
         }
     }
 

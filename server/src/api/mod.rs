@@ -6,7 +6,8 @@
 //!
 //! One module per resource, each with its `router()`:
 //! [`health`], [`modules`], [`specs`], [`jobs`], [`tasks`], [`run`],
-//! [`workers`], [`events`] (live, as Server-Sent Events); [`views`] holds
+//! [`workers`], [`schedules`], [`events`] (live, as Server-Sent Events);
+//! [`views`] holds
 //! what they return.
 
 mod error;
@@ -15,6 +16,7 @@ pub mod health;
 pub mod jobs;
 pub mod modules;
 pub mod run;
+pub mod schedules;
 pub mod specs;
 pub mod tasks;
 pub mod views;
@@ -84,6 +86,7 @@ pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
         .merge(run::router())
         .merge(workers::router())
         .merge(events::router())
+        .merge(schedules::router())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(AppState { scheduler, config })
 }
@@ -126,6 +129,12 @@ pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
         workers::list_workers,
         events::all_events,
         events::job_events,
+        schedules::create_schedule,
+        schedules::list_schedules,
+        schedules::get_schedule,
+        schedules::delete_schedule,
+        schedules::pause_schedule,
+        schedules::resume_schedule,
     )
 )]
 struct ApiDoc;

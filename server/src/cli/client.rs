@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
+use sandmill_server::api::schedules::ScheduleView;
 use sandmill_server::api::views::{
     CallView, GraphView, JobCreated, JobView, ModuleView, Page, RestartRequest, ResubmitRequest,
     RetryView, TaskCounts, TaskDetail, TaskView, WorkerView,
@@ -134,6 +135,12 @@ pub enum ClientCommand {
     },
     /// List the fleet's workers: live, draining or lost.
     Workers,
+    /// List schedules (job files with `schedule` or `every`, created by
+    /// `sandmill submit`), or pause, resume or delete one.
+    Schedules {
+        #[command(subcommand)]
+        action: Option<ScheduleAction>,
+    },
     /// List jobs, most recently updated first.
     Jobs {
         /// Only jobs with this status (running, succeeded, failed, cancelled).
@@ -142,6 +149,26 @@ pub enum ClientCommand {
         /// How many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+    },
+}
+
+/// What to do to a schedule.
+#[derive(Subcommand, Debug)]
+pub enum ScheduleAction {
+    /// Stop firing until resumed.
+    Pause {
+        /// Its name.
+        name: String,
+    },
+    /// Fire again, from the next time after now.
+    Resume {
+        /// Its name.
+        name: String,
+    },
+    /// Fire no more (the jobs it submitted stay).
+    Delete {
+        /// Its name.
+        name: String,
     },
 }
 
@@ -335,6 +362,24 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
                     resolved.cache = Some(false);
                 }
                 let body = serde_json::to_vec(&resolved)?;
+                if resolved.is_schedule() {
+                    anyhow::ensure!(
+                        !wait,
+                        "a schedule has no end to wait for (`sandmill schedules` shows it)"
+                    );
+                    let schedule: ScheduleView = server
+                        .post("/v1/schedules", body, "application/json")
+                        .await?
+                        .json()
+                        .await?;
+                    say!("{}", schedule.name);
+                    tell!(
+                        "schedule `{}` created; next firing {}",
+                        schedule.name,
+                        schedule.next_at.as_deref().unwrap_or("-")
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
                 let created: JobCreated = server
                     .post("/v1/jobs", body, "application/json")
                     .await?
@@ -547,6 +592,7 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             ClientCommand::Jobs { status, limit } => list(&server, status, limit).await,
+            ClientCommand::Schedules { action } => schedules(&server, action).await,
             ClientCommand::Workers => {
                 say!(
                     "{:<20}  {:<8}  {:>8}  {:>7}  {:>9}  labels",
@@ -785,5 +831,70 @@ async fn list(server: &Server, status: Option<JobStatus>, limit: u32) -> anyhow:
             job.name
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sandmill schedules [pause|resume|delete NAME]`.
+async fn schedules(server: &Server, action: Option<ScheduleAction>) -> anyhow::Result<ExitCode> {
+    let (path, verb) = match &action {
+        None => {
+            say!(
+                "{:<24}  {:<16}  {:<6}  {:>6}  {:>7}  {:<24}  last job",
+                "name",
+                "when",
+                "overlap",
+                "fired",
+                "skipped",
+                "next"
+            );
+            server
+                .pages("/v1/schedules", async |s: ScheduleView| {
+                    let when = match (&s.schedule, &s.every) {
+                        (Some(cron), _) => cron.clone(),
+                        (None, Some(every)) => format!("every {every}"),
+                        (None, None) => "-".to_owned(),
+                    };
+                    let overlap = serde_json::to_value(s.overlap)?;
+                    say!(
+                        "{:<24}  {:<16}  {:<6}  {:>6}  {:>7}  {:<24}  {}",
+                        s.name,
+                        when,
+                        overlap.as_str().unwrap_or_default(),
+                        s.fired,
+                        s.skipped,
+                        s.next_at.as_deref().unwrap_or("paused"),
+                        s.last_job_id.map_or("-".to_owned(), |id| id.to_string())
+                    );
+                    Ok(())
+                })
+                .await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(ScheduleAction::Pause { name }) => (format!("/v1/schedules/{name}/pause"), "paused"),
+        Some(ScheduleAction::Resume { name }) => {
+            (format!("/v1/schedules/{name}/resume"), "resumed")
+        }
+        Some(ScheduleAction::Delete { name }) => {
+            let response = server
+                .http
+                .delete(format!("{}/v1/schedules/{name}", server.base))
+                .send()
+                .await
+                .with_context(|| format!("cannot reach {}", server.base))?;
+            Server::check(response).await?;
+            tell!("schedule `{name}` deleted");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let schedule: ScheduleView = server
+        .post(&path, Vec::new(), "application/json")
+        .await?
+        .json()
+        .await?;
+    tell!(
+        "schedule `{}` {verb}; next firing {}",
+        schedule.name,
+        schedule.next_at.as_deref().unwrap_or("-")
+    );
     Ok(ExitCode::SUCCESS)
 }

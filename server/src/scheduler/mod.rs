@@ -15,6 +15,8 @@
 //! - [`inline`]: the upload-and-run fast path of the embedded mode.
 //! - [`mapreduce`]: map-reduce jobs between their phases.
 //! - [`pipeline`]: pipelines between their steps.
+//! - [`schedules`]: job files that fire on a cron expression or an
+//!   interval.
 //!
 //! Memory does not grow with the number of tasks: the backlog lives in the
 //! database, and what is in flight is bounded by the window.
@@ -26,6 +28,7 @@ mod pipeline;
 mod reconcile;
 mod recorder;
 mod restart;
+mod schedules;
 mod submit;
 
 use std::collections::HashMap;
@@ -46,6 +49,7 @@ use crate::store::{CancelRefused, JobRow, ModuleRow, Store, StoreError};
 
 pub use inline::{Inline, InlineRun};
 pub use mapreduce::part_name;
+pub use schedules::firing_of;
 pub use submit::{SubmitOptions, Submitted};
 
 /// How often the reconciler looks for live tasks missing from the broker,
@@ -149,6 +153,8 @@ struct Inner {
     live: AtomicI64,
     /// Wakes the dispatcher.
     dispatch: Notify,
+    /// Wakes the schedules' loop (one was created, paused or deleted).
+    schedules: Notify,
     /// Callers waiting for one task's final result (`/v1/run`).
     waiters: Mutex<HashMap<i64, oneshot::Sender<TaskResult>>>,
     /// Catalogue rows of modules seen lately.
@@ -181,6 +187,7 @@ impl Scheduler {
                 config,
                 live: AtomicI64::new(0),
                 dispatch: Notify::new(),
+                schedules: Notify::new(),
                 waiters: Mutex::default(),
                 modules: Mutex::default(),
                 stopping: watch::channel(false).0,

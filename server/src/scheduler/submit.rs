@@ -59,6 +59,20 @@ impl Scheduler {
         job: &JobFile,
         options: SubmitOptions,
     ) -> Result<Submitted, SchedulerError> {
+        if job.is_schedule() || job.overlap.is_some() {
+            let field = if job.every.is_some() {
+                "every"
+            } else if job.overlap.is_some() && !job.is_schedule() {
+                "overlap"
+            } else {
+                "schedule"
+            };
+            return Err(Invalid::field(
+                field,
+                "a schedule is created with POST /v1/schedules (`sandmill submit` does it), not submitted as a job",
+            )
+            .into());
+        }
         if let Some(graph) = job.graph(self.inner.config.max_tasks_per_job)? {
             return self.submit_pipeline(job, graph, options).await;
         }

@@ -20,6 +20,7 @@
 //!   reconciler, a page at a time.
 //! - [`run`](self::run): one call recorded whole (the upload-and-run fast
 //!   path).
+//! - [`schedules`](self::schedules): job files that fire on a clock.
 //! - [`types`](self::types): enums and JSON in TEXT columns, safe text.
 //!
 //! Memory never grows with the number of rows: every read that can be long
@@ -35,6 +36,7 @@ mod recovery;
 mod restart;
 mod rows;
 mod run;
+mod schedules;
 mod tasks;
 pub mod types;
 
@@ -57,6 +59,7 @@ pub use record::Recorded;
 pub use restart::{RestartRefused, Restarted, Retried};
 pub use rows::*;
 pub use run::{RunRecord, RunWriter};
+pub use schedules::{Fired, NewSchedule, ScheduleRow};
 pub use tasks::Stored;
 
 /// Rows per multi-row INSERT: well under SQLite's 32,766 bound variables.

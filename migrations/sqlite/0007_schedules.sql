@@ -1,0 +1,28 @@
+-- Schedules (keep in step with ../postgres/0007_schedules.sql).
+--
+-- A schedule is a job file (modules resolved to `sha256:` hashes) that
+-- becomes a new job each time it fires: on a cron expression with
+-- seconds (`cron`) or every `every_ms`. `next_at` is the next firing;
+-- firing advances it, with a compare-and-set on its old value, to the
+-- first time after now (so a server that was down fires once on start:
+-- no burst). `overlap` says what a firing does while the previous job
+-- (`last_job_id`) still runs: skip it (`skipped` counts), queue it
+-- (`queued` = 1 until that job ends), or allow it.
+CREATE TABLE schedules (
+    name TEXT PRIMARY KEY,
+    job TEXT NOT NULL,
+    cron TEXT,
+    every_ms INTEGER CHECK (every_ms > 0),
+    overlap TEXT NOT NULL CHECK (overlap IN ('skip', 'queue', 'allow')),
+    paused INTEGER NOT NULL DEFAULT 0 CHECK (paused IN (0, 1)),
+    next_at INTEGER NOT NULL,
+    queued INTEGER NOT NULL DEFAULT 0 CHECK (queued IN (0, 1)),
+    fired INTEGER NOT NULL DEFAULT 0 CHECK (fired >= 0),
+    skipped INTEGER NOT NULL DEFAULT 0 CHECK (skipped >= 0),
+    last_fired_at INTEGER,
+    last_job_id INTEGER,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    CHECK ((cron IS NULL) <> (every_ms IS NULL))
+);
+CREATE INDEX schedules_due ON schedules (next_at) WHERE paused = 0;

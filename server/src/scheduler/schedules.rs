@@ -1,0 +1,211 @@
+//! Schedules: job files that become a new job each time they fire, on a
+//! cron expression or at an interval.
+//!
+//! One loop sleeps until the earliest firing (or until a schedule changes,
+//! or a job ends while a firing waits for it). A due firing is taken by
+//! moving its `next_at` to the first time after now, in one
+//! compare-and-set, before its job is submitted: a server that was down
+//! fires once on start (catch-up), never a burst, and a crash between
+//! the two loses that firing rather than doubling it.
+
+use std::time::Duration;
+
+use super::{Scheduler, SchedulerError, SubmitOptions};
+use crate::jobfile::{Firing, Invalid, JobFile, Overlap};
+use crate::model::JobStatus;
+use crate::store::{Fired, NewSchedule, ScheduleRow, now_ms};
+
+/// Due schedules handled per round.
+const DUE_BATCH: i64 = 256;
+
+/// Longest sleep of the loop: a firing whose wake-up was lost waits no
+/// longer than this.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// When a stored schedule fires.
+pub fn firing_of(row: &ScheduleRow) -> Option<Firing> {
+    match (&row.cron, row.every_ms) {
+        (Some(cron), _) => Some(Firing::Cron(cron.clone())),
+        (None, Some(ms)) => Some(Firing::Every(Duration::from_millis(
+            u64::try_from(ms).unwrap_or(1),
+        ))),
+        (None, None) => None,
+    }
+}
+
+impl Scheduler {
+    /// Creates a schedule from a job file with `schedule` or `every`: its
+    /// job is checked as a submission would be; the first firing is the
+    /// next one after now.
+    pub async fn create_schedule(&self, file: &JobFile) -> Result<ScheduleRow, SchedulerError> {
+        let firing = file.firing()?;
+        let job = file.without_schedule();
+        if job.graph(self.inner.config.max_tasks_per_job)?.is_none() {
+            self.prepare(&job, SubmitOptions::default()).await?;
+        }
+        let now = now_ms();
+        let next_at = firing
+            .next_after(now, now)
+            .ok_or_else(|| Invalid::field("schedule", "it never fires"))?;
+        let (cron, every_ms) = match &firing {
+            Firing::Cron(expression) => (Some(expression.clone()), None),
+            Firing::Every(every) => (
+                None,
+                Some(i64::try_from(every.as_millis()).unwrap_or(i64::MAX)),
+            ),
+        };
+        let new = NewSchedule {
+            name: file.name.clone(),
+            job,
+            cron,
+            every_ms,
+            overlap: file.overlap.unwrap_or_default().as_str(),
+            next_at,
+        };
+        if !self.inner.store.put_schedule(&new).await? {
+            return Err(SchedulerError::Conflict(format!(
+                "a schedule named `{}` exists; delete it first",
+                file.name
+            )));
+        }
+        self.inner.schedules.notify_one();
+        self.inner
+            .store
+            .schedule(&file.name)
+            .await?
+            .ok_or_else(|| SchedulerError::Internal("a schedule vanished as it was created".into()))
+    }
+
+    /// Pauses or resumes a schedule; a resumed one fires next at its next
+    /// time after now (what it missed while paused is not made up).
+    pub async fn pause_schedule(
+        &self,
+        name: &str,
+        paused: bool,
+    ) -> Result<ScheduleRow, SchedulerError> {
+        let row = self
+            .inner
+            .store
+            .schedule(name)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(format!("schedule `{name}`")))?;
+        let next_at = if paused {
+            None
+        } else {
+            let now = now_ms();
+            firing_of(&row).and_then(|f| f.next_after(row.next_at.min(now), now))
+        };
+        let row = self
+            .inner
+            .store
+            .pause_schedule(name, paused, next_at)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(format!("schedule `{name}`")))?;
+        self.inner.schedules.notify_one();
+        Ok(row)
+    }
+
+    /// Deletes a schedule; the jobs it submitted stay.
+    pub async fn delete_schedule(&self, name: &str) -> Result<(), SchedulerError> {
+        if self.inner.store.delete_schedule(name).await? {
+            self.inner.schedules.notify_one();
+            Ok(())
+        } else {
+            Err(SchedulerError::NotFound(format!("schedule `{name}`")))
+        }
+    }
+
+    /// Fires schedules as they fall due, until the server stops.
+    pub async fn run_schedules(self) {
+        let mut finished = self.inner.finished.subscribe();
+        let mut stopping = self.inner.stopping.subscribe();
+        loop {
+            let (wait, queued) = match self.fire_due().await {
+                Ok((next, queued)) => (
+                    next.map_or(MAX_SLEEP, |next| {
+                        Duration::from_millis(u64::try_from(next - now_ms()).unwrap_or(0))
+                            .min(MAX_SLEEP)
+                    }),
+                    queued,
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, "firing schedules failed; trying again in 1 s");
+                    (Duration::from_secs(1), false)
+                }
+            };
+            finished.borrow_and_update();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.inner.schedules.notified() => {}
+                // A job ended while a firing waits for one: it may go now.
+                _ = finished.changed(), if queued => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Fires every due schedule; returns the next firing time, and
+    /// whether a firing waits for a job to end.
+    async fn fire_due(&self) -> Result<(Option<i64>, bool), SchedulerError> {
+        let now = now_ms();
+        let mut queued = false;
+        for row in self.inner.store.due_schedules(now, DUE_BATCH).await? {
+            queued |= row.queued == 1;
+            if let Err(error) = self.fire(&row, now).await {
+                tracing::warn!(schedule = %row.name, %error, "a schedule's firing failed");
+            }
+        }
+        Ok((self.inner.store.next_firing().await?, queued))
+    }
+
+    /// One due schedule: submits its job, or skips or queues the firing
+    /// while its previous job runs.
+    async fn fire(&self, row: &ScheduleRow, now: i64) -> Result<(), SchedulerError> {
+        let Some(firing) = firing_of(row) else {
+            return Ok(());
+        };
+        let due = row.next_at <= now;
+        // A queued firing keeps its place; a due one moves to the first
+        // time after now (one catch-up, however many were missed).
+        let next = if due {
+            firing.next_after(row.next_at, now).unwrap_or(i64::MAX)
+        } else {
+            row.next_at
+        };
+        let previous_runs = match row.last_job_id {
+            Some(id) => self
+                .inner
+                .store
+                .job(id)
+                .await?
+                .is_some_and(|job| job.status() == JobStatus::Running),
+            None => false,
+        };
+        let overlap = Overlap::parse(&row.overlap).unwrap_or_default();
+        let how = match (previous_runs, overlap) {
+            (false, _) | (true, Overlap::Allow) => Fired::Submits,
+            // Still waiting for the previous job; a due firing meanwhile
+            // is folded into the one that waits.
+            (true, Overlap::Queue) if row.queued == 1 && !due => return Ok(()),
+            (true, Overlap::Queue) => Fired::Queued,
+            (true, Overlap::Skip) => Fired::Skipped,
+        };
+        let seen = (row.next_at, row.queued);
+        if !self
+            .inner
+            .store
+            .take_firing(&row.name, seen, next, how)
+            .await?
+        {
+            return Ok(());
+        }
+        if how != Fired::Submits {
+            tracing::debug!(schedule = %row.name, ?how, "the previous job still runs");
+            return Ok(());
+        }
+        let job_id = self.submit(&row.job.0).await?;
+        self.inner.store.schedule_fired(&row.name, job_id).await?;
+        tracing::info!(schedule = %row.name, job_id, "schedule fired");
+        Ok(())
+    }
+}
