@@ -194,3 +194,86 @@ async fn overlap_skip_and_queue_never_run_two_of_a_schedules_jobs_at_once() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_controller_reaches_its_target_and_stops_submitting() {
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let data = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let http = reqwest::Client::new();
+        let (_dev, base) = start(data.path());
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/controller/controller.toml");
+        let created = ok(&cli(
+            state.path(),
+            &base,
+            &["submit", &example.display().to_string()],
+        ));
+        assert_eq!(created.trim(), "keep-twenty");
+
+        // Its work jobs are sweeps named as the schedule; its own calls
+        // are jobs named `keep-twenty.controller`.
+        let work = async || -> (usize, i64, usize) {
+            let jobs: Value = http
+                .get(format!("{base}/v1/jobs?limit=1000"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let items = jobs["items"].as_array().unwrap();
+            let work: Vec<&Value> = items
+                .iter()
+                .filter(|j| j["name"] == "keep-twenty")
+                .collect();
+            let succeeded = work
+                .iter()
+                .map(|j| j["tasks"]["succeeded"].as_i64().unwrap())
+                .sum();
+            let calls = items
+                .iter()
+                .filter(|j| j["name"] == "keep-twenty.controller")
+                .count();
+            (work.len(), succeeded, calls)
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, succeeded, _) = work().await;
+            if succeeded >= 20 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the target was not reached in 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (jobs, succeeded, calls) = work().await;
+        // Three more firings: the controller runs and submits nothing.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        let (jobs_after, succeeded_after, calls_after) = work().await;
+        println!(
+            "controller: target 20 reached with {jobs} jobs; {} more calls submitted {} jobs",
+            calls_after - calls,
+            jobs_after - jobs
+        );
+        assert_eq!(succeeded, 20, "exactly the target");
+        assert_eq!(jobs, 4, "sweeps of 5");
+        assert!(calls_after > calls, "the controller was still called");
+        assert_eq!(
+            (jobs_after, succeeded_after),
+            (jobs, succeeded),
+            "nothing more was submitted"
+        );
+        let (_, row) = schedule(&http, &base, "keep-twenty").await;
+        assert_eq!(row["fired"], 4);
+        ok(&cli(
+            state.path(),
+            &base,
+            &["schedules", "delete", "keep-twenty"],
+        ));
+    })
+    .await
+    .unwrap();
+}

@@ -7,7 +7,9 @@
 -- first time after now (so a server that was down fires once on start:
 -- no burst). `overlap` says what a firing does while the previous job
 -- (`last_job_id`) still runs: skip it (`skipped` counts), queue it
--- (`queued` = 1 until that job ends), or allow it.
+-- (`queued` = 1 until that job ends), or allow it. A schedule whose job
+-- file has a `[controller]` calls it instead, and submits what it returns.
+-- Each job a schedule submits names it (`jobs.schedule`).
 CREATE TABLE schedules (
     name TEXT PRIMARY KEY,
     job TEXT NOT NULL,
@@ -26,3 +28,6 @@ CREATE TABLE schedules (
     CHECK ((cron IS NULL) <> (every_ms IS NULL))
 );
 CREATE INDEX schedules_due ON schedules (next_at) WHERE paused = 0;
+
+ALTER TABLE jobs ADD COLUMN schedule TEXT;
+CREATE INDEX jobs_schedule ON jobs (schedule, id) WHERE schedule IS NOT NULL;

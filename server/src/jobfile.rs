@@ -97,6 +97,26 @@ pub struct JobFile {
     /// `skip` (the default), `queue` (fire when it ends) or `allow`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlap: Option<Overlap>,
+    /// Makes a schedule a control loop: each firing calls this module
+    /// (kind `task`) with the schedule's state as JSON and submits the job
+    /// files it returns; the rest of the file is the job it may copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<ControllerSection>,
+}
+
+/// `[controller]`: the module a control-loop schedule calls.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerSection {
+    /// Path, `sha256:<hex>` or `name@version`; exports `task`.
+    pub module: String,
+    /// Its parameters (any table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<serde_json::Value>,
+    /// Its limits (default: the usual task defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSection>,
 }
 
 /// What a schedule's firing does while its previous job still runs.
@@ -220,7 +240,8 @@ impl JobFile {
         }
     }
 
-    /// The job each firing submits: this file without its schedule.
+    /// The job each firing submits (or a controller's template): this
+    /// file without its schedule (its controller stays).
     pub fn without_schedule(&self) -> JobFile {
         JobFile {
             schedule: None,
@@ -1016,6 +1037,7 @@ impl JobFile {
             schedule: None,
             every: None,
             overlap: None,
+            controller: None,
         }
     }
 

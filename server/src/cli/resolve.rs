@@ -43,6 +43,11 @@ pub async fn resolve(
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let local = |p: &str| -> PathBuf { base.join(p) };
+    if let Some(controller) = &mut job.controller {
+        controller.module = upload_module(&controller.module, &local, upload)
+            .await
+            .context("controller: module")?;
+    }
     if !job.steps.is_empty() {
         // Checked before anything is uploaded: a bad graph costs nothing.
         job.graph(u64::MAX)

@@ -155,6 +155,8 @@ struct Inner {
     dispatch: Notify,
     /// Wakes the schedules' loop (one was created, paused or deleted).
     schedules: Notify,
+    /// Schedules whose controller is being called.
+    controllers: Mutex<std::collections::HashSet<String>>,
     /// Callers waiting for one task's final result (`/v1/run`).
     waiters: Mutex<HashMap<i64, oneshot::Sender<TaskResult>>>,
     /// Catalogue rows of modules seen lately.
@@ -188,6 +190,7 @@ impl Scheduler {
                 live: AtomicI64::new(0),
                 dispatch: Notify::new(),
                 schedules: Notify::new(),
+                controllers: Mutex::default(),
                 waiters: Mutex::default(),
                 modules: Mutex::default(),
                 stopping: watch::channel(false).0,

@@ -11,12 +11,24 @@
 use std::time::Duration;
 
 use super::{Scheduler, SchedulerError, SubmitOptions};
-use crate::jobfile::{Firing, Invalid, JobFile, Overlap};
+use sandmill_runtime::message::{OutputRef, Verdict};
+
+use crate::jobfile::{Firing, Invalid, JobFile, Overlap, TaskSection};
 use crate::model::JobStatus;
 use crate::store::{Fired, NewSchedule, ScheduleRow, now_ms};
 
 /// Due schedules handled per round.
 const DUE_BATCH: i64 = 256;
+
+/// A controller's state shows this many of the schedule's newest jobs.
+pub const CONTROLLER_JOBS: i64 = 50;
+
+/// Job files one controller call may return at most; more is an error
+/// (nothing of that call is submitted).
+pub const MAX_CONTROLLER_JOBS: usize = 100;
+
+/// How long a controller call may wait for a worker past its timeout.
+const CONTROLLER_SLACK: Duration = Duration::from_secs(30);
 
 /// Longest sleep of the loop: a firing whose wake-up was lost waits no
 /// longer than this.
@@ -164,6 +176,9 @@ impl Scheduler {
         let Some(firing) = firing_of(row) else {
             return Ok(());
         };
+        if row.job.0.controller.is_some() {
+            return self.fire_controller(row, &firing, now).await;
+        }
         let due = row.next_at <= now;
         // A queued firing keeps its place; a due one moves to the first
         // time after now (one catch-up, however many were missed).
@@ -206,6 +221,175 @@ impl Scheduler {
         let job_id = self.submit(&row.job.0).await?;
         self.inner.store.schedule_fired(&row.name, job_id).await?;
         tracing::info!(schedule = %row.name, job_id, "schedule fired");
+        Ok(())
+    }
+
+    /// A control loop's firing: its controller runs (one call at a time
+    /// per schedule: a firing while one runs is skipped), behind the loop.
+    async fn fire_controller(
+        &self,
+        row: &ScheduleRow,
+        firing: &Firing,
+        now: i64,
+    ) -> Result<(), SchedulerError> {
+        if row.next_at > now {
+            return Ok(());
+        }
+        let next = firing.next_after(row.next_at, now).unwrap_or(i64::MAX);
+        let running = !self.lock_controllers().insert(row.name.clone());
+        let how = if running {
+            Fired::Skipped
+        } else {
+            Fired::Submits
+        };
+        let taken = self
+            .inner
+            .store
+            .take_firing(&row.name, (row.next_at, row.queued), next, how)
+            .await;
+        if running {
+            return Ok(taken.map(|_| ())?);
+        }
+        if !matches!(taken, Ok(true)) {
+            self.lock_controllers().remove(&row.name);
+            return Ok(taken.map(|_| ())?);
+        }
+        let scheduler = self.clone();
+        let row = row.clone();
+        tokio::spawn(async move {
+            if let Err(error) = scheduler.run_controller(&row).await {
+                tracing::warn!(schedule = %row.name, %error, "the controller's call failed");
+            }
+            scheduler.lock_controllers().remove(&row.name);
+        });
+        Ok(())
+    }
+
+    fn lock_controllers(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.inner
+            .controllers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Calls a schedule's controller with the schedule's state and
+    /// submits the job files it returns (a JSON array; empty: nothing).
+    async fn run_controller(&self, row: &ScheduleRow) -> Result<(), SchedulerError> {
+        let Some(controller) = row.job.0.controller.clone() else {
+            return Ok(());
+        };
+        let template = JobFile {
+            controller: None,
+            ..row.job.0.clone()
+        };
+        let store = &self.inner.store;
+        let jobs = store.schedule_jobs(&row.name, CONTROLLER_JOBS).await?;
+        let totals = store.schedule_totals(&row.name).await?;
+        let now = now_ms();
+        let workers = self
+            .workers(None, 1000)
+            .await
+            .map_or(0, |w| w.iter().filter(|w| !w.is_lost(now)).count());
+        let state = serde_json::json!({
+            "schedule": row.name,
+            "at": crate::api::views::time(now),
+            "template": template,
+            "totals": totals,
+            "jobs": jobs.iter().map(|job| serde_json::json!({
+                "id": job.id,
+                "name": job.name,
+                "status": job.status(),
+                "tasks": {
+                    "total": job.total_tasks,
+                    "succeeded": job.succeeded,
+                    "failed": job.failed,
+                    "cancelled": job.cancelled,
+                },
+            })).collect::<Vec<_>>(),
+            "in_flight": self.in_flight(),
+            "workers": workers,
+        });
+        let state = serde_json::to_vec(&state)
+            .map_err(|e| SchedulerError::Internal(format!("the controller's state: {e}")))?;
+        let input = self.upload_input(&state).await?;
+        let limits = controller.limits.clone().unwrap_or_default();
+        let call = JobFile {
+            name: format!("{}.controller", row.name),
+            priority: Some(5),
+            task: Some(TaskSection {
+                module: controller.module.clone(),
+                kind: Some("task".to_owned()),
+                input: Some(format!("sha256:{input}")),
+                input_name: Some("state.json".to_owned()),
+                params: controller.params.clone(),
+            }),
+            limits,
+            cache: Some(false),
+            ..JobFile::default()
+        };
+        let timeout = call
+            .limits
+            .timeout
+            .as_deref()
+            .and_then(|t| humantime::parse_duration(t).ok())
+            .unwrap_or(sandmill_runtime::sandbox::DEFAULT_TIMEOUT)
+            + CONTROLLER_SLACK;
+        let submitted = self
+            .submit_with(
+                &call,
+                SubmitOptions {
+                    wait_for_task: true,
+                    default_priority: 5,
+                },
+            )
+            .await?;
+        let result = match submitted.waiter {
+            Some(waiter) => waiter.result(timeout).await,
+            None => None,
+        }
+        .ok_or_else(|| SchedulerError::Internal("the controller did not answer in time".into()))?;
+        if result.verdict != Verdict::Succeeded {
+            return Err(SchedulerError::Internal(format!(
+                "the controller failed ({}): {}",
+                result
+                    .reason
+                    .map_or("unknown".to_owned(), |r| r.to_string()),
+                result.error.unwrap_or_default()
+            )));
+        }
+        let output = match result.output {
+            Some(OutputRef::Inline(bytes)) => bytes,
+            Some(OutputRef::Blob { hash, .. }) => {
+                self.inner.blobs.get(&hash).await?.unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
+        let files: Vec<JobFile> = if output.iter().all(u8::is_ascii_whitespace) {
+            Vec::new()
+        } else {
+            serde_json::from_slice(&output).map_err(|e| {
+                SchedulerError::Internal(format!(
+                    "the controller's output is not a JSON array of job files: {e}"
+                ))
+            })?
+        };
+        if files.len() > MAX_CONTROLLER_JOBS {
+            return Err(SchedulerError::Internal(format!(
+                "the controller returned {} job files; at most {MAX_CONTROLLER_JOBS} are taken",
+                files.len()
+            )));
+        }
+        for file in &files {
+            match self.submit(file).await {
+                Ok(job_id) => {
+                    self.inner.store.schedule_fired(&row.name, job_id).await?;
+                    tracing::info!(schedule = %row.name, job_id, "the controller submitted a job");
+                }
+                Err(error) => {
+                    tracing::warn!(schedule = %row.name, %error, "a job file the controller returned was refused")
+                }
+            }
+        }
         Ok(())
     }
 }

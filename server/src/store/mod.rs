@@ -59,7 +59,7 @@ pub use record::Recorded;
 pub use restart::{RestartRefused, Restarted, Retried};
 pub use rows::*;
 pub use run::{RunRecord, RunWriter};
-pub use schedules::{Fired, NewSchedule, ScheduleRow};
+pub use schedules::{Fired, NewSchedule, ScheduleRow, ScheduleTotals};
 pub use tasks::Stored;
 
 /// Rows per multi-row INSERT: well under SQLite's 32,766 bound variables.

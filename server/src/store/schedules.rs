@@ -2,9 +2,10 @@
 //! moves `next_at` with a compare-and-set on its old value, so a firing
 //! is taken once even if two loops saw it due.
 
-use super::types::JsonText;
-use super::{Store, StoreError, now_ms, on_pool};
+use super::types::{JsonText, Text};
+use super::{JOB_COLUMNS, JobRow, Store, StoreError, now_ms, on_pool};
 use crate::jobfile::JobFile;
+use crate::model::JobStatus;
 
 const SCHEDULE_COLUMNS: &str = "name, job, cron, every_ms, overlap, paused, next_at, queued, fired, \
      skipped, last_fired_at, last_job_id, created_at, updated_at";
@@ -57,6 +58,23 @@ pub struct NewSchedule {
     pub overlap: &'static str,
     /// The first firing.
     pub next_at: i64,
+}
+
+/// What the jobs of a schedule add up to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ScheduleTotals {
+    /// Jobs submitted.
+    pub jobs: i64,
+    /// Of them, still running.
+    pub running: i64,
+    /// Their tasks.
+    pub tasks: i64,
+    /// Tasks that succeeded.
+    pub succeeded: i64,
+    /// Tasks that failed for good.
+    pub failed: i64,
+    /// Tasks cancelled.
+    pub cancelled: i64,
 }
 
 /// What a due firing does.
@@ -211,18 +229,61 @@ impl Store {
         Ok(done == 1)
     }
 
-    /// Records the job a firing submitted.
+    /// Records the job a firing submitted, and marks it as the schedule's.
     pub async fn schedule_fired(&self, name: &str, job_id: i64) -> Result<(), StoreError> {
-        on_pool!(self, pool => sqlx::query(
-            "UPDATE schedules SET fired = fired + 1, last_job_id = $2, last_fired_at = $3, updated_at = $3 \
-             WHERE name = $1",
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "UPDATE schedules SET fired = fired + 1, last_job_id = $2, last_fired_at = $3, updated_at = $3 \
+                 WHERE name = $1",
+            )
+            .bind(name.to_owned())
+            .bind(job_id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE jobs SET schedule = $1 WHERE id = $2")
+                .bind(name.to_owned())
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// The newest `limit` jobs a schedule submitted.
+    pub async fn schedule_jobs(&self, name: &str, limit: i64) -> Result<Vec<JobRow>, StoreError> {
+        let rows = on_pool!(self, pool => sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE schedule = $1 ORDER BY id DESC LIMIT $2"
+        )))
+        .bind(name.to_owned())
+        .bind(limit)
+        .fetch_all(pool)
+        .await?);
+        Ok(rows)
+    }
+
+    /// What every job a schedule submitted adds up to.
+    pub async fn schedule_totals(&self, name: &str) -> Result<ScheduleTotals, StoreError> {
+        let row: (i64, i64, i64, i64, i64, i64) = on_pool!(self, pool => sqlx::query_as(
+            "SELECT COUNT(*), \
+             CAST(COALESCE(SUM(CASE WHEN status = $2 THEN 1 ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(total_tasks), 0) AS BIGINT), CAST(COALESCE(SUM(succeeded), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(failed), 0) AS BIGINT), CAST(COALESCE(SUM(cancelled), 0) AS BIGINT) \
+             FROM jobs WHERE schedule = $1",
         )
         .bind(name.to_owned())
-        .bind(job_id)
-        .bind(now_ms())
-        .execute(pool)
-        .await
-        .map(|_| ())?);
-        Ok(())
+        .bind(Text(JobStatus::Running))
+        .fetch_one(pool)
+        .await?);
+        Ok(ScheduleTotals {
+            jobs: row.0,
+            running: row.1,
+            tasks: row.2,
+            succeeded: row.3,
+            failed: row.4,
+            cancelled: row.5,
+        })
     }
 }
