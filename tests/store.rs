@@ -11,8 +11,11 @@ use std::time::Duration;
 use sandmill_runtime::Reason;
 use sandmill_runtime::message::{OutputRef, TaskEvent, TaskMessage, TaskResult, Verdict};
 use sandmill_runtime::sandbox::CallKind;
+use sandmill_server::jobfile::JobFile;
 use sandmill_server::model::{JobKind, JobStatus, TaskState};
-use sandmill_server::store::{CancelRefused, Item, NewJob, NewSpec, Store, Stored};
+use sandmill_server::store::{
+    CancelRefused, Fired, Item, NewJob, NewSchedule, NewSpec, Store, Stored,
+};
 
 fn job(total: i64, items: Vec<Item>, max_attempts: i64) -> NewJob {
     NewJob {
@@ -172,6 +175,77 @@ async fn catalogue(store: &Store) {
     );
     let second = store.specs(None, Some(cursor), 1).await.unwrap();
     assert_eq!(second[0].version, "1");
+}
+
+/// Schedules: one per name; a firing is taken once (compare-and-set on
+/// its time); the jobs it submitted add up.
+async fn schedules(store: &Store) {
+    let new = NewSchedule {
+        name: "tick".into(),
+        job: JobFile {
+            name: "tick".into(),
+            ..JobFile::default()
+        },
+        cron: None,
+        every_ms: Some(1_000),
+        overlap: "skip",
+        next_at: 5_000,
+    };
+    assert!(store.put_schedule(&new).await.unwrap());
+    assert!(!store.put_schedule(&new).await.unwrap(), "one per name");
+    assert!(store.due_schedules(4_999, 10).await.unwrap().is_empty());
+    assert_eq!(store.due_schedules(5_000, 10).await.unwrap().len(), 1);
+    assert_eq!(store.next_firing().await.unwrap(), Some(5_000));
+    assert!(
+        store
+            .take_firing("tick", (5_000, 0), 6_000, Fired::Submits)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .take_firing("tick", (5_000, 0), 6_000, Fired::Submits)
+            .await
+            .unwrap(),
+        "a firing is taken once"
+    );
+    assert!(
+        store
+            .take_firing("tick", (6_000, 0), 7_000, Fired::Skipped)
+            .await
+            .unwrap()
+    );
+    let (job_id, _) = store.create_job(&job(3, items(3), 1), 3).await.unwrap();
+    store.schedule_fired("tick", job_id).await.unwrap();
+    let row = store.schedule("tick").await.unwrap().unwrap();
+    assert_eq!(
+        (row.fired, row.skipped, row.next_at, row.last_job_id),
+        (1, 1, 7_000, Some(job_id))
+    );
+    let totals = store.schedule_totals("tick").await.unwrap();
+    assert_eq!(
+        (totals.jobs, totals.running, totals.tasks, totals.succeeded),
+        (1, 1, 3, 0)
+    );
+    assert_eq!(store.schedule_jobs("tick", 10).await.unwrap()[0].id, job_id);
+    let paused = store
+        .pause_schedule("tick", true, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(paused.paused, 1);
+    assert!(store.due_schedules(i64::MAX, 10).await.unwrap().is_empty());
+    assert!(
+        !store
+            .take_firing("tick", (7_000, 0), 8_000, Fired::Submits)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.schedules(None, 10).await.unwrap().len(), 1);
+    assert!(store.delete_schedule("tick").await.unwrap());
+    assert!(!store.delete_schedule("tick").await.unwrap());
+    assert!(store.schedule("tick").await.unwrap().is_none());
+    let _ = store.cancel_job(job_id).await.unwrap();
 }
 
 async fn suite(store: Store) {
@@ -438,6 +512,7 @@ async fn suite(store: Store) {
             .unwrap()
             .is_empty()
     );
+    schedules(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
