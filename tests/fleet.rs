@@ -600,8 +600,17 @@ fn sigterm_drains_a_worker_and_it_leaves_the_registry() {
         // The running task finishes (its 3 s), the other goes back unrun.
         let status = wait_exit(&mut drained, Duration::from_secs(30)).await;
         assert!(status.success(), "a drained worker exits 0, not {status}");
-        let state = fleet.job(id).await;
-        assert_eq!(state["tasks"]["failed"], 1, "{state}");
+        // Its result is durable in NATS before it exits; the server
+        // records it a moment later.
+        let state = fleet
+            .until(
+                id,
+                "the drained worker's result recorded",
+                Duration::from_secs(30),
+                |s| s["tasks"]["failed"] == 1,
+            )
+            .await;
+        assert_eq!(state["tasks"]["running"], 0, "{state}");
         assert!(
             fleet.worker("drained").await.is_none(),
             "a drained worker leaves the registry"
