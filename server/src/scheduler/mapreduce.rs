@@ -155,12 +155,14 @@ impl Scheduler {
                 _ = stopping.wait_for(|s| *s) => return,
             }
             let planned = self.plan_unplanned().await;
-            if let Err(error) = self.plan_pipelines().await {
-                tracing::warn!(%error, "looking for pipeline steps to plan failed");
-            }
+            let steps = self.plan_pipelines().await;
             let speculated = self.speculate().await;
+            // A failure while the server stops is the closed database.
             if *stopping.borrow() {
                 return;
+            }
+            if let Err(error) = steps {
+                tracing::warn!(%error, "looking for pipeline steps to plan failed");
             }
             if let Err(error) = planned {
                 tracing::warn!(%error, "looking for map-reduce jobs to plan failed");

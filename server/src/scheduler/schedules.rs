@@ -140,6 +140,8 @@ impl Scheduler {
                     }),
                     queued,
                 ),
+                // A failure while the server stops is the closed database.
+                Err(_) if *stopping.borrow() => return,
                 Err(error) => {
                     tracing::warn!(%error, "firing schedules failed; trying again in 1 s");
                     (Duration::from_secs(1), false)
