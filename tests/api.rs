@@ -953,6 +953,134 @@ async fn suite(database: Option<String>) {
         );
     }
 
+    // Subscriptions: need NATS (409 without), then the whole resource.
+    let echo = json!({"name": "echo", "subject": "api.echo.>", "module": module, "queue": false});
+    let refused = client.post_json("/v1/subscriptions", echo.clone()).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.text());
+    assert!(refused.text().contains("NATS"), "{}", refused.text());
+    assert_eq!(
+        client.get("/v1/subscriptions").await.json()["items"],
+        json!([])
+    );
+    let nats = support::Nats::start();
+    instance
+        .scheduler
+        .set_nats(async_nats::connect(nats.url()).await.unwrap());
+    let created = client.post_json("/v1/subscriptions", echo.clone()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let created = created.json();
+    assert_eq!(created["version"], 1);
+    assert_eq!(created["results_subject"], "sandmill.results.echo");
+    assert_eq!(created["keep"]["within"], "1day");
+    let durable =
+        json!({"name": "durable", "subject": "api.durable", "module": module, "keep": 10});
+    let replaced = client.post_json("/v1/subscriptions", durable.clone()).await;
+    assert_eq!(replaced.status, StatusCode::CREATED, "{}", replaced.text());
+    let again = client
+        .post_json("/v1/subscriptions", durable.clone())
+        .await
+        .json();
+    assert_eq!(again["version"], 2, "{again}");
+    assert_eq!(again["stream"], "SANDMILL_SUB_durable", "{again}");
+    assert_eq!(again["keep"], json!({"within": null, "count": 10}));
+    let first_job = replaced.json()["job_id"].as_i64().unwrap();
+    assert_ne!(again["job_id"], first_job, "a new version, a new job");
+    assert_ne!(
+        client.get(&format!("/v1/jobs/{first_job}")).await.json()["status"],
+        "running"
+    );
+    for (body, status, field) in [
+        (
+            json!({"name": "bad", "subject": "a..b", "module": module}),
+            StatusCode::BAD_REQUEST,
+            "subject",
+        ),
+        (
+            json!({"name": "bad name", "subject": "a.b", "module": module}),
+            StatusCode::BAD_REQUEST,
+            "name",
+        ),
+        (
+            json!({"name": "bad", "subject": "a.b", "module": module, "max_in_flight": 0}),
+            StatusCode::BAD_REQUEST,
+            "max_in_flight",
+        ),
+        (
+            json!({"name": "bad", "subject": "a.b", "module": "nosuch@1"}),
+            StatusCode::NOT_FOUND,
+            "",
+        ),
+        // Its subject overlaps `durable`'s stream.
+        (
+            json!({"name": "overlap", "subject": "api.*", "module": module}),
+            StatusCode::CONFLICT,
+            "",
+        ),
+    ] {
+        let reply = client.post_json("/v1/subscriptions", body.clone()).await;
+        assert_eq!(reply.status, status, "{body}: {}", reply.text());
+        if !field.is_empty() {
+            assert_eq!(reply.json()["field"], field, "{}", reply.text());
+        }
+        assert_eq!(
+            client.get("/v1/subscriptions/bad").await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+    assert_eq!(
+        client
+            .post("/v1/subscriptions", vec![b' '; 5 << 20])
+            .await
+            .status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let listed = client.all("/v1/subscriptions?limit=1").await;
+    let names: Vec<&str> = listed.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["durable", "echo"]);
+    assert_eq!(
+        client.get("/v1/subscriptions?limit=0").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        client.get("/v1/subscriptions/echo").await.json()["subject"],
+        "api.echo.>"
+    );
+    assert_eq!(
+        client
+            .get("/v1/subscriptions/durable/dead-letters")
+            .await
+            .json()["items"],
+        json!([])
+    );
+    assert_eq!(
+        client
+            .get("/v1/subscriptions/durable/dead-letters?cursor=@@")
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    for name in ["echo", "durable"] {
+        assert_eq!(
+            client
+                .send("DELETE", &format!("/v1/subscriptions/{name}"), Vec::new())
+                .await
+                .status,
+            StatusCode::NO_CONTENT
+        );
+    }
+    for (method, uri) in [
+        ("GET", "/v1/subscriptions/echo"),
+        ("DELETE", "/v1/subscriptions/echo"),
+        ("GET", "/v1/subscriptions/echo/dead-letters"),
+    ] {
+        assert_eq!(
+            client.send(method, uri, Vec::new()).await.status,
+            StatusCode::NOT_FOUND,
+            "{method} {uri}"
+        );
+    }
+    drop(nats);
+
     // Live events: a job's stream opens with where it is; everything's
     // stream goes on from a Last-Event-ID; each event is an EventView.
     let opening = client

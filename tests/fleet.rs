@@ -747,3 +747,317 @@ fn a_guest_granted_the_network_connects_from_a_worker() {
         assert_eq!(&output[..], b"connected");
     });
 }
+
+impl Fleet {
+    /// Runs a client command of the CLI against this fleet's server.
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        support::output_within(
+            Command::new(env!("CARGO_BIN_EXE_sandmill"))
+                .args(["--server", &self.base])
+                .args(args),
+            Duration::from_secs(60),
+        )
+    }
+
+    /// SIGKILLs a worker, and starts it again a second later.
+    async fn kill_and_restart_worker(&mut self, id: &str) {
+        let mut worker = self.take_worker(id);
+        worker.kill().unwrap();
+        worker.wait().unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.start_worker(id, "", 2);
+    }
+
+    /// `sandmill subscribe` of a file with `text`; returns the view.
+    async fn subscribe(&self, dir: &std::path::Path, name: &str, text: &str) -> Value {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = self.cli(&["subscribe", path.to_str().unwrap()]);
+        assert_eq!(support::ok(&out).trim(), name);
+        self.get(&format!("/v1/subscriptions/{name}")).await
+    }
+}
+
+/// Messages on a subject become tasks: a request is answered with the
+/// function's output (params from headers), results are published, a
+/// failure answers with `Sandmill-Error`; a durable subscription's poison
+/// message becomes a dead letter; deleting one stops new tasks and leaves
+/// its tasks readable.
+#[test]
+fn subscriptions_answer_requests_and_keep_dead_letters() {
+    use futures_util::StreamExt;
+    run_test(Duration::from_secs(240), async {
+        let mut fleet = Fleet::start(&[]).await;
+        fleet.start_worker("w1", "", 2);
+        let dir = tempfile::tempdir().unwrap();
+        let noop = guests::NOOP;
+        let echo = fleet
+            .subscribe(
+                dir.path(),
+                "echo",
+                &format!(
+                    "name = \"echo\"\nsubject = \"echo.>\"\nmodule = \"{noop}\"\nqueue = false\n\
+                     [params]\ngreeting = \"hi\"\n[limits]\noutput = \"1KiB\"\n"
+                ),
+            )
+            .await;
+        assert_eq!(echo["version"], 1, "{echo}");
+        assert_eq!(echo["queue"], false, "{echo}");
+        let job_id = echo["job_id"].as_i64().unwrap();
+
+        let client = async_nats::connect(fleet.nats.url()).await.unwrap();
+        let mut results = client.subscribe("sandmill.results.echo").await.unwrap();
+        client.flush().await.unwrap();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Sandmill-Param-n", "42");
+        headers.insert("Sandmill-Param-who", "world");
+        let answer = tokio::time::timeout(
+            Duration::from_secs(30),
+            client.request_with_headers("echo.a.b", headers, "hello".into()),
+        )
+        .await
+        .expect("an answer within 30 s")
+        .unwrap();
+        assert_eq!(&answer.payload[..], b"hello");
+        let answer_headers = answer.headers.clone().expect("headers");
+        assert!(answer_headers.get("Sandmill-Error").is_none());
+        let task_id: i64 = answer_headers
+            .get("Sandmill-Task")
+            .unwrap()
+            .as_str()
+            .parse()
+            .unwrap();
+        let task = fleet.get(&format!("/v1/tasks/{task_id}")).await["task"].clone();
+        assert_eq!(task["job_id"], job_id, "{task}");
+        assert_eq!(task["input"]["name"], "echo.a.b", "{task}");
+        assert_eq!(
+            task["params"],
+            json!({"greeting": "hi", "n": 42, "who": "world"}),
+            "{task}"
+        );
+        assert_eq!(task["state"], "succeeded", "{task}");
+        let published = tokio::time::timeout(Duration::from_secs(10), results.next())
+            .await
+            .expect("a result on sandmill.results.echo")
+            .unwrap();
+        assert_eq!(&published.payload[..], b"hello");
+
+        // A failure: the reason in a header, the error as JSON.
+        let big = vec![b'x'; 4096];
+        let failed = tokio::time::timeout(
+            Duration::from_secs(30),
+            client.request("echo.big", big.into()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let reason = failed
+            .headers
+            .as_ref()
+            .unwrap()
+            .get("Sandmill-Error")
+            .unwrap();
+        assert_eq!(reason.as_str(), "output-too-large");
+        let body: Value = serde_json::from_slice(&failed.payload).unwrap();
+        assert_eq!(body["code"], "output-too-large", "{body}");
+
+        // A durable subscription: a poison message is a dead letter.
+        let strict = fleet
+            .subscribe(
+                dir.path(),
+                "strict",
+                &format!(
+                    "name = \"strict\"\nsubject = \"strict.in\"\nmodule = \"{noop}\"\nmax_attempts = 2\n\
+                     [limits]\noutput = \"1KiB\"\n"
+                ),
+            )
+            .await;
+        assert_eq!(strict["queue"], true, "{strict}");
+        let strict_job = strict["job_id"].as_i64().unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        for payload in [b"one".to_vec(), vec![b'p'; 4096], b"three".to_vec()] {
+            js.publish("strict.in", payload.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let job = fleet
+            .until(
+                strict_job,
+                "3 messages handled",
+                Duration::from_secs(60),
+                |s| s["tasks"]["succeeded"] == 2 && s["tasks"]["failed"] == 1,
+            )
+            .await;
+        assert_eq!(
+            job["status"], "running",
+            "a subscription's job goes on: {job}"
+        );
+        let dead = fleet.get("/v1/subscriptions/strict/dead-letters").await;
+        let dead = dead["items"].as_array().unwrap().clone();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0]["seq"], 2, "the poison message's stream sequence");
+        assert_eq!(dead[0]["reason"], "output-too-large");
+        assert!(
+            dead[0]["error"].as_str().unwrap().contains("output"),
+            "{dead:?}"
+        );
+        let listed = support::ok(&fleet.cli(&["subscriptions", "--dead", "strict"]));
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.trim_start().starts_with("2 ") && l.contains("output-too-large")),
+            "{listed}"
+        );
+        // Every message was acked once its result was recorded.
+        let mut stream = js.get_stream("SANDMILL_SUB_strict").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stream.info().await.unwrap().state.messages > 0 {
+            assert!(Instant::now() < deadline, "messages were never acked");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let listed = support::ok(&fleet.cli(&["subscriptions"]));
+        assert!(listed.lines().any(|l| l.starts_with("echo ")), "{listed}");
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.starts_with("strict ") && l.contains("durable")),
+            "{listed}"
+        );
+
+        // Deleting stops new tasks; recorded ones stay readable.
+        support::ok(&fleet.cli(&["unsubscribe", "echo"]));
+        let gone = client.request("echo.a", "again".into()).await;
+        assert!(gone.is_err(), "nothing answers a deleted subscription");
+        let job = fleet.job(job_id).await;
+        assert_ne!(job["status"], "running", "{job}");
+        assert_eq!(job["tasks"]["total"], 2, "{job}");
+        let task = fleet.get(&format!("/v1/tasks/{task_id}")).await["task"].clone();
+        assert_eq!(task["state"], "succeeded", "{task}");
+        let missing = fleet
+            .http
+            .get(format!("{}/v1/subscriptions/echo", fleet.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), 404);
+        support::ok(&fleet.cli(&["unsubscribe", "strict"]));
+        assert!(
+            js.get_stream("SANDMILL_SUB_strict").await.is_err(),
+            "its stream goes too"
+        );
+    });
+}
+
+/// Jepsen-style: 10,000 messages published to a durable subscription
+/// while a worker is killed with SIGKILL and started again each get
+/// exactly one recorded result.
+#[test]
+fn a_durable_subscription_records_every_message_once_through_a_worker_kill() {
+    run_test(Duration::from_secs(420), async {
+        let total: i64 = 10_000;
+        let mut fleet = Fleet::start(&["--ack-wait", "3s"]).await;
+        fleet.start_worker("w1", "", 2);
+        fleet.start_worker("w2", "", 2);
+        let dir = tempfile::tempdir().unwrap();
+        let noop = guests::NOOP;
+        let sub = fleet
+            .subscribe(
+                dir.path(),
+                "ingest",
+                &format!(
+                    "name = \"ingest\"\nsubject = \"ingest.>\"\nmodule = \"{noop}\"\nmax_in_flight = 512\n"
+                ),
+            )
+            .await;
+        let job_id = sub["job_id"].as_i64().unwrap();
+        let client = async_nats::connect(fleet.nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let started = Instant::now();
+        let mut killed = false;
+        for chunk in 0..(total / 500) {
+            let mut acks = Vec::new();
+            for i in chunk * 500..(chunk + 1) * 500 {
+                acks.push(
+                    js.publish(format!("ingest.{}", i % 7), i.to_string().into())
+                        .await
+                        .unwrap(),
+                );
+            }
+            for ack in acks {
+                ack.await.unwrap();
+            }
+            if !killed
+                && fleet.job(job_id).await["tasks"]["succeeded"]
+                    .as_i64()
+                    .unwrap_or(0)
+                    > 500
+            {
+                fleet.kill_and_restart_worker("w1").await;
+                killed = true;
+            }
+        }
+        let published = started.elapsed();
+        if !killed {
+            fleet
+                .until(job_id, "500 results", Duration::from_secs(120), |s| {
+                    s["tasks"]["succeeded"].as_i64().unwrap_or(0) > 500
+                })
+                .await;
+            fleet.kill_and_restart_worker("w1").await;
+            killed = true;
+        }
+        let job = fleet
+            .until(
+                job_id,
+                "every message recorded",
+                Duration::from_secs(300),
+                |s| {
+                    s["tasks"]["succeeded"].as_i64().unwrap_or(0)
+                        + s["tasks"]["failed"].as_i64().unwrap_or(0)
+                        >= total
+                },
+            )
+            .await;
+        let elapsed = started.elapsed();
+        // Every message's place (its stream sequence) has one task.
+        let mut seqs = std::collections::BTreeMap::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/v1/jobs/{job_id}/tasks?limit=5000&cursor={c}"),
+                None => format!("/v1/jobs/{job_id}/tasks?limit=5000"),
+            };
+            let page = fleet.get(&path).await;
+            for task in page["items"].as_array().unwrap() {
+                *seqs.entry(task["seq"].as_i64().unwrap()).or_insert(0) +=
+                    i64::from(task["state"] == "succeeded");
+            }
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        let ok = (1..=total).filter(|s| seqs.get(s) == Some(&1)).count() as i64;
+        let (_, _, duplicated) = fleet.audit("subscription", job_id).await;
+        println!(
+            "durable subscription, worker SIGKILLed: ok {ok}, lost {}, duplicated {duplicated}; \
+             published in {:.1} s, all recorded in {:.1} s ({:.0} msg/s)",
+            total - ok,
+            published.as_secs_f64(),
+            elapsed.as_secs_f64(),
+            total as f64 / elapsed.as_secs_f64()
+        );
+        assert!(killed, "the worker was killed mid-run");
+        assert_eq!((ok, total - ok, duplicated), (total, 0, 0), "{job}");
+        assert_eq!(seqs.len() as i64, total);
+        assert_eq!(job["tasks"]["failed"], 0, "{job}");
+        let mut stream = js.get_stream("SANDMILL_SUB_ingest").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while stream.info().await.unwrap().state.messages > 0 {
+            assert!(Instant::now() < deadline, "messages were never acked");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}

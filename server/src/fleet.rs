@@ -124,13 +124,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<Server> {
         )
         .await?,
     );
-    let blobs = Arc::new(NatsBlobStore::connect(client).await?);
+    let blobs = Arc::new(NatsBlobStore::connect(client.clone()).await?);
     let store = connect_store(&config.database).await?;
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(config.cache_dir.clone()),
         ..SandboxConfig::default()
     })?;
     let scheduler = Scheduler::new(store, broker, blobs, sandbox, config.scheduler);
+    scheduler.set_nats(client);
     scheduler.start().await?;
     tokio::spawn(scheduler.clone().record_events());
     let republished = scheduler.recover().await?;
@@ -138,6 +139,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<Server> {
     tokio::spawn(scheduler.clone().reconcile());
     tokio::spawn(scheduler.clone().watch_mapreduce());
     tokio::spawn(scheduler.clone().run_schedules());
+    scheduler.run_subscriptions().await?;
     Ok(Server {
         scheduler,
         republished,

@@ -656,6 +656,11 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
 
 /// Parses TOML; errors name the key and the line.
 pub fn from_toml(text: &str) -> Result<JobFile, Invalid> {
+    parse_toml(text)
+}
+
+/// Parses TOML into any file type; errors name the key and the line.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Invalid> {
     let deserializer =
         toml::Deserializer::parse(text).map_err(|e| toml_invalid(text, String::new(), &e))?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
@@ -677,8 +682,13 @@ fn toml_invalid(text: &str, field: String, error: &toml::de::Error) -> Invalid {
 
 /// Parses JSON; errors name the key and the line.
 pub fn from_json(text: &[u8]) -> Result<JobFile, Invalid> {
+    parse_json(text)
+}
+
+/// Parses JSON into any file type; errors name the key and the line.
+pub fn parse_json<T: serde::de::DeserializeOwned>(text: &[u8]) -> Result<T, Invalid> {
     let mut deserializer = serde_json::Deserializer::from_slice(text);
-    let job: JobFile = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+    let job: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let field = key_path(e.path());
         let inner = e.into_inner();
         let message = inner.to_string();

@@ -27,3 +27,4 @@ pub mod jobfile;
 pub mod model;
 pub mod scheduler;
 pub mod store;
+pub mod subscription;

@@ -126,6 +126,9 @@ names!(
         Pipeline => "pipeline",
         /// One step of a pipeline.
         Step => "step",
+        /// The tasks a subscription made of messages; it ends when the
+        /// subscription is deleted or replaced.
+        Subscription => "subscription",
     }
 );
 

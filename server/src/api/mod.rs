@@ -6,7 +6,8 @@
 //!
 //! One module per resource, each with its `router()`:
 //! [`health`], [`modules`], [`specs`], [`jobs`], [`tasks`], [`run`],
-//! [`workers`], [`schedules`], [`events`] (live, as Server-Sent Events);
+//! [`workers`], [`schedules`], [`subscriptions`], [`events`] (live, as
+//! Server-Sent Events);
 //! [`views`] holds
 //! what they return.
 
@@ -18,6 +19,7 @@ pub mod modules;
 pub mod run;
 pub mod schedules;
 pub mod specs;
+pub mod subscriptions;
 pub mod tasks;
 pub mod views;
 pub mod workers;
@@ -87,6 +89,7 @@ pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
         .merge(workers::router())
         .merge(events::router())
         .merge(schedules::router())
+        .merge(subscriptions::router())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(AppState { scheduler, config })
 }
@@ -135,6 +138,11 @@ pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
         schedules::delete_schedule,
         schedules::pause_schedule,
         schedules::resume_schedule,
+        subscriptions::create_subscription,
+        subscriptions::list_subscriptions,
+        subscriptions::get_subscription,
+        subscriptions::delete_subscription,
+        subscriptions::dead_letters,
     )
 )]
 struct ApiDoc;

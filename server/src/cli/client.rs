@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Subcommand;
 use sandmill_server::api::schedules::ScheduleView;
+use sandmill_server::api::subscriptions::SubscriptionView;
 use sandmill_server::api::views::{
     CallView, GraphView, JobCreated, JobView, ModuleView, Page, RestartRequest, ResubmitRequest,
     RetryView, TaskCounts, TaskDetail, TaskView, WorkerView,
@@ -19,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::out::{say, tell};
-use super::resolve::{Upload, resolve};
+use super::resolve::{Upload, resolve, resolve_subscription};
 
 /// Exit code when the job (or request) failed.
 pub(super) const EXIT_FAILED: u8 = 2;
@@ -140,6 +141,25 @@ pub enum ClientCommand {
     Schedules {
         #[command(subcommand)]
         action: Option<ScheduleAction>,
+    },
+    /// Point a function at a NATS subject, from a subscription file
+    /// (uploading its module); a file of a name that exists replaces it.
+    Subscribe {
+        /// The subscription file (TOML or JSON).
+        file: PathBuf,
+    },
+    /// List subscriptions, or show one's dead letters (`--dead NAME`).
+    Subscriptions {
+        /// A subscription whose dead letters (messages that failed for
+        /// good) to list.
+        #[arg(long, value_name = "NAME")]
+        dead: Option<String>,
+    },
+    /// Delete a subscription: its messages stop becoming tasks; its
+    /// recorded tasks stay readable.
+    Unsubscribe {
+        /// Its name.
+        name: String,
     },
     /// List jobs, most recently updated first.
     Jobs {
@@ -593,6 +613,88 @@ pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
             }
             ClientCommand::Jobs { status, limit } => list(&server, status, limit).await,
             ClientCommand::Schedules { action } => schedules(&server, action).await,
+            ClientCommand::Subscribe { file } => {
+                let file = resolve_subscription(&file, &server).await?;
+                let view: SubscriptionView = server
+                    .post(
+                        "/v1/subscriptions",
+                        serde_json::to_vec(&file)?,
+                        "application/json",
+                    )
+                    .await?
+                    .json()
+                    .await?;
+                say!("{}", view.name);
+                tell!(
+                    "subscription `{}` v{} on `{}` ({}); tasks in job {}, results on {}",
+                    view.name,
+                    view.version,
+                    view.subject,
+                    if view.queue {
+                        "durable"
+                    } else {
+                        "at most once"
+                    },
+                    view.job_id,
+                    view.results_subject
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            ClientCommand::Subscriptions { dead: None } => {
+                say!(
+                    "{:<24}  {:>3}  {:<28}  {:<7}  {:>8}  job",
+                    "name",
+                    "ver",
+                    "subject",
+                    "mode",
+                    "inflight"
+                );
+                server
+                    .pages("/v1/subscriptions", async |s: SubscriptionView| {
+                        say!(
+                            "{:<24}  {:>3}  {:<28}  {:<7}  {:>8}  {}",
+                            s.name,
+                            s.version,
+                            s.subject,
+                            if s.queue { "durable" } else { "core" },
+                            s.max_in_flight,
+                            s.job_id
+                        );
+                        Ok(())
+                    })
+                    .await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            ClientCommand::Subscriptions { dead: Some(name) } => {
+                say!("{:>10}  {:>10}  {:<16}  error", "place", "task", "reason");
+                server
+                    .pages(
+                        &format!("/v1/subscriptions/{name}/dead-letters"),
+                        async |t: TaskView| {
+                            say!(
+                                "{:>10}  {:>10}  {:<16}  {}",
+                                t.seq,
+                                t.id,
+                                t.reason.map_or("-".to_owned(), |r| r.to_string()),
+                                t.error.as_deref().unwrap_or("-").replace('\n', " ")
+                            );
+                            Ok(())
+                        },
+                    )
+                    .await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            ClientCommand::Unsubscribe { name } => {
+                let response = server
+                    .http
+                    .delete(format!("{}/v1/subscriptions/{name}", server.base))
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach {}", server.base))?;
+                Server::check(response).await?;
+                tell!("subscription `{name}` deleted");
+                Ok(ExitCode::SUCCESS)
+            }
             ClientCommand::Workers => {
                 say!(
                     "{:<20}  {:<8}  {:>8}  {:>7}  {:>9}  labels",

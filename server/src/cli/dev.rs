@@ -36,6 +36,10 @@ pub struct DevArgs {
     /// again on the next start.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     stop_within: Duration,
+    /// A NATS server (nats://host:port) for subscriptions; the work queue
+    /// stays in-process.
+    #[arg(long, env = "SANDMILL_NATS")]
+    nats: Option<String>,
     #[command(flatten)]
     scheduler: SchedulerArgs,
 }
@@ -54,6 +58,16 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             config.workers = workers;
         }
         let instance = embedded::start(config).await?;
+        if let Some(urls) = &args.nats {
+            let client = sandmill_server::fleet::NatsOptions {
+                urls: urls.clone(),
+                ..Default::default()
+            }
+            .connect()
+            .await?;
+            instance.scheduler.set_nats(client);
+            instance.scheduler.run_subscriptions().await?;
+        }
         let app = api::router(
             instance.scheduler.clone(),
             ApiConfig {

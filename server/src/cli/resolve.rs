@@ -202,6 +202,30 @@ pub async fn resolve(
     Ok(job)
 }
 
+/// Reads a subscription file and uploads the module it names by path.
+pub async fn resolve_subscription(
+    path: &Path,
+    upload: &dyn Upload,
+) -> anyhow::Result<sandmill_server::subscription::SubscriptionFile> {
+    use sandmill_server::subscription;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let parsed = if path.extension().is_some_and(|e| e == "json") {
+        subscription::from_json(text.as_bytes())
+    } else {
+        subscription::from_toml(&text)
+    };
+    let mut file = parsed
+        .and_then(|file| file.check().map(|_| file))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let local = |p: &str| -> PathBuf { base.join(p) };
+    file.module = upload_module(&file.module, &local, upload)
+        .await
+        .context("module")?;
+    Ok(file)
+}
+
 /// A module named by a path is read and uploaded (`sha256:` after);
 /// a ref or a spec stays as it is.
 async fn upload_module(

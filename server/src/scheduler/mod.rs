@@ -30,6 +30,7 @@ mod recorder;
 mod restart;
 mod schedules;
 mod submit;
+mod subscriptions;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -51,6 +52,9 @@ pub use inline::{Inline, InlineRun};
 pub use mapreduce::part_name;
 pub use schedules::firing_of;
 pub use submit::{SubmitOptions, Submitted};
+pub use subscriptions::{
+    ERROR_HEADER, REPLY_HEADER, SUBSCRIPTION_ACK_WAIT, results_subject, stream_name,
+};
 
 /// How often the reconciler looks for live tasks missing from the broker,
 /// by default.
@@ -166,6 +170,10 @@ struct Inner {
     stopping: watch::Sender<bool>,
     /// The upload-and-run fast path, where this process runs guests.
     inline: OnceLock<Inline>,
+    /// NATS, for subscriptions (the fleet's, or `sandmill dev --nats`).
+    nats: OnceLock<async_nats::Client>,
+    /// The consumers of running subscriptions, by name.
+    consumers: Mutex<HashMap<String, subscriptions::Consumer>>,
 }
 
 impl Scheduler {
@@ -195,6 +203,8 @@ impl Scheduler {
                 modules: Mutex::default(),
                 stopping: watch::channel(false).0,
                 inline: OnceLock::new(),
+                nats: OnceLock::new(),
+                consumers: Mutex::default(),
             }),
         }
     }
@@ -409,6 +419,7 @@ impl Scheduler {
             scheduler: self.clone(),
             task_id,
             result: rx,
+            closed: false,
         }
     }
 
@@ -435,6 +446,9 @@ pub struct Waiter {
     scheduler: Scheduler,
     task_id: i64,
     result: oneshot::Receiver<TaskResult>,
+    /// The sender is gone (another waiter took the place): only the
+    /// task's row can tell.
+    closed: bool,
 }
 
 impl Waiter {
@@ -445,6 +459,27 @@ impl Waiter {
             .await
             .ok()
             .and_then(Result::ok)
+    }
+
+    /// The task's final result if it comes within `timeout`; `None` if
+    /// not (ask again, or read the task's row: a result recorded before
+    /// the wait began, or ended outside the recorder, comes to no waiter).
+    pub async fn next(&mut self, timeout: Duration) -> Option<TaskResult> {
+        if self.closed {
+            tokio::time::sleep(timeout).await;
+            return None;
+        }
+        match tokio::time::timeout(timeout, &mut self.result).await {
+            Ok(Ok(result)) => {
+                self.closed = true;
+                Some(result)
+            }
+            Ok(Err(_)) => {
+                self.closed = true;
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// The task waited for.

@@ -54,6 +54,17 @@ pub(crate) struct Template {
     pub(crate) output_blob: bool,
 }
 
+/// A message's task (see `message_task`).
+#[derive(Debug)]
+pub struct MessageTask {
+    /// The task.
+    pub task_id: i64,
+    /// Its state: `queued` when just created.
+    pub state: TaskState,
+    /// Its message to publish, when just created.
+    pub message: Option<TaskMessage>,
+}
+
 /// A task run again, leaving `pending` for `queued`.
 #[derive(Debug, sqlx::FromRow)]
 struct Rerun {
@@ -480,6 +491,84 @@ per_backend! {
         }
         let ended = cached > 0 && db::jobs::finish_if_done(tx, job_id, now).await?;
         Ok(Dispatched { messages, cached, ended })
+    }
+
+    /// The task of one message to a subscription's job (`seq`: the
+    /// message's stream sequence, or `None` for the job's next place):
+    /// created queued, with its message to publish, or, when that place
+    /// has a task already (a message delivered again), that task.
+    /// `None` if the job has ended (its subscription was deleted).
+    pub(crate) async fn message_task(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        job_id: i64,
+        seq: Option<i64>,
+        item: &crate::store::Item,
+        now: i64,
+    ) -> Result<Option<MessageTask>, sqlx::Error> {
+        let template: Option<Template> = sqlx::query_as(
+            "SELECT priority, task_kind, module_hash, limits, grants, labels, task_params, \
+             task_input_hash, task_input_name, has_items, total_tasks, dispatched, maps, reducers, shuffle, \
+             preprocess_hash, cache, reruns FROM jobs WHERE id = $1 AND status = $2",
+        )
+        .bind(job_id)
+        .bind(Text(JobStatus::Running))
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(template) = template else {
+            return Ok(None);
+        };
+        let seq = seq.unwrap_or(template.total_tasks);
+        let inserted = sqlx::query(
+            "INSERT INTO tasks (job_id, seq, state, params, input_hash, input_name, attempt, starts, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 0, 0, $7) \
+             ON CONFLICT (job_id, seq) WHERE replaced_by IS NULL DO NOTHING RETURNING id",
+        )
+        .bind(job_id)
+        .bind(seq)
+        .bind(Text(TaskState::Queued))
+        .bind(item.params.clone())
+        .bind(item.input_hash.clone())
+        .bind(item.input_name.clone())
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(inserted) = inserted else {
+            let row = sqlx::query(
+                "SELECT id, state FROM tasks WHERE job_id = $1 AND seq = $2 AND replaced_by IS NULL",
+            )
+            .bind(job_id)
+            .bind(seq)
+            .fetch_one(&mut **tx)
+            .await?;
+            let state: Text<TaskState> = row.try_get(1)?;
+            return Ok(Some(MessageTask {
+                task_id: row.try_get(0)?,
+                state: state.0,
+                message: None,
+            }));
+        };
+        let task_id: i64 = inserted.try_get(0)?;
+        sqlx::query(
+            "UPDATE jobs SET total_tasks = total_tasks + 1, dispatched = dispatched + 1, updated_at = $1 \
+             WHERE id = $2",
+        )
+        .bind(now)
+        .bind(job_id)
+        .execute(&mut **tx)
+        .await?;
+        let pending = Pending {
+            seq,
+            params: Some(item.params.clone()),
+            input_hash: item.input_hash.clone(),
+            input_name: Some(item.input_name.clone()),
+            inputs: None,
+            seed: None,
+        };
+        Ok(Some(MessageTask {
+            task_id,
+            state: TaskState::Queued,
+            message: Some(template.message(job_id, task_id, pending, None)),
+        }))
     }
 
     /// The first successful output of each of these keys that has one.

@@ -168,8 +168,31 @@ per_backend! {
         Ok(())
     }
 
+    /// Ends a job now, whatever it has left: its tasks still running are
+    /// recorded as they finish; nothing new is dispatched (a deleted or
+    /// replaced subscription's job).
+    pub(crate) async fn end_job(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        job_id: i64,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE jobs SET status = CASE WHEN failed > 0 THEN $1 ELSE $2 END, updated_at = $3, \
+             finished_at = $3, waiting = NULL, waiting_since = NULL WHERE id = $4 AND status = $5",
+        )
+        .bind(Text(JobStatus::Failed))
+        .bind(Text(JobStatus::Succeeded))
+        .bind(now)
+        .bind(job_id)
+        .bind(Text(JobStatus::Running))
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     /// Ends the job if nothing of it is left to run: every task dispatched
-    /// and none live. Returns whether it ended now.
+    /// and none live (a subscription's job never ends this way: more
+    /// messages come). Returns whether it ended now.
     pub(crate) async fn finish_if_done(
         tx: &mut sqlx::Transaction<'static, Db>,
         job_id: i64,
@@ -189,7 +212,8 @@ per_backend! {
         let done = sqlx::query(
             "UPDATE jobs SET status = CASE WHEN failed > 0 THEN $1 ELSE $2 END, \
              updated_at = $3, finished_at = $3, waiting = NULL, waiting_since = NULL \
-             WHERE id = $4 AND status = $5 AND dispatched = total_tasks AND reruns = 0",
+             WHERE id = $4 AND status = $5 AND dispatched = total_tasks AND reruns = 0 \
+             AND kind <> 'subscription'",
         )
         .bind(Text(JobStatus::Failed))
         .bind(Text(JobStatus::Succeeded))

@@ -37,6 +37,7 @@ mod restart;
 mod rows;
 mod run;
 mod schedules;
+mod subscriptions;
 mod tasks;
 pub mod types;
 
@@ -60,6 +61,7 @@ pub use restart::{RestartRefused, Restarted, Retried};
 pub use rows::*;
 pub use run::{RunRecord, RunWriter};
 pub use schedules::{Fired, NewSchedule, ScheduleRow, ScheduleTotals};
+pub use subscriptions::{NewSubscription, SubscriptionRow};
 pub use tasks::Stored;
 
 /// Rows per multi-row INSERT: well under SQLite's 32,766 bound variables.

@@ -354,7 +354,7 @@ per_backend! {
         // A map-reduce job whose reduces are not planned yet is not done,
         // unless it failed.
         let ended_sql = format!(
-            "status = $5 AND dispatched = total_tasks AND (planned = 1 OR failed + $2 > 0) AND NOT EXISTS \
+            "status = $5 AND kind <> 'subscription' AND dispatched = total_tasks AND (planned = 1 OR failed + $2 > 0) AND NOT EXISTS \
              (SELECT 1 FROM tasks WHERE tasks.job_id = jobs.id AND tasks.{LIVE_SQL})"
         );
         let sql = format!(
