@@ -1,7 +1,8 @@
 //! Schedules, end to end through `sandmill dev` and the CLI: an `every`
 //! schedule fires on time; a server killed for a while catches up once,
 //! not once per missed firing; `overlap = "skip"` and `"queue"` never
-//! run two of a schedule's jobs at once; pause, resume and delete.
+//! run two of a schedule's jobs at once; pause, resume and delete. And
+//! subscriptions in the embedded mode (`sandmill dev --nats`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -273,6 +274,118 @@ async fn the_example_controller_reaches_its_target_and_stops_submitting() {
             &base,
             &["schedules", "delete", "keep-twenty"],
         ));
+    })
+    .await
+    .unwrap();
+}
+
+/// `sandmill dev --nats`: subscriptions run with the in-process work
+/// queue; a request is answered, a durable message recorded and acked,
+/// and `keep` bounds the finished tasks kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn sandmill_dev_with_nats_runs_subscriptions_and_keeps_what_keep_says() {
+    tokio::time::timeout(Duration::from_secs(240), async {
+        let nats = support::Nats::start();
+        let data = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let _dev = Killed::spawn(dev_command(data.path(), port).args(["--nats", &nats.url()]));
+        wait_port(port, Duration::from_secs(60));
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let echo = write(
+            state.path(),
+            "echo.toml",
+            &format!(
+                "name = \"echo\"\nsubject = \"dev.echo\"\nmodule = \"{}\"\nqueue = false\nkeep = 5\n",
+                guests::NOOP
+            ),
+        );
+        assert_eq!(ok(&cli(state.path(), &base, &["subscribe", &echo])).trim(), "echo");
+        let durable = write(
+            state.path(),
+            "log.toml",
+            &format!("name = \"log\"\nsubject = \"dev.log.*\"\nmodule = \"{}\"\n", guests::NOOP),
+        );
+        assert_eq!(ok(&cli(state.path(), &base, &["subscribe", &durable])).trim(), "log");
+        let subscription = |name: &'static str| {
+            let http = http.clone();
+            let base = base.clone();
+            async move {
+                http.get(format!("{base}/v1/subscriptions/{name}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap()
+            }
+        };
+        let echo_job = subscription("echo").await["job_id"].as_i64().unwrap();
+        let log_job = subscription("log").await["job_id"].as_i64().unwrap();
+
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        for i in 0..12 {
+            let payload = format!("call {i}");
+            let answer = tokio::time::timeout(
+                Duration::from_secs(30),
+                client.request("dev.echo", payload.clone().into()),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            assert_eq!(&answer.payload[..], payload.as_bytes());
+        }
+        let js = async_nats::jetstream::new(client.clone());
+        for i in 0..3 {
+            js.publish(format!("dev.log.{i}"), "line".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let job = |id: i64| {
+            let http = http.clone();
+            let base = base.clone();
+            async move { support::job(&http, &base, id).await }
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while job(log_job).await["tasks"]["succeeded"] != 3 {
+            assert!(Instant::now() < deadline, "durable messages not recorded");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut stream = js.get_stream("SANDMILL_SUB_log").await.unwrap();
+        while stream.info().await.unwrap().state.messages > 0 {
+            assert!(Instant::now() < deadline, "durable messages never acked");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // keep = 5: the older finished tasks go (within a retention round);
+        // the job's counts stay.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let kept = loop {
+            let tasks: Value = http
+                .get(format!("{base}/v1/jobs/{echo_job}/tasks"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let seqs: Vec<i64> = tasks["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["seq"].as_i64().unwrap())
+                .collect();
+            if seqs.len() <= 5 {
+                break seqs;
+            }
+            assert!(Instant::now() < deadline, "retention kept {seqs:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert!(!kept.is_empty() && kept.iter().all(|s| *s >= 7), "{kept:?}");
+        assert_eq!(job(echo_job).await["tasks"]["succeeded"], 12);
     })
     .await
     .unwrap();

@@ -158,6 +158,22 @@ fn main() {
         }
         let _ = latencies(&client, "bench.fn", 20).await;
         let call = percentiles(latencies(&client, "bench.fn", requests).await);
+        // The same call over HTTP (`POST /v1/run`), for comparison.
+        let mut samples = Vec::with_capacity(requests);
+        for i in 0..requests {
+            let input = format!("request {i}");
+            let started = Instant::now();
+            let answer = http
+                .post(format!("{base}/v1/run"))
+                .json(&json!({"module": module, "input": input}))
+                .send()
+                .await
+                .unwrap();
+            samples.push(started.elapsed());
+            assert_eq!(answer.status(), 200);
+            assert_eq!(answer.bytes().await.unwrap(), input.as_bytes());
+        }
+        let run = percentiles(samples);
 
         let durable = subscribe(
             &http,
@@ -206,6 +222,11 @@ fn main() {
             ms(call.1),
             call.0.as_secs_f64() / bare.0.as_secs_f64(),
             call.1.as_secs_f64() / bare.1.as_secs_f64()
+        );
+        println!(
+            "  the same call as POST /v1/run over HTTP:          p50 {:.3} ms, p99 {:.3} ms",
+            ms(run.0),
+            ms(run.1)
         );
         println!(
             "  durable subscription, {messages} messages: {:.0} msg/s recorded (published in {:.0} ms)",

@@ -30,9 +30,9 @@ use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sandmill_runtime::message::{OutputRef, TaskResult, Verdict};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
-use super::{Scheduler, SchedulerError, SubmitOptions};
+use super::{Scheduler, SchedulerError, SubmitOptions, Waiter};
 use crate::jobfile::check_params_size;
 use crate::model::{JobKind, TaskState};
 use crate::store::{Item, NewSubscription, Stored, SubscriptionRow};
@@ -78,6 +78,8 @@ pub(super) struct Consumer {
 
 /// What the consumer of one subscription knows of it.
 struct Sub {
+    /// Where messages' tasks are made, a batch at a time.
+    make: mpsc::Sender<Make>,
     name: String,
     job_id: i64,
     params: serde_json::Map<String, serde_json::Value>,
@@ -95,6 +97,20 @@ struct Delivery {
     /// Marks a durable message in progress.
     jetstream: Option<jetstream::Message>,
 }
+
+/// A message's task as made: its id, its state, and a waiter for its
+/// result; `None` once the subscription's job has ended.
+type Made = Result<Option<(i64, TaskState, Waiter)>, String>;
+
+/// A message's task to make, with where to say what was made.
+struct Make {
+    seq: Option<i64>,
+    item: Item,
+    made: oneshot::Sender<Made>,
+}
+
+/// Messages whose tasks are made in one transaction, at most.
+const MAKE_BATCH: usize = 256;
 
 /// How a message ended.
 struct Outcome {
@@ -281,7 +297,10 @@ impl Scheduler {
     /// server), retrying with backoff when NATS fails.
     async fn consume(self, row: SubscriptionRow, mut stopped: watch::Receiver<bool>) {
         let file = row.definition.0.clone();
+        let (make, to_make) = mpsc::channel(MAKE_BATCH);
+        tokio::spawn(self.clone().make_tasks(row.job_id, to_make));
         let sub = Arc::new(Sub {
+            make,
             name: row.name.clone(),
             job_id: row.job_id,
             params: file
@@ -296,12 +315,16 @@ impl Scheduler {
         ));
         let mut stopping = self.inner.stopping.subscribe();
         let mut delay = Duration::from_millis(200);
-        let mut pruned = Instant::now() - PRUNE_EVERY;
+        tokio::spawn(self.clone().prune(
+            row.clone(),
+            stopped.clone(),
+            self.inner.stopping.subscribe(),
+        ));
         loop {
             if *stopped.borrow() || *stopping.borrow() {
                 return;
             }
-            let run = self.take_messages(&row, &sub, &slots, &mut pruned);
+            let run = self.take_messages(&row, &sub, &slots);
             let error = tokio::select! {
                 error = run => error,
                 _ = stopped.changed() => return,
@@ -323,7 +346,6 @@ impl Scheduler {
         row: &SubscriptionRow,
         sub: &Arc<Sub>,
         slots: &Arc<Semaphore>,
-        pruned: &mut Instant,
     ) -> String {
         let Some(client) = self.inner.nats.get().cloned() else {
             return "no NATS".to_owned();
@@ -337,7 +359,6 @@ impl Scheduler {
                 Err(error) => return error.to_string(),
             };
             while let Some(message) = messages.next().await {
-                self.prune(row, pruned).await;
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     return "stopped".to_owned();
                 };
@@ -389,7 +410,6 @@ impl Scheduler {
             Err(error) => return error.to_string(),
         };
         while let Some(message) = messages.next().await {
-            self.prune(row, pruned).await;
             let message = match message {
                 Ok(message) => message,
                 Err(error) => return error.to_string(),
@@ -422,34 +442,80 @@ impl Scheduler {
         "the consumer closed".to_owned()
     }
 
-    /// Retention: drops the subscription's finished tasks beyond `keep`,
-    /// at most every [`PRUNE_EVERY`], in the background.
-    async fn prune(&self, row: &SubscriptionRow, pruned: &mut Instant) {
-        if pruned.elapsed() < PRUNE_EVERY {
-            return;
-        }
-        *pruned = Instant::now();
-        let scheduler = self.clone();
-        let (job_id, keep_ms, keep_count) = (row.job_id, row.keep_ms, row.keep_count);
-        let name = row.name.clone();
-        tokio::spawn(async move {
-            let before = keep_ms.map(|ms| crate::store::now_ms() - ms);
-            loop {
-                match scheduler
-                    .inner
-                    .store
-                    .prune_tasks(job_id, before, keep_count)
-                    .await
-                {
-                    Ok(n) if n > 0 => continue,
-                    Ok(_) => return,
-                    Err(error) => {
-                        tracing::warn!(subscription = name, %error, "removing old tasks failed; tried again later");
-                        return;
+    /// Makes the tasks of messages a batch at a time (whatever arrived
+    /// while the previous batch was made), registers their waiters, and
+    /// publishes the new ones together; ends when the consumer does.
+    async fn make_tasks(self, job_id: i64, mut to_make: mpsc::Receiver<Make>) {
+        let mut batch = Vec::with_capacity(MAKE_BATCH);
+        while to_make.recv_many(&mut batch, MAKE_BATCH).await > 0 {
+            let mut replies = Vec::with_capacity(batch.len());
+            let mut items = Vec::with_capacity(batch.len());
+            for make in batch.drain(..) {
+                replies.push(make.made);
+                items.push((make.seq, make.item));
+            }
+            match self.inner.store.message_tasks(job_id, &items).await {
+                Ok(Some(tasks)) => {
+                    let mut messages = Vec::new();
+                    for (task, reply) in tasks.into_iter().zip(replies) {
+                        // Waiting before publishing: no result is missed.
+                        let waiter = self.add_waiter(task.task_id);
+                        messages.extend(task.message);
+                        let _ = reply.send(Ok(Some((task.task_id, task.state, waiter))));
+                    }
+                    self.inner
+                        .live
+                        .fetch_add(messages.len() as i64, Ordering::Relaxed);
+                    self.publish(messages).await;
+                }
+                Ok(None) => {
+                    for reply in replies {
+                        let _ = reply.send(Ok(None));
+                    }
+                }
+                Err(error) => {
+                    let error = error.to_string();
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
                     }
                 }
             }
-        });
+        }
+    }
+
+    /// Retention: every [`PRUNE_EVERY`], drops the subscription's finished
+    /// tasks beyond `keep`, until the consumer stops.
+    async fn prune(
+        self,
+        row: SubscriptionRow,
+        mut stopped: watch::Receiver<bool>,
+        mut stopping: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(PRUNE_EVERY) => {}
+                _ = stopped.changed() => return,
+                _ = stopping.changed() => return,
+            }
+            let before = row.keep_ms.map(|ms| crate::store::now_ms() - ms);
+            loop {
+                match self
+                    .inner
+                    .store
+                    .prune_tasks(row.job_id, before, row.keep_count)
+                    .await
+                {
+                    Ok(n) if n > 0 => {
+                        tracing::debug!(subscription = row.name, removed = n, "old tasks removed")
+                    }
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(subscription = row.name, %error, "removing old tasks failed; tried again later");
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     /// Handles one message and settles it with NATS.
@@ -499,27 +565,31 @@ impl Scheduler {
             }
             Err(error) => return Handled::Failed(error),
         };
-        let task = match self
-            .inner
-            .store
-            .message_task(sub.job_id, delivery.seq, &item)
+        let (made, task) = oneshot::channel();
+        if sub
+            .make
+            .send(Make {
+                seq: delivery.seq,
+                item,
+                made,
+            })
             .await
+            .is_err()
         {
-            Ok(Some(task)) => task,
-            Ok(None) => return Handled::Gone,
-            Err(error) => return Handled::Failed(error.into()),
-        };
-        let mut waiter = self.add_waiter(task.task_id);
-        if let Some(message) = task.message {
-            self.inner.live.fetch_add(1, Ordering::Relaxed);
-            self.publish(vec![message]).await;
+            return Handled::Stopping;
         }
+        let (task_id, state, mut waiter) = match task.await {
+            Ok(Ok(Some(made))) => made,
+            Ok(Ok(None)) => return Handled::Gone,
+            Ok(Err(error)) => return Handled::Failed(SchedulerError::Internal(error)),
+            Err(_) => return Handled::Stopping,
+        };
         let mut stopping = self.inner.stopping.subscribe();
         let mut marked = Instant::now();
-        let mut check = !task.state.is_live();
+        let mut check = !state.is_live();
         let outcome = loop {
             if check {
-                match self.recorded_outcome(task.task_id).await {
+                match self.recorded_outcome(task_id).await {
                     Ok(Some(outcome)) => break outcome,
                     Ok(None) => {}
                     Err(error) => return Handled::Failed(error),

@@ -54,7 +54,7 @@ pub(crate) struct Template {
     pub(crate) output_blob: bool,
 }
 
-/// A message's task (see `message_task`).
+/// A message's task (see `message_tasks`).
 #[derive(Debug)]
 pub struct MessageTask {
     /// The task.
@@ -493,18 +493,19 @@ per_backend! {
         Ok(Dispatched { messages, cached, ended })
     }
 
-    /// The task of one message to a subscription's job (`seq`: the
-    /// message's stream sequence, or `None` for the job's next place):
-    /// created queued, with its message to publish, or, when that place
-    /// has a task already (a message delivered again), that task.
-    /// `None` if the job has ended (its subscription was deleted).
-    pub(crate) async fn message_task(
+    /// The tasks of a batch of messages to a subscription's job, in
+    /// order: each at its place (`seq`: the message's stream sequence, or
+    /// `None` for the job's next place), created queued with its message
+    /// to publish, or, when the place has a task already (a message
+    /// delivered again), that task. `None` if the job has ended (its
+    /// subscription was deleted or replaced). One statement per step
+    /// whatever the batch's size, and one update of the job's row.
+    pub(crate) async fn message_tasks(
         tx: &mut sqlx::Transaction<'static, Db>,
         job_id: i64,
-        seq: Option<i64>,
-        item: &crate::store::Item,
+        batch: &[(Option<i64>, crate::store::Item)],
         now: i64,
-    ) -> Result<Option<MessageTask>, sqlx::Error> {
+    ) -> Result<Option<Vec<MessageTask>>, sqlx::Error> {
         let template: Option<Template> = sqlx::query_as(
             "SELECT priority, task_kind, module_hash, limits, grants, labels, task_params, \
              task_input_hash, task_input_name, has_items, total_tasks, dispatched, maps, reducers, shuffle, \
@@ -517,58 +518,111 @@ per_backend! {
         let Some(template) = template else {
             return Ok(None);
         };
-        let seq = seq.unwrap_or(template.total_tasks);
-        let inserted = sqlx::query(
-            "INSERT INTO tasks (job_id, seq, state, params, input_hash, input_name, attempt, starts, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 0, 0, $7) \
-             ON CONFLICT (job_id, seq) WHERE replaced_by IS NULL DO NOTHING RETURNING id",
-        )
-        .bind(job_id)
-        .bind(seq)
-        .bind(Text(TaskState::Queued))
-        .bind(item.params.clone())
-        .bind(item.input_hash.clone())
-        .bind(item.input_name.clone())
-        .bind(now)
-        .fetch_optional(&mut **tx)
-        .await?;
-        let Some(inserted) = inserted else {
-            let row = sqlx::query(
-                "SELECT id, state FROM tasks WHERE job_id = $1 AND seq = $2 AND replaced_by IS NULL",
+        if batch.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        // Messages without a place take the next ones, claimed first (the
+        // row lock orders concurrent claims).
+        let unplaced = batch.iter().filter(|(seq, _)| seq.is_none()).count() as i64;
+        let mut next = if unplaced > 0 {
+            let first: i64 = sqlx::query_scalar(
+                "UPDATE jobs SET total_tasks = total_tasks + $1, dispatched = dispatched + $1, \
+                 updated_at = $2 WHERE id = $3 RETURNING total_tasks - $1",
             )
+            .bind(unplaced)
+            .bind(now)
             .bind(job_id)
-            .bind(seq)
             .fetch_one(&mut **tx)
             .await?;
-            let state: Text<TaskState> = row.try_get(1)?;
-            return Ok(Some(MessageTask {
-                task_id: row.try_get(0)?,
-                state: state.0,
-                message: None,
-            }));
+            first
+        } else {
+            template.total_tasks
         };
-        let task_id: i64 = inserted.try_get(0)?;
-        sqlx::query(
-            "UPDATE jobs SET total_tasks = total_tasks + 1, dispatched = dispatched + 1, updated_at = $1 \
-             WHERE id = $2",
-        )
-        .bind(now)
-        .bind(job_id)
-        .execute(&mut **tx)
-        .await?;
-        let pending = Pending {
-            seq,
-            params: Some(item.params.clone()),
-            input_hash: item.input_hash.clone(),
-            input_name: Some(item.input_name.clone()),
-            inputs: None,
-            seed: None,
-        };
-        Ok(Some(MessageTask {
-            task_id,
-            state: TaskState::Queued,
-            message: Some(template.message(job_id, task_id, pending, None)),
-        }))
+        let seqs: Vec<i64> = batch
+            .iter()
+            .map(|(seq, _)| {
+                seq.unwrap_or_else(|| {
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+        let mut ids: HashMap<i64, (i64, TaskState, bool)> = HashMap::with_capacity(batch.len());
+        for (chunk, chunk_seqs) in batch.chunks(INSERT_CHUNK).zip(seqs.chunks(INSERT_CHUNK)) {
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO tasks (job_id, seq, state, params, input_hash, input_name, attempt, starts, created_at) ",
+            );
+            insert.push_values(chunk.iter().zip(chunk_seqs), |mut row, ((_, item), seq)| {
+                row.push_bind(job_id)
+                    .push_bind(*seq)
+                    .push_bind(Text(TaskState::Queued))
+                    .push_bind(item.params.clone())
+                    .push_bind(item.input_hash.clone())
+                    .push_bind(item.input_name.clone())
+                    .push_bind(0_i64)
+                    .push_bind(0_i64)
+                    .push_bind(now);
+            });
+            insert.push(" ON CONFLICT (job_id, seq) WHERE replaced_by IS NULL DO NOTHING RETURNING id, seq");
+            for row in insert.build().fetch_all(&mut **tx).await? {
+                ids.insert(row.try_get(1)?, (row.try_get(0)?, TaskState::Queued, true));
+            }
+        }
+        let fresh = ids.len() as i64;
+        let known: Vec<i64> = seqs.iter().copied().filter(|s| !ids.contains_key(s)).collect();
+        for chunk in known.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::new("SELECT id, seq, state FROM tasks WHERE job_id = ");
+            q.push_bind(job_id).push(" AND replaced_by IS NULL AND seq IN (");
+            let mut list = q.separated(", ");
+            for seq in chunk {
+                list.push_bind(*seq);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut **tx).await? {
+                let state: Text<TaskState> = row.try_get(2)?;
+                ids.insert(row.try_get(1)?, (row.try_get(0)?, state.0, false));
+            }
+        }
+        // Places of delivered-again messages were counted when first made.
+        let placed_fresh = fresh - unplaced;
+        if placed_fresh > 0 {
+            sqlx::query(
+                "UPDATE jobs SET total_tasks = total_tasks + $1, dispatched = dispatched + $1, \
+                 updated_at = $2 WHERE id = $3",
+            )
+            .bind(placed_fresh)
+            .bind(now)
+            .bind(job_id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        let mut made = std::collections::HashSet::new();
+        let mut tasks = Vec::with_capacity(batch.len());
+        for ((_, item), seq) in batch.iter().zip(seqs) {
+            let Some(&(task_id, state, created)) = ids.get(&seq) else {
+                return Err(sqlx::Error::Protocol(format!(
+                    "job {job_id}: the task at place {seq} is missing"
+                )));
+            };
+            // A place twice in one batch is one task, published once.
+            let message = (created && made.insert(seq)).then(|| {
+                let pending = Pending {
+                    seq,
+                    params: Some(item.params.clone()),
+                    input_hash: item.input_hash.clone(),
+                    input_name: Some(item.input_name.clone()),
+                    inputs: None,
+                    seed: None,
+                };
+                template.message(job_id, task_id, pending, None)
+            });
+            tasks.push(MessageTask {
+                task_id,
+                state,
+                message,
+            });
+        }
+        Ok(Some(tasks))
     }
 
     /// The first successful output of each of these keys that has one.

@@ -150,22 +150,22 @@ impl Store {
         Ok(row)
     }
 
-    /// The task of one message (see [`MessageTask`]): created queued, or
-    /// the one its place already has; `None` once the job has ended.
-    pub async fn message_task(
+    /// The tasks of a batch of messages (see [`MessageTask`]), in order:
+    /// created queued, or the ones their places already have; `None` once
+    /// the job has ended. One transaction.
+    pub async fn message_tasks(
         &self,
         job_id: i64,
-        seq: Option<i64>,
-        item: &Item,
-    ) -> Result<Option<MessageTask>, StoreError> {
+        batch: &[(Option<i64>, Item)],
+    ) -> Result<Option<Vec<MessageTask>>, StoreError> {
         let now = now_ms();
-        let task = on_pool!(self, pool, db => {
+        let tasks = on_pool!(self, pool, db => {
             let mut tx = db::begin(pool).await?;
-            let task = db::dispatch::message_task(&mut tx, job_id, seq, item, now).await?;
+            let tasks = db::dispatch::message_tasks(&mut tx, job_id, batch, now).await?;
             tx.commit().await?;
-            task
+            tasks
         });
-        Ok(task)
+        Ok(tasks)
     }
 
     /// Removes finished tasks of a job (and their attempts) that finished
