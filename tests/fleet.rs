@@ -1061,3 +1061,65 @@ fn a_durable_subscription_records_every_message_once_through_a_worker_kill() {
         }
     });
 }
+
+/// `sandmill serve` SIGKILLed while a durable subscription's messages are
+/// handled, then started again: every message gets exactly one recorded
+/// result (a message delivered again finds its task).
+#[test]
+fn a_durable_subscription_loses_nothing_when_serve_is_killed() {
+    run_test(Duration::from_secs(300), async {
+        let total: i64 = 2_000;
+        let mut fleet = Fleet::start(&["--ack-wait", "3s"]).await;
+        fleet.start_worker("w1", "", 2);
+        let dir = tempfile::tempdir().unwrap();
+        let sub = fleet
+            .subscribe(
+                dir.path(),
+                "orders",
+                &format!(
+                    "name = \"orders\"\nsubject = \"orders.*\"\nmodule = \"{}\"\nmax_in_flight = 256\n",
+                    guests::NOOP
+                ),
+            )
+            .await;
+        let job_id = sub["job_id"].as_i64().unwrap();
+        let client = async_nats::connect(fleet.nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let mut acks = Vec::new();
+        for i in 0..total {
+            acks.push(
+                js.publish(format!("orders.{}", i % 3), i.to_string().into())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+        fleet
+            .until(job_id, "200 results", Duration::from_secs(120), |s| {
+                s["tasks"]["succeeded"].as_i64().unwrap_or(0) >= 200
+            })
+            .await;
+        fleet.kill_serve();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        fleet.start_serve().await;
+        let job = fleet
+            .until(
+                job_id,
+                "every message recorded",
+                Duration::from_secs(180),
+                |s| s["tasks"]["succeeded"].as_i64().unwrap_or(0) >= total,
+            )
+            .await;
+        let (ok, lost, duplicated) = fleet.audit("subscription, serve SIGKILLed", job_id).await;
+        assert_eq!((ok, lost, duplicated), (total, 0, 0), "{job}");
+        assert_eq!(job["tasks"]["total"], total, "one task per message: {job}");
+        let mut stream = js.get_stream("SANDMILL_SUB_orders").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while stream.info().await.unwrap().state.messages > 0 {
+            assert!(Instant::now() < deadline, "messages were never acked");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}

@@ -130,7 +130,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<Server> {
         cache_dir: Some(config.cache_dir.clone()),
         ..SandboxConfig::default()
     })?;
-    let scheduler = Scheduler::new(store, broker, blobs, sandbox, config.scheduler);
+    // A durable subscription's messages wait as long as tasks do.
+    let scheduler_config = SchedulerConfig {
+        subscription_ack_wait: config.ack_wait,
+        ..config.scheduler
+    };
+    let scheduler = Scheduler::new(store, broker, blobs, sandbox, scheduler_config);
     scheduler.set_nats(client);
     scheduler.start().await?;
     tokio::spawn(scheduler.clone().record_events());

@@ -43,6 +43,7 @@ impl SchedulerArgs {
             max_params_bytes: self.max_params,
             absent_every: absent_every.unwrap_or(DEFAULT_ABSENT_EVERY),
             event_buffer: self.event_buffer.max(1),
+            ..SchedulerConfig::default()
         }
     }
 }

@@ -122,6 +122,11 @@ pub struct SchedulerConfig {
     /// Live events kept for clients that reconnect (see
     /// [`DEFAULT_EVENT_BUFFER`](crate::events::DEFAULT_EVENT_BUFFER)).
     pub event_buffer: usize,
+    /// How long a durable subscription's message may go without a sign of
+    /// life before JetStream delivers it again (a server that died holding
+    /// it); set when the subscription's consumer is created (see
+    /// [`SUBSCRIPTION_ACK_WAIT`]).
+    pub subscription_ack_wait: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -132,6 +137,7 @@ impl Default for SchedulerConfig {
             window: DEFAULT_WINDOW,
             absent_every: DEFAULT_ABSENT_EVERY,
             event_buffer: crate::events::DEFAULT_EVENT_BUFFER,
+            subscription_ack_wait: SUBSCRIPTION_ACK_WAIT,
         }
     }
 }

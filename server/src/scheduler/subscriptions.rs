@@ -39,12 +39,10 @@ use crate::store::{Item, NewSubscription, Stored, SubscriptionRow};
 use crate::subscription::{PARAM_HEADER, SubscriptionFile};
 
 /// How long a durable message may go without a sign of life before
-/// JetStream delivers it again; a message whose task runs is kept in
-/// progress well within it.
+/// JetStream delivers it again, by default; a message whose task runs is
+/// marked in progress every third of it. `sandmill serve` uses its
+/// `--ack-wait`.
 pub const SUBSCRIPTION_ACK_WAIT: Duration = Duration::from_secs(30);
-
-/// How often a message whose task runs is marked in progress.
-const IN_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// How often a waiting message looks at its task's row (a result the
 /// recorder handed to no waiter: expired, cancelled, or recorded before
@@ -388,7 +386,7 @@ impl Scheduler {
                         jetstream::consumer::pull::Config {
                             durable_name: Some("sandmill".to_owned()),
                             ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                            ack_wait: SUBSCRIPTION_ACK_WAIT,
+                            ack_wait: self.inner.config.subscription_ack_wait,
                             max_ack_pending: row.max_in_flight,
                             // Never given up on: a message the server
                             // cannot take is tried again; one whose task
@@ -598,7 +596,8 @@ impl Scheduler {
             if *stopping.borrow() {
                 return Handled::Stopping;
             }
-            if marked.elapsed() >= IN_PROGRESS_EVERY {
+            // Marked in progress well within the ack wait.
+            if marked.elapsed() >= self.inner.config.subscription_ack_wait / 3 {
                 marked = Instant::now();
                 if let Some(message) = &delivery.jetstream {
                     let _ = message.ack_with(AckKind::Progress).await;
