@@ -6,10 +6,10 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::views::{Page, decode_cursor, duration, page_size, time};
+use super::views::{Page, PageQuery, duration, time};
 use super::{ApiPath, ApiQuery, AppState, RawBody};
 use crate::jobfile::{self, JobFile, Overlap};
 use crate::store::ScheduleRow;
@@ -105,30 +105,15 @@ pub async fn create_schedule(
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
-/// Paging of the schedule list.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ScheduleQuery {
-    /// Page size (default 100, at most 1000).
-    pub limit: Option<u32>,
-    /// Where to continue: a `next_cursor` from the previous page.
-    pub cursor: Option<String>,
-}
-
 /// Schedules, by name.
-#[utoipa::path(get, path = "/v1/schedules", tag = "schedules", params(ScheduleQuery),
+#[utoipa::path(get, path = "/v1/schedules", tag = "schedules", params(PageQuery),
     responses((status = 200, description = "a page of schedules", body = Page<ScheduleView>),
         (status = 400, description = "a bad cursor or limit", body = ErrorBody)))]
 pub async fn list_schedules(
     State(state): State<AppState>,
-    ApiQuery(query): ApiQuery<ScheduleQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<ScheduleView>>, ApiError> {
-    let limit = page_size(query.limit, 100, 1000)?;
-    let after = query
-        .cursor
-        .as_deref()
-        .map(decode_cursor::<String>)
-        .transpose()?;
+    let (limit, after) = query.page::<String>()?;
     let rows = state
         .scheduler
         .store()

@@ -6,10 +6,10 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::views::{Page, TaskView, decode_cursor, duration, page_size, time};
+use super::views::{Page, PageQuery, TaskView, duration, time};
 use super::{ApiPath, ApiQuery, AppState, RawBody};
 use crate::store::SubscriptionRow;
 use crate::subscription::{self, SubscriptionFile};
@@ -112,30 +112,15 @@ pub async fn create_subscription(
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
-/// Paging of the subscription list.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct SubscriptionQuery {
-    /// Page size (default 100, at most 1000).
-    pub limit: Option<u32>,
-    /// Where to continue: a `next_cursor` from the previous page.
-    pub cursor: Option<String>,
-}
-
 /// Subscriptions, by name.
-#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions", params(SubscriptionQuery),
+#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions", params(PageQuery),
     responses((status = 200, description = "a page of subscriptions", body = Page<SubscriptionView>),
         (status = 400, description = "a bad cursor or limit", body = ErrorBody)))]
 pub async fn list_subscriptions(
     State(state): State<AppState>,
-    ApiQuery(query): ApiQuery<SubscriptionQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<SubscriptionView>>, ApiError> {
-    let limit = page_size(query.limit, 100, 1000)?;
-    let after = query
-        .cursor
-        .as_deref()
-        .map(decode_cursor::<String>)
-        .transpose()?;
+    let (limit, after) = query.page::<String>()?;
     let rows = state
         .scheduler
         .store()
@@ -177,35 +162,20 @@ pub async fn delete_subscription(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Paging of dead letters.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct DeadLetterQuery {
-    /// Page size (default 100, at most 1000).
-    pub limit: Option<u32>,
-    /// Where to continue: a `next_cursor` from the previous page.
-    pub cursor: Option<String>,
-}
-
 /// A subscription's dead letters: the tasks of messages that failed for
 /// good, with their errors, by place (a durable message's place is its
 /// stream sequence). Each task's input is the message's payload.
 #[utoipa::path(get, path = "/v1/subscriptions/{name}/dead-letters", tag = "subscriptions",
-    params(("name" = String, Path), DeadLetterQuery),
+    params(("name" = String, Path), PageQuery),
     responses((status = 200, description = "a page of failed tasks", body = Page<TaskView>),
         (status = 400, description = "a bad cursor or limit", body = ErrorBody),
         (status = 404, description = "no such subscription", body = ErrorBody)))]
 pub async fn dead_letters(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
-    ApiQuery(query): ApiQuery<DeadLetterQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<TaskView>>, ApiError> {
-    let limit = page_size(query.limit, 100, 1000)?;
-    let after = query
-        .cursor
-        .as_deref()
-        .map(decode_cursor::<i64>)
-        .transpose()?;
+    let (limit, after) = query.page::<i64>()?;
     let (_, rows) = state
         .scheduler
         .dead_letters(&name, after, limit as i64 + 1)

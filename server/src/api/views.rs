@@ -103,6 +103,25 @@ pub fn decode_cursor<C: serde::de::DeserializeOwned>(cursor: &str) -> Result<C, 
         .ok_or_else(|| ApiError::bad_field("cursor", "not a cursor this list gave"))
 }
 
+/// Paging of a list by name or place: how many, and where to continue.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size (default 100, at most 1000).
+    pub limit: Option<u32>,
+    /// Where to continue: a `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+}
+
+impl PageQuery {
+    /// The page size (checked) and the cursor (decoded).
+    pub fn page<C: serde::de::DeserializeOwned>(&self) -> Result<(usize, Option<C>), ApiError> {
+        let limit = page_size(self.limit, 100, 1000)?;
+        let after = self.cursor.as_deref().map(decode_cursor::<C>).transpose()?;
+        Ok((limit, after))
+    }
+}
+
 /// A page size: `limit`, or the default, at most `max`.
 pub fn page_size(limit: Option<u32>, default: u32, max: u32) -> Result<usize, ApiError> {
     match limit {

@@ -3,11 +3,9 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
-use utoipa::IntoParams;
 
 use super::error::{ApiError, ErrorBody};
-use super::views::{Page, WorkerStatus, WorkerView, decode_cursor, page_size, time};
+use super::views::{Page, PageQuery, WorkerStatus, WorkerView, time};
 use super::{ApiQuery, AppState};
 use crate::store::now_ms;
 
@@ -16,32 +14,17 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/workers", get(list_workers))
 }
 
-/// Paging of the worker list.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct WorkerQuery {
-    /// Page size (default 100, at most 1000).
-    pub limit: Option<u32>,
-    /// Where to continue: a `next_cursor` from the previous page.
-    pub cursor: Option<String>,
-}
-
 /// The worker registry, by id: every worker with a registry entry, live or
 /// lost. A worker that leaves on purpose (drained) has none.
-#[utoipa::path(get, path = "/v1/workers", tag = "workers", params(WorkerQuery),
+#[utoipa::path(get, path = "/v1/workers", tag = "workers", params(PageQuery),
     responses((status = 200, description = "a page of workers", body = Page<WorkerView>),
         (status = 400, description = "a bad cursor or limit", body = ErrorBody),
         (status = 503, description = "the broker is unavailable", body = ErrorBody)))]
 pub async fn list_workers(
     State(state): State<AppState>,
-    ApiQuery(query): ApiQuery<WorkerQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<WorkerView>>, ApiError> {
-    let limit = page_size(query.limit, 100, 1000)?;
-    let after = query
-        .cursor
-        .as_deref()
-        .map(decode_cursor::<String>)
-        .transpose()?;
+    let (limit, after) = query.page::<String>()?;
     let now = now_ms();
     let workers = state.scheduler.workers(after.as_deref(), limit + 1).await?;
     Ok(Json(Page::of(workers, limit, |w| w.id.clone()).map(|w| {
