@@ -1123,3 +1123,90 @@ fn a_durable_subscription_loses_nothing_when_serve_is_killed() {
         }
     });
 }
+
+/// `serve --auth tokens`: every route but /healthz needs a live token; a
+/// reader cannot change anything; a revoked token is refused; the CLI
+/// sends `--token`.
+#[test]
+fn serve_with_tokens_refuses_requests_without_a_live_token() {
+    run_test(Duration::from_secs(180), async {
+        let fleet = Fleet::start(&["--auth", "tokens"]).await;
+        let token = |args: &[&str]| {
+            let out = support::output_within(
+                Command::new(env!("CARGO_BIN_EXE_sandmill"))
+                    .args(["token", "--database", &fleet.database])
+                    .args(args),
+                Duration::from_secs(60),
+            );
+            support::ok(&out).trim().to_owned()
+        };
+        let admin = token(&["create", "--tenant", "ops", "--role", "admin"]);
+        let reader = token(&["create", "--tenant", "ops", "--role", "reader"]);
+        assert!(admin.starts_with("smt_") && reader.starts_with("smt_"));
+        let listed = token(&["list"]);
+        assert_eq!(listed.lines().count(), 3, "{listed}");
+        assert!(!listed.contains(&admin[4..]), "a secret is never listed");
+
+        let get = |path: &str, secret: Option<&str>| {
+            let mut request = fleet.http.get(format!("{}{path}", fleet.base));
+            if let Some(secret) = secret {
+                request = request.bearer_auth(secret);
+            }
+            request.send()
+        };
+        assert_eq!(get("/healthz", None).await.unwrap().status(), 200);
+        let refused = get("/v1/jobs", None).await.unwrap();
+        assert_eq!(refused.status(), 401);
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["code"], "unauthorized", "{body}");
+        assert_eq!(
+            get("/v1/jobs", Some("smt_nonsense"))
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+        assert_eq!(get("/v1/jobs", Some(&admin)).await.unwrap().status(), 200);
+        assert_eq!(get("/v1/jobs", Some(&reader)).await.unwrap().status(), 200);
+        let posted = fleet
+            .http
+            .post(format!("{}/v1/inputs", fleet.base))
+            .bearer_auth(&reader)
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), 403, "a reader cannot upload");
+        let posted = fleet
+            .http
+            .post(format!("{}/v1/inputs", fleet.base))
+            .bearer_auth(&admin)
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), 200);
+
+        // The CLI: without a token it fails; with one it works.
+        let jobs = |secret: Option<&str>| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_sandmill"));
+            command.args(["--server", &fleet.base]);
+            if let Some(secret) = secret {
+                command.args(["--token", secret]);
+            }
+            command.arg("jobs");
+            support::output_within(&mut command, Duration::from_secs(60))
+        };
+        assert!(!jobs(None).status.success());
+        assert!(jobs(Some(&reader)).status.success());
+
+        let reader_id = &reader[4..16];
+        token(&["revoke", reader_id]);
+        assert_eq!(get("/v1/jobs", Some(&reader)).await.unwrap().status(), 401);
+        assert!(
+            token(&["list"])
+                .lines()
+                .any(|l| l.starts_with(reader_id) && l.ends_with("revoked"))
+        );
+    });
+}

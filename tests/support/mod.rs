@@ -308,12 +308,14 @@ impl Drop for Nats {
     }
 }
 
-/// Waits until a server at `base` answers `/readyz`.
+/// Waits until a server at `base` answers `/readyz` (or asks for a
+/// token).
 pub async fn wait_ready(http: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        // A server that wants a token answers 401: it is up.
         if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
+            && (r.status().is_success() || r.status() == reqwest::StatusCode::UNAUTHORIZED)
         {
             return;
         }

@@ -11,6 +11,7 @@
 //! [`views`] holds
 //! what they return.
 
+pub mod auth;
 mod error;
 pub mod events;
 pub mod health;
@@ -56,6 +57,8 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Longest wait `/v1/run` allows.
     pub max_run_wait: Duration,
+    /// Who may call (see [`auth`]).
+    pub auth: auth::AuthMode,
 }
 
 impl Default for ApiConfig {
@@ -63,6 +66,7 @@ impl Default for ApiConfig {
         ApiConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_run_wait: Duration::from_secs(300),
+            auth: auth::AuthMode::Open,
         }
     }
 }
@@ -79,7 +83,8 @@ pub struct AppState {
 /// The whole API.
 pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
     let limit = config.max_body_bytes;
-    Router::new()
+    let state = AppState { scheduler, config };
+    let router = Router::new()
         .merge(health::router())
         .merge(modules::router())
         .merge(specs::router())
@@ -90,8 +95,15 @@ pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
         .merge(events::router())
         .merge(schedules::router())
         .merge(subscriptions::router())
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(AppState { scheduler, config })
+        .layer(DefaultBodyLimit::max(limit));
+    let router = match state.config.auth {
+        auth::AuthMode::Open => router,
+        auth::AuthMode::Tokens => router.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        )),
+    };
+    router.with_state(state)
 }
 
 #[derive(OpenApi)]

@@ -307,6 +307,21 @@ impl Upload for Server {
     }
 }
 
+/// An HTTP client that sends `token` (if any) as a bearer token.
+fn http_client(token: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("--token has characters a header cannot carry")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .context("cannot build the HTTP client")
+}
+
 fn last_job_file() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
@@ -360,14 +375,14 @@ pub(super) fn counts_of(t: &TaskCounts) -> String {
     }
 }
 
-pub fn run(server: &str, command: ClientCommand) -> anyhow::Result<ExitCode> {
+pub fn run(server: &str, token: Option<&str>, command: ClientCommand) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let server = Server {
         base: server.trim_end_matches('/').to_owned(),
-        http: reqwest::Client::new(),
+        http: http_client(token)?,
     };
     runtime.block_on(async move {
         match command {

@@ -87,8 +87,22 @@ pub struct ServeArgs {
     /// off.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     stop_within: Duration,
+    /// Who may call the API: `tokens` (every route but /healthz needs
+    /// `Authorization: Bearer`; `sandmill token create` makes them) or
+    /// `open`.
+    #[arg(long, value_enum, env = "SANDMILL_AUTH", default_value = "open")]
+    auth: AuthArg,
     #[command(flatten)]
     scheduler: SchedulerArgs,
+}
+
+/// `--auth`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum AuthArg {
+    /// Anyone who reaches the port.
+    Open,
+    /// A token on every request.
+    Tokens,
 }
 
 #[derive(Args, Debug)]
@@ -142,6 +156,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             server.scheduler.clone(),
             ApiConfig {
                 max_body_bytes: args.max_body,
+                auth: match args.auth {
+                    AuthArg::Open => sandmill_server::api::auth::AuthMode::Open,
+                    AuthArg::Tokens => sandmill_server::api::auth::AuthMode::Tokens,
+                },
                 ..ApiConfig::default()
             },
         );

@@ -10,6 +10,7 @@ mod replay;
 mod resolve;
 mod run;
 mod settings;
+mod token;
 mod watch;
 
 use std::process::ExitCode;
@@ -29,6 +30,9 @@ pub struct Args {
         default_value = "http://127.0.0.1:7878"
     )]
     server: String,
+    /// An API token, for a server that requires one.
+    #[arg(long, global = true, env = "SANDMILL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +49,8 @@ enum Command {
     Serve(fleet::ServeArgs),
     /// Run tasks from NATS JetStream.
     Worker(fleet::WorkerArgs),
+    /// API tokens: create (printing the secret once), list, revoke.
+    Token(token::TokenArgs),
     /// Write a guest crate (map-reduce, task or preprocessor) that builds
     /// and runs as is.
     New(new::NewArgs),
@@ -61,6 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => fleet::serve(args),
         Command::Worker(args) => fleet::worker(args),
         Command::New(args) => new::run(args),
-        Command::Client(command) => client::run(&args.server, command),
+        Command::Token(args) => token::run(args),
+        Command::Client(command) => client::run(&args.server, args.token.as_deref(), command),
     }
 }

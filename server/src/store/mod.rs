@@ -39,6 +39,7 @@ mod run;
 mod schedules;
 mod subscriptions;
 mod tasks;
+mod tokens;
 pub mod types;
 
 use std::str::FromStr;
@@ -63,6 +64,7 @@ pub use run::{RunRecord, RunWriter};
 pub use schedules::{Fired, NewSchedule, ScheduleRow, ScheduleTotals};
 pub use subscriptions::{NewSubscription, SubscriptionRow};
 pub use tasks::Stored;
+pub use tokens::TokenRow;
 
 /// Rows per multi-row INSERT: well under SQLite's 32,766 bound variables.
 const INSERT_CHUNK: usize = 1_000;
