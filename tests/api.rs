@@ -23,7 +23,7 @@ use tower::ServiceExt;
 
 struct Client {
     router: axum::Router,
-    checker: Checker,
+    checker: std::sync::Arc<Checker>,
 }
 
 struct Reply {
@@ -49,7 +49,15 @@ impl Client {
         let doc = serde_json::to_value(api::openapi_document()).unwrap();
         Client {
             router,
-            checker: Checker::new(doc),
+            checker: std::sync::Arc::new(Checker::new(doc)),
+        }
+    }
+
+    /// Another router's client, recording into this one's checker.
+    fn beside(&self, router: axum::Router) -> Self {
+        Client {
+            router,
+            checker: self.checker.clone(),
         }
     }
 
@@ -1114,6 +1122,80 @@ async fn suite(database: Option<String>) {
             .body(Body::empty())
             .unwrap();
         assert_eq!(client.request(request).await.status, status, "{uri}");
+    }
+
+    // With tokens: every route but /healthz is 401 without a live one, and
+    // a reader's token may not change anything (403).
+    let (_, reader) = sandmill_server::api::auth::new_token().unwrap();
+    instance
+        .scheduler
+        .store()
+        .put_token(
+            "reader-suite",
+            &sandmill_server::api::auth::hash_secret(&reader),
+            "suite",
+            "reader",
+        )
+        .await
+        .unwrap();
+    let guarded = client.beside(api::router(
+        instance.scheduler.clone(),
+        ApiConfig {
+            auth: sandmill_server::api::auth::AuthMode::Tokens,
+            ..ApiConfig::default()
+        },
+    ));
+    // An open server on loopback: a web page's request (another Origin)
+    // is 403 on every route but /healthz.
+    let local = client.beside(api::router(
+        instance.scheduler.clone(),
+        ApiConfig {
+            local: Some(sandmill_server::api::auth::LocalGuard {
+                hosts: vec!["127.0.0.1:7878".to_owned()],
+            }),
+            ..ApiConfig::default()
+        },
+    ));
+    let routes: std::collections::BTreeSet<(String, String)> = client
+        .checker
+        .documented()
+        .into_iter()
+        .map(|(method, path, _)| (method, path))
+        .collect();
+    for (method, path) in routes {
+        let uri = path
+            .replace("{id}", "1")
+            .replace("{name}", "x")
+            .replace("{hash}", "00");
+        let method = method.to_uppercase();
+        let bare = guarded.send(&method, &uri, Vec::new()).await;
+        if path == "/healthz" {
+            assert_eq!(bare.status, StatusCode::OK);
+            continue;
+        }
+        let request = Request::builder()
+            .method(method.as_str())
+            .uri(&uri)
+            .header("host", "127.0.0.1:7878")
+            .header("origin", "https://page.example")
+            .body(Body::empty())
+            .unwrap();
+        let cross = local.request(request).await;
+        assert_eq!(cross.status, StatusCode::FORBIDDEN, "{method} {uri}");
+        assert_eq!(cross.code(), "forbidden");
+        assert_eq!(bare.status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+        assert_eq!(bare.code(), "unauthorized");
+        if method != "GET" {
+            let request = Request::builder()
+                .method(method.as_str())
+                .uri(&uri)
+                .header("authorization", format!("Bearer {reader}"))
+                .body(Body::empty())
+                .unwrap();
+            let read_only = guarded.request(request).await;
+            assert_eq!(read_only.status, StatusCode::FORBIDDEN, "{method} {uri}");
+            assert_eq!(read_only.code(), "forbidden");
+        }
     }
 
     // Every documented route and status was seen, except those that need

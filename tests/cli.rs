@@ -162,7 +162,9 @@ fn client_commands_against_a_dev_server() {
     let port = support::free_port();
     let server = format!("http://127.0.0.1:{port}");
     let _dev = support::Killed::spawn(
-        support::dev_command(data.path(), port).env("XDG_STATE_HOME", state.path()),
+        support::dev_command(data.path(), port)
+            .args(["--allow-network", "127.0.0.1"])
+            .env("XDG_STATE_HOME", state.path()),
     );
     support::wait_port(port, Duration::from_secs(60));
     let client = |args: &[&str]| -> Output {

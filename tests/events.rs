@@ -17,13 +17,14 @@ use sandmill_server::api::events::{EventView, SseParser};
 use sandmill_server::model::{JobStatus, TaskState};
 use sandmill_test_artifacts as guests;
 use serde_json::{Value, json};
-use support::{Killed, dev_command, free_port, sandmill, submit_json, upload_module, wait_port};
+use support::{dev, free_port, sandmill, submit_json, upload_module};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A TCP proxy to `upstream` that counts the HTTP requests sent through it.
-async fn counting_proxy(upstream: u16) -> (u16, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+async fn counting_proxy(port: u16, upstream: u16) -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let requests = Arc::new(AtomicUsize::new(0));
     let counted = requests.clone();
     tokio::spawn(async move {
@@ -70,29 +71,6 @@ async fn counting_proxy(upstream: u16) -> (u16, Arc<AtomicUsize>) {
         }
     });
     (port, requests)
-}
-
-/// A running `sandmill dev` on a free port.
-struct Dev {
-    _data: tempfile::TempDir,
-    _process: Killed,
-    base: String,
-    port: u16,
-}
-
-fn dev(extra: &[&str]) -> Dev {
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut command = dev_command(data.path(), port);
-    command.args(extra);
-    let process = Killed::spawn(&mut command);
-    wait_port(port, Duration::from_secs(60));
-    Dev {
-        _data: data,
-        _process: process,
-        base: format!("http://127.0.0.1:{port}"),
-        port,
-    }
 }
 
 /// A sweep of `tasks` progress guests, `steps` steps each.
@@ -159,10 +137,12 @@ fn ended(event: &EventView, job: i64) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn wait_follows_the_event_stream_with_one_request_and_ends_with_the_job() {
     tokio::time::timeout(Duration::from_secs(300), async {
-        let dev = dev(&[]);
+        // The proxy's name is one the open dev server answers to.
+        let proxy_port = free_port();
+        let dev = dev(&["--allow-host", &format!("127.0.0.1:{proxy_port}")]);
         let http = reqwest::Client::new();
         let module = upload_module(&http, &dev.base, guests::PROGRESS).await;
-        let (proxy, requests) = counting_proxy(dev.port).await;
+        let (proxy, requests) = counting_proxy(proxy_port, dev.port).await;
         let state = tempfile::tempdir().unwrap();
 
         // A job of a few seconds: `wait` must sit on its stream meanwhile.

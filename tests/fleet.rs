@@ -713,7 +713,8 @@ fn task_messages_lost_by_nats_are_published_again() {
 #[test]
 fn a_guest_granted_the_network_connects_from_a_worker() {
     run_test(Duration::from_secs(120), async {
-        let mut fleet = Fleet::start(&[]).await;
+        // The server's policy lists the loopback address the guest dials.
+        let mut fleet = Fleet::start(&["--allow-network", "127.0.0.1"]).await;
         let hash = fleet.upload(guests::HOSTILE_NET_ESCAPE).await;
         let (addr, accepted) = support::one_connection();
         let input: Value = fleet

@@ -648,6 +648,7 @@ fn maps_and_reduces_run_in_parallel_once_each_and_the_job_ends_after_its_last_re
             let input: Value = dev
                 .http
                 .post(format!("{}/v1/inputs", dev.base))
+                .header("content-type", "application/octet-stream")
                 .body(text)
                 .send()
                 .await

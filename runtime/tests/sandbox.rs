@@ -404,8 +404,32 @@ async fn the_network_is_out_of_reach_unless_granted() {
         "nothing may have connected"
     );
 
+    // Granted the internet: loopback is not part of it.
+    let internet = Grants {
+        network: true,
+        hosts: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+        ..Grants::default()
+    };
+    let refused = run(
+        &guest,
+        Call::task(addr.clone().into_bytes()).with_grants(internet),
+    )
+    .await;
+    assert!(
+        matches!(&refused.result, Err(ExecError::Guest(m)) if m.starts_with("cannot connect")),
+        "{:?}",
+        refused.result
+    );
+    assert_eq!(
+        listener.accept().map(|_| ()).map_err(|e| e.kind()),
+        Err(ErrorKind::WouldBlock),
+        "nothing may have connected"
+    );
+
+    // Granted the network and this address: it connects.
     let grants = Grants {
         network: true,
+        hosts: vec![addr.parse().unwrap()],
         ..Grants::default()
     };
     let allowed = run(&guest, Call::task(addr.into_bytes()).with_grants(grants)).await;

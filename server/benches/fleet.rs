@@ -44,6 +44,7 @@ async fn sweep(base: &str, tasks: u64) -> (Duration, Duration) {
     support::wait_ready(&http, base).await;
     let module: Value = http
         .post(format!("{base}/v1/modules"))
+        .header("content-type", "application/wasm")
         .body(std::fs::read(guests::NOOP).expect("noop built"))
         .send()
         .await

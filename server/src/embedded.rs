@@ -36,6 +36,9 @@ pub struct EmbeddedConfig {
     pub workers: usize,
     /// The scheduler's settings.
     pub scheduler: SchedulerConfig,
+    /// The grants its worker slots honour (see
+    /// [`SandboxConfig::allowed_grants`]).
+    pub allowed_grants: Vec<String>,
 }
 
 impl EmbeddedConfig {
@@ -46,6 +49,7 @@ impl EmbeddedConfig {
             database: None,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             scheduler: SchedulerConfig::default(),
+            allowed_grants: SandboxConfig::default().allowed_grants,
         }
     }
 }
@@ -90,6 +94,7 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
     let blobs = Arc::new(DirBlobStore::new(data.join("blobs"))?);
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(data.join("module-cache")),
+        allowed_grants: config.allowed_grants.clone(),
         ..SandboxConfig::default()
     })?;
     // The window bounds the queue; the rest is room for small jobs, which

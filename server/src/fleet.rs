@@ -164,6 +164,9 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Where compiled modules and module copies are kept.
     pub cache_dir: PathBuf,
+    /// The grants its slots honour (see
+    /// [`SandboxConfig::allowed_grants`]).
+    pub allowed_grants: Vec<String>,
 }
 
 /// Checks a worker id: letters, digits, `-`, `_` and `.`, not `.` at
@@ -202,6 +205,7 @@ pub async fn worker(config: WorkerConfig) -> anyhow::Result<WorkerPool> {
     let blobs: Arc<dyn BlobStore> = Arc::new(NatsBlobStore::connect(client).await?);
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(config.cache_dir.clone()),
+        allowed_grants: config.allowed_grants.clone(),
         ..SandboxConfig::default()
     })?;
     let modules = Arc::new(LocalCopy::new(

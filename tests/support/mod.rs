@@ -240,6 +240,35 @@ pub fn dev_command(data: &Path, port: u16) -> Command {
     cmd
 }
 
+/// A running `sandmill dev` on a free port (see [`dev`]).
+pub struct Dev {
+    /// Its data folder.
+    pub data: tempfile::TempDir,
+    /// The process, killed on drop.
+    pub process: Killed,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// Its port.
+    pub port: u16,
+}
+
+/// Starts `sandmill dev` (two workers) with `extra` flags on a free port,
+/// and waits for its port.
+pub fn dev(extra: &[&str]) -> Dev {
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut command = dev_command(data.path(), port);
+    command.args(extra);
+    let process = Killed::spawn(&mut command);
+    wait_port(port, Duration::from_secs(60));
+    Dev {
+        data,
+        process,
+        base: format!("http://127.0.0.1:{port}"),
+        port,
+    }
+}
+
 /// A real `nats-server -js` on a free loopback port with a temporary store
 /// folder, killed on drop.
 pub struct Nats {
@@ -329,6 +358,7 @@ pub async fn wait_ready(http: &reqwest::Client, base: &str) {
 pub async fn upload_module(http: &reqwest::Client, base: &str, path: &str) -> String {
     let module: serde_json::Value = http
         .post(format!("{base}/v1/modules"))
+        .header("content-type", "application/wasm")
         .body(std::fs::read(path).expect("module built"))
         .send()
         .await

@@ -83,8 +83,12 @@ pub struct Grants {
     pub clock: bool,
     /// The host's real random source.
     pub random: bool,
-    /// TCP, UDP and name lookup to any address.
+    /// TCP, UDP and name lookup, to the addresses `hosts` lists.
     pub network: bool,
+    /// Where a guest granted the network may connect (see
+    /// [`NetRule`](super::net::NetRule)); none when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<super::net::NetRule>,
     /// Environment variables the guest sees.
     pub env: Vec<(String, String)>,
     /// Directories the guest may open.
@@ -94,4 +98,13 @@ pub struct Grants {
 impl Grants {
     /// Names the capabilities `--allow` accepts.
     pub const NAMES: &'static [&'static str] = &["clock", "random", "network", "env"];
+
+    /// The names of the capabilities granted, in [`Grants::NAMES`] order
+    /// (directories, which only a local `sandmill exec` grants, aside).
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        [self.clock, self.random, self.network, !self.env.is_empty()]
+            .into_iter()
+            .zip(Self::NAMES)
+            .filter_map(|(granted, name)| granted.then_some(*name))
+    }
 }

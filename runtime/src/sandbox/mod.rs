@@ -26,6 +26,7 @@ mod cache;
 mod error;
 mod host;
 mod limits;
+pub mod net;
 mod wasi;
 
 use std::collections::{BTreeMap, HashMap};
@@ -61,6 +62,10 @@ pub struct SandboxConfig {
     pub max_instances: u32,
     /// Largest memory limit a call may set.
     pub max_memory_ceiling: u64,
+    /// The grants this sandbox honours (`worker --allow-grants`, names
+    /// from [`Grants::NAMES`]); a call asking for another fails with
+    /// `bad-grant`, which is retried (another worker may allow it).
+    pub allowed_grants: Vec<String>,
 }
 
 impl Default for SandboxConfig {
@@ -70,6 +75,7 @@ impl Default for SandboxConfig {
             max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
             max_instances: DEFAULT_MAX_INSTANCES,
             max_memory_ceiling: DEFAULT_MAX_MEMORY_CEILING,
+            allowed_grants: Grants::NAMES.iter().map(|n| (*n).to_owned()).collect(),
         }
     }
 }
@@ -668,6 +674,14 @@ impl Sandbox {
         } else {
             None
         };
+        if let Some(name) = grants
+            .names()
+            .find(|name| !self.inner.config.allowed_grants.iter().any(|a| a == name))
+        {
+            return Err(ExecError::BadGrant(format!(
+                "this worker does not allow the `{name}` grant (worker --allow-grants)"
+            )));
+        }
         let state = HostState {
             wasi: wasi::build(&grants, seed, log)?,
             table: Default::default(),

@@ -59,8 +59,12 @@ pub(crate) fn build(grants: &Grants, seed: u64, log: &LogSink) -> Result<WasiCtx
             .insecure_random_seed(u128::from(seed));
     }
     if grants.network {
+        let rules = std::sync::Arc::new(grants.hosts.clone());
         builder
-            .inherit_network()
+            .socket_addr_check(move |addr, usage| {
+                let allowed = super::net::permits(&rules, addr, usage);
+                Box::pin(async move { allowed })
+            })
             .allow_tcp(true)
             .allow_udp(true)
             .allow_ip_name_lookup(true);

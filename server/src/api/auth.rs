@@ -165,3 +165,107 @@ mod tests {
         }
     }
 }
+
+/// What an open API on loopback accepts (`sandmill dev` without tokens):
+/// requests naming it by one of `hosts` (`127.0.0.1:7878`,
+/// `localhost:7878`, …) in `Host` and, when a browser sends one, in
+/// `Origin`; bodies only of the types no page can send without asking
+/// first (`application/json`, `application/wasm`,
+/// `application/octet-stream`). A web page open in a browser on the same
+/// machine can neither post to it nor reach it through a domain of its
+/// own resolving to 127.0.0.1.
+#[derive(Clone, Debug)]
+pub struct LocalGuard {
+    /// `host:port` forms the server answers to.
+    pub hosts: Vec<String>,
+}
+
+impl LocalGuard {
+    /// The names of a loopback listener on `addr`.
+    pub fn for_listener(addr: std::net::SocketAddr) -> LocalGuard {
+        let port = addr.port();
+        let mut hosts = vec![
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+        ];
+        let own = addr.to_string();
+        if !hosts.contains(&own) {
+            hosts.push(own);
+        }
+        LocalGuard { hosts }
+    }
+
+    fn refusal(&self, request: &Request) -> Option<String> {
+        let headers = request.headers();
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        // HTTP/2 carries the host in the URI instead.
+        let host = host.or_else(|| request.uri().authority().map(|a| a.as_str()));
+        match host {
+            Some(host) if self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) => {}
+            Some(host) => {
+                return Some(format!(
+                    "this server answers to {} only, not `{}`",
+                    self.hosts.join(", "),
+                    host.escape_default()
+                ));
+            }
+            None => return Some("a request must name the server in `Host`".to_owned()),
+        }
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or("");
+            let named = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                .is_some_and(|h| self.hosts.iter().any(|own| own.eq_ignore_ascii_case(h)));
+            if !named {
+                return Some(format!(
+                    "cross-origin requests are refused (Origin `{}`)",
+                    origin.escape_default()
+                ));
+            }
+        }
+        let has_body = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|n| n != "0")
+            || headers.contains_key(header::TRANSFER_ENCODING)
+            || headers.contains_key(header::CONTENT_TYPE);
+        if has_body {
+            let kind = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if !matches!(
+                kind.as_str(),
+                "application/json" | "application/wasm" | "application/octet-stream"
+            ) {
+                return Some(format!(
+                    "a request body must be application/json, application/wasm or application/octet-stream, not `{}`",
+                    kind.escape_default()
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// Refuses (403) what [`LocalGuard`] does not accept.
+pub async fn guard_local(
+    State(guard): State<std::sync::Arc<LocalGuard>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    match guard.refusal(&request) {
+        None => next.run(request).await,
+        Some(why) => error(StatusCode::FORBIDDEN, "forbidden", why),
+    }
+}

@@ -15,7 +15,7 @@ use crate::store::{StoreError, StoreErrorKind};
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Stable, machine-readable: `bad_request`, `invalid_module`,
-    /// `not_found`, `conflict`, `payload_too_large`, `unavailable`,
+    /// `not_found`, `conflict`, `forbidden`, `unauthorized`, `payload_too_large`, `unavailable`,
     /// `internal`, or a task's failure reason (`/v1/run`).
     pub code: String,
     /// For people.
@@ -67,6 +67,7 @@ impl ApiError {
                 (StatusCode::NOT_FOUND, "not_found")
             }
             ApiError::Scheduler(S::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Scheduler(S::Forbidden(_)) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Scheduler(S::Broker(_) | S::Blob(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }

@@ -59,6 +59,9 @@ pub struct ApiConfig {
     pub max_run_wait: Duration,
     /// Who may call (see [`auth`]).
     pub auth: auth::AuthMode,
+    /// Checks of an open server on loopback against browsers' requests
+    /// (see [`auth::LocalGuard`]).
+    pub local: Option<auth::LocalGuard>,
 }
 
 impl Default for ApiConfig {
@@ -67,6 +70,7 @@ impl Default for ApiConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_run_wait: Duration::from_secs(300),
             auth: auth::AuthMode::Open,
+            local: None,
         }
     }
 }
@@ -83,6 +87,7 @@ pub struct AppState {
 /// The whole API.
 pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
     let limit = config.max_body_bytes;
+    let local = config.local.clone();
     let state = AppState { scheduler, config };
     let router = Router::new()
         .merge(health::router())
@@ -103,7 +108,14 @@ pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
             auth::require_token,
         )),
     };
-    router.with_state(state)
+    let router = router.with_state(state);
+    match local {
+        None => router,
+        Some(guard) => router.layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(guard),
+            auth::guard_local,
+        )),
+    }
 }
 
 #[derive(OpenApi)]
@@ -155,9 +167,66 @@ pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
         subscriptions::get_subscription,
         subscriptions::delete_subscription,
         subscriptions::dead_letters,
-    )
+    ),
+    modifiers(&Guarded)
 )]
 struct ApiDoc;
+
+/// Adds what every route but `/healthz` may answer: 401 without a live
+/// token (`--auth tokens`), 403 when the token's role may not, or (an open
+/// `sandmill dev`) for a request from a web page; and the bearer scheme.
+struct Guarded;
+
+impl utoipa::Modify for Guarded {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let reply = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                if path == "/healthz" {
+                    operation.security = Some(vec![SecurityRequirement::default()]);
+                    continue;
+                }
+                let responses = &mut operation.responses.responses;
+                responses
+                    .entry("401".to_owned())
+                    .or_insert_with(|| reply("no live token (`--auth tokens`)").into());
+                responses.entry("403".to_owned()).or_insert_with(|| {
+                    reply("the token's role may not do this, the server's policy refuses it, or a web page sent it to an open server").into()
+                });
+            }
+        }
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
 
 /// The OpenAPI document of this API.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {

@@ -81,6 +81,8 @@ pub async fn put_spec(
     };
     let limits = as_job.limits()?;
     let grants = as_job.grants()?;
+    // Refused now rather than at each job that would use it.
+    state.scheduler.police(&mut grants.clone())?;
     let labels = as_job.labels()?;
     let hash = request.module.strip_prefix("sha256:").ok_or_else(|| {
         ApiError::bad_field("module", "expected sha256:<hex> of an uploaded module")

@@ -172,6 +172,11 @@ pub struct GrantsView {
     pub allow: Vec<String>,
     /// Names of the environment variables set (values are secret).
     pub env: Vec<String>,
+    /// Where a call granted `network` may connect: the server's policy
+    /// when the job was accepted (`203.0.113.7/32`, `10.0.0.0/8:5432`,
+    /// `*` for anything).
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 impl From<&Grants> for GrantsView {
@@ -188,6 +193,7 @@ impl From<&Grants> for GrantsView {
         GrantsView {
             allow,
             env: grants.env.iter().map(|(k, _)| k.clone()).collect(),
+            hosts: grants.hosts.iter().map(ToString::to_string).collect(),
         }
     }
 }

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use sandmill_server::api::auth::LocalGuard;
 use sandmill_server::api::{self, ApiConfig, DEFAULT_MAX_BODY_BYTES};
 use sandmill_server::embedded::{self, DEFAULT_STOP_WITHIN, EmbeddedConfig};
 
 use super::out::tell;
-use super::settings::{SchedulerArgs, serve_until, stop_signal};
+use super::settings::{AuthArg, GrantArgs, PolicyArgs, SchedulerArgs, serve_until, stop_signal};
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -40,8 +41,22 @@ pub struct DevArgs {
     /// stays in-process.
     #[arg(long, env = "SANDMILL_NATS")]
     nats: Option<String>,
+    /// Who may call the API: `open` (one person: loopback only, and
+    /// requests from web pages are refused) or `tokens` (every route but
+    /// /healthz needs `Authorization: Bearer`; `sandmill token create`).
+    #[arg(long, value_enum, env = "SANDMILL_AUTH", default_value = "open")]
+    auth: AuthArg,
+    /// More `host:port` names an open server answers to (say, a proxy's
+    /// in front of it): requests naming another in `Host` or `Origin` are
+    /// refused.
+    #[arg(long, value_name = "HOST:PORT")]
+    allow_host: Vec<String>,
     #[command(flatten)]
     scheduler: SchedulerArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    #[command(flatten)]
+    grants: GrantArgs,
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -49,11 +64,19 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    if args.auth == AuthArg::Open && !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--listen {}: an open server listens on loopback only; use --auth tokens to listen there",
+            args.listen
+        );
+    }
     runtime.block_on(async {
         let stop = stop_signal();
         let mut config = EmbeddedConfig::new(&args.data);
         config.database = args.database.clone();
         config.scheduler = args.scheduler.config(None);
+        config.scheduler.network = args.policy.allow_network.clone();
+        config.allowed_grants = args.grants.allow_grants.clone();
         if let Some(workers) = args.workers {
             config.workers = workers;
         }
@@ -68,16 +91,23 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             instance.scheduler.set_nats(client);
             instance.scheduler.run_subscriptions().await?;
         }
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let bound = listener.local_addr()?;
         let app = api::router(
             instance.scheduler.clone(),
             ApiConfig {
                 max_body_bytes: args.max_body,
+                auth: args.auth.mode(),
+                local: (args.auth == AuthArg::Open).then(|| {
+                    let mut guard = LocalGuard::for_listener(bound);
+                    guard.hosts.extend(args.allow_host.iter().cloned());
+                    guard
+                }),
                 ..ApiConfig::default()
             },
         );
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
         tell!(
             "sandmill dev: listening on http://{} (data: {})",
             listener.local_addr()?,

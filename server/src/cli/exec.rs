@@ -110,7 +110,10 @@ fn grants(args: &ExecArgs) -> anyhow::Result<Grants> {
         match name.as_str() {
             "clock" => grants.clock = true,
             "random" => grants.random = true,
-            "network" => grants.network = true,
+            "network" => {
+                grants.network = true;
+                grants.hosts = vec![sandmill_runtime::sandbox::net::NetRule::Any];
+            }
             "env" => grants.env.extend(std::env::vars()),
             // clap checked the names against Grants::NAMES.
             other => bail!("unknown capability `{other}`"),

@@ -13,7 +13,9 @@ use sandmill_server::api::{self, ApiConfig, DEFAULT_MAX_BODY_BYTES};
 use sandmill_server::fleet::{self, NatsOptions, ServeConfig, WorkerConfig};
 
 use super::out::tell;
-use super::settings::{SchedulerArgs, serve_until, stop_signal, stopped};
+use super::settings::{
+    AuthArg, GrantArgs, PolicyArgs, SchedulerArgs, serve_until, stop_signal, stopped,
+};
 
 /// How to reach NATS (the options the async-nats client offers; they
 /// combine).
@@ -94,15 +96,8 @@ pub struct ServeArgs {
     auth: AuthArg,
     #[command(flatten)]
     scheduler: SchedulerArgs,
-}
-
-/// `--auth`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum AuthArg {
-    /// Anyone who reaches the port.
-    Open,
-    /// A token on every request.
-    Tokens,
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 #[derive(Args, Debug)]
@@ -131,6 +126,8 @@ pub struct WorkerArgs {
     /// go to another worker after the ack wait).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     stop_within: Duration,
+    #[command(flatten)]
+    grants: GrantArgs,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -149,17 +146,17 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             cache_dir: args.cache_dir.clone(),
             ack_wait: args.ack_wait,
             max_deliveries: args.max_deliveries,
-            scheduler: args.scheduler.config(Some(args.reconcile_every)),
+            scheduler: sandmill_server::scheduler::SchedulerConfig {
+                network: args.policy.allow_network.clone(),
+                ..args.scheduler.config(Some(args.reconcile_every))
+            },
         })
         .await?;
         let app = api::router(
             server.scheduler.clone(),
             ApiConfig {
                 max_body_bytes: args.max_body,
-                auth: match args.auth {
-                    AuthArg::Open => sandmill_server::api::auth::AuthMode::Open,
-                    AuthArg::Tokens => sandmill_server::api::auth::AuthMode::Tokens,
-                },
+                auth: args.auth.mode(),
                 ..ApiConfig::default()
             },
         );
@@ -219,6 +216,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             labels: labels.clone(),
             concurrency,
             cache_dir: args.cache_dir.clone(),
+            allowed_grants: args.grants.allow_grants.clone(),
         })
         .await?;
         tell!(

@@ -63,6 +63,8 @@ fn message(call: &CallView) -> anyhow::Result<TaskMessage> {
         clock: allow("clock"),
         random: allow("random"),
         network: allow("network"),
+        // Your own machine: wherever the guest connects.
+        hosts: vec![sandmill_runtime::sandbox::net::NetRule::Any],
         // Values are secrets the server never shows: set, but empty.
         env: call
             .grants

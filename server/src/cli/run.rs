@@ -72,6 +72,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     let data = args.data.clone().unwrap_or_else(|| temp.path().to_owned());
     let mut config = EmbeddedConfig::new(data);
     config.scheduler = args.scheduler.config(None);
+    // One person's own file on their own machine: the job's grants stand.
+    config.scheduler.network = vec![sandmill_runtime::sandbox::net::NetRule::Any];
     if let Some(workers) = args.workers {
         config.workers = workers;
     }

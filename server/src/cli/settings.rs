@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use clap::Args;
+use sandmill_runtime::sandbox::Grants;
+use sandmill_runtime::sandbox::net::NetRule;
 use sandmill_server::events::DEFAULT_EVENT_BUFFER;
 use sandmill_server::jobfile::DEFAULT_MAX_TASKS_PER_JOB;
 use sandmill_server::scheduler::{
@@ -32,6 +34,58 @@ pub struct SchedulerArgs {
     /// whose place is older is told it lagged.
     #[arg(long, env = "SANDMILL_EVENT_BUFFER", default_value_t = DEFAULT_EVENT_BUFFER)]
     pub event_buffer: usize,
+}
+
+/// `--auth`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthArg {
+    /// Anyone who reaches the port.
+    Open,
+    /// A token on every request.
+    Tokens,
+}
+
+impl AuthArg {
+    /// The API's mode.
+    pub fn mode(self) -> sandmill_server::api::auth::AuthMode {
+        match self {
+            AuthArg::Open => sandmill_server::api::auth::AuthMode::Open,
+            AuthArg::Tokens => sandmill_server::api::auth::AuthMode::Tokens,
+        }
+    }
+}
+
+/// What jobs may be granted (`dev`, `serve`): the server's decision.
+#[derive(Args, Debug, Clone)]
+pub struct PolicyArgs {
+    /// Where a job granted `network` may connect: addresses or networks
+    /// with an optional port (203.0.113.7, 10.0.0.0/8:5432,
+    /// [2001:db8::/32]:443, * for anything), comma-separated. Loopback,
+    /// link-local and private ranges only when a rule lies inside them.
+    /// None by default: a job granting `network` is refused (403).
+    #[arg(
+        long,
+        env = "SANDMILL_ALLOW_NETWORK",
+        value_delimiter = ',',
+        value_name = "RULE"
+    )]
+    pub allow_network: Vec<NetRule>,
+}
+
+/// What a process's worker slots honour (`worker`, `dev`).
+#[derive(Args, Debug, Clone)]
+pub struct GrantArgs {
+    /// The grants this worker's slots honour, comma-separated; a task
+    /// asking for another fails on it with `bad-grant` (retried, so
+    /// another worker may run it).
+    #[arg(
+        long,
+        env = "SANDMILL_ALLOW_GRANTS",
+        value_delimiter = ',',
+        value_parser = clap::builder::PossibleValuesParser::new(Grants::NAMES),
+        default_value = "clock,random,network,env"
+    )]
+    pub allow_grants: Vec<String>,
 }
 
 impl SchedulerArgs {

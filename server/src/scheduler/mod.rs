@@ -40,6 +40,7 @@ use std::time::Duration;
 use sandmill_runtime::blob::{BlobError, BlobStore};
 use sandmill_runtime::broker::{Broker, BrokerError};
 use sandmill_runtime::message::{TaskResult, WorkerInfo};
+use sandmill_runtime::sandbox::net::NetRule;
 use sandmill_runtime::sandbox::{CallKind, ExecError, Sandbox};
 use tokio::sync::{Notify, oneshot, watch};
 
@@ -93,6 +94,9 @@ pub enum SchedulerError {
     /// The request conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
+    /// The server's policy does not allow what the request asks for.
+    #[error("{0}")]
+    Forbidden(String),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -127,6 +131,9 @@ pub struct SchedulerConfig {
     /// it); set when the subscription's consumer is created (see
     /// [`SUBSCRIPTION_ACK_WAIT`]).
     pub subscription_ack_wait: Duration,
+    /// Where jobs granted `network` may connect; a job granting it is
+    /// refused (403) when empty, the default.
+    pub network: Vec<NetRule>,
 }
 
 impl Default for SchedulerConfig {
@@ -138,6 +145,7 @@ impl Default for SchedulerConfig {
             absent_every: DEFAULT_ABSENT_EVERY,
             event_buffer: crate::events::DEFAULT_EVENT_BUFFER,
             subscription_ack_wait: SUBSCRIPTION_ACK_WAIT,
+            network: Vec::new(),
         }
     }
 }

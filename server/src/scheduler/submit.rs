@@ -311,6 +311,7 @@ impl Scheduler {
             .module(&module_hash)
             .await?
             .ok_or_else(|| SchedulerError::NotFound(format!("module sha256:{module_hash}")))?;
+        self.police(&mut grants)?;
         let kind = kind.unwrap_or(CallKind::Task);
         if !module.exports.has(kind) {
             return Err(Invalid::field(
@@ -330,6 +331,23 @@ impl Scheduler {
             grants,
             labels,
         })
+    }
+
+    /// Holds grants to the server's policy: `network` only when the
+    /// policy lists where to, and then to those places alone.
+    pub fn police(&self, grants: &mut Grants) -> Result<(), SchedulerError> {
+        if grants.network {
+            let allowed = &self.inner.config.network;
+            if allowed.is_empty() {
+                return Err(SchedulerError::Forbidden(
+                    "grant `network` is not allowed: this server's policy lists no hosts (serve --allow-network)".to_owned(),
+                ));
+            }
+            grants.hosts = allowed.clone();
+        } else {
+            grants.hosts.clear();
+        }
+        Ok(())
     }
 
     /// Every input named must be in the blob store (each checked once).

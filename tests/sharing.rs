@@ -1,0 +1,240 @@
+//! Sharing one Sandmill: what an open `sandmill dev` refuses from web
+//! pages, the server's grant policy, and what a worker honours. Each test
+//! runs a real `sandmill dev` process.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{dev, submit_json, upload_module};
+
+use sandmill_test_artifacts as guests;
+
+/// Runs `test` on a runtime, bounded.
+fn run_test(limit: Duration, test: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            tokio::time::timeout(limit, test)
+                .await
+                .expect("the test finished in time");
+        });
+}
+
+/// A job running the network guest against `addr`, granted the network.
+async fn network_job(http: &reqwest::Client, base: &str, addr: &str) -> Value {
+    let module = upload_module(http, base, guests::HOSTILE_NET_ESCAPE).await;
+    let input: Value = http
+        .post(format!("{base}/v1/inputs"))
+        .header("content-type", "application/octet-stream")
+        .body(addr.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    json!({"name": "net", "grants": {"allow": ["network"]}, "max_attempts": 1,
+        "task": {"module": module, "input": input["input"]}})
+}
+
+/// The job's only task once the job has ended.
+async fn ended_task(http: &reqwest::Client, base: &str, id: i64) -> Value {
+    for _ in 0..600 {
+        let job = support::job(http, base, id).await;
+        if job["status"] != "running" {
+            let tasks: Value = http
+                .get(format!("{base}/v1/jobs/{id}/tasks"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            return tasks["items"][0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("job {id} did not end");
+}
+
+async fn jobs_listed(http: &reqwest::Client, base: &str) -> usize {
+    let page: Value = http
+        .get(format!("{base}/v1/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["items"].as_array().unwrap().len()
+}
+
+#[test]
+fn an_open_dev_server_refuses_web_pages_and_ungranted_network() {
+    run_test(Duration::from_secs(180), async {
+        let dev = dev(&[]);
+        let http = reqwest::Client::new();
+        let base = &dev.base;
+        let module = upload_module(&http, base, guests::NOOP).await;
+        let job = json!({"name": "one", "task": {"module": module}});
+
+        // A page elsewhere posting JSON (its Origin is its own).
+        let cross = http
+            .post(format!("{base}/v1/jobs"))
+            .header("origin", "http://evil.example")
+            .json(&job)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cross.status(), 403);
+        let body: Value = cross.json().await.unwrap();
+        assert_eq!(body["code"], "forbidden", "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("evil.example"),
+            "{body}"
+        );
+        // A form's body type, which browsers send without asking.
+        let form = http
+            .post(format!("{base}/v1/jobs"))
+            .header("content-type", "text/plain")
+            .body(job.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(form.status(), 403);
+        // DNS rebinding: a name of the attacker's resolving to 127.0.0.1.
+        let rebound = http
+            .post(format!("{base}/v1/jobs"))
+            .header("host", format!("rebind.example:{}", dev.port))
+            .json(&job)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rebound.status(), 403);
+        let rebound_read = http
+            .get(format!("{base}/v1/jobs"))
+            .header("host", format!("rebind.example:{}", dev.port))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rebound_read.status(), 403);
+        assert_eq!(
+            jobs_listed(&http, base).await,
+            0,
+            "a refused request changes nothing"
+        );
+
+        // Its own page (same origin) and the CLI's requests are served.
+        let own = http
+            .post(format!("{base}/v1/jobs"))
+            .header("origin", format!("http://localhost:{}", dev.port))
+            .json(&job)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(own.status(), 201);
+        assert_eq!(jobs_listed(&http, base).await, 1);
+
+        // No policy: a job granting the network is refused, naming it.
+        let (addr, _listener) = support::one_connection();
+        let net = network_job(&http, base, &addr).await;
+        let refused = http
+            .post(format!("{base}/v1/jobs"))
+            .json(&net)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 403);
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["code"], "forbidden", "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("`network`"),
+            "{body}"
+        );
+        assert_eq!(
+            jobs_listed(&http, base).await,
+            1,
+            "a refused job changes nothing"
+        );
+        // Nor can a spec carry it.
+        let spec = http
+            .post(format!("{base}/v1/specs"))
+            .json(
+                &json!({"name": "net", "version": "1", "module": net["task"]["module"],
+                "kind": "task", "grants": {"allow": ["network"]}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(spec.status(), 403);
+    });
+}
+
+#[test]
+fn a_guest_granted_the_internet_cannot_reach_loopback_services() {
+    run_test(Duration::from_secs(180), async {
+        // The policy lets guests reach a public range, not this machine.
+        let dev = dev(&["--allow-network", "203.0.113.0/24:443,0.0.0.0/0:80"]);
+        let http = reqwest::Client::new();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let net = network_job(&http, &dev.base, &addr).await;
+        let id = submit_json(&http, &dev.base, &net).await;
+        let task = ended_task(&http, &dev.base, id).await;
+        assert_eq!(task["state"], "failed", "{task}");
+        assert_eq!(task["reason"], "guest-error", "{task}");
+        assert!(
+            task["error"].as_str().unwrap().contains("cannot connect"),
+            "{task}"
+        );
+        assert_eq!(
+            listener.accept().map(|_| ()).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock),
+            "nothing may have connected"
+        );
+        // The task records where it was allowed.
+        let detail: Value = http
+            .get(format!("{}/v1/tasks/{}/call", dev.base, task["id"]))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            detail["grants"]["hosts"],
+            json!(["203.0.113.0/24:443", "0.0.0.0/0:80"]),
+            "{detail}"
+        );
+    });
+}
+
+#[test]
+fn a_worker_that_does_not_allow_a_grant_refuses_its_tasks() {
+    run_test(Duration::from_secs(180), async {
+        let dev = dev(&[
+            "--allow-network",
+            "127.0.0.1",
+            "--allow-grants",
+            "clock,random",
+        ]);
+        let http = reqwest::Client::new();
+        let (addr, _listener) = support::one_connection();
+        let net = network_job(&http, &dev.base, &addr).await;
+        let id = submit_json(&http, &dev.base, &net).await;
+        let task = ended_task(&http, &dev.base, id).await;
+        assert_eq!(task["state"], "failed", "{task}");
+        assert_eq!(task["reason"], "bad-grant", "{task}");
+        assert!(
+            task["error"].as_str().unwrap().contains("--allow-grants"),
+            "{task}"
+        );
+    });
+}
