@@ -1156,6 +1156,15 @@ async fn suite(database: Option<String>) {
             ..ApiConfig::default()
         },
     ));
+    // A body that never arrives: 408 once `body_timeout` has passed.
+    let slow = client.beside(api::router(
+        instance.scheduler.clone(),
+        ApiConfig {
+            body_timeout: Duration::from_millis(50),
+            ..ApiConfig::default()
+        },
+    ));
+    let documented = client.checker.documented();
     let routes: std::collections::BTreeSet<(String, String)> = client
         .checker
         .documented()
@@ -1183,6 +1192,17 @@ async fn suite(database: Option<String>) {
         let cross = local.request(request).await;
         assert_eq!(cross.status, StatusCode::FORBIDDEN, "{method} {uri}");
         assert_eq!(cross.code(), "forbidden");
+        if documented.contains(&(method.to_lowercase(), path.clone(), 408)) {
+            let never = futures_util::stream::pending::<Result<Vec<u8>, std::io::Error>>();
+            let request = Request::builder()
+                .method(method.as_str())
+                .uri(&uri)
+                .body(Body::from_stream(never))
+                .unwrap();
+            let late = slow.request(request).await;
+            assert_eq!(late.status, StatusCode::REQUEST_TIMEOUT, "{method} {uri}");
+            assert_eq!(late.code(), "request_timeout");
+        }
         assert_eq!(bare.status, StatusCode::UNAUTHORIZED, "{method} {uri}");
         assert_eq!(bare.code(), "unauthorized");
         if method != "GET" {

@@ -238,3 +238,121 @@ fn a_worker_that_does_not_allow_a_grant_refuses_its_tasks() {
         );
     });
 }
+
+/// Sends `head` (and no more) on a new connection to `port`; returns the
+/// connection.
+async fn stalled(port: u16, head: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// What the server sends on `stream` until it closes it (bounded).
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut all))
+        .await
+        .expect("the server closed the connection in time")
+        .unwrap();
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[test]
+fn slow_clients_and_crowds_are_cut_off_by_the_http_limits() {
+    run_test(Duration::from_secs(180), async {
+        let dev = dev(&[
+            "--header-timeout",
+            "1s",
+            "--body-timeout",
+            "2s",
+            "--max-requests",
+            "2",
+        ]);
+        let http = reqwest::Client::new();
+        let host = format!("127.0.0.1:{}", dev.port);
+
+        // Headers that never end: the connection is closed.
+        let mut slow_head = stalled(
+            dev.port,
+            &format!("GET /v1/jobs HTTP/1.1\r\nHost: {host}\r\n"),
+        )
+        .await;
+        read_to_close(&mut slow_head).await;
+
+        // Two bodies that stall hold both request slots: a third request
+        // is refused at once, /healthz still answers.
+        let post = format!(
+            "POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\""
+        );
+        let mut first = stalled(dev.port, &post).await;
+        let mut second = stalled(dev.port, &post).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let crowded = http
+            .get(format!("{}/v1/jobs", dev.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(crowded.status(), 503);
+        let body: Value = crowded.json().await.unwrap();
+        assert!(
+            body["message"].as_str().unwrap().contains("--max-requests"),
+            "{body}"
+        );
+        let health = http
+            .get(format!("{}/healthz", dev.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+
+        // The stalled bodies time out (408) and free their slots.
+        for stream in [&mut first, &mut second] {
+            let answer = read_to_close(stream).await;
+            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+            assert!(answer.contains("request_timeout"), "{answer}");
+        }
+        let listed = http
+            .get(format!("{}/v1/jobs", dev.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(listed.status(), 200);
+        let page: Value = listed.json().await.unwrap();
+        assert_eq!(page["items"], json!([]), "nothing half-sent was accepted");
+    });
+}
+
+#[test]
+fn run_calls_past_the_waiting_cap_are_accepted_without_waiting() {
+    run_test(Duration::from_secs(180), async {
+        let dev = dev(&["--max-waiting-runs", "1"]);
+        let http = reqwest::Client::new();
+        let looping = upload_module(&http, &dev.base, guests::HOSTILE_LOOP).await;
+        let noop = upload_module(&http, &dev.base, guests::NOOP).await;
+        let run = |body: Value| {
+            let http = http.clone();
+            let url = format!("{}/v1/run", dev.base);
+            async move { http.post(url).json(&body).send().await.unwrap() }
+        };
+        // One call waits (a guest that loops until its 3 s timeout) ...
+        let waiting = tokio::spawn(run(json!({"module": looping, "kind": "task",
+            "limits": {"timeout": "3s"}})));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // ... so another is accepted and answered with its job at once.
+        let second = run(json!({"module": noop, "kind": "task"})).await;
+        assert_eq!(second.status(), 202);
+        let created: Value = second.json().await.unwrap();
+        let id = created["id"].as_i64().unwrap();
+        let waited = waiting.await.unwrap();
+        assert_eq!(waited.status(), 422);
+        let task = ended_task(&http, &dev.base, id).await;
+        assert_eq!(task["state"], "succeeded", "{task}");
+        // With the room free again, a call waits and gets its output.
+        let third = run(json!({"module": noop, "kind": "task"})).await;
+        assert_eq!(third.status(), 200);
+    });
+}

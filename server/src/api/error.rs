@@ -15,8 +15,9 @@ use crate::store::{StoreError, StoreErrorKind};
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Stable, machine-readable: `bad_request`, `invalid_module`,
-    /// `not_found`, `conflict`, `forbidden`, `unauthorized`, `payload_too_large`, `unavailable`,
-    /// `internal`, or a task's failure reason (`/v1/run`).
+    /// `not_found`, `conflict`, `forbidden`, `unauthorized`,
+    /// `payload_too_large`, `request_timeout`, `unavailable`, `internal`,
+    /// or a task's failure reason (`/v1/run`).
     pub code: String,
     /// For people.
     pub message: String,

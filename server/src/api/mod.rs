@@ -25,7 +25,10 @@ pub mod tasks;
 pub mod views;
 pub mod workers;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -50,6 +53,16 @@ pub const RUN_WAIT_SLACK: Duration = Duration::from_secs(5);
 pub const DEFAULT_RUN_WAIT: Duration =
     sandmill_runtime::sandbox::DEFAULT_TIMEOUT.saturating_add(RUN_WAIT_SLACK);
 
+/// Requests handled at once by default (see [`ApiConfig::max_requests`]).
+pub const DEFAULT_MAX_REQUESTS: usize = 1024;
+
+/// `/v1/run` calls waiting at once by default (see
+/// [`ApiConfig::max_waiting_runs`]).
+pub const DEFAULT_MAX_WAITING_RUNS: usize = 256;
+
+/// How long a request's body may take to arrive by default.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Settings of the API.
 #[derive(Clone, Debug)]
 pub struct ApiConfig {
@@ -62,6 +75,14 @@ pub struct ApiConfig {
     /// Checks of an open server on loopback against browsers' requests
     /// (see [`auth::LocalGuard`]).
     pub local: Option<auth::LocalGuard>,
+    /// How long a request's body may take to arrive (408 past it).
+    pub body_timeout: Duration,
+    /// Requests handled at once; more are answered 503 at once
+    /// (`/healthz` is never refused).
+    pub max_requests: usize,
+    /// `/v1/run` calls waiting for their task at once; past them a call
+    /// is accepted and answered 202 without waiting.
+    pub max_waiting_runs: usize,
 }
 
 impl Default for ApiConfig {
@@ -71,6 +92,9 @@ impl Default for ApiConfig {
             max_run_wait: Duration::from_secs(300),
             auth: auth::AuthMode::Open,
             local: None,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_requests: DEFAULT_MAX_REQUESTS,
+            max_waiting_runs: DEFAULT_MAX_WAITING_RUNS,
         }
     }
 }
@@ -82,13 +106,24 @@ pub struct AppState {
     pub scheduler: Scheduler,
     /// The API's settings.
     pub config: ApiConfig,
+    /// Room for `/v1/run` calls that wait.
+    pub waiting_runs: Arc<Semaphore>,
 }
 
 /// The whole API.
 pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
     let limit = config.max_body_bytes;
     let local = config.local.clone();
-    let state = AppState { scheduler, config };
+    let limits = Arc::new(Limits {
+        requests: Arc::new(Semaphore::new(config.max_requests.max(1))),
+        max_requests: config.max_requests.max(1),
+        body_timeout: config.body_timeout,
+    });
+    let state = AppState {
+        waiting_runs: Arc::new(Semaphore::new(config.max_waiting_runs)),
+        scheduler,
+        config,
+    };
     let router = Router::new()
         .merge(health::router())
         .merge(modules::router())
@@ -109,13 +144,52 @@ pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
         )),
     };
     let router = router.with_state(state);
-    match local {
+    let router = match local {
         None => router,
         Some(guard) => router.layer(axum::middleware::from_fn_with_state(
             std::sync::Arc::new(guard),
             auth::guard_local,
         )),
+    };
+    // Outermost: a refused request costs nothing else.
+    router.layer(axum::middleware::from_fn_with_state(limits, limit_requests))
+}
+
+/// The limits every request passes first.
+struct Limits {
+    requests: Arc<Semaphore>,
+    max_requests: usize,
+    body_timeout: Duration,
+}
+
+/// How long the request's body may take (read by [`RawBody`]).
+#[derive(Clone, Copy)]
+struct BodyDeadline(tokio::time::Instant);
+
+/// Answers 503 when [`ApiConfig::max_requests`] are being handled
+/// (`/healthz` always passes), and sets the body's deadline.
+async fn limit_requests(
+    axum::extract::State(limits): axum::extract::State<Arc<Limits>>,
+    mut request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    request.extensions_mut().insert(BodyDeadline(
+        tokio::time::Instant::now() + limits.body_timeout,
+    ));
+    if request.uri().path() == "/healthz" {
+        return next.run(request).await;
     }
+    let Ok(_permit) = limits.requests.clone().try_acquire_owned() else {
+        return error::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!(
+                "the server is handling {} requests, its limit (--max-requests); try again shortly",
+                limits.max_requests
+            ),
+        );
+    };
+    next.run(request).await
 }
 
 #[derive(OpenApi)]
@@ -214,6 +288,14 @@ impl utoipa::Modify for Guarded {
                 responses.entry("403".to_owned()).or_insert_with(|| {
                     reply("the token's role may not do this, the server's policy refuses it, or a web page sent it to an open server").into()
                 });
+                responses.entry("503".to_owned()).or_insert_with(|| {
+                    reply("the server is handling `--max-requests` requests, or a service it depends on is unavailable").into()
+                });
+                if operation.request_body.is_some() {
+                    responses.entry("408".to_owned()).or_insert_with(|| {
+                        reply("the body did not arrive within `--body-timeout`").into()
+                    });
+                }
             }
         }
         let components = openapi.components.get_or_insert_with(Default::default);
@@ -240,7 +322,22 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Bytes::from_request(req, state).await {
+        let deadline = req.extensions().get::<BodyDeadline>().copied();
+        let read = Bytes::from_request(req, state);
+        let read = match deadline {
+            None => read.await,
+            Some(BodyDeadline(at)) => match tokio::time::timeout_at(at, read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    return Err(error::error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        "the request's body did not arrive in time (--body-timeout)",
+                    ));
+                }
+            },
+        };
+        match read {
             Ok(bytes) => Ok(RawBody(bytes)),
             Err(rejection) => {
                 let status = rejection.status();

@@ -66,7 +66,7 @@ pub struct RunRequest {
 #[utoipa::path(post, path = "/v1/run", tag = "run", request_body = RunRequest,
     responses((status = 200, description = "the output", content_type = "application/octet-stream", body = Vec<u8>,
             headers(("x-sandmill-job" = i64, description = "the call's job"), ("x-sandmill-task" = i64, description = "the call's task"))),
-        (status = 202, description = "accepted; not finished within the wait", body = JobCreated),
+        (status = 202, description = "accepted; not finished within the wait, or not waited for (`wait = false`, or `--max-waiting-runs` calls wait already)", body = JobCreated),
         (status = 400, description = "a field is wrong", body = ErrorBody),
         (status = 404, description = "no such module, spec or input", body = ErrorBody),
         (status = 413, description = "larger than the body limit", body = ErrorBody),
@@ -142,7 +142,14 @@ pub async fn run(
         max_attempts: Some(1),
         ..JobFile::default()
     };
-    let wait_for_task = request.wait != Some(false);
+    // Room to wait (--max-waiting-runs), held until the answer; without
+    // it the call is accepted and answered 202 at once.
+    let waiting = if request.wait == Some(false) {
+        None
+    } else {
+        state.waiting_runs.clone().try_acquire_owned().ok()
+    };
+    let wait_for_task = waiting.is_some();
     let options = SubmitOptions {
         wait_for_task,
         default_priority: MAX_PRIORITY,

@@ -13,7 +13,9 @@ use sandmill_server::api::{self, ApiConfig, DEFAULT_MAX_BODY_BYTES};
 use sandmill_server::embedded::{self, DEFAULT_STOP_WITHIN, EmbeddedConfig};
 
 use super::out::tell;
-use super::settings::{AuthArg, GrantArgs, PolicyArgs, SchedulerArgs, serve_until, stop_signal};
+use super::settings::{
+    AuthArg, GrantArgs, HttpArgs, PolicyArgs, SchedulerArgs, serve_until, stop_signal,
+};
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -56,6 +58,8 @@ pub struct DevArgs {
     #[command(flatten)]
     policy: PolicyArgs,
     #[command(flatten)]
+    http: HttpArgs,
+    #[command(flatten)]
     grants: GrantArgs,
 }
 
@@ -95,19 +99,18 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let bound = listener.local_addr()?;
-        let app = api::router(
-            instance.scheduler.clone(),
-            ApiConfig {
-                max_body_bytes: args.max_body,
-                auth: args.auth.mode(),
-                local: (args.auth == AuthArg::Open).then(|| {
-                    let mut guard = LocalGuard::for_listener(bound);
-                    guard.hosts.extend(args.allow_host.iter().cloned());
-                    guard
-                }),
-                ..ApiConfig::default()
-            },
-        );
+        let mut api_config = ApiConfig {
+            max_body_bytes: args.max_body,
+            auth: args.auth.mode(),
+            local: (args.auth == AuthArg::Open).then(|| {
+                let mut guard = LocalGuard::for_listener(bound);
+                guard.hosts.extend(args.allow_host.iter().cloned());
+                guard
+            }),
+            ..ApiConfig::default()
+        };
+        args.http.apply(&mut api_config);
+        let app = api::router(instance.scheduler.clone(), api_config);
         tell!(
             "sandmill dev: listening on http://{} (data: {})",
             listener.local_addr()?,
@@ -115,7 +118,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         );
         let within = if args.stop_within.is_zero() { DEFAULT_STOP_WITHIN } else { args.stop_within };
         let events = instance.scheduler.events().clone();
-        serve_until(listener, app, events, stop, within / 3).await?;
+        serve_until(listener, app, events, stop, within / 3, args.http.header_timeout).await?;
         tell!("sandmill dev: stopping");
         let stopped = instance.shutdown(within * 2 / 3).await;
         if stopped.workers_left_running {

@@ -14,7 +14,7 @@ use sandmill_server::fleet::{self, NatsOptions, ServeConfig, WorkerConfig};
 
 use super::out::tell;
 use super::settings::{
-    AuthArg, GrantArgs, PolicyArgs, SchedulerArgs, serve_until, stop_signal, stopped,
+    AuthArg, GrantArgs, HttpArgs, PolicyArgs, SchedulerArgs, serve_until, stop_signal, stopped,
 };
 
 /// How to reach NATS (the options the async-nats client offers; they
@@ -98,6 +98,8 @@ pub struct ServeArgs {
     scheduler: SchedulerArgs,
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 #[derive(Args, Debug)]
@@ -152,14 +154,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             },
         })
         .await?;
-        let app = api::router(
-            server.scheduler.clone(),
-            ApiConfig {
-                max_body_bytes: args.max_body,
-                auth: args.auth.mode(),
-                ..ApiConfig::default()
-            },
-        );
+        let mut api_config = ApiConfig {
+            max_body_bytes: args.max_body,
+            auth: args.auth.mode(),
+            ..ApiConfig::default()
+        };
+        args.http.apply(&mut api_config);
+        let app = api::router(server.scheduler.clone(), api_config);
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -170,7 +171,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             server.republished
         );
         let events = server.scheduler.events().clone();
-        serve_until(listener, app, events, stop, args.stop_within).await?;
+        serve_until(
+            listener,
+            app,
+            events,
+            stop,
+            args.stop_within,
+            args.http.header_timeout,
+        )
+        .await?;
         server.scheduler.stop();
         tell!("sandmill serve: stopped (unrecorded events stay in NATS for the next start)");
         Ok(ExitCode::SUCCESS)

@@ -143,26 +143,107 @@ async fn signal() {
     let _ = ctrl_c.await;
 }
 
-/// Serves `app` on `listener` until `stop`, then ends the live event
-/// streams of `events`; requests still running `grace` after the stop
-/// are cut off (a dependency that hangs them must not hang the stop).
+/// The HTTP server's own limits (`dev`, `serve`).
+#[derive(Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// How long a client may take to send a request's headers before its
+    /// connection is closed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body (408 past it).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub body_timeout: Duration,
+    /// Requests handled at once; more get 503 at once (/healthz is never
+    /// refused).
+    #[arg(long, default_value_t = sandmill_server::api::DEFAULT_MAX_REQUESTS)]
+    pub max_requests: usize,
+    /// `/v1/run` calls waiting for their task at once; past them a call is
+    /// accepted and answered 202 (its job) without waiting.
+    #[arg(long, default_value_t = sandmill_server::api::DEFAULT_MAX_WAITING_RUNS)]
+    pub max_waiting_runs: usize,
+}
+
+impl HttpArgs {
+    /// Sets these limits on an API configuration.
+    pub fn apply(&self, config: &mut sandmill_server::api::ApiConfig) {
+        config.body_timeout = self.body_timeout;
+        config.max_requests = self.max_requests.max(1);
+        config.max_waiting_runs = self.max_waiting_runs;
+    }
+}
+
+/// Serves `app` on `listener` until `stop` (HTTP/1.1, each request's
+/// headers within `header_timeout`), then ends the live event streams of
+/// `events`; requests still running `grace` after the stop are cut off (a
+/// dependency that hangs them must not hang the stop).
 pub async fn serve_until(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     events: sandmill_server::events::Hub,
     stop: watch::Receiver<bool>,
     grace: Duration,
+    header_timeout: Duration,
 ) -> anyhow::Result<()> {
-    let stopping = stop.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        stopped(stopping).await;
-        events.close();
-    });
-    tokio::select! {
-        served = server => served?,
-        () = async { stopped(stop).await; tokio::time::sleep(grace).await } => {
-            tell!("requests still running {} after the stop; cutting them off", humantime::format_duration(grace));
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt as _;
+
+    let (closing, close) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    let mut stopping = std::pin::pin!(stopped(stop));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pass.
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(
+                    app.clone()
+                        .map_request(|r: axum::http::Request<hyper::body::Incoming>| r.map(axum::body::Body::new)),
+                );
+                let mut close = close.clone();
+                connections.spawn(async move {
+                    let mut builder = hyper::server::conn::http1::Builder::new();
+                    builder
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(header_timeout);
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades();
+                    let mut connection = std::pin::pin!(connection);
+                    tokio::select! {
+                        _ = connection.as_mut() => {}
+                        () = async { let _ = close.wait_for(|c| *c).await; } => {
+                            connection.as_mut().graceful_shutdown();
+                            let _ = connection.await;
+                        }
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = &mut stopping => break,
         }
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    events.close();
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tell!(
+            "requests still running {} after the stop; cutting them off",
+            humantime::format_duration(grace)
+        );
+        connections.abort_all();
     }
     Ok(())
 }
