@@ -776,12 +776,53 @@ async fn suite(database: Option<String>) {
             .status,
         StatusCode::NOT_FOUND
     );
+    // Deleting an ended job: it goes with its tasks (one restarted within
+    // it); the job resubmitted from it forgets it.
+    let copy_id = copy["id"].as_i64().unwrap();
+    let deleted = client
+        .send("DELETE", &format!("/v1/jobs/{again}"), Vec::new())
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text());
+    for gone in [
+        format!("/v1/jobs/{again}"),
+        format!("/v1/tasks/{first_id}"),
+        format!("/v1/tasks/{rerun}"),
+    ] {
+        assert_eq!(
+            client.get(&gone).await.status,
+            StatusCode::NOT_FOUND,
+            "{gone}"
+        );
+    }
+    let copy = client.get(&format!("/v1/jobs/{copy_id}")).await.json();
+    assert!(copy["resubmit_of"].is_null(), "{copy}");
+    assert_eq!(copy["status"], "succeeded");
+    assert_eq!(
+        client
+            .send("DELETE", &format!("/v1/jobs/{again}"), Vec::new())
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        client.send("DELETE", "/v1/jobs/x", Vec::new()).await.status,
+        StatusCode::BAD_REQUEST
+    );
     // A task still running cannot be restarted; a map-reduce job's tasks
     // are neither restarted, retried nor replayed one by one.
     let busy = json!({"name": "busy", "task": {"module": looping}, "limits": {"timeout": "30s"}});
     let busy = client.post_json("/v1/jobs", busy).await.json()["id"]
         .as_i64()
         .unwrap();
+    let running = client
+        .send("DELETE", &format!("/v1/jobs/{busy}"), Vec::new())
+        .await;
+    assert_eq!(running.status, StatusCode::CONFLICT);
+    assert!(
+        running.text().contains("cancel it first"),
+        "{}",
+        running.text()
+    );
     let busy_task = client.get(&format!("/v1/jobs/{busy}/tasks")).await.json()["items"][0]["id"]
         .as_i64()
         .unwrap();

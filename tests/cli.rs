@@ -230,6 +230,11 @@ fn client_commands_against_a_dev_server() {
         "{}",
         String::from_utf8_lossy(&failed.stderr)
     );
+
+    // An ended job is deleted; then it is not found.
+    ok(&client(&["delete", "LAST"]));
+    let gone = client(&["status", "LAST"]);
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("[not_found]"));
 }
 
 /// `sandmill new` writes crates that build for `wasm32-wasip2` and run

@@ -356,3 +356,79 @@ fn run_calls_past_the_waiting_cap_are_accepted_without_waiting() {
         assert_eq!(third.status(), 200);
     });
 }
+
+/// The status of `GET path`.
+async fn status_of(http: &reqwest::Client, base: &str, path: &str) -> u16 {
+    http.get(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn retention_removes_ended_jobs_and_nothing_a_running_one_needs() {
+    run_test(Duration::from_secs(180), async {
+        let dev = dev(&["--retain", "2s"]);
+        let http = reqwest::Client::new();
+        let base = &dev.base;
+        let noop = upload_module(&http, base, guests::NOOP).await;
+        let looping = upload_module(&http, base, guests::HOSTILE_LOOP).await;
+        // A job that ends at once, and one that runs for 6 s meanwhile.
+        let running = submit_json(
+            &http,
+            base,
+            &json!({"name": "long", "task": {"module": looping}, "max_attempts": 1,
+                "limits": {"timeout": "6s"}}),
+        )
+        .await;
+        let ended = submit_json(
+            &http,
+            base,
+            &json!({"name": "short", "sweep": {"module": noop, "count": 3}}),
+        )
+        .await;
+        let first = ended_task(&http, base, ended).await;
+        assert_eq!(first["state"], "succeeded");
+        let first = first["id"].as_i64().unwrap();
+
+        // The ended job goes once 2 s have passed since its end.
+        let mut waited = 0;
+        while status_of(&http, base, &format!("/v1/jobs/{ended}")).await == 200 {
+            waited += 1;
+            assert!(waited < 150, "job {ended} was never removed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            status_of(&http, base, &format!("/v1/jobs/{ended}")).await,
+            404
+        );
+        assert_eq!(
+            status_of(&http, base, &format!("/v1/tasks/{first}")).await,
+            404
+        );
+        // The running job and its task stay, and it still ends well.
+        let job = support::job(&http, base, running).await;
+        assert_eq!(job["status"], "running", "{job}");
+        let task = ended_task(&http, base, running).await;
+        assert_eq!(task["state"], "failed", "{task}");
+        assert_eq!(task["reason"], "timeout", "{task}");
+        // Then it goes too.
+        let mut waited = 0;
+        while status_of(&http, base, &format!("/v1/jobs/{running}")).await == 200 {
+            waited += 1;
+            assert!(waited < 150, "job {running} was never removed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let page: Value = http
+            .get(format!("{base}/v1/jobs"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["items"], json!([]));
+    });
+}

@@ -127,6 +127,7 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
     tasks.spawn(scheduler.clone().record_events());
     tokio::spawn(scheduler.clone().watch_mapreduce());
     tokio::spawn(scheduler.clone().run_schedules());
+    tokio::spawn(scheduler.clone().run_retention());
     // The slots run sweeps: batch work, below the API and the fast path
     // in the CPU's eyes, so a call does not wait for a core behind them.
     let workers = WorkerPool::start(

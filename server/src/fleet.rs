@@ -144,6 +144,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<Server> {
     tokio::spawn(scheduler.clone().reconcile());
     tokio::spawn(scheduler.clone().watch_mapreduce());
     tokio::spawn(scheduler.clone().run_schedules());
+    tokio::spawn(scheduler.clone().run_retention());
     scheduler.run_subscriptions().await?;
     Ok(Server {
         scheduler,

@@ -42,7 +42,7 @@ async fn job_view(store: &Store, job: &JobRow) -> Result<JobView, ApiError> {
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/jobs", post(submit_job).get(list_jobs))
-        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/retry", post(retry_job))
         .route("/v1/jobs/{id}/resubmit", post(resubmit_job))
@@ -194,6 +194,23 @@ pub async fn cancel_job(
 ) -> Result<Json<JobView>, ApiError> {
     state.scheduler.cancel(id).await?;
     get_job(State(state), ApiPath(id)).await
+}
+
+/// Deletes an ended job: its pipeline's steps, tasks, attempts, and the
+/// outputs and logs kept with them. Jobs that point to it (resubmitted
+/// from it, restarts of its tasks) forget it. `--retain` does the same to
+/// jobs that ended long enough ago.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)),
+    responses((status = 204, description = "deleted"),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
+        (status = 404, description = "no such job", body = ErrorBody),
+        (status = 409, description = "it is running (cancel it first), or a pipeline's step (delete the pipeline)", body = ErrorBody)))]
+pub async fn delete_job(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, ApiError> {
+    state.scheduler.delete_job(id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Runs a job's failed tasks again (each a new task linked to the one it

@@ -214,6 +214,7 @@ async fn limit_requests(
         jobs::submit_job,
         jobs::list_jobs,
         jobs::get_job,
+        jobs::delete_job,
         jobs::cancel_job,
         jobs::retry_job,
         jobs::resubmit_job,

@@ -134,6 +134,12 @@ pub enum ClientCommand {
         /// Job id or LAST.
         job: String,
     },
+    /// Delete an ended job: its tasks, attempts, outputs and logs (the
+    /// server also deletes jobs past its `--retain`).
+    Delete {
+        /// Job id or LAST.
+        job: String,
+    },
     /// List the fleet's workers: live, draining or lost.
     Workers,
     /// List schedules (job files with `schedule` or `every`, created by
@@ -251,6 +257,16 @@ impl Server {
             .post(format!("{}{path}", self.base))
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        Self::check(response).await
+    }
+
+    async fn delete(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let response = self
+            .http
+            .delete(format!("{}{path}", self.base))
             .send()
             .await
             .with_context(|| format!("cannot reach {}", self.base))?;
@@ -626,6 +642,12 @@ pub fn run(server: &str, token: Option<&str>, command: ClientCommand) -> anyhow:
                 say!("job {id} {}: {}", job.status, counts_line(&job));
                 Ok(ExitCode::SUCCESS)
             }
+            ClientCommand::Delete { job } => {
+                let id = job_id(&job)?;
+                server.delete(&format!("/v1/jobs/{id}")).await?;
+                tell!("job {id} deleted");
+                Ok(ExitCode::SUCCESS)
+            }
             ClientCommand::Jobs { status, limit } => list(&server, status, limit).await,
             ClientCommand::Schedules { action } => schedules(&server, action).await,
             ClientCommand::Subscribe { file } => {
@@ -700,13 +722,7 @@ pub fn run(server: &str, token: Option<&str>, command: ClientCommand) -> anyhow:
                 Ok(ExitCode::SUCCESS)
             }
             ClientCommand::Unsubscribe { name } => {
-                let response = server
-                    .http
-                    .delete(format!("{}/v1/subscriptions/{name}", server.base))
-                    .send()
-                    .await
-                    .with_context(|| format!("cannot reach {}", server.base))?;
-                Server::check(response).await?;
+                server.delete(&format!("/v1/subscriptions/{name}")).await?;
                 tell!("subscription `{name}` deleted");
                 Ok(ExitCode::SUCCESS)
             }
@@ -992,13 +1008,7 @@ async fn schedules(server: &Server, action: Option<ScheduleAction>) -> anyhow::R
             (format!("/v1/schedules/{name}/resume"), "resumed")
         }
         Some(ScheduleAction::Delete { name }) => {
-            let response = server
-                .http
-                .delete(format!("{}/v1/schedules/{name}", server.base))
-                .send()
-                .await
-                .with_context(|| format!("cannot reach {}", server.base))?;
-            Server::check(response).await?;
+            server.delete(&format!("/v1/schedules/{name}")).await?;
             tell!("schedule `{name}` deleted");
             return Ok(ExitCode::SUCCESS);
         }

@@ -34,6 +34,25 @@ pub struct SchedulerArgs {
     /// whose place is older is told it lagged.
     #[arg(long, env = "SANDMILL_EVENT_BUFFER", default_value_t = DEFAULT_EVENT_BUFFER)]
     pub event_buffer: usize,
+    /// How long ended jobs are kept (with their tasks, outputs and logs)
+    /// before they are deleted, like `30d` or `12h`; `forever` keeps them.
+    #[arg(long, env = "SANDMILL_RETAIN", default_value = "30d", value_parser = parse_retain)]
+    pub retain: Retain,
+}
+
+/// `--retain`: a period, or forever.
+#[derive(Clone, Copy, Debug)]
+pub struct Retain(pub Option<Duration>);
+
+fn parse_retain(text: &str) -> Result<Retain, String> {
+    if text == "forever" {
+        return Ok(Retain(None));
+    }
+    let period = humantime::parse_duration(text).map_err(|e| format!("{e} (or `forever`)"))?;
+    if period.is_zero() {
+        return Err("0 would delete jobs as they end; say `forever` to keep them".to_owned());
+    }
+    Ok(Retain(Some(period)))
 }
 
 /// `--auth`.
@@ -97,6 +116,7 @@ impl SchedulerArgs {
             max_params_bytes: self.max_params,
             absent_every: absent_every.unwrap_or(DEFAULT_ABSENT_EVERY),
             event_buffer: self.event_buffer.max(1),
+            retain: self.retain.0,
             ..SchedulerConfig::default()
         }
     }

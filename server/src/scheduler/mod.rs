@@ -28,6 +28,7 @@ mod pipeline;
 mod reconcile;
 mod recorder;
 mod restart;
+mod retention;
 mod schedules;
 mod submit;
 mod subscriptions;
@@ -51,6 +52,7 @@ use crate::store::{CancelRefused, JobRow, ModuleRow, Store, StoreError};
 
 pub use inline::{Inline, InlineRun};
 pub use mapreduce::part_name;
+pub use retention::DEFAULT_RETAIN;
 pub use schedules::firing_of;
 pub use submit::{SubmitOptions, Submitted};
 pub use subscriptions::{
@@ -134,6 +136,9 @@ pub struct SchedulerConfig {
     /// Where jobs granted `network` may connect; a job granting it is
     /// refused (403) when empty, the default.
     pub network: Vec<NetRule>,
+    /// How long ended jobs are kept (see [`DEFAULT_RETAIN`]); `None`
+    /// keeps them until deleted.
+    pub retain: Option<Duration>,
 }
 
 impl Default for SchedulerConfig {
@@ -146,6 +151,7 @@ impl Default for SchedulerConfig {
             event_buffer: crate::events::DEFAULT_EVENT_BUFFER,
             subscription_ack_wait: SUBSCRIPTION_ACK_WAIT,
             network: Vec::new(),
+            retain: Some(DEFAULT_RETAIN),
         }
     }
 }

@@ -34,6 +34,7 @@ mod pipeline;
 mod record;
 mod recovery;
 mod restart;
+mod retention;
 mod rows;
 mod run;
 mod schedules;
@@ -59,6 +60,7 @@ pub use pipeline::{
 };
 pub use record::Recorded;
 pub use restart::{RestartRefused, Restarted, Retried};
+pub use retention::DeleteRefused;
 pub use rows::*;
 pub use run::{RunRecord, RunWriter};
 pub use schedules::{Fired, NewSchedule, ScheduleRow, ScheduleTotals};
