@@ -66,10 +66,9 @@ impl Scheduler {
                 if *stopping.borrow() {
                     return Ok(());
                 }
-                match self.inner.store.delete_job(id).await? {
-                    Ok(tasks) => tracing::info!(job_id = id, tasks, "job past retention deleted"),
-                    // Deleted meanwhile, or restarted (a task run again).
-                    Err(_) => {}
+                // Refused: deleted meanwhile, or reopened by a retry.
+                if let Ok(tasks) = self.inner.store.delete_job(id).await? {
+                    tracing::info!(job_id = id, tasks, "job past retention deleted");
                 }
             }
             if (ids.len() as i64) < SWEEP_JOBS {
