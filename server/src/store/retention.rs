@@ -13,6 +13,12 @@ use crate::model::JobStatus;
 /// Tasks removed per transaction.
 const DELETE_CHUNK: i64 = 2_000;
 
+/// Holds an ended job's row for the transaction (a retry reopening it
+/// waits), and touches nothing when it runs again: no task of a running
+/// job is deleted.
+const STILL_ENDED: &str =
+    "UPDATE jobs SET updated_at = updated_at WHERE id = $1 AND status <> 'running'";
+
 /// Why a job cannot be deleted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeleteRefused {
@@ -47,11 +53,11 @@ impl Store {
         let mut removed = 0;
         for &job_id in &jobs {
             loop {
-                let n = self.delete_task_chunk(job_id).await?;
-                if n == 0 {
-                    break;
+                match self.delete_task_chunk(id, job_id).await? {
+                    None => return Ok(Err(DeleteRefused::Live)),
+                    Some(0) => break,
+                    Some(n) => removed += n,
                 }
-                removed += n;
             }
         }
         let list = jobs
@@ -61,6 +67,9 @@ impl Store {
             .join(", ");
         on_pool!(self, pool, db => {
             let mut tx = db::begin(pool).await?;
+            if sqlx::query(STILL_ENDED).bind(id).execute(&mut *tx).await?.rows_affected() == 0 {
+                return Ok(Err(DeleteRefused::Live));
+            }
             for statement in [
                 format!("DELETE FROM job_items WHERE job_id IN ({list})"),
                 format!("DELETE FROM job_deps WHERE job_id IN ({list}) OR needs_id IN ({list})"),
@@ -75,11 +84,15 @@ impl Store {
         Ok(Ok(removed))
     }
 
-    /// Deletes up to [`DELETE_CHUNK`] tasks of a job and their attempts;
-    /// returns how many went.
-    async fn delete_task_chunk(&self, job_id: i64) -> Result<u64, StoreError> {
+    /// Deletes up to [`DELETE_CHUNK`] tasks of a job (`top` or one of its
+    /// steps) and their attempts; returns how many went, or `None` when
+    /// `top` runs again (a retry reopened it meanwhile).
+    async fn delete_task_chunk(&self, top: i64, job_id: i64) -> Result<Option<u64>, StoreError> {
         let removed = on_pool!(self, pool, db => {
             let mut tx = db::begin(pool).await?;
+            if sqlx::query(STILL_ENDED).bind(top).execute(&mut *tx).await?.rows_affected() == 0 {
+                return Ok(None);
+            }
             let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM tasks WHERE job_id = $1 LIMIT $2")
                 .bind(job_id)
                 .bind(DELETE_CHUNK)
@@ -102,7 +115,7 @@ impl Store {
             tx.commit().await?;
             removed
         });
-        Ok(removed)
+        Ok(Some(removed))
     }
 
     /// Up to `limit` ended top-level jobs that ended before `before` (ms),
