@@ -432,3 +432,116 @@ fn retention_removes_ended_jobs_and_nothing_a_running_one_needs() {
         assert_eq!(page["items"], json!([]));
     });
 }
+
+#[test]
+fn limits_past_the_servers_ceilings_are_refused_naming_them() {
+    run_test(Duration::from_secs(180), async {
+        let dev = dev(&[
+            "--max-memory",
+            "64MiB",
+            "--max-timeout",
+            "5s",
+            "--max-fuel",
+            "1000000",
+            "--max-output",
+            "1MiB",
+            "--max-log",
+            "4KiB",
+            "--max-attempts",
+            "2",
+        ]);
+        let http = reqwest::Client::new();
+        let base = &dev.base;
+        let noop = upload_module(&http, base, guests::NOOP).await;
+        let post = |path: &'static str, body: Value| {
+            let http = http.clone();
+            let url = format!("{base}{path}");
+            async move {
+                let response = http.post(url).json(&body).send().await.unwrap();
+                let status = response.status().as_u16();
+                (
+                    status,
+                    response.json::<Value>().await.unwrap_or(Value::Null),
+                )
+            }
+        };
+        for (field, limits, ceiling) in [
+            ("limits.memory", json!({"memory": "65MiB"}), "64MiB"),
+            ("limits.timeout", json!({"timeout": "6s"}), "5s"),
+            ("limits.fuel", json!({"fuel": 1_000_001}), "1000000"),
+            ("limits.output", json!({"output": "2MiB"}), "1MiB"),
+            ("limits.log", json!({"log": "5KiB"}), "4KiB"),
+        ] {
+            let (status, body) = post(
+                "/v1/jobs",
+                json!({"name": "big", "task": {"module": noop}, "limits": limits}),
+            )
+            .await;
+            assert_eq!(status, 400, "{body}");
+            assert_eq!(body["field"], field, "{body}");
+            let message = body["message"].as_str().unwrap();
+            assert!(
+                message.contains(ceiling) && message.contains("--max-"),
+                "{body}"
+            );
+        }
+        let (status, body) = post(
+            "/v1/jobs",
+            json!({"name": "big", "task": {"module": noop}, "max_attempts": 3}),
+        )
+        .await;
+        assert_eq!(
+            (status, body["field"].as_str()),
+            (400, Some("max_attempts")),
+            "{body}"
+        );
+        // A spec's defaults are held to them when a job uses it.
+        let (status, body) = post(
+            "/v1/specs",
+            json!({"name": "big", "version": "1", "module": noop, "kind": "task",
+                "limits": {"memory": "128MiB"}}),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = post(
+            "/v1/jobs",
+            json!({"name": "big", "task": {"module": "big@1"}}),
+        )
+        .await;
+        assert_eq!(
+            (status, body["field"].as_str()),
+            (400, Some("limits.memory")),
+            "{body}"
+        );
+        // Within them, it runs; resubmitted with more, it is refused.
+        let (status, body) = post(
+            "/v1/jobs",
+            json!({"name": "ok", "task": {"module": noop}, "max_attempts": 2,
+                "limits": {"memory": "64MiB", "timeout": "5s", "output": "1MiB", "log": "4KiB"}}),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let id = body["id"].as_i64().unwrap();
+        assert_eq!(ended_task(&http, base, id).await["state"], "succeeded");
+        let response = http
+            .post(format!("{base}/v1/jobs/{id}/resubmit"))
+            .json(&json!({"limits": {"memory": "1GiB"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        let page: Value = http
+            .get(format!("{base}/v1/jobs"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            page["items"].as_array().unwrap().len(),
+            1,
+            "refusals change nothing"
+        );
+    });
+}

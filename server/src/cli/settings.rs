@@ -9,7 +9,7 @@ use sandmill_runtime::sandbox::net::NetRule;
 use sandmill_server::events::DEFAULT_EVENT_BUFFER;
 use sandmill_server::jobfile::DEFAULT_MAX_TASKS_PER_JOB;
 use sandmill_server::scheduler::{
-    DEFAULT_ABSENT_EVERY, DEFAULT_MAX_PARAMS_BYTES, DEFAULT_WINDOW, SchedulerConfig,
+    Ceilings, DEFAULT_ABSENT_EVERY, DEFAULT_MAX_PARAMS_BYTES, DEFAULT_WINDOW, SchedulerConfig,
 };
 use tokio::sync::watch;
 
@@ -38,6 +38,24 @@ pub struct SchedulerArgs {
     /// before they are deleted, like `30d` or `12h`; `forever` keeps them.
     #[arg(long, env = "SANDMILL_RETAIN", default_value = "30d", value_parser = parse_retain)]
     pub retain: Retain,
+    /// The most linear memory a call may ask for (all its memories).
+    #[arg(long, env = "SANDMILL_MAX_MEMORY", default_value = "4GiB")]
+    pub max_memory: bytesize::ByteSize,
+    /// The longest timeout a call may ask for.
+    #[arg(long, env = "SANDMILL_MAX_TIMEOUT", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub max_timeout: Duration,
+    /// The most fuel a call may ask for.
+    #[arg(long, env = "SANDMILL_MAX_FUEL", default_value_t = Ceilings::default().fuel)]
+    pub max_fuel: u64,
+    /// The largest output a call may ask for.
+    #[arg(long, env = "SANDMILL_MAX_OUTPUT", default_value = "1GiB")]
+    pub max_output: bytesize::ByteSize,
+    /// The largest log a call may ask to keep.
+    #[arg(long, env = "SANDMILL_MAX_LOG", default_value = "64MiB")]
+    pub max_log: bytesize::ByteSize,
+    /// The most attempts a task may ask for.
+    #[arg(long, env = "SANDMILL_MAX_ATTEMPTS", default_value_t = Ceilings::default().attempts)]
+    pub max_attempts: u32,
 }
 
 /// `--retain`: a period, or forever.
@@ -117,6 +135,14 @@ impl SchedulerArgs {
             absent_every: absent_every.unwrap_or(DEFAULT_ABSENT_EVERY),
             event_buffer: self.event_buffer.max(1),
             retain: self.retain.0,
+            ceilings: Ceilings {
+                memory_bytes: self.max_memory.0,
+                timeout: self.max_timeout,
+                fuel: self.max_fuel,
+                output_bytes: self.max_output.0,
+                log_bytes: self.max_log.0,
+                attempts: self.max_attempts,
+            },
             ..SchedulerConfig::default()
         }
     }

@@ -21,6 +21,7 @@
 //! Memory does not grow with the number of tasks: the backlog lives in the
 //! database, and what is in flight is bounded by the window.
 
+mod ceilings;
 mod dispatch;
 mod inline;
 mod mapreduce;
@@ -50,6 +51,7 @@ use crate::jobfile::{self, DEFAULT_MAX_TASKS_PER_JOB};
 use crate::model::JobStatus;
 use crate::store::{CancelRefused, JobRow, ModuleRow, Store, StoreError};
 
+pub use ceilings::Ceilings;
 pub use inline::{Inline, InlineRun};
 pub use mapreduce::part_name;
 pub use retention::DEFAULT_RETAIN;
@@ -139,6 +141,8 @@ pub struct SchedulerConfig {
     /// How long ended jobs are kept (see [`DEFAULT_RETAIN`]); `None`
     /// keeps them until deleted.
     pub retain: Option<Duration>,
+    /// The most a job may ask for.
+    pub ceilings: Ceilings,
 }
 
 impl Default for SchedulerConfig {
@@ -152,6 +156,7 @@ impl Default for SchedulerConfig {
             subscription_ack_wait: SUBSCRIPTION_ACK_WAIT,
             network: Vec::new(),
             retain: Some(DEFAULT_RETAIN),
+            ceilings: Ceilings::default(),
         }
     }
 }

@@ -86,6 +86,11 @@ impl Scheduler {
             let task_params = own
                 .task_params(max_params)
                 .map_err(|e| e.within_step(&step.name))?;
+            self.inner
+                .config
+                .ceilings
+                .check_attempts(own.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS))
+                .map_err(|e| e.within_step(&step.name))?;
             let mapreduce = self
                 .shuffle(&own, &resolved.module_hash)
                 .await

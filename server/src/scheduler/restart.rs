@@ -95,6 +95,7 @@ impl Scheduler {
         }
         let mut new_limits = job.limits.0.clone();
         limits.apply_to(&mut new_limits)?;
+        self.inner.config.ceilings.hold(&mut new_limits)?;
         let mut items = Vec::new();
         let mut after = None;
         loop {

@@ -9,9 +9,7 @@ use sandmill_runtime::message::MAX_PRIORITY;
 use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
 
 use super::{SMALL_JOB, Scheduler, SchedulerError, Waiter};
-use crate::jobfile::{
-    Backlog, DEFAULT_MAX_ATTEMPTS, Invalid, JobFile, MAX_ATTEMPTS, check_params_size,
-};
+use crate::jobfile::{Backlog, DEFAULT_MAX_ATTEMPTS, Invalid, JobFile, check_params_size};
 use crate::model::JobKind;
 use crate::store::{Item, NewJob};
 
@@ -198,13 +196,7 @@ impl Scheduler {
             None => options.default_priority,
         };
         let max_attempts = job.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
-        if max_attempts == 0 || max_attempts > MAX_ATTEMPTS {
-            return Err(Invalid::field(
-                "max_attempts",
-                format!("{max_attempts} is not between 1 and {MAX_ATTEMPTS}"),
-            )
-            .into());
-        }
+        self.inner.config.ceilings.check_attempts(max_attempts)?;
         let mapreduce = self.shuffle(job, &resolved.module_hash).await?;
         Ok(NewJob {
             name: job.name.clone(),
@@ -312,6 +304,7 @@ impl Scheduler {
             .await?
             .ok_or_else(|| SchedulerError::NotFound(format!("module sha256:{module_hash}")))?;
         self.police(&mut grants)?;
+        self.inner.config.ceilings.hold(&mut limits)?;
         let kind = kind.unwrap_or(CallKind::Task);
         if !module.exports.has(kind) {
             return Err(Invalid::field(
