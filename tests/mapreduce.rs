@@ -916,6 +916,8 @@ fn on_a_fleet_outputs_equal_the_reference_through_crashing_guests_and_killed_wor
         let listen = format!("127.0.0.1:{port}");
         let _serve = fleet(&[
             "serve",
+            "--auth",
+            "open",
             "--database",
             &database,
             "--listen",

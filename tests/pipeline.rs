@@ -570,7 +570,7 @@ fn the_example_pipeline_runs_on_a_fleet() {
             support::Killed::spawn(quiet(&mut command))
         };
         let listen = format!("127.0.0.1:{port}");
-        let _serve = fleet(&["serve", "--database", &database, "--listen", &listen]);
+        let _serve = fleet(&["serve", "--auth", "open", "--database", &database, "--listen", &listen]);
         support::wait_ready(&http, &base).await;
         let _workers: Vec<support::Killed> = ["w1", "w2"]
             .iter()
@@ -637,7 +637,7 @@ fn the_example_pipeline_runs_on_a_fleet() {
         drop(_serve);
         let mut command = Command::new(env!("CARGO_BIN_EXE_sandmill"));
         command
-            .args(["serve", "--database", &database, "--listen", &listen])
+            .args(["serve", "--auth", "open", "--database", &database, "--listen", &listen])
             .arg("--nats")
             .arg(nats.url())
             .arg("--cache-dir")
@@ -648,7 +648,7 @@ fn the_example_pipeline_runs_on_a_fleet() {
         let id = submit(state.path(), &base, &example("sales.toml"), &["--no-cache"]);
         paused.recv_timeout(LIMIT).expect("the fault was never hit");
         serve.kill();
-        let _serve = fleet(&["serve", "--database", &database, "--listen", &listen]);
+        let _serve = fleet(&["serve", "--auth", "open", "--database", &database, "--listen", &listen]);
         support::wait_ready(&http, &base).await;
         let job = finish(&http, &base, id).await;
         assert_eq!(job["status"], "succeeded", "{job}");

@@ -506,7 +506,15 @@ async fn arbitrary_bytes_never_wedge_the_fleet() {
     };
     let database = pg.database();
     let listen = format!("127.0.0.1:{port}");
-    let _serve = sandmill(&["serve", "--database", &database, "--listen", &listen]);
+    let _serve = sandmill(&[
+        "serve",
+        "--auth",
+        "open",
+        "--database",
+        &database,
+        "--listen",
+        &listen,
+    ]);
     let _worker = sandmill(&["worker", "--id", "wedge", "--concurrency", "2"]);
     let target = Http {
         base: format!("http://127.0.0.1:{port}"),

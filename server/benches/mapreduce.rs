@@ -292,7 +292,15 @@ fn fleet(files: &[PathBuf], bytes: u64, native_mbs: f64, expected: (usize, u64))
     };
     let database = pg.database();
     let listen = format!("127.0.0.1:{port}");
-    let _serve = spawn(&["serve", "--database", &database, "--listen", &listen]);
+    let _serve = spawn(&[
+        "serve",
+        "--auth",
+        "open",
+        "--database",
+        &database,
+        "--listen",
+        &listen,
+    ]);
     let workers = [
         spawn(&["worker", "--id", "w1", "--concurrency", "1"]),
         spawn(&["worker", "--id", "w2", "--concurrency", "1"]),

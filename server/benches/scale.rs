@@ -283,7 +283,15 @@ async fn fleet_latency(plan: &Plan) {
     };
     let database = pg.database();
     let listen = format!("127.0.0.1:{port}");
-    let _serve = sandmill(&["serve", "--database", &database, "--listen", &listen]);
+    let _serve = sandmill(&[
+        "serve",
+        "--auth",
+        "open",
+        "--database",
+        &database,
+        "--listen",
+        &listen,
+    ]);
     let _worker = sandmill(&[
         "worker",
         "--id",

@@ -96,6 +96,8 @@ fn main() {
     let nats_url = nats.url();
     let mut fleet = Killed(vec![sandmill(&[
         "serve",
+        "--auth",
+        "open",
         "--nats",
         &nats_url,
         "--database",

@@ -91,8 +91,8 @@ pub struct ServeArgs {
     stop_within: Duration,
     /// Who may call the API: `tokens` (every route but /healthz needs
     /// `Authorization: Bearer`; `sandmill token create` makes them) or
-    /// `open`.
-    #[arg(long, value_enum, env = "SANDMILL_AUTH", default_value = "open")]
+    /// `open` (anyone who reaches the port: a private network only).
+    #[arg(long, value_enum, env = "SANDMILL_AUTH", default_value = "tokens")]
     auth: AuthArg,
     #[command(flatten)]
     scheduler: SchedulerArgs,
