@@ -48,14 +48,7 @@ async fn ended_task(http: &reqwest::Client, base: &str, id: i64) -> Value {
     for _ in 0..600 {
         let job = support::job(http, base, id).await;
         if job["status"] != "running" {
-            let tasks: Value = http
-                .get(format!("{base}/v1/jobs/{id}/tasks"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let tasks: Value = support::get_json(http, &format!("{base}/v1/jobs/{id}/tasks")).await;
             return tasks["items"][0].clone();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -64,14 +57,7 @@ async fn ended_task(http: &reqwest::Client, base: &str, id: i64) -> Value {
 }
 
 async fn jobs_listed(http: &reqwest::Client, base: &str) -> usize {
-    let page: Value = http
-        .get(format!("{base}/v1/jobs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = support::get_json(http, &format!("{base}/v1/jobs")).await;
     page["items"].as_array().unwrap().len()
 }
 
@@ -200,14 +186,8 @@ fn a_guest_granted_the_internet_cannot_reach_loopback_services() {
             "nothing may have connected"
         );
         // The task records where it was allowed.
-        let detail: Value = http
-            .get(format!("{}/v1/tasks/{}/call", dev.base, task["id"]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let detail: Value =
+            support::get_json(&http, &format!("{}/v1/tasks/{}/call", dev.base, task["id"])).await;
         assert_eq!(
             detail["grants"]["hosts"],
             json!(["203.0.113.0/24:443", "0.0.0.0/0:80"]),
@@ -421,15 +401,7 @@ fn retention_removes_ended_jobs_and_nothing_a_running_one_needs() {
             assert!(waited < 150, "job {running} was never removed");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let page: Value = http
-            .get(format!("{base}/v1/jobs"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(page["items"], json!([]));
+        assert_eq!(jobs_listed(&http, base).await, 0);
     });
 }
 
@@ -530,18 +502,6 @@ fn limits_past_the_servers_ceilings_are_refused_naming_them() {
             .await
             .unwrap();
         assert_eq!(response.status(), 400);
-        let page: Value = http
-            .get(format!("{base}/v1/jobs"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(
-            page["items"].as_array().unwrap().len(),
-            1,
-            "refusals change nothing"
-        );
+        assert_eq!(jobs_listed(&http, base).await, 1, "refusals change nothing");
     });
 }

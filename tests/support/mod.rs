@@ -240,6 +240,17 @@ pub fn dev_command(data: &Path, port: u16) -> Command {
     cmd
 }
 
+/// `GET url` as JSON (any status).
+pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(url)
+        .send()
+        .await
+        .expect("get request")
+        .json()
+        .await
+        .expect("get json")
+}
+
 /// A running `sandmill dev` on a free port (see [`dev`]).
 pub struct Dev {
     /// Its data folder.
