@@ -677,6 +677,27 @@ async fn suite(database: Option<String>) {
     let blob = client.get(&format!("/v1/blobs/{module}")).await;
     assert_eq!(blob.status, StatusCode::OK);
     assert_eq!(blob.body, noop);
+    // The blobs a task's call reads, through the task.
+    let through = client
+        .get(&format!("/v1/tasks/{first_id}/blobs/{module}"))
+        .await;
+    assert_eq!(through.status, StatusCode::OK);
+    assert_eq!(through.body, noop);
+    assert_eq!(
+        client
+            .get(&format!("/v1/tasks/{first_id}/blobs/not-hex"))
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        client
+            .get(&format!("/v1/tasks/{first_id}/blobs/{}", "0".repeat(64)))
+            .await
+            .status,
+        StatusCode::NOT_FOUND,
+        "a blob its call does not read"
+    );
     assert_eq!(
         client.get("/v1/blobs/not-hex").await.status,
         StatusCode::BAD_REQUEST
@@ -863,6 +884,13 @@ async fn suite(database: Option<String>) {
     assert_eq!(
         client
             .get(&format!("/v1/tasks/{map_task}/call"))
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        client
+            .get(&format!("/v1/tasks/{map_task}/blobs/{}", "0".repeat(64)))
             .await
             .status,
         StatusCode::CONFLICT

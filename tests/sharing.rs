@@ -505,3 +505,373 @@ fn limits_past_the_servers_ceilings_are_refused_naming_them() {
         assert_eq!(jobs_listed(&http, base).await, 1, "refusals change nothing");
     });
 }
+
+/// One tenant's token against `sandmill dev --auth tokens`: every
+/// response's status and body.
+struct As<'a> {
+    http: &'a reqwest::Client,
+    base: &'a str,
+    token: String,
+    /// Every body it was answered with, to look for secrets in.
+    bodies: std::sync::Mutex<Vec<String>>,
+}
+
+impl As<'_> {
+    async fn send(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>) -> (u16, String) {
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some((content_type, bytes)) = body {
+            request = request.header("content-type", content_type).body(bytes);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        self.bodies.lock().unwrap().push(text.clone());
+        (status, text)
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let (status, text) = self.send("GET", path, None).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let (status, text) = self
+            .send(
+                "POST",
+                path,
+                Some(("application/json", body.to_string().into_bytes())),
+            )
+            .await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// `/v1/events` from now on.
+    async fn events(&self) -> reqwest::Response {
+        let response = self
+            .http
+            .get(format!("{}/v1/events", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response
+    }
+}
+
+/// What an event stream sends within `within`.
+async fn read_for(mut response: reqwest::Response, within: Duration) -> String {
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(within, async {
+        while let Ok(Some(chunk)) = response.chunk().await {
+            seen.extend_from_slice(&chunk);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// `sandmill token create` against a dev server's database.
+fn token(data: &std::path::Path, tenant: &str, role: &str) -> String {
+    let out = support::output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sandmill"))
+            .args(["token", "--database"])
+            .arg(data.join("sandmill.db"))
+            .args(["create", "--tenant", tenant, "--role", role]),
+        Duration::from_secs(60),
+    );
+    support::ok(&out).trim().to_owned()
+}
+
+/// Tenants: every route answers 404 for another tenant's job, task, blob,
+/// module, spec, schedule and subscription, as if it did not exist; lists
+/// and the event stream leave them out; nothing of theirs can be named in
+/// a job; names of specs are per tenant; an admin sees everything. An
+/// `env` grant's value appears in no response and no log line.
+#[test]
+fn tenants_see_only_their_own_and_env_secrets_never_show() {
+    run_test(Duration::from_secs(240), async {
+        const SECRET: &str = "s3cr3t-value-7f1d2c";
+        let nats = support::Nats::start();
+        let data = tempfile::tempdir().unwrap();
+        let port = support::free_port();
+        let log = data.path().join("dev.log");
+        let mut command = support::dev_command(data.path(), port);
+        command
+            .args(["--auth", "tokens", "--nats", &nats.url()])
+            .env("SANDMILL_LOG", "debug")
+            .stderr(std::fs::File::create(&log).unwrap());
+        let _process = support::Killed::spawn(&mut command);
+        support::wait_port(port, Duration::from_secs(60));
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let who = |tenant: &str, role: &str| As {
+            http: &http,
+            base: &base,
+            token: token(data.path(), tenant, role),
+            bodies: Default::default(),
+        };
+        let alpha = who("alpha", "user");
+        let beta = who("beta", "user");
+        let admin = who("ops", "admin");
+
+        // Alpha's objects: a module, an input, a spec, a job with a secret,
+        // a schedule and a subscription.
+        let noop = std::fs::read(guests::NOOP).unwrap();
+        let (status, text) = alpha
+            .send(
+                "POST",
+                "/v1/modules",
+                Some(("application/wasm", noop.clone())),
+            )
+            .await;
+        assert_eq!(status, 200, "{text}");
+        let module = serde_json::from_str::<Value>(&text).unwrap()["module"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let hash = module.trim_start_matches("sha256:").to_owned();
+        let (status, text) = alpha
+            .send(
+                "POST",
+                "/v1/inputs",
+                Some(("application/octet-stream", b"alpha's own".to_vec())),
+            )
+            .await;
+        assert_eq!(status, 200, "{text}");
+        let input = serde_json::from_str::<Value>(&text).unwrap()["input"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let spec = json!({"name": "echo", "version": "1", "module": module, "kind": "task"});
+        assert_eq!(alpha.post("/v1/specs", spec.clone()).await.0, 201);
+        let secret_grants = json!({"env": {"API_KEY": SECRET}});
+        let (status, created) = alpha
+            .post(
+                "/v1/jobs",
+                json!({"name": "secretive", "grants": secret_grants,
+                    "task": {"module": "echo@1", "input": input}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        let job = created["id"].as_i64().unwrap();
+        let task = ended_task_as(&alpha, job).await;
+        assert_eq!(task["state"], "succeeded", "{task}");
+        let task = task["id"].as_i64().unwrap();
+        let (status, schedule) = alpha
+            .post(
+                "/v1/schedules",
+                json!({"name": "alpha-tick", "every": "1h", "grants": secret_grants,
+                    "task": {"module": "echo@1"}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{schedule}");
+        let (status, subscription) = alpha
+            .post(
+                "/v1/subscriptions",
+                json!({"name": "alpha-echo", "subject": "alpha.echo.>", "module": module,
+                    "queue": false, "grants": secret_grants}),
+            )
+            .await;
+        assert_eq!(status, 201, "{subscription}");
+
+        // Alpha sees its own, with the secret's name and never its value.
+        let (status, definition) = alpha.get(&format!("/v1/jobs/{job}/definition")).await;
+        assert_eq!(status, 200);
+        assert_eq!(definition["grants"]["env"]["API_KEY"], "(hidden)");
+        let (_, call) = alpha.get(&format!("/v1/tasks/{task}/call")).await;
+        assert_eq!(call["grants"]["env"], json!(["API_KEY"]), "{call}");
+        let (_, shown) = alpha.get("/v1/schedules/alpha-tick").await;
+        assert_eq!(
+            shown["job"]["grants"]["env"]["API_KEY"], "(hidden)",
+            "{shown}"
+        );
+        assert_eq!(alpha.get("/v1/subscriptions/alpha-echo").await.0, 200);
+        assert_eq!(
+            alpha.get(&format!("/v1/jobs/{job}")).await.1["tenant"],
+            "alpha"
+        );
+
+        // Beta: every route with alpha's ids, names and hashes is 404.
+        let routes = [
+            ("GET", format!("/v1/jobs/{job}")),
+            ("GET", format!("/v1/jobs/{job}/definition")),
+            ("GET", format!("/v1/jobs/{job}/events")),
+            ("GET", format!("/v1/jobs/{job}/graph")),
+            ("GET", format!("/v1/jobs/{job}/tasks")),
+            ("POST", format!("/v1/jobs/{job}/cancel")),
+            ("POST", format!("/v1/jobs/{job}/resubmit")),
+            ("POST", format!("/v1/jobs/{job}/retry")),
+            ("DELETE", format!("/v1/jobs/{job}")),
+            ("GET", format!("/v1/tasks/{task}")),
+            ("GET", format!("/v1/tasks/{task}/output")),
+            ("GET", format!("/v1/tasks/{task}/logs")),
+            ("GET", format!("/v1/tasks/{task}/call")),
+            ("GET", format!("/v1/tasks/{task}/blobs/{hash}")),
+            ("POST", format!("/v1/tasks/{task}/restart")),
+            ("GET", format!("/v1/blobs/{hash}")),
+            (
+                "GET",
+                format!("/v1/blobs/{}", input.trim_start_matches("sha256:")),
+            ),
+            ("GET", format!("/v1/modules/{hash}")),
+            ("GET", "/v1/specs/echo".to_owned()),
+            ("GET", "/v1/schedules/alpha-tick".to_owned()),
+            ("POST", "/v1/schedules/alpha-tick/pause".to_owned()),
+            ("POST", "/v1/schedules/alpha-tick/resume".to_owned()),
+            ("DELETE", "/v1/schedules/alpha-tick".to_owned()),
+            ("GET", "/v1/subscriptions/alpha-echo".to_owned()),
+            (
+                "GET",
+                "/v1/subscriptions/alpha-echo/dead-letters".to_owned(),
+            ),
+            ("DELETE", "/v1/subscriptions/alpha-echo".to_owned()),
+        ];
+        for (method, path) in &routes {
+            let body = (method == &"POST").then(|| ("application/json", b"{}".to_vec()));
+            let (status, text) = beta.send(method, path, body).await;
+            assert_eq!(status, 404, "{method} {path}: {text}");
+            let error: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(error["code"], "not_found", "{method} {path}: {text}");
+        }
+        for list in [
+            "/v1/jobs",
+            "/v1/specs",
+            "/v1/schedules",
+            "/v1/subscriptions",
+        ] {
+            let (status, page) = beta.get(list).await;
+            assert_eq!(status, 200);
+            assert_eq!(page["items"], json!([]), "{list}");
+        }
+        // Nothing of alpha's can be named in beta's jobs and specs.
+        for job in [
+            json!({"name": "theirs", "task": {"module": module}}),
+            json!({"name": "theirs", "task": {"module": "echo@1"}}),
+        ] {
+            let (status, refused) = beta.post("/v1/jobs", job.clone()).await;
+            assert_eq!(status, 404, "{job}: {refused}");
+        }
+        let (status, refused) = beta.post("/v1/run", json!({"module": module})).await;
+        assert_eq!(status, 404, "{refused}");
+        assert_eq!(beta.post("/v1/specs", spec.clone()).await.0, 404);
+        // Its own upload of the same bytes is its own: then it may, and
+        // "echo" 1 is a name of its own.
+        let (status, _) = beta
+            .send(
+                "POST",
+                "/v1/modules",
+                Some(("application/wasm", noop.clone())),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, input_refused) = beta
+            .post(
+                "/v1/jobs",
+                json!({"name": "in", "task": {"module": module, "input": input}}),
+            )
+            .await;
+        assert_eq!(status, 404, "alpha's input: {input_refused}");
+        assert_eq!(beta.post("/v1/specs", spec.clone()).await.0, 201);
+        let (status, specs) = beta.get("/v1/specs").await;
+        assert_eq!((status, specs["items"].as_array().unwrap().len()), (200, 1));
+        assert_eq!(specs["items"][0]["tenant"], "beta");
+        // Schedule and subscription names are server-wide (they name
+        // streams): taken by another tenant is a conflict, not a takeover.
+        let (status, taken) = beta
+            .post(
+                "/v1/schedules",
+                json!({"name": "alpha-tick", "every": "1h", "task": {"module": "echo@1"}}),
+            )
+            .await;
+        assert_eq!(status, 409, "{taken}");
+        let (status, taken) = beta
+            .post("/v1/subscriptions", json!({"name": "alpha-echo", "subject": "beta.>", "module": module, "queue": false}))
+            .await;
+        assert_eq!(status, 409, "{taken}");
+        assert_eq!(
+            alpha.get("/v1/subscriptions/alpha-echo").await.1["subject"],
+            "alpha.echo.>"
+        );
+        // Its own job runs; the event streams keep to each tenant.
+        let (beta_events, admin_events) = (beta.events().await, admin.events().await);
+        let (status, own) = beta
+            .post(
+                "/v1/jobs",
+                json!({"name": "own", "task": {"module": "echo@1"}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{own}");
+        let own = own["id"].as_i64().unwrap();
+        let (status, again) = alpha
+            .post(
+                "/v1/jobs",
+                json!({"name": "again", "task": {"module": "echo@1"}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{again}");
+        let again = again["id"].as_i64().unwrap();
+        ended_task_as(&beta, own).await;
+        ended_task_as(&alpha, again).await;
+        let job_event = |id: i64| format!("\"job_id\":{id},");
+        let seen = read_for(beta_events, Duration::from_secs(1)).await;
+        assert!(seen.contains(&job_event(own)), "{seen}");
+        assert!(!seen.contains(&job_event(again)), "alpha's events: {seen}");
+        let seen = read_for(admin_events, Duration::from_secs(1)).await;
+        assert!(
+            seen.contains(&job_event(own)) && seen.contains(&job_event(again)),
+            "{seen}"
+        );
+
+        // The admin sees both tenants'.
+        let (status, shown) = admin.get(&format!("/v1/jobs/{job}")).await;
+        assert_eq!((status, shown["tenant"].as_str()), (200, Some("alpha")));
+        let listed: Vec<i64> = admin.get("/v1/jobs").await.1["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_i64().unwrap())
+            .collect();
+        for id in [job, own, again] {
+            assert!(listed.contains(&id), "{id} in {listed:?}");
+        }
+        assert_eq!(
+            admin.get("/v1/specs").await.1["items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(admin.get(&format!("/v1/tasks/{task}/call")).await.0, 200);
+        assert_eq!(admin.get("/v1/schedules/alpha-tick").await.0, 200);
+        assert_eq!(admin.get(&format!("/v1/blobs/{hash}")).await.0, 200);
+
+        // The secret: in no answer to anyone, and in no log line.
+        for caller in [&alpha, &beta, &admin] {
+            for body in caller.bodies.lock().unwrap().iter() {
+                assert!(
+                    !body.contains(SECRET),
+                    "a response showed the secret: {body}"
+                );
+            }
+        }
+        let logged = std::fs::read_to_string(&log).unwrap();
+        assert!(logged.contains("DEBUG"), "the log is on: {logged:.2000}");
+        assert!(!logged.contains(SECRET), "a log line showed the secret");
+    });
+}
+
+/// The job's only task once the job has ended, as `caller`.
+async fn ended_task_as(caller: &As<'_>, id: i64) -> Value {
+    for _ in 0..600 {
+        let (_, job) = caller.get(&format!("/v1/jobs/{id}")).await;
+        if job["status"] != "running" {
+            return caller.get(&format!("/v1/jobs/{id}/tasks")).await.1["items"][0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("job {id} did not end");
+}

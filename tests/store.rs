@@ -19,6 +19,7 @@ use sandmill_server::store::{
 
 fn job(total: i64, items: Vec<Item>, max_attempts: i64) -> NewJob {
     NewJob {
+        tenant: "default".into(),
         name: "suite".into(),
         kind: JobKind::Sweep,
         priority: 0,
@@ -124,6 +125,7 @@ async fn catalogue(store: &Store) {
 
     // Specs: versions are immutable.
     let spec = NewSpec {
+        tenant: "default".into(),
         name: "thumb".into(),
         version: "1".into(),
         module_hash: hash.clone(),
@@ -152,12 +154,17 @@ async fn catalogue(store: &Store) {
     };
     assert!(store.put_spec(&v2).await.unwrap());
     assert_eq!(
-        store.spec("thumb", None).await.unwrap().unwrap().version,
+        store
+            .spec("default", "thumb", None)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
         "2"
     );
     assert_eq!(
         store
-            .spec("thumb", Some("1"))
+            .spec("default", "thumb", Some("1"))
             .await
             .unwrap()
             .unwrap()
@@ -165,22 +172,61 @@ async fn catalogue(store: &Store) {
             .0,
         CallKind::Task
     );
+    // Names are per tenant: another tenant's "thumb" 1 is its own, and
+    // neither sees the other's.
+    let theirs = NewSpec {
+        tenant: "other".into(),
+        kind: CallKind::Map,
+        ..spec.clone()
+    };
+    assert!(store.put_spec(&theirs).await.unwrap());
+    assert!(
+        store
+            .spec("other", "thumb", Some("2"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .spec("other", "thumb", None)
+            .await
+            .unwrap()
+            .unwrap()
+            .kind
+            .0,
+        CallKind::Map
+    );
+    assert_eq!(
+        store
+            .specs(Some("other"), None, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     // Paged: one at a time, newest first.
-    let first = store.specs(None, None, 1).await.unwrap();
+    let first = store.specs(Some("default"), None, None, 1).await.unwrap();
     assert_eq!(first[0].version, "2");
     let cursor = (
         first[0].name.clone(),
+        first[0].tenant.clone(),
         first[0].created_at,
         first[0].version.clone(),
     );
-    let second = store.specs(None, Some(cursor), 1).await.unwrap();
+    let second = store
+        .specs(Some("default"), None, Some(cursor), 1)
+        .await
+        .unwrap();
     assert_eq!(second[0].version, "1");
+    assert_eq!(store.specs(None, None, None, 10).await.unwrap().len(), 3);
 }
 
 /// Schedules: one per name; a firing is taken once (compare-and-set on
 /// its time); the jobs it submitted add up.
 async fn schedules(store: &Store) {
     let new = NewSchedule {
+        tenant: "default".into(),
         name: "tick".into(),
         job: JobFile {
             name: "tick".into(),
@@ -241,7 +287,7 @@ async fn schedules(store: &Store) {
             .await
             .unwrap()
     );
-    assert_eq!(store.schedules(None, 10).await.unwrap().len(), 1);
+    assert_eq!(store.schedules(None, None, 10).await.unwrap().len(), 1);
     assert!(store.delete_schedule("tick").await.unwrap());
     assert!(!store.delete_schedule("tick").await.unwrap());
     assert!(store.schedule("tick").await.unwrap().is_none());
@@ -494,20 +540,23 @@ async fn suite(store: Store) {
     assert_eq!(store.counts(&row).await.unwrap().failed, 100);
 
     // Listing: filter by status, newest update first, a page at a time.
-    let all = store.jobs(None, None, 10).await.unwrap();
+    let all = store.jobs(None, None, None, 10).await.unwrap();
     assert_eq!(all.len(), 3);
-    let page = store.jobs(None, None, 2).await.unwrap();
+    let page = store.jobs(None, None, None, 2).await.unwrap();
     let rest = store
-        .jobs(None, Some((page[1].updated_at, page[1].id)), 10)
+        .jobs(None, None, Some((page[1].updated_at, page[1].id)), 10)
         .await
         .unwrap();
     assert_eq!(rest.len(), 1);
     assert!(!page.iter().any(|j| j.id == rest[0].id));
-    let failed = store.jobs(Some(JobStatus::Failed), None, 10).await.unwrap();
+    let failed = store
+        .jobs(None, Some(JobStatus::Failed), None, 10)
+        .await
+        .unwrap();
     assert_eq!(failed.len(), 2);
     assert!(
         store
-            .jobs(Some(JobStatus::Running), None, 10)
+            .jobs(None, Some(JobStatus::Running), None, 10)
             .await
             .unwrap()
             .is_empty()

@@ -12,6 +12,7 @@ use sandmill_runtime::{Call, Sandbox, SandboxConfig};
 use sandmill_server::embedded::{self, EmbeddedConfig};
 use sandmill_server::jobfile::{JobFile, SweepSection};
 use sandmill_server::model::JobStatus;
+use sandmill_server::scheduler::{DEFAULT_TENANT, Owner};
 use sandmill_test_artifacts as guests;
 
 fn main() {
@@ -58,7 +59,11 @@ fn main() {
         config.workers = workers;
         let instance = embedded::start(config).await.expect("embedded");
         let scheduler = instance.scheduler.clone();
-        let hash = scheduler.upload_module(&wasm).await.expect("upload").hash;
+        let hash = scheduler
+            .upload_module(DEFAULT_TENANT, &wasm)
+            .await
+            .expect("upload")
+            .hash;
         let job = JobFile {
             name: "bench".into(),
             sweep: Some(SweepSection {
@@ -69,7 +74,10 @@ fn main() {
             ..JobFile::default()
         };
         let started = Instant::now();
-        let id = scheduler.submit(&job).await.expect("submit");
+        let id = scheduler
+            .submit(&Owner::local(), &job)
+            .await
+            .expect("submit");
         let accept = started.elapsed();
         let done = scheduler
             .wait(id, Duration::from_secs(600))

@@ -534,6 +534,18 @@ pub struct GrantsSection {
     pub env: BTreeMap<String, String>,
 }
 
+/// What the API shows for an `env` grant's value: values are secret.
+pub const HIDDEN: &str = "(hidden)";
+
+impl GrantsSection {
+    /// Its `env` values replaced by [`HIDDEN`] (the names stay).
+    pub fn hide_secrets(&mut self) {
+        for value in self.env.values_mut() {
+            HIDDEN.clone_into(value);
+        }
+    }
+}
+
 impl LimitsSection {
     /// Sets the limits this section names over `limits`, checked.
     pub fn apply_to(&self, limits: &mut Limits) -> Result<(), Invalid> {
@@ -1252,10 +1264,22 @@ impl JobFile {
             .unwrap_or_else(|| "-".to_owned())
     }
 
-    /// The file as JSON, without its rows and inputs (kept per task), for
-    /// the record.
-    pub fn definition(&self) -> String {
+    /// The file with every `env` grant's value hidden, to be shown.
+    pub fn without_secrets(&self) -> JobFile {
         let mut copy = self.clone();
+        copy.grants.hide_secrets();
+        for step in &mut copy.steps {
+            if let Some(grants) = &mut step.grants {
+                grants.hide_secrets();
+            }
+        }
+        copy
+    }
+
+    /// The file as JSON, without its rows and inputs (kept per task) and
+    /// its secrets, for the record.
+    pub fn definition(&self) -> String {
+        let mut copy = self.without_secrets();
         if let Some(sweep) = &mut copy.sweep {
             if let Some(rows) = sweep.rows.take() {
                 sweep.count = Some(rows.len() as u64);

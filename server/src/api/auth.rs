@@ -66,6 +66,53 @@ pub struct Caller {
     pub token: String,
 }
 
+impl Caller {
+    /// The one person of an open server: the default tenant, as an admin.
+    pub fn open() -> Caller {
+        Caller {
+            tenant: crate::scheduler::DEFAULT_TENANT.to_owned(),
+            role: Role::Admin,
+            token: String::new(),
+        }
+    }
+
+    /// Whom its requests act for, to the scheduler.
+    pub fn owner(&self) -> crate::scheduler::Owner {
+        crate::scheduler::Owner {
+            tenant: self.tenant.clone(),
+            admin: self.role == Role::Admin,
+        }
+    }
+
+    /// The tenant whose objects a list shows it: its own, or every
+    /// tenant's (`None`) for an admin.
+    pub fn scope(&self) -> Option<&str> {
+        (self.role != Role::Admin).then_some(self.tenant.as_str())
+    }
+
+    /// Whether it may see an object of `tenant`.
+    pub fn sees(&self, tenant: &str) -> bool {
+        self.role == Role::Admin || self.tenant == tenant
+    }
+}
+
+/// The caller of a handler: as its token says, or (an open server, where
+/// no token is asked for) [`Caller::open`].
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Caller, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(Caller::open))
+    }
+}
+
 /// A new token: its public id and its secret (`smt_<id><rest>`), from 24
 /// bytes of the operating system's randomness.
 pub fn new_token() -> anyhow::Result<(String, String)> {

@@ -22,6 +22,7 @@ use sandmill_runtime::Reason;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::views::time;
 use super::{ApiPath, AppState};
@@ -35,6 +36,9 @@ const SCAN: usize = 1024;
 
 /// Steps of one pipeline a job stream follows at most.
 const MAX_STEPS: i64 = 10_000;
+
+/// Jobs whose tenant one stream remembers (then it forgets them all).
+const MAX_KNOWN_JOBS: usize = 4096;
 
 /// The routes of this module.
 pub fn router() -> Router<AppState> {
@@ -319,9 +323,33 @@ struct Cursor {
     follow: Follow,
     ready: VecDeque<EventView>,
     store: Store,
+    /// Only this tenant's jobs' events (`None`: every tenant's).
+    tenant: Option<String>,
+    /// Whether a job is the tenant's, for the jobs seen lately.
+    known: std::collections::HashMap<i64, bool>,
 }
 
 impl Cursor {
+    /// Whether the stream's caller may see a job's events.
+    async fn shows(&mut self, job_id: i64) -> bool {
+        let Some(tenant) = &self.tenant else {
+            return true;
+        };
+        if let Some(known) = self.known.get(&job_id) {
+            return *known;
+        }
+        let Ok(job) = self.store.job(job_id).await else {
+            // Not known now; asked again at its next event.
+            return false;
+        };
+        let shows = job.is_some_and(|job| &job.tenant == tenant);
+        if self.known.len() >= MAX_KNOWN_JOBS {
+            self.known.clear();
+        }
+        self.known.insert(job_id, shows);
+        shows
+    }
+
     /// The next event to send; `None` when the server stops.
     async fn next(&mut self) -> Option<EventView> {
         loop {
@@ -338,7 +366,11 @@ impl Cursor {
                 Ok((events, seen)) => {
                     let moved = seen != self.after;
                     self.after = seen;
-                    self.ready.extend(events.iter().map(|e| view(e)));
+                    for event in &events {
+                        if self.shows(event.job_id).await {
+                            self.ready.push_back(view(event));
+                        }
+                    }
                     if !moved && self.wake.changed().await.is_err() {
                         return None;
                     }
@@ -380,14 +412,16 @@ fn sse(cursor: Cursor) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> 
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
-/// Every task and job event, live (for dashboards). Resumable: send the
-/// last `id` seen as `Last-Event-ID`.
+/// Every task and job event of the caller's tenant (an admin: of every
+/// tenant), live (for dashboards). Resumable: send the last `id` seen as
+/// `Last-Event-ID`.
 #[utoipa::path(get, path = "/v1/events", tag = "events",
     params(("Last-Event-ID" = Option<String>, Header, description = "the last event id seen: resume after it")),
     responses((status = 200, description = "Server-Sent Events; each `data:` is an EventView", content_type = "text/event-stream", body = EventView),
         (status = 400, description = "a bad Last-Event-ID", body = ErrorBody)))]
 pub async fn all_events(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let hub = state.scheduler.events().clone();
@@ -400,6 +434,8 @@ pub async fn all_events(
         follow: Follow::All,
         ready: VecDeque::new(),
         store: state.scheduler.store().clone(),
+        tenant: caller.scope().map(str::to_owned),
+        known: std::collections::HashMap::new(),
     }))
 }
 
@@ -415,6 +451,7 @@ pub async fn all_events(
         (status = 404, description = "no such job", body = ErrorBody)))]
 pub async fn job_events(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<i64>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
@@ -424,10 +461,7 @@ pub async fn job_events(
     let wake = hub.subscribe();
     let now = hub.last_id();
     let store = state.scheduler.store().clone();
-    let job = store
-        .job(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+    let job = super::jobs::visible_job(&store, &caller, id).await?;
     let steps = if job.kind.0 == JobKind::Pipeline {
         store
             .steps_of(id, MAX_STEPS)
@@ -450,6 +484,9 @@ pub async fn job_events(
         follow: Follow::Job { id, steps },
         ready,
         store,
+        // The job is the caller's: so are its steps.
+        tenant: None,
+        known: std::collections::HashMap::new(),
     }))
 }
 

@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::views::{
     EdgeView, GraphView, JobCreated, JobView, Page, ResubmitRequest, RetryView, StepView, TaskView,
@@ -38,6 +39,20 @@ async fn job_view(store: &Store, job: &JobRow) -> Result<JobView, ApiError> {
         .with_steps(sums))
 }
 
+/// A job `caller` may see: another tenant's answers 404, as a missing
+/// one does.
+pub(super) async fn visible_job(
+    store: &Store,
+    caller: &Caller,
+    id: i64,
+) -> Result<JobRow, ApiError> {
+    store
+        .job(id)
+        .await?
+        .filter(|job| caller.sees(&job.tenant))
+        .ok_or(ApiError::NotFound(format!("job {id}")))
+}
+
 /// The routes of this module.
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -61,10 +76,11 @@ pub fn router() -> Router<AppState> {
         (status = 413, description = "larger than the body limit", body = ErrorBody)))]
 pub async fn submit_job(
     State(state): State<AppState>,
+    caller: Caller,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<JobCreated>), ApiError> {
     let job = jobfile::from_json(&body)?;
-    let id = state.scheduler.submit(&job).await?;
+    let id = state.scheduler.submit(&caller.owner(), &job).await?;
     Ok((StatusCode::CREATED, Json(JobCreated { id })))
 }
 
@@ -86,6 +102,7 @@ pub struct JobQuery {
         (status = 400, description = "a bad filter, cursor or limit", body = ErrorBody)))]
 pub async fn list_jobs(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(query): ApiQuery<JobQuery>,
 ) -> Result<Json<Page<JobView>>, ApiError> {
     let limit = page_size(query.limit, 50, 1000)?;
@@ -95,7 +112,9 @@ pub async fn list_jobs(
         .map(decode_cursor::<(i64, i64)>)
         .transpose()?;
     let store = state.scheduler.store();
-    let rows = store.jobs(query.status, after, limit as i64 + 1).await?;
+    let rows = store
+        .jobs(caller.scope(), query.status, after, limit as i64 + 1)
+        .await?;
     let page = Page::of(rows, limit, |j| (j.updated_at, j.id));
     let mut items = Vec::with_capacity(page.items.len());
     for job in &page.items {
@@ -114,13 +133,11 @@ pub async fn list_jobs(
         (status = 404, description = "no such job", body = ErrorBody)))]
 pub async fn get_job(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<JobView>, ApiError> {
     let store = state.scheduler.store();
-    let job = store
-        .job(id)
-        .await?
-        .ok_or(ApiError::NotFound(format!("job {id}")))?;
+    let job = visible_job(store, &caller, id).await?;
     Ok(Json(job_view(store, &job).await?))
 }
 
@@ -132,13 +149,11 @@ pub async fn get_job(
         (status = 404, description = "no such job", body = ErrorBody)))]
 pub async fn job_graph(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<GraphView>, ApiError> {
     let store = state.scheduler.store();
-    let job = store
-        .job(id)
-        .await?
-        .ok_or(ApiError::NotFound(format!("job {id}")))?;
+    let job = visible_job(store, &caller, id).await?;
     let (steps, edges) = if job.kind.0 == JobKind::Pipeline {
         (
             store.steps_of(id, MAX_GRAPH_STEPS).await?,
@@ -190,10 +205,12 @@ pub async fn job_graph(
         (status = 409, description = "it already ended", body = ErrorBody)))]
 pub async fn cancel_job(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<JobView>, ApiError> {
+    visible_job(state.scheduler.store(), &caller, id).await?;
     state.scheduler.cancel(id).await?;
-    get_job(State(state), ApiPath(id)).await
+    get_job(State(state), caller, ApiPath(id)).await
 }
 
 /// Deletes an ended job: its pipeline's steps, tasks, attempts, and the
@@ -207,8 +224,10 @@ pub async fn cancel_job(
         (status = 409, description = "it is running (cancel it first), or a pipeline's step (delete the pipeline)", body = ErrorBody)))]
 pub async fn delete_job(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
+    visible_job(state.scheduler.store(), &caller, id).await?;
     state.scheduler.delete_job(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -223,8 +242,10 @@ pub async fn delete_job(
         (status = 409, description = "a map-reduce job", body = ErrorBody)))]
 pub async fn retry_job(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<RetryView>, ApiError> {
+    visible_job(state.scheduler.store(), &caller, id).await?;
     let retried = state.scheduler.retry_job(id).await?;
     Ok(Json(RetryView {
         job_id: id,
@@ -245,10 +266,12 @@ pub async fn retry_job(
         (status = 409, description = "it is running, is no task or sweep, or has nothing to resubmit", body = ErrorBody)))]
 pub async fn resubmit_job(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<i64>,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<JobCreated>), ApiError> {
     let request: ResubmitRequest = super::parse_json_or_default(&body)?;
+    visible_job(state.scheduler.store(), &caller, id).await?;
     let id = state
         .scheduler
         .resubmit(id, request.failed, &request.limits)
@@ -265,8 +288,10 @@ pub async fn resubmit_job(
         (status = 404, description = "no such job", body = ErrorBody)))]
 pub async fn job_definition(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Response, ApiError> {
+    visible_job(state.scheduler.store(), &caller, id).await?;
     let definition = state
         .scheduler
         .store()
@@ -296,6 +321,7 @@ pub struct TaskQuery {
         (status = 404, description = "no such job", body = ErrorBody)))]
 pub async fn list_tasks(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<i64>,
     ApiQuery(query): ApiQuery<TaskQuery>,
 ) -> Result<Json<Page<TaskView>>, ApiError> {
@@ -306,10 +332,7 @@ pub async fn list_tasks(
         .map(decode_cursor::<i64>)
         .transpose()?;
     let store = state.scheduler.store();
-    store
-        .job(id)
-        .await?
-        .ok_or(ApiError::NotFound(format!("job {id}")))?;
+    visible_job(store, &caller, id).await?;
     let rows = store
         .tasks(id, query.state, after, limit as i64 + 1)
         .await?;

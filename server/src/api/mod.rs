@@ -226,6 +226,7 @@ async fn limit_requests(
         tasks::task_logs,
         tasks::restart_task,
         tasks::task_call,
+        tasks::task_blob,
         tasks::get_blob,
         run::run,
         workers::list_workers,

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::views::{InputRef, ModuleView};
 use super::{ApiPath, AppState, RawBody};
@@ -26,10 +27,11 @@ pub fn router() -> Router<AppState> {
         (status = 413, description = "larger than the body limit", body = ErrorBody)))]
 pub async fn upload_module(
     State(state): State<AppState>,
+    caller: Caller,
     RawBody(body): RawBody,
 ) -> Result<Json<ModuleView>, ApiError> {
     Ok(Json(ModuleView::new(
-        &state.scheduler.upload_module(&body).await?,
+        &state.scheduler.upload_module(&caller.tenant, &body).await?,
     )))
 }
 
@@ -39,9 +41,13 @@ pub async fn upload_module(
         (status = 404, description = "no such module", body = ErrorBody)))]
 pub async fn get_module(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(hash): ApiPath<String>,
 ) -> Result<Json<ModuleView>, ApiError> {
     let hash = hash.strip_prefix("sha256:").unwrap_or(&hash).to_owned();
+    if !state.scheduler.may_name(&caller.owner(), &hash).await? {
+        return Err(ApiError::NotFound(format!("module {hash}")));
+    }
     state
         .scheduler
         .module(&hash)
@@ -57,9 +63,10 @@ pub async fn get_module(
         (status = 413, description = "larger than the body limit", body = ErrorBody)))]
 pub async fn upload_input(
     State(state): State<AppState>,
+    caller: Caller,
     RawBody(body): RawBody,
 ) -> Result<Json<InputRef>, ApiError> {
-    let hash = state.scheduler.upload_input(&body).await?;
+    let hash = state.scheduler.upload_input(&caller.tenant, &body).await?;
     Ok(Json(InputRef {
         input: format!("sha256:{hash}"),
         size: body.len() as u64,

@@ -16,6 +16,7 @@ use sandmill_runtime::message::{MAX_PRIORITY, OutputRef, TaskResult, Verdict};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::auth::Caller;
 use super::error::{ApiError, ErrorBody, error};
 use super::views::JobCreated;
 use super::{AppState, DEFAULT_RUN_WAIT, RUN_WAIT_SLACK, RawBody, parse_json};
@@ -73,6 +74,7 @@ pub struct RunRequest {
         (status = 422, description = "the call failed; `code` is the failure reason", body = ErrorBody)))]
 pub async fn run(
     State(state): State<AppState>,
+    caller: Caller,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let request: RunRequest = parse_json(&body)?;
@@ -85,7 +87,11 @@ pub async fn run(
                 .map_err(|e| ApiError::bad_field("module_base64", e.to_string()))?;
             format!(
                 "sha256:{}",
-                state.scheduler.upload_module(&bytes).await?.hash
+                state
+                    .scheduler
+                    .upload_module(&caller.tenant, &bytes)
+                    .await?
+                    .hash
             )
         }
         _ => {
@@ -112,7 +118,7 @@ pub async fn run(
     let input = match input {
         Some(bytes) => Some(format!(
             "sha256:{}",
-            state.scheduler.upload_input(&bytes).await?
+            state.scheduler.upload_input(&caller.tenant, &bytes).await?
         )),
         None => None,
     };
@@ -154,10 +160,16 @@ pub async fn run(
         wait_for_task,
         default_priority: MAX_PRIORITY,
     };
-    if wait_for_task && let Some(ran) = state.scheduler.run_inline(&job, options, wait).await? {
+    let owner = caller.owner();
+    if wait_for_task
+        && let Some(ran) = state
+            .scheduler
+            .run_inline(&owner, &job, options, wait)
+            .await?
+    {
         return answer(&state, ran.job_id, ran.task_id, ran.result).await;
     }
-    let submitted = state.scheduler.submit_with(&job, options).await?;
+    let submitted = state.scheduler.submit_with(&owner, &job, options).await?;
     let id = submitted.job_id;
     let accepted = || (StatusCode::ACCEPTED, Json(JobCreated { id })).into_response();
     let Some(waiter) = submitted.waiter else {

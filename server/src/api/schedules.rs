@@ -8,6 +8,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::views::{Page, PageQuery, duration, time};
 use super::{ApiPath, ApiQuery, AppState, RawBody};
@@ -59,8 +60,10 @@ pub struct ScheduleView {
     /// Last change.
     #[schema(format = DateTime)]
     pub updated_at: String,
-    /// The job each firing submits.
+    /// The job each firing submits (`env` values hidden).
     pub job: JobFile,
+    /// The tenant it belongs to (and the jobs it submits).
+    pub tenant: String,
 }
 
 impl From<ScheduleRow> for ScheduleView {
@@ -82,7 +85,8 @@ impl From<ScheduleRow> for ScheduleView {
             last_job_id: row.last_job_id,
             created_at: time(row.created_at),
             updated_at: time(row.updated_at),
-            job: row.job.0,
+            job: row.job.0.without_secrets(),
+            tenant: row.tenant,
             name: row.name,
         }
     }
@@ -98,10 +102,14 @@ impl From<ScheduleRow> for ScheduleView {
         (status = 413, description = "larger than the body limit", body = ErrorBody)))]
 pub async fn create_schedule(
     State(state): State<AppState>,
+    caller: Caller,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<ScheduleView>), ApiError> {
     let file = jobfile::from_json(&body)?;
-    let row = state.scheduler.create_schedule(&file).await?;
+    let row = state
+        .scheduler
+        .create_schedule(&caller.owner(), &file)
+        .await?;
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
@@ -111,13 +119,14 @@ pub async fn create_schedule(
         (status = 400, description = "a bad cursor or limit", body = ErrorBody)))]
 pub async fn list_schedules(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<ScheduleView>>, ApiError> {
     let (limit, after) = query.page::<String>()?;
     let rows = state
         .scheduler
         .store()
-        .schedules(after.as_deref(), limit as i64 + 1)
+        .schedules(caller.scope(), after.as_deref(), limit as i64 + 1)
         .await?;
     Ok(Json(
         Page::of(rows, limit, |row| row.name.clone()).map(ScheduleView::from),
@@ -130,14 +139,10 @@ pub async fn list_schedules(
         (status = 404, description = "no such schedule", body = ErrorBody)))]
 pub async fn get_schedule(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ScheduleView>, ApiError> {
-    let row = state
-        .scheduler
-        .store()
-        .schedule(&name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("schedule `{name}`")))?;
+    let row = state.scheduler.schedule(&caller.owner(), &name).await?;
     Ok(Json(row.into()))
 }
 
@@ -147,9 +152,13 @@ pub async fn get_schedule(
         (status = 404, description = "no such schedule", body = ErrorBody)))]
 pub async fn delete_schedule(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.scheduler.delete_schedule(&name).await?;
+    state
+        .scheduler
+        .delete_schedule(&caller.owner(), &name)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -159,10 +168,15 @@ pub async fn delete_schedule(
         (status = 404, description = "no such schedule", body = ErrorBody)))]
 pub async fn pause_schedule(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ScheduleView>, ApiError> {
     Ok(Json(
-        state.scheduler.pause_schedule(&name, true).await?.into(),
+        state
+            .scheduler
+            .pause_schedule(&caller.owner(), &name, true)
+            .await?
+            .into(),
     ))
 }
 
@@ -173,9 +187,14 @@ pub async fn pause_schedule(
         (status = 404, description = "no such schedule", body = ErrorBody)))]
 pub async fn resume_schedule(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ScheduleView>, ApiError> {
     Ok(Json(
-        state.scheduler.pause_schedule(&name, false).await?.into(),
+        state
+            .scheduler
+            .pause_schedule(&caller.owner(), &name, false)
+            .await?
+            .into(),
     ))
 }

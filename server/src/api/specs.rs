@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::views::{Page, SpecView, decode_cursor, page_size};
 use super::{ApiPath, ApiQuery, AppState, RawBody, parse_json};
@@ -57,6 +58,7 @@ pub struct SpecRequest {
         (status = 413, description = "larger than the body limit", body = ErrorBody)))]
 pub async fn put_spec(
     State(state): State<AppState>,
+    caller: Caller,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<SpecView>), ApiError> {
     let request: SpecRequest = parse_json(&body)?;
@@ -87,11 +89,12 @@ pub async fn put_spec(
     let hash = request.module.strip_prefix("sha256:").ok_or_else(|| {
         ApiError::bad_field("module", "expected sha256:<hex> of an uploaded module")
     })?;
-    let module = state
-        .scheduler
-        .module(hash)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("module {}", request.module)))?;
+    let module = if state.scheduler.may_name(&caller.owner(), hash).await? {
+        state.scheduler.module(hash).await?
+    } else {
+        None
+    }
+    .ok_or_else(|| ApiError::NotFound(format!("module {}", request.module)))?;
     if !module.exports.has(kind) {
         return Err(ApiError::bad_field(
             "kind",
@@ -103,6 +106,7 @@ pub async fn put_spec(
         ));
     }
     let spec = NewSpec {
+        tenant: caller.tenant.clone(),
         name: request.name,
         version: request.version,
         module_hash: hash.to_owned(),
@@ -120,7 +124,7 @@ pub async fn put_spec(
         .into());
     }
     let stored = store
-        .spec(&spec.name, Some(&spec.version))
+        .spec(&spec.tenant, &spec.name, Some(&spec.version))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("spec {}@{}", spec.name, spec.version)))?;
     Ok((StatusCode::CREATED, Json(SpecView::new(&stored))))
@@ -138,6 +142,7 @@ pub struct SpecQuery {
 
 async fn page_of_specs(
     state: &AppState,
+    tenant: Option<&str>,
     name: Option<&str>,
     query: &SpecQuery,
 ) -> Result<Page<SpecView>, ApiError> {
@@ -145,41 +150,52 @@ async fn page_of_specs(
     let after = query
         .cursor
         .as_deref()
-        .map(decode_cursor::<(String, i64, String)>)
+        .map(decode_cursor::<(String, String, i64, String)>)
         .transpose()?;
     let rows = state
         .scheduler
         .store()
-        .specs(name, after, limit as i64 + 1)
+        .specs(tenant, name, after, limit as i64 + 1)
         .await?;
     Ok(Page::of(rows, limit, |s| {
-        (s.name.clone(), s.created_at, s.version.clone())
+        (
+            s.name.clone(),
+            s.tenant.clone(),
+            s.created_at,
+            s.version.clone(),
+        )
     })
     .map(|s| SpecView::new(&s)))
 }
 
-/// Every spec version, by name, newest first within a name.
+/// Every spec version of the caller's tenant (an admin: of every
+/// tenant), by name, newest first within a name.
 #[utoipa::path(get, path = "/v1/specs", tag = "specs", params(SpecQuery),
     responses((status = 200, description = "a page of specs", body = Page<SpecView>),
         (status = 400, description = "a bad cursor or limit", body = ErrorBody)))]
 pub async fn list_specs(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(query): ApiQuery<SpecQuery>,
 ) -> Result<Json<Page<SpecView>>, ApiError> {
-    Ok(Json(page_of_specs(&state, None, &query).await?))
+    Ok(Json(
+        page_of_specs(&state, caller.scope(), None, &query).await?,
+    ))
 }
 
-/// The versions of one spec, newest first.
+/// The versions of one of the caller's tenant's specs, newest first
+/// (spec names are per tenant).
 #[utoipa::path(get, path = "/v1/specs/{name}", tag = "specs", params(("name" = String, Path), SpecQuery),
     responses((status = 200, description = "a page of its versions", body = Page<SpecView>),
         (status = 400, description = "a bad cursor or limit", body = ErrorBody),
         (status = 404, description = "no such spec", body = ErrorBody)))]
 pub async fn get_spec(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
     ApiQuery(query): ApiQuery<SpecQuery>,
 ) -> Result<Json<Page<SpecView>>, ApiError> {
-    let page = page_of_specs(&state, Some(&name), &query).await?;
+    let page = page_of_specs(&state, Some(&caller.tenant), Some(&name), &query).await?;
     if page.items.is_empty() && query.cursor.is_none() {
         return Err(ApiError::NotFound(format!("spec {name}")));
     }

@@ -8,6 +8,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::views::{Page, PageQuery, TaskView, duration, time};
 use super::{ApiPath, ApiQuery, AppState, RawBody};
@@ -65,8 +66,11 @@ pub struct SubscriptionView {
     /// When this version was.
     #[schema(format = DateTime)]
     pub updated_at: String,
-    /// The file it was made from (modules as `sha256:` hashes).
+    /// The file it was made from (modules as `sha256:` hashes, `env`
+    /// values hidden).
     pub file: SubscriptionFile,
+    /// The tenant it belongs to (and its job).
+    pub tenant: String,
 }
 
 impl From<SubscriptionRow> for SubscriptionView {
@@ -89,7 +93,12 @@ impl From<SubscriptionRow> for SubscriptionView {
             stream: (row.queue == 1).then(|| crate::scheduler::stream_name(&row.name)),
             created_at: time(row.created_at),
             updated_at: time(row.updated_at),
-            file: row.definition.0,
+            file: {
+                let mut file = row.definition.0;
+                file.grants.hide_secrets();
+                file
+            },
+            tenant: row.tenant,
             name: row.name,
         }
     }
@@ -101,14 +110,18 @@ impl From<SubscriptionRow> for SubscriptionView {
     responses((status = 201, description = "created or replaced", body = SubscriptionView),
         (status = 400, description = "a field is wrong (named in `field`)", body = ErrorBody),
         (status = 404, description = "no such module or spec", body = ErrorBody),
-        (status = 409, description = "this server has no NATS, or the subject overlaps another stream's", body = ErrorBody),
+        (status = 409, description = "this server has no NATS, the name is another tenant's, or the subject overlaps another stream's", body = ErrorBody),
         (status = 413, description = "larger than the body limit", body = ErrorBody)))]
 pub async fn create_subscription(
     State(state): State<AppState>,
+    caller: Caller,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
     let file = subscription::from_json(&body)?;
-    let row = state.scheduler.create_subscription(&file).await?;
+    let row = state
+        .scheduler
+        .create_subscription(&caller.owner(), &file)
+        .await?;
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
@@ -118,13 +131,14 @@ pub async fn create_subscription(
         (status = 400, description = "a bad cursor or limit", body = ErrorBody)))]
 pub async fn list_subscriptions(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<SubscriptionView>>, ApiError> {
     let (limit, after) = query.page::<String>()?;
     let rows = state
         .scheduler
         .store()
-        .subscriptions(after.as_deref(), limit as i64 + 1)
+        .subscriptions(caller.scope(), after.as_deref(), limit as i64 + 1)
         .await?;
     Ok(Json(
         Page::of(rows, limit, |row| row.name.clone()).map(SubscriptionView::from),
@@ -137,14 +151,10 @@ pub async fn list_subscriptions(
         (status = 404, description = "no such subscription", body = ErrorBody)))]
 pub async fn get_subscription(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
-    let row = state
-        .scheduler
-        .store()
-        .subscription(&name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("subscription `{name}`")))?;
+    let row = state.scheduler.subscription(&caller.owner(), &name).await?;
     Ok(Json(row.into()))
 }
 
@@ -156,9 +166,13 @@ pub async fn get_subscription(
         (status = 404, description = "no such subscription", body = ErrorBody)))]
 pub async fn delete_subscription(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.scheduler.delete_subscription(&name).await?;
+    state
+        .scheduler
+        .delete_subscription(&caller.owner(), &name)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -172,13 +186,14 @@ pub async fn delete_subscription(
         (status = 404, description = "no such subscription", body = ErrorBody)))]
 pub async fn dead_letters(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(name): ApiPath<String>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<TaskView>>, ApiError> {
     let (limit, after) = query.page::<i64>()?;
     let (_, rows) = state
         .scheduler
-        .dead_letters(&name, after, limit as i64 + 1)
+        .dead_letters(&caller.owner(), &name, after, limit as i64 + 1)
         .await?;
     Ok(Json(
         Page::of(rows, limit, |t| t.seq).map(|t| TaskView::new(&t)),

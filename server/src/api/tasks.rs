@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::views::{
     AttemptView, CallView, InputPartView, InputView, RestartRequest, TaskDetail, TaskView,
@@ -22,7 +23,26 @@ pub fn router() -> Router<AppState> {
         .route("/v1/tasks/{id}/logs", get(task_logs))
         .route("/v1/tasks/{id}/restart", post(restart_task))
         .route("/v1/tasks/{id}/call", get(task_call))
+        .route("/v1/tasks/{id}/blobs/{hash}", get(task_blob))
         .route("/v1/blobs/{hash}", get(get_blob))
+}
+
+/// A task `caller` may see, with its job: another tenant's answers 404,
+/// as a missing one does.
+async fn visible_task(
+    state: &AppState,
+    caller: &Caller,
+    id: i64,
+) -> Result<(crate::store::TaskRow, crate::store::JobRow), ApiError> {
+    let store = state.scheduler.store();
+    let not_found = || ApiError::NotFound(format!("task {id}"));
+    let task = store.task(id).await?.ok_or_else(not_found)?;
+    let job = store
+        .job(task.job_id)
+        .await?
+        .filter(|job| caller.sees(&job.tenant))
+        .ok_or_else(not_found)?;
+    Ok((task, job))
 }
 
 /// Which attempt of a task.
@@ -43,18 +63,22 @@ pub struct CallQuery {
         (status = 409, description = "a map-reduce task, whose input is a shuffle", body = ErrorBody)))]
 pub async fn task_call(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<i64>,
     ApiQuery(query): ApiQuery<CallQuery>,
 ) -> Result<Json<CallView>, ApiError> {
+    Ok(Json(call_view(&state, &caller, id, query.attempt).await?))
+}
+
+/// What an attempt of a task ran with (the last: `None`).
+async fn call_view(
+    state: &AppState,
+    caller: &Caller,
+    id: i64,
+    attempt: Option<i64>,
+) -> Result<CallView, ApiError> {
     let store = state.scheduler.store();
-    let task = store
-        .task(id)
-        .await?
-        .ok_or(ApiError::NotFound(format!("task {id}")))?;
-    let job = store
-        .job(task.job_id)
-        .await?
-        .ok_or(ApiError::NotFound(format!("job {}", task.job_id)))?;
+    let (task, job) = visible_task(state, caller, id).await?;
     if job.maps.is_some() && job.reducers > 0 {
         return Err(SchedulerError::Conflict(format!(
             "task {id} is part of a map-reduce job's shuffle: replay its job with `sandmill run` instead"
@@ -62,14 +86,14 @@ pub async fn task_call(
         .into());
     }
     let attempts = store.attempts(id).await?;
-    let attempt = query.attempt.unwrap_or(task.attempt);
+    let attempt = attempt.unwrap_or(task.attempt);
     let recorded = attempts.iter().find(|a| a.attempt == attempt);
     if recorded.is_none() && !(attempts.is_empty() && attempt == 0) {
         return Err(ApiError::NotFound(format!(
             "attempt {attempt} of task {id}"
         )));
     }
-    Ok(Json(CallView {
+    Ok(CallView {
         task_id: id,
         job_id: task.job_id,
         attempt,
@@ -98,33 +122,73 @@ pub async fn task_call(
         grants: (&job.grants.0).into(),
         seed: task.seed.unwrap_or(task.id) as u64,
         recorded: recorded.map(AttemptView::new),
-    }))
+    })
 }
 
-/// A stored blob's bytes (a module, an input, an output, a log).
-#[utoipa::path(get, path = "/v1/blobs/{hash}", tag = "tasks", params(("hash" = String, Path)),
+/// A blob a task's call reads (its module, preprocessor or an input), for
+/// `sandmill replay`.
+#[utoipa::path(get, path = "/v1/tasks/{id}/blobs/{hash}", tag = "tasks",
+    params(("id" = i64, Path), ("hash" = String, Path)),
     responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 400, description = "not a sha256", body = ErrorBody),
-        (status = 404, description = "no such blob", body = ErrorBody)))]
-pub async fn get_blob(
+        (status = 400, description = "the id is not a number, or the hash no sha256", body = ErrorBody),
+        (status = 404, description = "no such task, or its call reads no such blob", body = ErrorBody),
+        (status = 409, description = "a map-reduce task, whose input is a shuffle", body = ErrorBody)))]
+pub async fn task_blob(
     State(state): State<AppState>,
-    ApiPath(hash): ApiPath<String>,
+    caller: Caller,
+    ApiPath((id, hash)): ApiPath<(i64, String)>,
 ) -> Result<Response, ApiError> {
-    let hash = hash.strip_prefix("sha256:").unwrap_or(&hash).to_owned();
+    let hash = sha256_of(&hash)?;
+    let call = call_view(&state, &caller, id, None).await?;
+    if !call.blobs().contains(&hash) {
+        return Err(ApiError::NotFound(format!(
+            "blob sha256:{hash} of task {id}'s call"
+        )));
+    }
+    blob_response(&state, &hash).await
+}
+
+/// A hash without its `sha256:`, checked.
+fn sha256_of(hash: &str) -> Result<String, ApiError> {
+    let hash = hash.strip_prefix("sha256:").unwrap_or(hash);
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::BadRequest(crate::jobfile::Invalid::field(
             "hash",
             "not a sha256 (64 hex digits)",
         )));
     }
+    Ok(hash.to_owned())
+}
+
+/// A stored blob's bytes, or 404.
+async fn blob_response(state: &AppState, hash: &str) -> Result<Response, ApiError> {
     let bytes = state
         .scheduler
         .blobs()
-        .get(&hash)
+        .get(hash)
         .await
         .map_err(SchedulerError::Blob)?
         .ok_or(ApiError::NotFound(format!("blob sha256:{hash}")))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// A stored blob's bytes: any (a module, an input, an output, a log) to an
+/// admin; to a tenant's token, the modules and inputs its tenant uploaded
+/// (a task's call's blobs: `/v1/tasks/{id}/blobs/{hash}`).
+#[utoipa::path(get, path = "/v1/blobs/{hash}", tag = "tasks", params(("hash" = String, Path)),
+    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "not a sha256", body = ErrorBody),
+        (status = 404, description = "no such blob (of the tenant's)", body = ErrorBody)))]
+pub async fn get_blob(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(hash): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let hash = sha256_of(&hash)?;
+    if !state.scheduler.may_name(&caller.owner(), &hash).await? {
+        return Err(ApiError::NotFound(format!("blob sha256:{hash}")));
+    }
+    blob_response(&state, &hash).await
 }
 
 /// Runs a task that ended again: a new task at its place, linked to it by
@@ -141,12 +205,14 @@ pub async fn get_blob(
         (status = 409, description = "it has not ended, was replaced, or is a map-reduce task", body = ErrorBody)))]
 pub async fn restart_task(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<i64>,
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<TaskDetail>), ApiError> {
     let request: RestartRequest = super::parse_json_or_default(&body)?;
+    visible_task(&state, &caller, id).await?;
     let restarted = state.scheduler.restart_task(id, request.downstream).await?;
-    let Json(detail) = get_task(State(state), ApiPath(restarted.task_id)).await?;
+    let Json(detail) = get_task(State(state), caller, ApiPath(restarted.task_id)).await?;
     let status = if restarted.created {
         StatusCode::CREATED
     } else {
@@ -162,13 +228,11 @@ pub async fn restart_task(
         (status = 404, description = "no such task", body = ErrorBody)))]
 pub async fn get_task(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<TaskDetail>, ApiError> {
     let store = state.scheduler.store();
-    let task = store
-        .task(id)
-        .await?
-        .ok_or(ApiError::NotFound(format!("task {id}")))?;
+    let (task, _) = visible_task(&state, &caller, id).await?;
     let attempts = store.attempts(id).await?;
     Ok(Json(TaskDetail {
         task: TaskView::new(&task),
@@ -203,8 +267,10 @@ pub(crate) async fn read_stored(
         (status = 404, description = "no such task, or it has not succeeded", body = ErrorBody)))]
 pub async fn task_output(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Response, ApiError> {
+    visible_task(&state, &caller, id).await?;
     let stored = state
         .scheduler
         .store()
@@ -229,13 +295,11 @@ pub async fn task_output(
         (status = 404, description = "no such task", body = ErrorBody)))]
 pub async fn task_logs(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Response, ApiError> {
     let store = state.scheduler.store();
-    store
-        .task(id)
-        .await?
-        .ok_or(ApiError::NotFound(format!("task {id}")))?;
+    visible_task(&state, &caller, id).await?;
     let mut text = Vec::new();
     for attempt in store.attempts(id).await? {
         text.extend_from_slice(

@@ -291,6 +291,8 @@ pub struct Waiting {
 pub struct JobView {
     /// Id.
     pub id: i64,
+    /// The tenant it belongs to.
+    pub tenant: String,
     /// Name from the job file.
     pub name: String,
     /// What its file described.
@@ -377,6 +379,7 @@ impl JobView {
         let end = job.finished_at.unwrap_or_else(crate::store::now_ms);
         JobView {
             id: job.id,
+            tenant: job.tenant.clone(),
             name: job.name.clone(),
             kind: job.kind.0,
             status: job.status.0,
@@ -676,6 +679,8 @@ pub struct InputRef {
 /// A registered spec version.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SpecView {
+    /// The tenant it belongs to (spec names are per tenant).
+    pub tenant: String,
     /// Name.
     pub name: String,
     /// Version.
@@ -700,6 +705,7 @@ impl SpecView {
     /// The view of a spec row.
     pub fn new(spec: &SpecRow) -> Self {
         SpecView {
+            tenant: spec.tenant.clone(),
             name: spec.name.clone(),
             version: spec.version.clone(),
             module: format!("sha256:{}", spec.module_hash),
@@ -713,7 +719,8 @@ impl SpecView {
 }
 
 /// Everything one attempt of a task ran with, to run it again elsewhere
-/// (`sandmill replay`): fetch the blobs from `/v1/blobs/{hash}`.
+/// (`sandmill replay`): fetch its blobs from
+/// `/v1/tasks/{task_id}/blobs/{hash}`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CallView {
     /// The task.
@@ -746,6 +753,26 @@ pub struct CallView {
     /// How the attempt ended, as recorded (`null`: no attempt ran, e.g. a
     /// cached task).
     pub recorded: Option<AttemptView>,
+}
+
+impl CallView {
+    /// The blobs it reads (module, preprocessor, inputs), as hashes
+    /// without `sha256:`, each once.
+    pub fn blobs(&self) -> Vec<String> {
+        let mut hashes: Vec<String> = [
+            Some(&self.module),
+            self.preprocess.as_ref(),
+            self.input.blob.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.inputs.iter().map(|p| &p.blob))
+        .map(|r| r.strip_prefix("sha256:").unwrap_or(r).to_owned())
+        .collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        hashes
+    }
 }
 
 /// A slice of a blob.

@@ -527,9 +527,9 @@ pub fn run(server: &str, token: Option<&str>, command: ClientCommand) -> anyhow:
                 };
                 let call: CallView = server.get_json(&path).await?;
                 let mut blobs = Vec::new();
-                for hash in super::replay::blobs_of(&call) {
+                for hash in call.blobs() {
                     let bytes = server
-                        .get(&format!("/v1/blobs/{hash}"))
+                        .get(&format!("/v1/tasks/{task}/blobs/{hash}"))
                         .await?
                         .bytes()
                         .await?;

@@ -28,23 +28,6 @@ pub fn hash_of(reference: &str) -> &str {
     reference.strip_prefix("sha256:").unwrap_or(reference)
 }
 
-/// The blobs a call reads: its module, preprocessor and inputs.
-pub fn blobs_of(call: &CallView) -> Vec<String> {
-    let mut hashes: Vec<String> = [
-        Some(&call.module),
-        call.preprocess.as_ref(),
-        call.input.blob.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .chain(call.inputs.iter().map(|p| &p.blob))
-    .map(|r| hash_of(r).to_owned())
-    .collect();
-    hashes.sort_unstable();
-    hashes.dedup();
-    hashes
-}
-
 /// The task message a worker would have run for this call.
 fn message(call: &CallView) -> anyhow::Result<TaskMessage> {
     let mut limits = Limits::default();

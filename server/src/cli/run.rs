@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use sandmill_server::embedded::{self, DEFAULT_STOP_WITHIN, EmbeddedConfig};
 use sandmill_server::model::{JobKind, JobStatus, TaskState};
-use sandmill_server::scheduler::Scheduler;
+use sandmill_server::scheduler::{DEFAULT_TENANT, Owner, Scheduler};
 use sandmill_server::store::Stored;
 
 use super::out::tell;
@@ -52,10 +52,10 @@ struct Local<'a>(&'a Scheduler);
 #[async_trait::async_trait]
 impl Upload for Local<'_> {
     async fn module(&self, bytes: Vec<u8>) -> anyhow::Result<String> {
-        Ok(self.0.upload_module(&bytes).await?.hash)
+        Ok(self.0.upload_module(DEFAULT_TENANT, &bytes).await?.hash)
     }
     async fn input(&self, bytes: Vec<u8>) -> anyhow::Result<String> {
-        Ok(self.0.upload_input_owned(bytes).await?)
+        Ok(self.0.upload_input_owned(DEFAULT_TENANT, bytes).await?)
     }
 }
 
@@ -93,7 +93,7 @@ async fn run_job(scheduler: &Scheduler, args: &RunArgs) -> anyhow::Result<ExitCo
     }
     // The job's own time: accepted (its modules and inputs are in) to ended.
     let started = Instant::now();
-    let job_id = scheduler.submit(&job).await?;
+    let job_id = scheduler.submit(&Owner::local(), &job).await?;
     let job = scheduler
         .wait(job_id, Duration::from_secs(u64::MAX / 4))
         .await?;

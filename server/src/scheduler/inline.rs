@@ -16,7 +16,7 @@ use sandmill_runtime::message::{TaskMessage, TaskResult, Verdict};
 use sandmill_runtime::worker::{Ran, Worker};
 use tokio::sync::{Semaphore, watch};
 
-use super::{Scheduler, SchedulerError, SubmitOptions};
+use super::{Owner, Scheduler, SchedulerError, SubmitOptions};
 use crate::events::{JobCounts, What};
 use crate::jobfile::JobFile;
 use crate::model::JobStatus;
@@ -68,6 +68,7 @@ impl Scheduler {
     /// path can take it; `Ok(None)`: submit it the ordinary way.
     pub async fn run_inline(
         &self,
+        owner: &Owner,
         job: &JobFile,
         options: SubmitOptions,
         wait: Duration,
@@ -86,7 +87,7 @@ impl Scheduler {
             return Ok(None);
         };
         let started_at = now_ms();
-        let new = self.prepare(job, options).await?;
+        let new = self.prepare(owner, job, options).await?;
         // A call that could outlast the wait must be accepted first, so
         // that its 202 names a job: the ordinary way.
         if new.total != 1 || !new.items.is_empty() || new.limits.timeout > wait {

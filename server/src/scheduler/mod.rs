@@ -57,6 +57,52 @@ pub use mapreduce::part_name;
 pub use retention::DEFAULT_RETAIN;
 pub use schedules::firing_of;
 pub use submit::{SubmitOptions, Submitted};
+
+/// The tenant of an open server, and of what was made before tenants.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Whom a request acts for: what it makes belongs to `tenant`; it may
+/// name the modules and inputs its tenant uploaded, or any (`admin`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The tenant.
+    pub tenant: String,
+    /// Whether it acts for every tenant (and may name any upload).
+    pub admin: bool,
+}
+
+impl Owner {
+    /// A tenant's user.
+    pub fn tenant(tenant: impl Into<String>) -> Owner {
+        Owner {
+            tenant: tenant.into(),
+            admin: false,
+        }
+    }
+
+    /// The one person of an open server, or of a command run on this
+    /// machine (`sandmill run`): the default tenant, as an admin.
+    pub fn local() -> Owner {
+        Owner {
+            tenant: DEFAULT_TENANT.to_owned(),
+            admin: true,
+        }
+    }
+
+    /// The tenant of a job file that was checked when it was stored (a
+    /// schedule's): it may name what it named then.
+    pub fn checked(tenant: &str) -> Owner {
+        Owner {
+            tenant: tenant.to_owned(),
+            admin: true,
+        }
+    }
+
+    /// Whether it may see an object of `tenant`.
+    pub fn sees(&self, tenant: &str) -> bool {
+        self.admin || self.tenant == tenant
+    }
+}
 pub use subscriptions::{
     ERROR_HEADER, REPLY_HEADER, SUBSCRIPTION_ACK_WAIT, results_subject, stream_name,
 };
@@ -304,8 +350,13 @@ impl Scheduler {
     }
 
     /// Validates a module (it must load in the sandbox), stores its bytes
-    /// and records it. Idempotent; a rejected module changes nothing.
-    pub async fn upload_module(&self, bytes: &[u8]) -> Result<ModuleRow, SchedulerError> {
+    /// and records it as `tenant`'s upload. Idempotent; a rejected module
+    /// changes nothing.
+    pub async fn upload_module(
+        &self,
+        tenant: &str,
+        bytes: &[u8],
+    ) -> Result<ModuleRow, SchedulerError> {
         let sandbox = self.inner.sandbox.clone();
         let owned = bytes.to_vec();
         let module = tokio::task::spawn_blocking(move || sandbox.load(&owned))
@@ -321,6 +372,7 @@ impl Scheduler {
             .store
             .put_module(&hash, bytes.len() as i64, &exports)
             .await?;
+        self.inner.store.put_upload(tenant, &hash).await?;
         self.module(&hash)
             .await?
             .ok_or_else(|| SchedulerError::NotFound(format!("module {hash}")))
@@ -347,14 +399,28 @@ impl Scheduler {
         self.inner.modules.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Stores an input blob; returns its hash.
-    pub async fn upload_input(&self, bytes: &[u8]) -> Result<String, SchedulerError> {
-        Ok(self.inner.blobs.put(bytes).await?)
+    /// Stores an input blob as `tenant`'s upload; returns its hash.
+    pub async fn upload_input(&self, tenant: &str, bytes: &[u8]) -> Result<String, SchedulerError> {
+        let hash = self.inner.blobs.put(bytes).await?;
+        self.inner.store.put_upload(tenant, &hash).await?;
+        Ok(hash)
     }
 
     /// [`upload_input`](Self::upload_input) of bytes the caller gives away.
-    pub async fn upload_input_owned(&self, bytes: Vec<u8>) -> Result<String, SchedulerError> {
-        Ok(self.inner.blobs.put_owned(bytes).await?)
+    pub async fn upload_input_owned(
+        &self,
+        tenant: &str,
+        bytes: Vec<u8>,
+    ) -> Result<String, SchedulerError> {
+        let hash = self.inner.blobs.put_owned(bytes).await?;
+        self.inner.store.put_upload(tenant, &hash).await?;
+        Ok(hash)
+    }
+
+    /// Whether `owner` may name the blob `hash` (a module or an input):
+    /// an admin any, a tenant's user those its tenant uploaded.
+    pub async fn may_name(&self, owner: &Owner, hash: &str) -> Result<bool, SchedulerError> {
+        Ok(owner.admin || self.inner.store.uploaded(&owner.tenant, hash).await?)
     }
 
     /// Cancels a running job: its live tasks and its backlog.

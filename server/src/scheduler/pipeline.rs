@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use sandmill_runtime::message::{INLINE_OUTPUT_BYTES, InputPart};
 
 use super::submit::SubmitOptions;
-use super::{SMALL_JOB, Scheduler, SchedulerError, Submitted};
+use super::{Owner, SMALL_JOB, Scheduler, SchedulerError, Submitted};
 use crate::jobfile::{
     DEFAULT_MAX_ATTEMPTS, ForEach, Graph, Invalid, JobFile, StepInput, parse_duration,
 };
@@ -61,6 +61,7 @@ impl Scheduler {
     /// then plans the steps that read no other step.
     pub(super) async fn submit_pipeline(
         &self,
+        owner: &Owner,
         job: &JobFile,
         graph: Graph,
         options: SubmitOptions,
@@ -80,7 +81,7 @@ impl Scheduler {
         for (i, step) in job.steps.iter().enumerate() {
             let own = job.step_job(i);
             let resolved = self
-                .resolve(&own)
+                .resolve(owner, &own)
                 .await
                 .map_err(|e| within(&step.name, e))?;
             let task_params = own
@@ -103,7 +104,7 @@ impl Scheduler {
                         task.module = module.clone();
                         task.kind = Some("preprocess".to_owned());
                     }
-                    let resolved = self.resolve(&pre).await.map_err(|e| match e {
+                    let resolved = self.resolve(owner, &pre).await.map_err(|e| match e {
                         SchedulerError::BadRequest(invalid) => {
                             SchedulerError::BadRequest(Invalid::field(
                                 format!("step.{}.preprocess", step.name),
@@ -141,7 +142,7 @@ impl Scheduler {
                     DraftInput::Step(_) => None,
                 })
                 .collect();
-            self.check_inputs(files.iter())
+            self.check_inputs(owner, files.iter())
                 .await
                 .map_err(|e| within(&step.name, e))?;
             let retry_backoff_ms = match step.retries.as_ref().and_then(|r| r.backoff.as_ref()) {
@@ -154,6 +155,7 @@ impl Scheduler {
             };
             steps.push(NewStep {
                 job: NewJob {
+                    tenant: owner.tenant.clone(),
                     name: step.name.clone(),
                     kind: JobKind::Step,
                     priority: job.priority.unwrap_or(options.default_priority),
@@ -162,7 +164,13 @@ impl Scheduler {
                     limits: resolved.limits,
                     grants: resolved.grants,
                     labels: resolved.labels,
-                    definition: serde_json::to_string(step).unwrap_or_default(),
+                    definition: {
+                        let mut shown = step.clone();
+                        if let Some(grants) = &mut shown.grants {
+                            grants.hide_secrets();
+                        }
+                        serde_json::to_string(&shown).unwrap_or_default()
+                    },
                     task_params,
                     task_input: None,
                     task_input_name: "-".to_owned(),
@@ -184,6 +192,7 @@ impl Scheduler {
         }
         let first = &steps[graph.order[0]].job;
         let parent = NewJob {
+            tenant: owner.tenant.clone(),
             name: job.name.clone(),
             kind: JobKind::Pipeline,
             priority: first.priority,

@@ -126,6 +126,7 @@ impl Scheduler {
             )));
         }
         let new = NewJob {
+            tenant: job.tenant.clone(),
             name: job.name.clone(),
             kind: JobKind::Sweep,
             priority: u8::try_from(job.priority).unwrap_or(0),

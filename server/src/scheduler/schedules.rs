@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use super::{Scheduler, SchedulerError, SubmitOptions};
+use super::{Owner, Scheduler, SchedulerError, SubmitOptions};
 use sandmill_runtime::message::{OutputRef, Verdict};
 
 use crate::jobfile::{Firing, Invalid, JobFile, Overlap, TaskSection};
@@ -49,11 +49,15 @@ impl Scheduler {
     /// Creates a schedule from a job file with `schedule` or `every`: its
     /// job is checked as a submission would be; the first firing is the
     /// next one after now.
-    pub async fn create_schedule(&self, file: &JobFile) -> Result<ScheduleRow, SchedulerError> {
+    pub async fn create_schedule(
+        &self,
+        owner: &Owner,
+        file: &JobFile,
+    ) -> Result<ScheduleRow, SchedulerError> {
         let firing = file.firing()?;
         let job = file.without_schedule();
         if job.graph(self.inner.config.max_tasks_per_job)?.is_none() {
-            self.prepare(&job, SubmitOptions::default()).await?;
+            self.prepare(owner, &job, SubmitOptions::default()).await?;
         }
         let now = now_ms();
         let next_at = firing
@@ -67,6 +71,7 @@ impl Scheduler {
             ),
         };
         let new = NewSchedule {
+            tenant: owner.tenant.clone(),
             name: file.name.clone(),
             job,
             cron,
@@ -88,19 +93,25 @@ impl Scheduler {
             .ok_or_else(|| SchedulerError::Internal("a schedule vanished as it was created".into()))
     }
 
+    /// A schedule `owner` may see.
+    pub async fn schedule(&self, owner: &Owner, name: &str) -> Result<ScheduleRow, SchedulerError> {
+        self.inner
+            .store
+            .schedule(name)
+            .await?
+            .filter(|row| owner.sees(&row.tenant))
+            .ok_or_else(|| SchedulerError::NotFound(format!("schedule `{name}`")))
+    }
+
     /// Pauses or resumes a schedule; a resumed one fires next at its next
     /// time after now (what it missed while paused is not made up).
     pub async fn pause_schedule(
         &self,
+        owner: &Owner,
         name: &str,
         paused: bool,
     ) -> Result<ScheduleRow, SchedulerError> {
-        let row = self
-            .inner
-            .store
-            .schedule(name)
-            .await?
-            .ok_or_else(|| SchedulerError::NotFound(format!("schedule `{name}`")))?;
+        let row = self.schedule(owner, name).await?;
         let next_at = if paused {
             None
         } else {
@@ -118,7 +129,8 @@ impl Scheduler {
     }
 
     /// Deletes a schedule; the jobs it submitted stay.
-    pub async fn delete_schedule(&self, name: &str) -> Result<(), SchedulerError> {
+    pub async fn delete_schedule(&self, owner: &Owner, name: &str) -> Result<(), SchedulerError> {
+        self.schedule(owner, name).await?;
         if self.inner.store.delete_schedule(name).await? {
             self.inner.schedules.notify_one();
             Ok(())
@@ -220,7 +232,10 @@ impl Scheduler {
             tracing::debug!(schedule = %row.name, ?how, "the previous job still runs");
             return Ok(());
         }
-        let job_id = self.submit(&row.job.0).await?;
+        // The file was checked as its tenant's when the schedule was made.
+        let job_id = self
+            .submit(&Owner::checked(&row.tenant), &row.job.0)
+            .await?;
         self.inner.store.schedule_fired(&row.name, job_id).await?;
         tracing::info!(schedule = %row.name, job_id, "schedule fired");
         Ok(())
@@ -280,9 +295,10 @@ impl Scheduler {
         let Some(controller) = row.job.0.controller.clone() else {
             return Ok(());
         };
+        // Its secrets stay out of a blob the API can show.
         let template = JobFile {
             controller: None,
-            ..row.job.0.clone()
+            ..row.job.0.without_secrets()
         };
         let store = &self.inner.store;
         let jobs = store.schedule_jobs(&row.name, CONTROLLER_JOBS).await?;
@@ -313,7 +329,8 @@ impl Scheduler {
         });
         let state = serde_json::to_vec(&state)
             .map_err(|e| SchedulerError::Internal(format!("the controller's state: {e}")))?;
-        let input = self.upload_input(&state).await?;
+        let input = self.upload_input(&row.tenant, &state).await?;
+        let owner = Owner::tenant(row.tenant.clone());
         let limits = controller.limits.clone().unwrap_or_default();
         let call = JobFile {
             name: format!("{}.controller", row.name),
@@ -338,6 +355,7 @@ impl Scheduler {
             + CONTROLLER_SLACK;
         let submitted = self
             .submit_with(
+                &owner,
                 &call,
                 SubmitOptions {
                     wait_for_task: true,
@@ -382,7 +400,7 @@ impl Scheduler {
             )));
         }
         for file in &files {
-            match self.submit(file).await {
+            match self.submit(&owner, file).await {
                 Ok(job_id) => {
                     self.inner.store.schedule_fired(&row.name, job_id).await?;
                     tracing::info!(schedule = %row.name, job_id, "the controller submitted a job");

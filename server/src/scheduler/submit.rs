@@ -8,7 +8,7 @@ use sandmill_runtime::labels::Labels;
 use sandmill_runtime::message::MAX_PRIORITY;
 use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
 
-use super::{SMALL_JOB, Scheduler, SchedulerError, Waiter};
+use super::{Owner, SMALL_JOB, Scheduler, SchedulerError, Waiter};
 use crate::jobfile::{Backlog, DEFAULT_MAX_ATTEMPTS, Invalid, JobFile, check_params_size};
 use crate::model::JobKind;
 use crate::store::{Item, NewJob};
@@ -42,10 +42,10 @@ pub(super) struct Resolved {
 impl Scheduler {
     /// Accepts a job file (modules by hash or spec, never by path): checks
     /// it, stores the job and its backlog, dispatches a small job at once.
-    /// Returns the job id once it is durable.
-    pub async fn submit(&self, job: &JobFile) -> Result<i64, SchedulerError> {
+    /// Returns the job id once it is durable. The job is `owner`'s.
+    pub async fn submit(&self, owner: &Owner, job: &JobFile) -> Result<i64, SchedulerError> {
         Ok(self
-            .submit_with(job, SubmitOptions::default())
+            .submit_with(owner, job, SubmitOptions::default())
             .await?
             .job_id)
     }
@@ -54,6 +54,7 @@ impl Scheduler {
     #[tracing::instrument(skip_all, fields(job = %job.name))]
     pub async fn submit_with(
         &self,
+        owner: &Owner,
         job: &JobFile,
         options: SubmitOptions,
     ) -> Result<Submitted, SchedulerError> {
@@ -72,9 +73,9 @@ impl Scheduler {
             .into());
         }
         if let Some(graph) = job.graph(self.inner.config.max_tasks_per_job)? {
-            return self.submit_pipeline(job, graph, options).await;
+            return self.submit_pipeline(owner, job, graph, options).await;
         }
-        let new = self.prepare(job, options).await?;
+        let new = self.prepare(owner, job, options).await?;
         let dispatch_now = if new.total <= SMALL_JOB { new.total } else { 0 };
         let (job_id, dispatched) = self.inner.store.create_job(&new, dispatch_now).await?;
         let messages = dispatched.messages;
@@ -107,13 +108,14 @@ impl Scheduler {
     /// Checks a job file and turns it into a job to store.
     pub(super) async fn prepare(
         &self,
+        owner: &Owner,
         job: &JobFile,
         options: SubmitOptions,
     ) -> Result<NewJob, SchedulerError> {
         let job = &job.with_uploaded_splits();
         job.check()?;
         let template = job.template()?;
-        let resolved = self.resolve(job).await?;
+        let resolved = self.resolve(owner, job).await?;
         let max_params = self.inner.config.max_params_bytes;
         let backlog = job.backlog(self.inner.config.max_tasks_per_job)?;
         let input_ref = |field: &str, input: &str| -> Result<String, Invalid> {
@@ -179,6 +181,7 @@ impl Scheduler {
             }
         };
         self.check_inputs(
+            owner,
             task_input
                 .iter()
                 .chain(items.iter().filter_map(|i| i.input_hash.as_ref())),
@@ -199,6 +202,7 @@ impl Scheduler {
         self.inner.config.ceilings.check_attempts(max_attempts)?;
         let mapreduce = self.shuffle(job, &resolved.module_hash).await?;
         Ok(NewJob {
+            tenant: owner.tenant.clone(),
             name: job.name.clone(),
             kind: if job.mapreduce.is_some() {
                 JobKind::MapReduce
@@ -255,7 +259,11 @@ impl Scheduler {
 
     /// The module a job names (`sha256:` or a spec), its kind, and the
     /// limits, grants and labels in force (the job's own over the spec's).
-    pub(super) async fn resolve(&self, job: &JobFile) -> Result<Resolved, SchedulerError> {
+    pub(super) async fn resolve(
+        &self,
+        owner: &Owner,
+        job: &JobFile,
+    ) -> Result<Resolved, SchedulerError> {
         let template = job.template()?;
         let module_field = template.section_field("module");
         let mut kind = template
@@ -265,40 +273,44 @@ impl Scheduler {
         let mut limits = job.limits()?;
         let mut grants = job.grants()?;
         let mut labels = job.labels()?;
-        let module_hash =
-            if let Some(hash) = template.module.strip_prefix("sha256:") {
-                hash.to_owned()
-            } else if template.module.ends_with(".wasm") || template.module.contains('/') {
-                return Err(Invalid::field(
-                    &module_field,
-                    format!(
-                        "`{}` is a path; upload it first (the CLI does) and name it sha256:<hash>",
-                        template.module
-                    ),
-                )
-                .into());
-            } else {
-                let (name, version) = match template.module.split_once('@') {
-                    Some((name, version)) => (name, Some(version)),
-                    None => (template.module, None),
-                };
-                let spec =
-                    self.inner.store.spec(name, version).await?.ok_or_else(|| {
-                        SchedulerError::NotFound(format!("spec {}", template.module))
-                    })?;
-                kind = kind.or(Some(spec.kind.0));
-                // The job's own sections override the spec's defaults.
-                if job.limits == Default::default() {
-                    limits = spec.limits.0;
-                }
-                if job.grants == Default::default() {
-                    grants = spec.grants.0;
-                }
-                if job.labels.is_empty() {
-                    labels = spec.labels.0;
-                }
-                spec.module_hash
+        let module_hash = if let Some(hash) = template.module.strip_prefix("sha256:") {
+            if !self.may_name(owner, hash).await? {
+                return Err(SchedulerError::NotFound(format!("module sha256:{hash}")));
+            }
+            hash.to_owned()
+        } else if template.module.ends_with(".wasm") || template.module.contains('/') {
+            return Err(Invalid::field(
+                &module_field,
+                format!(
+                    "`{}` is a path; upload it first (the CLI does) and name it sha256:<hash>",
+                    template.module
+                ),
+            )
+            .into());
+        } else {
+            let (name, version) = match template.module.split_once('@') {
+                Some((name, version)) => (name, Some(version)),
+                None => (template.module, None),
             };
+            let spec = self
+                .inner
+                .store
+                .spec(&owner.tenant, name, version)
+                .await?
+                .ok_or_else(|| SchedulerError::NotFound(format!("spec {}", template.module)))?;
+            kind = kind.or(Some(spec.kind.0));
+            // The job's own sections override the spec's defaults.
+            if job.limits == Default::default() {
+                limits = spec.limits.0;
+            }
+            if job.grants == Default::default() {
+                grants = spec.grants.0;
+            }
+            if job.labels.is_empty() {
+                labels = spec.labels.0;
+            }
+            spec.module_hash
+        };
         let module = self
             .module(&module_hash)
             .await?
@@ -343,14 +355,18 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Every input named must be in the blob store (each checked once).
+    /// Every input named must be in the blob store and one `owner` may
+    /// name (each checked once).
     pub(super) async fn check_inputs<'a>(
         &self,
+        owner: &Owner,
         hashes: impl Iterator<Item = &'a String>,
     ) -> Result<(), SchedulerError> {
         let mut checked = BTreeSet::new();
         for hash in hashes {
-            if checked.insert(hash.as_str()) && !self.inner.blobs.contains(hash).await? {
+            if checked.insert(hash.as_str())
+                && !(self.may_name(owner, hash).await? && self.inner.blobs.contains(hash).await?)
+            {
                 return Err(SchedulerError::NotFound(format!("input sha256:{hash}")));
             }
         }

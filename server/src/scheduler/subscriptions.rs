@@ -32,7 +32,7 @@ use futures_util::StreamExt;
 use sandmill_runtime::message::{OutputRef, TaskResult, Verdict};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
-use super::{Scheduler, SchedulerError, SubmitOptions, Waiter};
+use super::{Owner, Scheduler, SchedulerError, SubmitOptions, Waiter};
 use crate::jobfile::check_params_size;
 use crate::model::{JobKind, TaskState};
 use crate::store::{Item, NewSubscription, Stored, SubscriptionRow};
@@ -150,13 +150,25 @@ impl Scheduler {
     /// what waits in it are kept). A refused one changes nothing.
     pub async fn create_subscription(
         &self,
+        owner: &Owner,
         file: &SubscriptionFile,
     ) -> Result<SubscriptionRow, SchedulerError> {
         let checked = file.check()?;
         let client = self.nats()?.clone();
         let mut job = self
-            .prepare(&file.job_file(), SubmitOptions::default())
+            .prepare(owner, &file.job_file(), SubmitOptions::default())
             .await?;
+        let taken = || {
+            SchedulerError::Conflict(format!(
+                "the subscription name `{}` is another tenant's",
+                file.name
+            ))
+        };
+        if let Some(existing) = self.inner.store.subscription(&file.name).await?
+            && existing.tenant != owner.tenant
+        {
+            return Err(taken());
+        }
         job.kind = JobKind::Subscription;
         job.total = 0;
         job.items.clear();
@@ -205,7 +217,8 @@ impl Scheduler {
                 },
                 &job,
             )
-            .await?;
+            .await?
+            .ok_or_else(taken)?;
         if let Some(old) = old {
             self.job_changed(old);
         }
@@ -217,7 +230,12 @@ impl Scheduler {
     /// Deletes a subscription: no new message becomes a task; its job
     /// ends, and its tasks stay readable. A durable one's stream goes,
     /// with what waited in it.
-    pub async fn delete_subscription(&self, name: &str) -> Result<SubscriptionRow, SchedulerError> {
+    pub async fn delete_subscription(
+        &self,
+        owner: &Owner,
+        name: &str,
+    ) -> Result<SubscriptionRow, SchedulerError> {
+        self.subscription(owner, name).await?;
         let row = self
             .inner
             .store
@@ -250,7 +268,7 @@ impl Scheduler {
             let page = self
                 .inner
                 .store
-                .subscriptions(after.as_deref(), 100)
+                .subscriptions(None, after.as_deref(), 100)
                 .await?;
             let Some(last) = page.last() else {
                 return Ok(());
@@ -756,20 +774,30 @@ impl Scheduler {
         }
     }
 
+    /// A subscription `owner` may see.
+    pub async fn subscription(
+        &self,
+        owner: &Owner,
+        name: &str,
+    ) -> Result<SubscriptionRow, SchedulerError> {
+        self.inner
+            .store
+            .subscription(name)
+            .await?
+            .filter(|row| owner.sees(&row.tenant))
+            .ok_or_else(|| SchedulerError::NotFound(format!("subscription {name}")))
+    }
+
     /// A page of a subscription's dead letters: its tasks that failed for
     /// good, by place, after `after`.
     pub async fn dead_letters(
         &self,
+        owner: &Owner,
         name: &str,
         after: Option<i64>,
         limit: i64,
     ) -> Result<(SubscriptionRow, Vec<crate::store::TaskRow>), SchedulerError> {
-        let row = self
-            .inner
-            .store
-            .subscription(name)
-            .await?
-            .ok_or_else(|| SchedulerError::NotFound(format!("subscription {name}")))?;
+        let row = self.subscription(owner, name).await?;
         let tasks = self
             .inner
             .store

@@ -7,11 +7,14 @@ use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
 use super::types::{JsonText, Text};
 use super::{ModuleRow, SpecRow, Store, StoreError, now_ms, on_pool};
 
-const SPEC_COLUMNS: &str = "name, version, module_hash, kind, limits, grants, labels, created_at";
+const SPEC_COLUMNS: &str =
+    "tenant, name, version, module_hash, kind, limits, grants, labels, created_at";
 
 /// A spec version to register.
 #[derive(Clone, Debug)]
 pub struct NewSpec {
+    /// The tenant it belongs to.
+    pub tenant: String,
     /// Name.
     pub name: String,
     /// Version.
@@ -55,6 +58,35 @@ impl Store {
         Ok(done == 1)
     }
 
+    /// Records that `tenant` uploaded the blob `hash` (a module or an
+    /// input): what it may name in its jobs and specs.
+    pub async fn put_upload(&self, tenant: &str, hash: &str) -> Result<(), StoreError> {
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO uploads (tenant, hash, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant, hash) DO NOTHING",
+        )
+        .bind(tenant.to_owned())
+        .bind(hash.to_owned())
+        .bind(now_ms())
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// Whether `tenant` uploaded the blob `hash`.
+    pub async fn uploaded(&self, tenant: &str, hash: &str) -> Result<bool, StoreError> {
+        let found = on_pool!(self, pool => sqlx::query(
+            "SELECT 1 FROM uploads WHERE tenant = $1 AND hash = $2",
+        )
+        .bind(tenant.to_owned())
+        .bind(hash.to_owned())
+        .fetch_optional(pool)
+        .await?
+        .is_some());
+        Ok(found)
+    }
+
     /// A module by hash.
     pub async fn module(&self, hash: &str) -> Result<Option<ModuleRow>, StoreError> {
         let row = on_pool!(self, pool => sqlx::query_as::<_, ModuleRow>(
@@ -70,8 +102,8 @@ impl Store {
     /// exist with different content (versions are immutable).
     pub async fn put_spec(&self, spec: &NewSpec) -> Result<bool, StoreError> {
         let inserted = on_pool!(self, pool => sqlx::query(
-            "INSERT INTO specs (name, version, module_hash, kind, limits, grants, labels, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name, version) DO NOTHING",
+            "INSERT INTO specs (name, version, module_hash, kind, limits, grants, labels, created_at, tenant) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (tenant, name, version) DO NOTHING",
         )
         .bind(spec.name.clone())
         .bind(spec.version.clone())
@@ -81,13 +113,16 @@ impl Store {
         .bind(JsonText(spec.grants.clone()))
         .bind(JsonText(spec.labels.clone()))
         .bind(now_ms())
+        .bind(spec.tenant.clone())
         .execute(pool)
         .await?
         .rows_affected());
         if inserted == 1 {
             return Ok(true);
         }
-        let existing = self.spec(&spec.name, Some(&spec.version)).await?;
+        let existing = self
+            .spec(&spec.tenant, &spec.name, Some(&spec.version))
+            .await?;
         Ok(existing.is_some_and(|e| {
             e.module_hash == spec.module_hash
                 && e.kind.0 == spec.kind
@@ -97,53 +132,64 @@ impl Store {
         }))
     }
 
-    /// Spec versions by name, then newest first within a name: the first
-    /// `limit` after the cursor `(name, created_at, version)`.
+    /// Spec versions of a tenant (of every tenant: `None`) by name, then
+    /// tenant, then newest first: the first `limit` after the cursor
+    /// `(name, tenant, created_at, version)`.
     pub async fn specs(
         &self,
+        tenant: Option<&str>,
         name: Option<&str>,
-        after: Option<(String, i64, String)>,
+        after: Option<(String, String, i64, String)>,
         limit: i64,
     ) -> Result<Vec<SpecRow>, StoreError> {
         let rows = on_pool!(self, pool => {
             let mut q = sqlx::QueryBuilder::new(format!("SELECT {SPEC_COLUMNS} FROM specs WHERE 1 = 1"));
+            if let Some(tenant) = tenant {
+                q.push(" AND tenant = ").push_bind(tenant.to_owned());
+            }
             if let Some(name) = name {
                 q.push(" AND name = ").push_bind(name.to_owned());
             }
-            if let Some((name, created_at, version)) = after {
-                // (name ASC, created_at DESC, version DESC) strictly after.
+            if let Some((name, tenant, created_at, version)) = after {
+                // (name ASC, tenant ASC, created_at DESC, version DESC)
+                // strictly after.
                 q.push(" AND (name > ").push_bind(name.clone())
                     .push(" OR (name = ").push_bind(name.clone())
+                    .push(" AND (tenant > ").push_bind(tenant.clone())
+                    .push(" OR (tenant = ").push_bind(tenant)
                     .push(" AND (created_at < ").push_bind(created_at)
                     .push(" OR (created_at = ").push_bind(created_at)
                     .push(" AND version < ").push_bind(version)
-                    .push("))))");
+                    .push("))))))");
             }
-            q.push(" ORDER BY name, created_at DESC, version DESC LIMIT ").push_bind(limit);
+            q.push(" ORDER BY name, tenant, created_at DESC, version DESC LIMIT ").push_bind(limit);
             q.build_query_as::<SpecRow>().fetch_all(pool).await?
         });
         Ok(rows)
     }
 
-    /// A spec by name: the given version, or the newest.
+    /// A tenant's spec by name: the given version, or the newest.
     pub async fn spec(
         &self,
+        tenant: &str,
         name: &str,
         version: Option<&str>,
     ) -> Result<Option<SpecRow>, StoreError> {
         let row = on_pool!(self, pool => match version {
             Some(version) => sqlx::query_as::<_, SpecRow>(sqlx::AssertSqlSafe(format!(
-                "SELECT {SPEC_COLUMNS} FROM specs WHERE name = $1 AND version = $2"
+                "SELECT {SPEC_COLUMNS} FROM specs WHERE name = $1 AND version = $2 AND tenant = $3"
             )))
             .bind(name.to_owned())
             .bind(version.to_owned())
+            .bind(tenant.to_owned())
             .fetch_optional(pool)
             .await?,
             None => sqlx::query_as::<_, SpecRow>(sqlx::AssertSqlSafe(format!(
-                "SELECT {SPEC_COLUMNS} FROM specs WHERE name = $1 \
+                "SELECT {SPEC_COLUMNS} FROM specs WHERE name = $1 AND tenant = $2 \
                  ORDER BY created_at DESC, version DESC LIMIT 1"
             )))
             .bind(name.to_owned())
+            .bind(tenant.to_owned())
             .fetch_optional(pool)
             .await?,
         });

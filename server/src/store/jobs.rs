@@ -37,6 +37,8 @@ pub struct Item {
 /// A job being created.
 #[derive(Clone, Debug)]
 pub struct NewJob {
+    /// The tenant it belongs to.
+    pub tenant: String,
     /// Display name.
     pub name: String,
     /// What its file described.
@@ -106,9 +108,9 @@ per_backend! {
             "INSERT INTO jobs (name, kind, status, priority, task_kind, module_hash, limits, grants, labels, \
              definition, task_params, task_input_hash, task_input_name, has_items, total_tasks, dispatched, \
              succeeded, failed, cancelled, max_attempts, queue_timeout_ms, created_at, updated_at, \
-             maps, reducers, shuffle, planned, cache, resubmit_of) \
+             maps, reducers, shuffle, planned, cache, resubmit_of, tenant) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, 0, 0, 0, $16, $17, $18, $18, \
-             $19, $20, $21, $22, $23, $24) \
+             $19, $20, $21, $22, $23, $24, $25) \
              RETURNING id",
         )
         .bind(safe_text(&job.name, 1024))
@@ -137,6 +139,7 @@ per_backend! {
         .bind(i64::from(job.mapreduce.as_ref().is_none_or(|(r, _)| *r == 0)))
         .bind(i64::from(job.cache))
         .bind(job.resubmit_of)
+        .bind(job.tenant.clone())
         .fetch_one(&mut **tx)
         .await?
         .try_get(0)
@@ -259,9 +262,11 @@ impl Store {
     }
 
     /// A page of jobs, most recently updated first, optionally of one
-    /// status: the first `limit` after the cursor `(updated_at, id)`.
+    /// tenant and one status: the first `limit` after the cursor
+    /// `(updated_at, id)`.
     pub async fn jobs(
         &self,
+        tenant: Option<&str>,
         status: Option<JobStatus>,
         after: Option<(i64, i64)>,
         limit: i64,
@@ -269,6 +274,9 @@ impl Store {
         let rows = on_pool!(self, pool => {
             // A pipeline's steps are shown with it, not on their own.
             let mut q = QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE parent_id IS NULL"));
+            if let Some(tenant) = tenant {
+                q.push(" AND tenant = ").push_bind(tenant.to_owned());
+            }
             if let Some(status) = status {
                 q.push(" AND status = ").push_bind(Text(status));
             }

@@ -126,8 +126,8 @@ fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
 const INSERT_JOB: &str = "INSERT INTO jobs (name, kind, status, priority, task_kind, module_hash, limits, \
      grants, labels, definition, task_params, task_input_hash, task_input_name, has_items, total_tasks, \
      dispatched, succeeded, failed, cancelled, max_attempts, queue_timeout_ms, created_at, updated_at, \
-     finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, 1, 1, $14, $15, 0, \
-     $16, $17, $18, $19, $19) RETURNING id";
+     finished_at, tenant) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, 1, 1, $14, $15, 0, \
+     $16, $17, $18, $19, $19, $20) RETURNING id";
 
 const INSERT_TASK: &str = "INSERT INTO tasks (job_id, seq, state, attempt, reason, error, output, \
      output_hash, output_size, starts, seed, created_at, started_at, finished_at, cache_key) \
@@ -276,6 +276,7 @@ impl Store {
             .bind(run.job.queue_timeout_ms)
             .bind(run.started_at)
             .bind(v.now)
+            .bind(run.job.tenant.clone())
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
@@ -348,6 +349,7 @@ fn write_sqlite(
                 run.job.queue_timeout_ms,
                 run.started_at,
                 v.now,
+                run.job.tenant,
             ],
             |row| row.get(0),
         )?;

@@ -8,7 +8,7 @@ use crate::jobfile::JobFile;
 use crate::model::JobStatus;
 
 const SCHEDULE_COLUMNS: &str = "name, job, cron, every_ms, overlap, paused, next_at, queued, fired, \
-     skipped, last_fired_at, last_job_id, created_at, updated_at";
+     skipped, last_fired_at, last_job_id, created_at, updated_at, tenant";
 
 /// A schedule as stored.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -41,11 +41,15 @@ pub struct ScheduleRow {
     pub created_at: i64,
     /// Last change.
     pub updated_at: i64,
+    /// The tenant it belongs to (and its jobs).
+    pub tenant: String,
 }
 
 /// A schedule to create.
 #[derive(Clone, Debug)]
 pub struct NewSchedule {
+    /// The tenant it belongs to.
+    pub tenant: String,
     /// Its name.
     pub name: String,
     /// The job each firing submits.
@@ -93,8 +97,8 @@ impl Store {
     pub async fn put_schedule(&self, new: &NewSchedule) -> Result<bool, StoreError> {
         let now = now_ms();
         let done = on_pool!(self, pool => sqlx::query(
-            "INSERT INTO schedules (name, job, cron, every_ms, overlap, next_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO schedules (name, job, cron, every_ms, overlap, next_at, created_at, updated_at, tenant) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) ON CONFLICT (name) DO NOTHING",
         )
         .bind(new.name.clone())
         .bind(JsonText(new.job.clone()))
@@ -103,6 +107,7 @@ impl Store {
         .bind(new.overlap)
         .bind(new.next_at)
         .bind(now)
+        .bind(new.tenant.clone())
         .execute(pool)
         .await?
         .rows_affected());
@@ -120,17 +125,21 @@ impl Store {
         Ok(row)
     }
 
-    /// Schedules by name: the first `limit` after `after`.
+    /// Schedules of a tenant (of every tenant: `None`) by name: the first
+    /// `limit` after `after`.
     pub async fn schedules(
         &self,
+        tenant: Option<&str>,
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ScheduleRow>, StoreError> {
         let rows = on_pool!(self, pool => sqlx::query_as::<_, ScheduleRow>(sqlx::AssertSqlSafe(format!(
-            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name > $1 ORDER BY name LIMIT $2"
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name > $1 AND (CAST($3 AS TEXT) IS NULL OR tenant = $3) \
+             ORDER BY name LIMIT $2"
         )))
         .bind(after.unwrap_or_default().to_owned())
         .bind(limit)
+        .bind(tenant.map(str::to_owned))
         .fetch_all(pool)
         .await?);
         Ok(rows)

@@ -11,7 +11,7 @@ use crate::model::TaskState;
 use crate::subscription::SubscriptionFile;
 
 const SUBSCRIPTION_COLUMNS: &str = "name, version, subject, queue, max_in_flight, keep_ms, \
-     keep_count, definition, job_id, created_at, updated_at";
+     keep_count, definition, job_id, created_at, updated_at, tenant";
 
 /// Finished tasks removed per statement by retention.
 const PRUNE_CHUNK: i64 = 1_000;
@@ -41,6 +41,8 @@ pub struct SubscriptionRow {
     pub created_at: i64,
     /// When this version was.
     pub updated_at: i64,
+    /// The tenant it belongs to (and its job).
+    pub tenant: String,
 }
 
 /// A subscription to create or replace.
@@ -54,13 +56,14 @@ pub struct NewSubscription {
 
 impl Store {
     /// Creates a subscription with a new job for its tasks, or replaces
-    /// one (its version goes up; its old job ends); returns it and the job
-    /// it replaced.
+    /// one of the job's tenant (its version goes up; its old job ends);
+    /// returns it and the job it replaced, or `None` when the name is
+    /// another tenant's (nothing changes).
     pub async fn put_subscription(
         &self,
         new: &NewSubscription,
         job: &NewJob,
-    ) -> Result<(SubscriptionRow, Option<i64>), StoreError> {
+    ) -> Result<Option<(SubscriptionRow, Option<i64>)>, StoreError> {
         let now = now_ms();
         let c = &new.checked;
         let put = on_pool!(self, pool, db => {
@@ -75,11 +78,12 @@ impl Store {
             }
             let row = sqlx::query_as::<_, SubscriptionRow>(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}) \
-                 VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+                 VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) \
                  ON CONFLICT (name) DO UPDATE SET version = subscriptions.version + 1, \
                  subject = EXCLUDED.subject, queue = EXCLUDED.queue, max_in_flight = EXCLUDED.max_in_flight, \
                  keep_ms = EXCLUDED.keep_ms, keep_count = EXCLUDED.keep_count, \
                  definition = EXCLUDED.definition, job_id = EXCLUDED.job_id, updated_at = EXCLUDED.updated_at \
+                 WHERE subscriptions.tenant = EXCLUDED.tenant \
                  RETURNING {SUBSCRIPTION_COLUMNS}"
             )))
             .bind(new.file.name.clone())
@@ -91,10 +95,17 @@ impl Store {
             .bind(JsonText(new.file.clone()))
             .bind(job_id)
             .bind(now)
-            .fetch_one(&mut *tx)
+            .bind(job.tenant.clone())
+            .fetch_optional(&mut *tx)
             .await?;
-            tx.commit().await?;
-            (row, old)
+            match row {
+                // Another tenant's name: the transaction is rolled back.
+                None => None,
+                Some(row) => {
+                    tx.commit().await?;
+                    Some((row, old))
+                }
+            }
         });
         Ok(put)
     }
@@ -110,17 +121,21 @@ impl Store {
         Ok(row)
     }
 
-    /// Subscriptions by name: the first `limit` after `after`.
+    /// Subscriptions of a tenant (of every tenant: `None`) by name: the
+    /// first `limit` after `after`.
     pub async fn subscriptions(
         &self,
+        tenant: Option<&str>,
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<SubscriptionRow>, StoreError> {
         let rows = on_pool!(self, pool => sqlx::query_as::<_, SubscriptionRow>(sqlx::AssertSqlSafe(format!(
-            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE name > $1 ORDER BY name LIMIT $2"
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE name > $1 AND (CAST($3 AS TEXT) IS NULL OR tenant = $3) \
+             ORDER BY name LIMIT $2"
         )))
         .bind(after.unwrap_or_default().to_owned())
         .bind(limit)
+        .bind(tenant.map(str::to_owned))
         .fetch_all(pool)
         .await?);
         Ok(rows)

@@ -1,0 +1,39 @@
+-- Tenants (keep in step with ../postgres/0011_tenants.sql).
+--
+-- Jobs (and through them tasks, outputs and logs), specs, schedules and
+-- subscriptions belong to a tenant: the tenant of the token that made
+-- them. What was made before tenants belongs to `default`, the tenant of
+-- an open server.
+ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+CREATE INDEX jobs_tenant ON jobs (tenant, updated_at, id) WHERE parent_id IS NULL;
+ALTER TABLE schedules ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE subscriptions ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+
+-- Spec names are per tenant.
+CREATE TABLE specs_new (
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    module_hash TEXT NOT NULL REFERENCES modules (hash),
+    kind TEXT NOT NULL,
+    limits TEXT NOT NULL,
+    grants TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, name, version)
+);
+INSERT INTO specs_new (tenant, name, version, module_hash, kind, limits, grants, labels, created_at)
+    SELECT 'default', name, version, module_hash, kind, limits, grants, labels, created_at FROM specs;
+DROP TABLE specs;
+ALTER TABLE specs_new RENAME TO specs;
+
+-- Who uploaded what: a tenant may name in its jobs and specs only the
+-- modules and inputs it uploaded (blobs are shared by content; uploads
+-- are not).
+CREATE TABLE uploads (
+    tenant TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, hash)
+);
+INSERT INTO uploads (tenant, hash, created_at) SELECT 'default', hash, created_at FROM modules;
