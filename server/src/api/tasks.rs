@@ -160,14 +160,20 @@ fn sha256_of(hash: &str) -> Result<String, ApiError> {
     Ok(hash.to_owned())
 }
 
-/// A stored blob's bytes, or 404.
-async fn blob_response(state: &AppState, hash: &str) -> Result<Response, ApiError> {
-    let bytes = state
+/// A blob's bytes, if stored.
+async fn blob_bytes(state: &AppState, hash: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    Ok(state
         .scheduler
         .blobs()
         .get(hash)
         .await
-        .map_err(SchedulerError::Blob)?
+        .map_err(SchedulerError::Blob)?)
+}
+
+/// A stored blob's bytes, or 404.
+async fn blob_response(state: &AppState, hash: &str) -> Result<Response, ApiError> {
+    let bytes = blob_bytes(state, hash)
+        .await?
         .ok_or(ApiError::NotFound(format!("blob sha256:{hash}")))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
@@ -248,15 +254,11 @@ pub(crate) async fn read_stored(
     match stored {
         Stored::Nothing => Ok(None),
         Stored::Inline(bytes) => Ok(Some(bytes)),
-        Stored::Blob(hash) => Ok(Some(
-            state
-                .scheduler
-                .blobs()
-                .get(&hash)
-                .await
-                .map_err(SchedulerError::Blob)?
-                .ok_or_else(|| SchedulerError::Internal(format!("blob {hash} is missing")))?,
-        )),
+        Stored::Blob(hash) => {
+            Ok(Some(blob_bytes(state, &hash).await?.ok_or_else(|| {
+                SchedulerError::Internal(format!("blob {hash} is missing"))
+            })?))
+        }
     }
 }
 
