@@ -1215,3 +1215,15 @@ fn serve_with_tokens_refuses_requests_without_a_live_token() {
         );
     });
 }
+
+/// Fair share on the fleet: tenant alpha's sweep of 100,000 no-op tasks
+/// is running when tenant beta submits 10; beta's job ends within a
+/// second.
+#[test]
+fn one_tenants_big_sweep_does_not_hold_up_anothers_small_job_on_the_fleet() {
+    run_test(Duration::from_secs(300), async {
+        let mut fleet = Fleet::start(&["--auth", "tokens"]).await;
+        fleet.start_worker("w1", "", 2);
+        support::fair_share(&fleet.base, &fleet.database, "fleet").await;
+    });
+}

@@ -506,86 +506,6 @@ fn limits_past_the_servers_ceilings_are_refused_naming_them() {
     });
 }
 
-/// One tenant's token against `sandmill dev --auth tokens`: every
-/// response's status and body.
-struct As<'a> {
-    http: &'a reqwest::Client,
-    base: &'a str,
-    token: String,
-    /// Every body it was answered with, to look for secrets in.
-    bodies: std::sync::Mutex<Vec<String>>,
-}
-
-impl As<'_> {
-    async fn send(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>) -> (u16, String) {
-        let mut request = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some((content_type, bytes)) = body {
-            request = request.header("content-type", content_type).body(bytes);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        self.bodies.lock().unwrap().push(text.clone());
-        (status, text)
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let (status, text) = self.send("GET", path, None).await;
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let (status, text) = self
-            .send(
-                "POST",
-                path,
-                Some(("application/json", body.to_string().into_bytes())),
-            )
-            .await;
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    /// `/v1/events` from now on.
-    async fn events(&self) -> reqwest::Response {
-        let response = self
-            .http
-            .get(format!("{}/v1/events", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        response
-    }
-}
-
-/// What an event stream sends within `within`.
-async fn read_for(mut response: reqwest::Response, within: Duration) -> String {
-    let mut seen = Vec::new();
-    let _ = tokio::time::timeout(within, async {
-        while let Ok(Some(chunk)) = response.chunk().await {
-            seen.extend_from_slice(&chunk);
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&seen).into_owned()
-}
-
-/// `sandmill token create` against a dev server's database.
-fn token(data: &std::path::Path, tenant: &str, role: &str) -> String {
-    let out = support::output_within(
-        std::process::Command::new(env!("CARGO_BIN_EXE_sandmill"))
-            .args(["token", "--database"])
-            .arg(data.join("sandmill.db"))
-            .args(["create", "--tenant", tenant, "--role", role]),
-        Duration::from_secs(60),
-    );
-    support::ok(&out).trim().to_owned()
-}
-
 /// Tenants: every route answers 404 for another tenant's job, task, blob,
 /// module, spec, schedule and subscription, as if it did not exist; lists
 /// and the event stream leave them out; nothing of theirs can be named in
@@ -608,10 +528,10 @@ fn tenants_see_only_their_own_and_env_secrets_never_show() {
         support::wait_port(port, Duration::from_secs(60));
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
-        let who = |tenant: &str, role: &str| As {
+        let who = |tenant: &str, role: &str| support::As {
             http: &http,
             base: &base,
-            token: token(data.path(), tenant, role),
+            token: support::token(&dev_database(data.path()), tenant, role),
             bodies: Default::default(),
         };
         let alpha = who("alpha", "user");
@@ -817,10 +737,10 @@ fn tenants_see_only_their_own_and_env_secrets_never_show() {
         ended_task_as(&beta, own).await;
         ended_task_as(&alpha, again).await;
         let job_event = |id: i64| format!("\"job_id\":{id},");
-        let seen = read_for(beta_events, Duration::from_secs(1)).await;
+        let seen = support::read_for(beta_events, Duration::from_secs(1)).await;
         assert!(seen.contains(&job_event(own)), "{seen}");
         assert!(!seen.contains(&job_event(again)), "alpha's events: {seen}");
-        let seen = read_for(admin_events, Duration::from_secs(1)).await;
+        let seen = support::read_for(admin_events, Duration::from_secs(1)).await;
         assert!(
             seen.contains(&job_event(own)) && seen.contains(&job_event(again)),
             "{seen}"
@@ -865,7 +785,7 @@ fn tenants_see_only_their_own_and_env_secrets_never_show() {
 }
 
 /// The job's only task once the job has ended, as `caller`.
-async fn ended_task_as(caller: &As<'_>, id: i64) -> Value {
+async fn ended_task_as(caller: &support::As<'_>, id: i64) -> Value {
     for _ in 0..600 {
         let (_, job) = caller.get(&format!("/v1/jobs/{id}")).await;
         if job["status"] != "running" {
@@ -874,4 +794,25 @@ async fn ended_task_as(caller: &As<'_>, id: i64) -> Value {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("job {id} did not end");
+}
+
+/// Fair share between tenants: alpha's sweep of 100,000 no-op tasks is
+/// running when beta submits 10; beta's job ends within a second.
+#[test]
+fn one_tenants_big_sweep_does_not_hold_up_anothers_small_job() {
+    run_test(Duration::from_secs(300), async {
+        let data = tempfile::tempdir().unwrap();
+        let port = support::free_port();
+        let mut command = support::dev_command(data.path(), port);
+        command.args(["--auth", "tokens"]);
+        let _process = support::Killed::spawn(&mut command);
+        support::wait_port(port, Duration::from_secs(60));
+        let base = format!("http://127.0.0.1:{port}");
+        support::fair_share(&base, &dev_database(data.path()), "embedded").await;
+    });
+}
+
+/// The database of a `sandmill dev` on `data`.
+fn dev_database(data: &std::path::Path) -> String {
+    data.join("sandmill.db").display().to_string()
 }

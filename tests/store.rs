@@ -562,6 +562,39 @@ async fn suite(store: Store) {
             .is_empty()
     );
     schedules(&store).await;
+    tenants_take_turns(&store).await;
+}
+
+/// The backlog gives each tenant's jobs in turn: one tenant's many jobs
+/// do not keep another's out of a dispatch round. Lists keep to a tenant.
+async fn tenants_take_turns(store: &Store) {
+    let mut alphas = Vec::new();
+    for _ in 0..12 {
+        let new = NewJob {
+            tenant: "alpha".into(),
+            ..job(5, items(5), 1)
+        };
+        alphas.push(store.create_job(&new, 0).await.unwrap().0);
+    }
+    let new = NewJob {
+        tenant: "beta".into(),
+        ..job(5, items(5), 1)
+    };
+    let beta = store.create_job(&new, 0).await.unwrap().0;
+    let round = store.backlog(4).await.unwrap();
+    let ids: Vec<i64> = round.iter().map(|b| b.job_id).collect();
+    assert_eq!(ids, vec![alphas[0], beta, alphas[1], alphas[2]]);
+    assert_eq!(round[1].tenant, "beta");
+    let listed = store.jobs(Some("beta"), None, None, 100).await.unwrap();
+    assert_eq!(listed.iter().map(|j| j.id).collect::<Vec<_>>(), vec![beta]);
+    assert_eq!(
+        store
+            .jobs(Some("alpha"), None, None, 100)
+            .await
+            .unwrap()
+            .len(),
+        12
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -501,3 +501,178 @@ pub fn wait_port(port: u16, limit: Duration) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// One tenant's token against a server with `--auth tokens`: every
+/// response's status and body.
+pub struct As<'a> {
+    /// The client.
+    pub http: &'a reqwest::Client,
+    /// The server.
+    pub base: &'a str,
+    /// Its secret.
+    pub token: String,
+    /// Every body it was answered with, to look for secrets in.
+    pub bodies: std::sync::Mutex<Vec<String>>,
+}
+
+impl As<'_> {
+    /// `method path` with a body of a content type; status and text.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> (u16, String) {
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some((content_type, bytes)) = body {
+            request = request.header("content-type", content_type).body(bytes);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        self.bodies.lock().unwrap().push(text.clone());
+        (status, text)
+    }
+
+    /// `GET path`: status and JSON (null if none).
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, text) = self.send("GET", path, None).await;
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// `POST path` of JSON: status and JSON (null if none).
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let (status, text) = self
+            .send(
+                "POST",
+                path,
+                Some(("application/json", body.to_string().into_bytes())),
+            )
+            .await;
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// `/v1/events` from now on.
+    pub async fn events(&self) -> reqwest::Response {
+        let response = self
+            .http
+            .get(format!("{}/v1/events", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response
+    }
+}
+
+/// What an event stream sends within `within`.
+pub async fn read_for(mut response: reqwest::Response, within: Duration) -> String {
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(within, async {
+        while let Ok(Some(chunk)) = response.chunk().await {
+            seen.extend_from_slice(&chunk);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// `sandmill token create` against a server's database; the secret.
+pub fn token(database: &str, tenant: &str, role: &str) -> String {
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_sandmill"))
+            .args(["token", "--database", database])
+            .args(["create", "--tenant", tenant, "--role", role]),
+        Duration::from_secs(60),
+    );
+    ok(&out).trim().to_owned()
+}
+
+/// Fair share, through the API of a server with `--auth tokens` on
+/// `database`: tenant alpha's sweep of 100,000 no-op tasks is well under
+/// way when tenant beta submits 10; beta's job must end within a second,
+/// while alpha's still runs. Prints the figures, labelled `mode`.
+pub async fn fair_share(base: &str, database: &str, mode: &str) {
+    const BIG: i64 = 100_000;
+    let http = reqwest::Client::new();
+    let who = |tenant: &str| As {
+        http: &http,
+        base,
+        token: token(database, tenant, "user"),
+        bodies: Default::default(),
+    };
+    let (alpha, beta) = (who("alpha"), who("beta"));
+    let noop = std::fs::read(sandmill_test_artifacts::NOOP).expect("noop built");
+    let mut modules = Vec::new();
+    for caller in [&alpha, &beta] {
+        let (status, text) = caller
+            .send(
+                "POST",
+                "/v1/modules",
+                Some(("application/wasm", noop.clone())),
+            )
+            .await;
+        assert_eq!(status, 200, "{text}");
+        let module: serde_json::Value = serde_json::from_str(&text).expect("module json");
+        modules.push(module["module"].clone());
+    }
+    let (status, big) = alpha
+        .post(
+            "/v1/jobs",
+            serde_json::json!({"name": "big", "sweep": {"module": modules[0], "count": BIG}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{big}");
+    let big = big["id"].as_i64().expect("job id");
+    let done = |job: &serde_json::Value| job["tasks"]["succeeded"].as_i64().unwrap_or(0);
+    // Alpha's sweep is well under way: its window is full.
+    let at_submit = loop {
+        let (_, job) = alpha.get(&format!("/v1/jobs/{big}")).await;
+        if done(&job) >= 2_000 {
+            break done(&job);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let started = Instant::now();
+    let (status, small) = beta
+        .post(
+            "/v1/jobs",
+            serde_json::json!({"name": "small", "sweep": {"module": modules[1], "count": 10}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{small}");
+    let small = small["id"].as_i64().expect("job id");
+    let at_end = loop {
+        let (_, job) = beta.get(&format!("/v1/jobs/{small}")).await;
+        if job["status"] != "running" {
+            assert_eq!(job["status"], "succeeded", "{job}");
+            let (_, theirs) = alpha.get(&format!("/v1/jobs/{big}")).await;
+            break done(&theirs);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let elapsed = started.elapsed();
+    eprintln!(
+        "fair share ({mode}): beta's 10 tasks took {elapsed:?} behind alpha's sweep of {BIG}, \
+         which ran {} tasks meanwhile",
+        at_end - at_submit
+    );
+    assert!(
+        at_end < BIG,
+        "alpha's sweep was still running ({at_end} done)"
+    );
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "beta's job took {elapsed:?} behind alpha's sweep"
+    );
+}

@@ -1,6 +1,7 @@
 //! The dispatcher: keeps the window full. It wakes when a job arrives or
 //! results free room, takes tasks from the backlogs of running jobs
-//! (highest priority first, equal shares within a priority), creates them
+//! (equal shares between tenants; within one, highest priority first and
+//! equal shares within a priority), creates them
 //! as queued rows and publishes them. Nothing it holds grows with a job's
 //! size: a backlog is a cursor in the database.
 
@@ -24,54 +25,70 @@ const DISPATCH_CHUNK: i64 = 256;
 /// failed.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// How `room` task slots are shared among jobs with a backlog (in
-/// priority order): the highest priority first, equal shares within a
-/// priority (the remainder to the oldest), what a job cannot use to the
-/// next.
-pub(crate) fn plan(room: i64, jobs: &[Backlog]) -> Vec<(i64, i64)> {
-    let mut plan = Vec::new();
-    let mut room = room;
-    let mut start = 0;
-    while start < jobs.len() && room > 0 {
-        let priority = jobs[start].priority;
-        let end = start
-            + jobs[start..]
-                .iter()
-                .take_while(|j| j.priority == priority)
-                .count();
-        let mut group: Vec<(i64, i64)> = jobs[start..end]
-            .iter()
-            .map(|j| (j.job_id, j.remaining))
-            .collect();
-        // Equal shares, again and again, until the room or the group's
-        // backlog runs out.
-        let mut given = vec![0i64; group.len()];
-        loop {
-            let hungry: Vec<usize> = (0..group.len()).filter(|&i| group[i].1 > 0).collect();
-            if hungry.is_empty() || room == 0 {
-                break;
-            }
-            let share = (room / hungry.len() as i64).max(1);
-            for i in hungry {
-                let take = share.min(group[i].1).min(room);
-                group[i].1 -= take;
-                given[i] += take;
-                room -= take;
-                if room == 0 {
-                    break;
-                }
+/// `room` shared out in equal shares, again and again, among appetites
+/// (in order: the remainder goes to the first), until the room or every
+/// appetite runs out. What one cannot use goes to the others.
+fn share(mut room: i64, appetites: &[i64]) -> Vec<i64> {
+    let mut left = appetites.to_vec();
+    let mut given = vec![0i64; left.len()];
+    loop {
+        let hungry: Vec<usize> = (0..left.len()).filter(|&i| left[i] > 0).collect();
+        if hungry.is_empty() || room <= 0 {
+            return given;
+        }
+        let each = (room / hungry.len() as i64).max(1);
+        for i in hungry {
+            let take = each.min(left[i]).min(room);
+            left[i] -= take;
+            given[i] += take;
+            room -= take;
+            if room == 0 {
+                return given;
             }
         }
-        plan.extend(
-            group
-                .iter()
-                .zip(given)
-                .filter(|(_, n)| *n > 0)
-                .map(|((job, _), n)| (*job, n)),
-        );
-        start = end;
+    }
+}
+
+/// How `room` task slots are shared among jobs with a backlog: in equal
+/// shares between tenants (fair share: one tenant's many or big jobs do
+/// not hold up another's), and within a tenant the highest priority
+/// first, equal shares within a priority (the remainder to the oldest),
+/// what a job cannot use to the next. `jobs` come as
+/// [`Store::backlog`](crate::store::Store::backlog) orders them.
+pub(crate) fn plan(room: i64, jobs: &[Backlog]) -> Vec<(i64, i64)> {
+    let mut tenants: Vec<(&str, Vec<&Backlog>)> = Vec::new();
+    for job in jobs {
+        match tenants.iter_mut().find(|(t, _)| *t == job.tenant) {
+            Some((_, theirs)) => theirs.push(job),
+            None => tenants.push((&job.tenant, vec![job])),
+        }
+    }
+    let appetites: Vec<i64> = tenants
+        .iter()
+        .map(|(_, theirs)| theirs.iter().map(|j| j.remaining).sum())
+        .collect();
+    let mut plan = Vec::new();
+    for ((_, mut theirs), room) in tenants.into_iter().zip(share(room, &appetites)) {
+        theirs.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.job_id));
+        plan_within(room, &theirs, &mut plan);
     }
     plan
+}
+
+/// One tenant's `room`, by priority, then in equal shares.
+fn plan_within(mut room: i64, jobs: &[&Backlog], plan: &mut Vec<(i64, i64)>) {
+    for group in jobs.chunk_by(|a, b| a.priority == b.priority) {
+        if room <= 0 {
+            return;
+        }
+        let appetites: Vec<i64> = group.iter().map(|j| j.remaining).collect();
+        for (job, n) in group.iter().zip(share(room, &appetites)) {
+            if n > 0 {
+                plan.push((job.job_id, n));
+                room -= n;
+            }
+        }
+    }
 }
 
 impl Scheduler {
@@ -186,8 +203,13 @@ mod tests {
     use super::*;
 
     fn job(job_id: i64, priority: i64, remaining: i64) -> Backlog {
+        of("a", job_id, priority, remaining)
+    }
+
+    fn of(tenant: &str, job_id: i64, priority: i64, remaining: i64) -> Backlog {
         Backlog {
             job_id,
+            tenant: tenant.to_owned(),
             priority,
             remaining,
         }
@@ -206,5 +228,25 @@ mod tests {
         let planned = plan(10, &jobs);
         assert_eq!(planned.iter().map(|(_, n)| n).sum::<i64>(), 10);
         assert!(plan(0, &jobs).is_empty());
+    }
+
+    #[test]
+    fn tenants_share_the_room_equally_whatever_their_jobs() {
+        // Alpha's three big jobs (one of high priority) and beta's one:
+        // half each; alpha's half goes by its own priorities.
+        let jobs = [
+            of("alpha", 1, 9, 1_000),
+            of("beta", 4, 0, 1_000),
+            of("alpha", 2, 0, 1_000),
+            of("alpha", 3, 0, 1_000),
+        ];
+        assert_eq!(plan(100, &jobs), vec![(1, 50), (4, 50)]);
+        // What beta cannot use goes to alpha.
+        let jobs = [
+            of("alpha", 1, 0, 1_000),
+            of("alpha", 2, 0, 1_000),
+            of("beta", 4, 0, 10),
+        ];
+        assert_eq!(plan(100, &jobs), vec![(1, 45), (2, 45), (4, 10)]);
     }
 }

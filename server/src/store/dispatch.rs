@@ -17,10 +17,12 @@ use crate::jobfile::ShuffleSettings;
 use crate::model::{JobStatus, TaskState};
 
 /// A running job with tasks still to dispatch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backlog {
     /// The job.
     pub job_id: i64,
+    /// Its tenant.
+    pub tenant: String,
     /// Its priority.
     pub priority: i64,
     /// Tasks not dispatched yet.
@@ -653,13 +655,19 @@ per_backend! {
 }
 
 impl Store {
-    /// Running jobs with tasks still to dispatch, highest priority first,
-    /// oldest first within a priority; at most `limit`.
+    /// Running jobs with tasks still to dispatch, at most `limit`: each
+    /// tenant's highest priority first, oldest first within a priority,
+    /// the tenants taking turns (each one's first, then each one's
+    /// second, ...).
     pub async fn backlog(&self, limit: i64) -> Result<Vec<Backlog>, StoreError> {
+        // Every tenant's first job, then every tenant's second, ...: a
+        // tenant's many jobs do not keep another's out of the round.
         let rows = on_pool!(self, pool => sqlx::query(
-            "SELECT id, priority, total_tasks - dispatched + reruns FROM jobs \
-             WHERE status = 'running' AND (dispatched < total_tasks OR reruns > 0) \
-             ORDER BY priority DESC, id LIMIT $1",
+            "SELECT id, priority, remaining, tenant FROM ( \
+                 SELECT id, priority, total_tasks - dispatched + reruns AS remaining, tenant, \
+                        ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY priority DESC, id) AS place \
+                 FROM jobs WHERE status = 'running' AND (dispatched < total_tasks OR reruns > 0) \
+             ) AS backlog ORDER BY place, priority DESC, id LIMIT $1",
         )
         .bind(limit)
         .fetch_all(pool)
@@ -669,6 +677,7 @@ impl Store {
             job_id: r.try_get(0)?,
             priority: r.try_get(1)?,
             remaining: r.try_get(2)?,
+            tenant: r.try_get(3)?,
         }))
         .collect::<Result<Vec<_>, _>>()?);
         Ok(rows)
