@@ -797,6 +797,34 @@ async fn suite(database: Option<String>) {
             .status,
         StatusCode::NOT_FOUND
     );
+    // Quotas: a tenant at one is refused (429 over_quota, naming it) on
+    // every route that starts tasks, and nothing is created.
+    let store = instance.scheduler.store();
+    let jobs_before = client.all("/v1/jobs").await.len();
+    let day = sandmill_server::store::Quota {
+        open_tasks: None,
+        tasks_per_day: Some(0),
+    };
+    store.put_quota("default", day).await.unwrap();
+    for (uri, body) in [
+        (
+            "/v1/jobs".to_owned(),
+            json!({"name": "over", "task": {"module": module}}),
+        ),
+        ("/v1/run".to_owned(), json!({"module": module})),
+        (format!("/v1/jobs/{again}/resubmit"), json!({})),
+    ] {
+        let refused = client.post_json(&uri, body).await;
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{uri}");
+        assert_eq!(refused.code(), "over_quota");
+        assert!(
+            refused.text().contains("tasks_per_day"),
+            "{}",
+            refused.text()
+        );
+    }
+    assert_eq!(client.all("/v1/jobs").await.len(), jobs_before);
+    assert!(store.delete_quota("default").await.unwrap());
     // Deleting an ended job: it goes with its tasks (one restarted within
     // it); the job resubmitted from it forgets it.
     let copy_id = copy["id"].as_i64().unwrap();

@@ -20,6 +20,7 @@ fn task(id: i64, attempt: i64, labels: &str) -> TaskMessage {
         job_id: 1,
         attempt,
         priority: 0,
+        tenant: String::new(),
         kind: CallKind::Task,
         module: "m".into(),
         input: None,

@@ -420,6 +420,7 @@ fn a_task_delivered_twice_keeps_one_result() {
             job_id: id,
             attempt: 0,
             priority: 0,
+            tenant: "default".into(),
             kind: CallKind::Task,
             module: hash.clone(),
             input: None,

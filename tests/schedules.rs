@@ -144,13 +144,14 @@ async fn overlap_skip_and_queue_never_run_two_of_a_schedules_jobs_at_once() {
         let state = tempfile::tempdir().unwrap();
         let http = reqwest::Client::new();
         let (_dev, base) = start(data.path());
-        // Each job runs a second or so; the schedules fire every 500 ms.
+        // Each job runs a second or so (never from the cache); the
+        // schedules fire every 500 ms.
         for (name, overlap) in [("skipping", "skip"), ("queueing", "queue")] {
             let file = write(
                 state.path(),
                 &format!("{name}.toml"),
                 &format!(
-                    "name = \"{name}\"\nevery = \"500ms\"\noverlap = \"{overlap}\"\n[task]\nmodule = \"{}\"\nparams = {{ steps = 10, spin = 300000000 }}\n",
+                    "name = \"{name}\"\nevery = \"500ms\"\noverlap = \"{overlap}\"\ncache = false\n[task]\nmodule = \"{}\"\nparams = {{ steps = 10, spin = 900000000 }}\n",
                     guests::PROGRESS
                 ),
             );

@@ -13,8 +13,13 @@ use support::{dev, submit_json, upload_module};
 
 use sandmill_test_artifacts as guests;
 
-/// Runs `test` on a runtime, bounded.
+/// One test at a time: each runs its own server, and the fair-share test
+/// measures time.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `test` on a runtime, bounded, on its own.
 fn run_test(limit: Duration, test: impl std::future::Future<Output = ()>) {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -746,6 +751,18 @@ fn tenants_see_only_their_own_and_env_secrets_never_show() {
             "{seen}"
         );
 
+        // Outputs are cached per tenant: beta's first call identical to
+        // alpha's runs; its second takes its own cached output.
+        let same = json!({"name": "same", "task": {"module": "echo@1", "params": {"p": 1}}});
+        let mut states = Vec::new();
+        for caller in [&alpha, &beta, &beta] {
+            let (status, made) = caller.post("/v1/jobs", same.clone()).await;
+            assert_eq!(status, 201, "{made}");
+            let task = ended_task_as(caller, made["id"].as_i64().unwrap()).await;
+            states.push(task["state"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(states, ["succeeded", "succeeded", "cached"]);
+
         // The admin sees both tenants'.
         let (status, shown) = admin.get(&format!("/v1/jobs/{job}")).await;
         assert_eq!((status, shown["tenant"].as_str()), (200, Some("alpha")));
@@ -815,4 +832,105 @@ fn one_tenants_big_sweep_does_not_hold_up_anothers_small_job() {
 /// The database of a `sandmill dev` on `data`.
 fn dev_database(data: &std::path::Path) -> String {
     data.join("sandmill.db").display().to_string()
+}
+
+/// Quotas: past its open tasks (the server's default here) or its own
+/// tasks per day (`sandmill quota set`), a tenant's job is refused with
+/// 429 naming the quota; another tenant is not affected; ending a job
+/// gives its room back; removing a tenant's quotas restores the default.
+#[test]
+fn tenants_over_a_quota_are_refused_naming_it() {
+    run_test(Duration::from_secs(180), async {
+        let data = tempfile::tempdir().unwrap();
+        let port = support::free_port();
+        let mut command = support::dev_command(data.path(), port);
+        command.args(["--auth", "tokens", "--quota-open-tasks", "30"]);
+        let _process = support::Killed::spawn(&mut command);
+        support::wait_port(port, Duration::from_secs(60));
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let database = dev_database(data.path());
+        let who = |tenant: &str| support::As {
+            http: &http,
+            base: &base,
+            token: support::token(&database, tenant, "user"),
+            bodies: Default::default(),
+        };
+        let (alpha, beta) = (who("alpha"), who("beta"));
+        let endless = std::fs::read(guests::HOSTILE_LOOP).unwrap();
+        let mut module = Value::Null;
+        for caller in [&alpha, &beta] {
+            let (status, text) = caller
+                .send(
+                    "POST",
+                    "/v1/modules",
+                    Some(("application/wasm", endless.clone())),
+                )
+                .await;
+            assert_eq!(status, 200, "{text}");
+            module = serde_json::from_str::<Value>(&text).unwrap()["module"].clone();
+        }
+        // Tasks that loop until their timeout: they stay open.
+        let sweep = |count: u64| {
+            json!({"name": "waits", "limits": {"timeout": "1m"}, "max_attempts": 1,
+                "sweep": {"module": module, "count": count}})
+        };
+        let quota = |args: &[&str]| {
+            let out = support::output_within(
+                std::process::Command::new(env!("CARGO_BIN_EXE_sandmill"))
+                    .args(["quota", "--database", &database])
+                    .args(args),
+                Duration::from_secs(60),
+            );
+            support::ok(&out)
+        };
+
+        let (status, first) = alpha.post("/v1/jobs", sweep(20)).await;
+        assert_eq!(status, 201, "{first}");
+        let (status, refused) = alpha.post("/v1/jobs", sweep(11)).await;
+        assert_eq!(status, 429, "{refused}");
+        assert_eq!(refused["code"], "over_quota");
+        let message = refused["message"].as_str().unwrap();
+        assert!(
+            message.contains("20 open tasks") && message.contains("quota of 30 (open_tasks)"),
+            "{message}"
+        );
+        assert_eq!(alpha.post("/v1/jobs", sweep(10)).await.0, 201, "up to it");
+        assert_eq!(beta.post("/v1/jobs", sweep(20)).await.0, 201, "beta's own");
+
+        // Beta's own quota per day.
+        quota(&["set", "--tenant", "beta", "--tasks-per-day", "25"]);
+        let listed = quota(&["list"]);
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.starts_with("beta") && l.contains("25")),
+            "{listed}"
+        );
+        let (status, refused) = beta.post("/v1/jobs", sweep(10)).await;
+        assert_eq!(status, 429, "{refused}");
+        assert!(
+            refused["message"]
+                .as_str()
+                .unwrap()
+                .contains("tasks_per_day"),
+            "{refused}"
+        );
+        assert_eq!(beta.post("/v1/jobs", sweep(5)).await.0, 201);
+        quota(&["remove", "--tenant", "beta"]);
+        assert_eq!(
+            beta.post("/v1/jobs", sweep(5)).await.0,
+            201,
+            "the default again (30 open)"
+        );
+        assert_eq!(beta.post("/v1/jobs", sweep(1)).await.0, 429);
+
+        // Alpha's first job ends (cancelled): its room comes back.
+        let first = first["id"].as_i64().unwrap();
+        let (status, _) = alpha
+            .post(&format!("/v1/jobs/{first}/cancel"), json!({}))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(alpha.post("/v1/jobs", sweep(20)).await.0, 201);
+    });
 }

@@ -25,3 +25,22 @@ CREATE TABLE uploads (
     PRIMARY KEY (tenant, hash)
 );
 INSERT INTO uploads (tenant, hash, created_at) SELECT 'default', hash, created_at FROM modules;
+
+-- Quotas: what a tenant may have open (tasks not ended, of its running
+-- jobs) and start per day. A tenant without a row, or a NULL, has the
+-- server's default (`--quota-open-tasks`, `--quota-tasks-per-day`).
+CREATE TABLE quotas (
+    tenant TEXT PRIMARY KEY,
+    open_tasks BIGINT CHECK (open_tasks >= 0),
+    tasks_per_day BIGINT CHECK (tasks_per_day >= 0),
+    updated_at BIGINT NOT NULL
+);
+CREATE INDEX jobs_tenant_running ON jobs (tenant) WHERE status = 'running';
+-- Tasks each tenant submitted, by hour (ms since the epoch / 3,600,000):
+-- the last 24 rows are its day. Older rows are pruned by retention.
+CREATE TABLE tenant_hours (
+    tenant TEXT NOT NULL,
+    hour BIGINT NOT NULL,
+    tasks BIGINT NOT NULL,
+    PRIMARY KEY (tenant, hour)
+);

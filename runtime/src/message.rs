@@ -66,6 +66,10 @@ pub struct TaskMessage {
     /// The job's priority (0 to [`MAX_PRIORITY`]; higher runs first).
     #[serde(default)]
     pub priority: u8,
+    /// The job's tenant: within a priority, the in-process broker hands
+    /// out tasks of the tenants waiting in turn (fair share).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tenant: String,
     /// What to call.
     pub kind: CallKind,
     /// The module's sha256 (a blob).

@@ -1,7 +1,9 @@
 //! [`MemoryBroker`]: the in-process broker of the embedded mode.
 //!
-//! Tasks wait in one lane per priority (higher first, FIFO within a lane),
-//! so an interactive call never waits behind a sweep. Both queues are
+//! Tasks wait in one lane per priority (higher first), so an interactive
+//! call never waits behind a sweep; within a lane each tenant's tasks
+//! wait in order and the tenants take turns, so one tenant's queued sweep
+//! does not hold up another's job (fair share). Both queues are
 //! bounded: the task queue by a count (the control plane's dispatch window
 //! keeps it well under), the event queue by bytes; a full queue makes its
 //! producer wait, never grow.
@@ -38,10 +40,58 @@ pub struct MemoryBroker {
     event_bytes: usize,
 }
 
+/// One priority's tasks: a queue per tenant, the tenants taking turns.
+#[derive(Default)]
+struct Lane {
+    /// Tenants with tasks waiting, the next to be served first.
+    turns: VecDeque<(String, VecDeque<TaskMessage>)>,
+}
+
+impl Lane {
+    fn push(&mut self, task: TaskMessage, front: bool) {
+        if let Some((_, queue)) = self.turns.iter_mut().find(|(t, _)| *t == task.tenant) {
+            if front {
+                queue.push_front(task);
+            } else {
+                queue.push_back(task);
+            }
+            return;
+        }
+        let turn = (task.tenant.clone(), VecDeque::from([task]));
+        if front {
+            self.turns.push_front(turn);
+        } else {
+            self.turns.push_back(turn);
+        }
+    }
+
+    /// The next tenant's first task; that tenant goes to the back.
+    fn pop(&mut self) -> Option<TaskMessage> {
+        let (tenant, mut queue) = self.turns.pop_front()?;
+        let task = queue.pop_front();
+        if !queue.is_empty() {
+            self.turns.push_back((tenant, queue));
+        }
+        task
+    }
+
+    fn is_empty(&self) -> bool {
+        self.turns.is_empty()
+    }
+
+    /// Keeps the tasks `keep` says to.
+    fn retain(&mut self, mut keep: impl FnMut(&TaskMessage) -> bool) {
+        for (_, queue) in &mut self.turns {
+            queue.retain(&mut keep);
+        }
+        self.turns.retain(|(_, queue)| !queue.is_empty());
+    }
+}
+
 #[derive(Default)]
 struct Tasks {
     /// Lanes by priority; fetched from the highest first.
-    lanes: BTreeMap<u8, VecDeque<TaskMessage>>,
+    lanes: BTreeMap<u8, Lane>,
     len: usize,
     queued: HashSet<(i64, i64)>,
     closed: bool,
@@ -52,19 +102,17 @@ impl Tasks {
         if !self.queued.insert(task.dedup_key()) {
             return false;
         }
-        let lane = self.lanes.entry(task.priority).or_default();
-        if front {
-            lane.push_front(task);
-        } else {
-            lane.push_back(task);
-        }
+        self.lanes
+            .entry(task.priority)
+            .or_default()
+            .push(task, front);
         self.len += 1;
         true
     }
 
     fn pop(&mut self) -> Option<TaskMessage> {
         let mut lane = self.lanes.last_entry()?;
-        let task = lane.get_mut().pop_front();
+        let task = lane.get_mut().pop();
         if lane.get().is_empty() {
             lane.remove();
         }
@@ -332,6 +380,7 @@ mod tests {
             job_id: 1,
             attempt,
             priority: 0,
+            tenant: String::new(),
             kind: CallKind::Task,
             module: "m".into(),
             input: None,
@@ -373,6 +422,41 @@ mod tests {
         let first = broker.fetch(2).await.unwrap();
         assert_eq!(first[0].task_id, 9);
         assert_eq!(first[1].task_id, 1);
+    }
+
+    #[tokio::test]
+    async fn tenants_take_turns_within_a_priority() {
+        let broker = MemoryBroker::new();
+        let of = |tenant: &str, id: i64| TaskMessage {
+            tenant: tenant.to_owned(),
+            ..task(id, 0)
+        };
+        // Alpha's sweep is queued; beta's two tasks come after it.
+        broker
+            .publish((1..=100).map(|i| of("alpha", i)).collect())
+            .await
+            .unwrap();
+        broker
+            .publish(vec![of("beta", 101), of("beta", 102)])
+            .await
+            .unwrap();
+        let first: Vec<i64> = broker
+            .fetch(4)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.task_id)
+            .collect();
+        assert_eq!(first, vec![1, 101, 2, 102]);
+        // Then alpha's, in order.
+        let next: Vec<i64> = broker
+            .fetch(2)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.task_id)
+            .collect();
+        assert_eq!(next, vec![3, 4]);
     }
 
     #[tokio::test]

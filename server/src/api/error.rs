@@ -15,7 +15,7 @@ use crate::store::{StoreError, StoreErrorKind};
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Stable, machine-readable: `bad_request`, `invalid_module`,
-    /// `not_found`, `conflict`, `forbidden`, `unauthorized`,
+    /// `not_found`, `conflict`, `forbidden`, `unauthorized`, `over_quota`,
     /// `payload_too_large`, `request_timeout`, `unavailable`, `internal`,
     /// or a task's failure reason (`/v1/run`).
     pub code: String,
@@ -69,6 +69,7 @@ impl ApiError {
             }
             ApiError::Scheduler(S::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Scheduler(S::Forbidden(_)) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Scheduler(S::OverQuota(_)) => (StatusCode::TOO_MANY_REQUESTS, "over_quota"),
             ApiError::Scheduler(S::Broker(_) | S::Blob(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }

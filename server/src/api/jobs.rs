@@ -73,7 +73,8 @@ pub fn router() -> Router<AppState> {
     responses((status = 201, description = "accepted", body = JobCreated),
         (status = 400, description = "a field is wrong (named in `field`)", body = ErrorBody),
         (status = 404, description = "no such module, spec or input", body = ErrorBody),
-        (status = 413, description = "larger than the body limit", body = ErrorBody)))]
+        (status = 413, description = "larger than the body limit", body = ErrorBody),
+        (status = 429, description = "the tenant is over a quota (`over_quota`; the message says which)", body = ErrorBody)))]
 pub async fn submit_job(
     State(state): State<AppState>,
     caller: Caller,
@@ -263,7 +264,8 @@ pub async fn retry_job(
     responses((status = 201, description = "the new job", body = JobCreated),
         (status = 400, description = "the id or a limit is wrong", body = ErrorBody),
         (status = 404, description = "no such job", body = ErrorBody),
-        (status = 409, description = "it is running, is no task or sweep, or has nothing to resubmit", body = ErrorBody)))]
+        (status = 409, description = "it is running, is no task or sweep, or has nothing to resubmit", body = ErrorBody),
+        (status = 429, description = "the tenant is over a quota", body = ErrorBody)))]
 pub async fn resubmit_job(
     State(state): State<AppState>,
     caller: Caller,

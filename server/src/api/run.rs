@@ -71,7 +71,8 @@ pub struct RunRequest {
         (status = 400, description = "a field is wrong", body = ErrorBody),
         (status = 404, description = "no such module, spec or input", body = ErrorBody),
         (status = 413, description = "larger than the body limit", body = ErrorBody),
-        (status = 422, description = "the call failed; `code` is the failure reason", body = ErrorBody)))]
+        (status = 422, description = "the call failed; `code` is the failure reason", body = ErrorBody),
+        (status = 429, description = "the tenant is over a quota", body = ErrorBody)))]
 pub async fn run(
     State(state): State<AppState>,
     caller: Caller,

@@ -6,6 +6,7 @@ mod exec;
 mod fleet;
 mod new;
 pub mod out;
+mod quota;
 mod replay;
 mod resolve;
 mod run;
@@ -51,6 +52,9 @@ enum Command {
     Worker(fleet::WorkerArgs),
     /// API tokens: create (printing the secret once), list, revoke.
     Token(token::TokenArgs),
+    /// Tenants' quotas: set, list, remove (the server's defaults hold
+    /// where none are set).
+    Quota(quota::QuotaArgs),
     /// Write a guest crate (map-reduce, task or preprocessor) that builds
     /// and runs as is.
     New(new::NewArgs),
@@ -68,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => fleet::worker(args),
         Command::New(args) => new::run(args),
         Command::Token(args) => token::run(args),
+        Command::Quota(args) => quota::run(args),
         Command::Client(command) => client::run(&args.server, args.token.as_deref(), command),
     }
 }

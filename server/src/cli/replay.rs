@@ -62,6 +62,7 @@ fn message(call: &CallView) -> anyhow::Result<TaskMessage> {
         job_id: call.job_id,
         attempt: call.attempt,
         priority: 0,
+        tenant: String::new(),
         kind: call.kind,
         module: hash_of(&call.module).to_owned(),
         input: call.input.blob.as_deref().map(|b| hash_of(b).to_owned()),

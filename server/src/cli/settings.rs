@@ -9,8 +9,10 @@ use sandmill_runtime::sandbox::net::NetRule;
 use sandmill_server::events::DEFAULT_EVENT_BUFFER;
 use sandmill_server::jobfile::DEFAULT_MAX_TASKS_PER_JOB;
 use sandmill_server::scheduler::{
-    Ceilings, DEFAULT_ABSENT_EVERY, DEFAULT_MAX_PARAMS_BYTES, DEFAULT_WINDOW, SchedulerConfig,
+    Ceilings, DEFAULT_ABSENT_EVERY, DEFAULT_MAX_PARAMS_BYTES, DEFAULT_QUOTA_OPEN_TASKS,
+    DEFAULT_QUOTA_TASKS_PER_DAY, DEFAULT_WINDOW, SchedulerConfig,
 };
+use sandmill_server::store::Quota;
 use tokio::sync::watch;
 
 use super::out::tell;
@@ -56,6 +58,15 @@ pub struct SchedulerArgs {
     /// The most attempts a task may ask for.
     #[arg(long, env = "SANDMILL_MAX_ATTEMPTS", default_value_t = Ceilings::default().attempts)]
     pub max_attempts: u32,
+    /// Tasks not ended (of its running jobs) a tenant may have at once,
+    /// unless `sandmill quota set` gave it its own; past it a job is
+    /// refused (429 over_quota).
+    #[arg(long, env = "SANDMILL_QUOTA_OPEN_TASKS", default_value_t = DEFAULT_QUOTA_OPEN_TASKS)]
+    pub quota_open_tasks: i64,
+    /// Tasks a tenant may submit in any 24 hours, unless `sandmill quota
+    /// set` gave it its own.
+    #[arg(long, env = "SANDMILL_QUOTA_TASKS_PER_DAY", default_value_t = DEFAULT_QUOTA_TASKS_PER_DAY)]
+    pub quota_tasks_per_day: i64,
 }
 
 /// `--retain`: a period, or forever.
@@ -142,6 +153,10 @@ impl SchedulerArgs {
                 output_bytes: self.max_output.0,
                 log_bytes: self.max_log.0,
                 attempts: self.max_attempts,
+            },
+            quota: Quota {
+                open_tasks: Some(self.quota_open_tasks.max(0)),
+                tasks_per_day: Some(self.quota_tasks_per_day.max(0)),
             },
             ..SchedulerConfig::default()
         }

@@ -41,7 +41,7 @@ enum TokenAction {
 }
 
 /// Checks a tenant name: letters, digits, `-`, `_` and `.`, 1 to 64.
-fn check_tenant(tenant: &str) -> anyhow::Result<()> {
+pub(super) fn check_tenant(tenant: &str) -> anyhow::Result<()> {
     let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     anyhow::ensure!(
         !tenant.is_empty() && tenant.len() <= 64 && tenant.chars().all(valid),

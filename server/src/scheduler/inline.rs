@@ -103,6 +103,7 @@ impl Scheduler {
         {
             return Ok(None);
         }
+        self.charge_quota(&owner.tenant, 1).await?;
         let seed = key
             .as_deref()
             .map_or_else(fresh_seed, crate::store::dispatch::seed_of);
@@ -111,6 +112,7 @@ impl Scheduler {
             job_id: 0,
             attempt: 0,
             priority: new.priority,
+            tenant: new.tenant.clone(),
             kind: new.task_kind,
             module: new.module_hash.clone(),
             input: new.task_input.clone(),

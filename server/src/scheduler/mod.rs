@@ -129,6 +129,12 @@ pub const SMALL_JOB: i64 = 64;
 /// Modules whose catalogue rows are kept in memory (they never change).
 const MODULE_CACHE: usize = 1024;
 
+/// Tasks not ended one tenant may have at once, by default.
+pub const DEFAULT_QUOTA_OPEN_TASKS: i64 = 10_000_000;
+
+/// Tasks one tenant may submit in 24 hours, by default.
+pub const DEFAULT_QUOTA_TASKS_PER_DAY: i64 = 100_000_000;
+
 /// What went wrong, by what the caller should do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -147,6 +153,9 @@ pub enum SchedulerError {
     /// The server's policy does not allow what the request asks for.
     #[error("{0}")]
     Forbidden(String),
+    /// The tenant is over a quota: the message says which and by how much.
+    #[error("{0}")]
+    OverQuota(String),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -189,6 +198,9 @@ pub struct SchedulerConfig {
     pub retain: Option<Duration>,
     /// The most a job may ask for.
     pub ceilings: Ceilings,
+    /// Each tenant's quotas where an operator set none
+    /// (`sandmill quota set`).
+    pub quota: crate::store::Quota,
 }
 
 impl Default for SchedulerConfig {
@@ -203,6 +215,10 @@ impl Default for SchedulerConfig {
             network: Vec::new(),
             retain: Some(DEFAULT_RETAIN),
             ceilings: Ceilings::default(),
+            quota: crate::store::Quota {
+                open_tasks: Some(DEFAULT_QUOTA_OPEN_TASKS),
+                tasks_per_day: Some(DEFAULT_QUOTA_TASKS_PER_DAY),
+            },
         }
     }
 }
@@ -226,6 +242,8 @@ struct Inner {
     /// Tasks queued or running (the window's fill), kept by whoever
     /// changes it: dispatch adds, results and cancels take away.
     live: AtomicI64,
+    /// The hour whose quota counts were last pruned.
+    pruned_hour: AtomicI64,
     /// Wakes the dispatcher.
     dispatch: Notify,
     /// Wakes the schedules' loop (one was created, paused or deleted).
@@ -267,6 +285,7 @@ impl Scheduler {
                 events: Hub::new(config.event_buffer),
                 config,
                 live: AtomicI64::new(0),
+                pruned_hour: AtomicI64::new(0),
                 dispatch: Notify::new(),
                 schedules: Notify::new(),
                 controllers: Mutex::default(),

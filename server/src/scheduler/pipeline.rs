@@ -67,6 +67,9 @@ impl Scheduler {
         options: SubmitOptions,
     ) -> Result<Submitted, SchedulerError> {
         job.check()?;
+        // Its steps' tasks are planned later; a tenant at its quota
+        // starts none.
+        self.charge_quota(&owner.tenant, 0).await?;
         let max_params = self.inner.config.max_params_bytes;
         let mut steps = Vec::with_capacity(job.steps.len());
         let within = |name: &str, error: SchedulerError| match error {

@@ -147,6 +147,7 @@ impl Scheduler {
             cache: job.cache == 1,
             resubmit_of: Some(job_id),
         };
+        self.charge_quota(&new.tenant, new.total).await?;
         let dispatch_now = if new.total <= SMALL_JOB { new.total } else { 0 };
         let (id, dispatched) = store.create_job(&new, dispatch_now).await?;
         tracing::info!(

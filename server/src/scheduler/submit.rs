@@ -9,6 +9,9 @@ use sandmill_runtime::message::MAX_PRIORITY;
 use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
 
 use super::{Owner, SMALL_JOB, Scheduler, SchedulerError, Waiter};
+
+/// An hour in ms: quotas per day count tasks by the hour.
+const HOUR_MS: i64 = 3_600_000;
 use crate::jobfile::{Backlog, DEFAULT_MAX_ATTEMPTS, Invalid, JobFile, check_params_size};
 use crate::model::JobKind;
 use crate::store::{Item, NewJob};
@@ -76,6 +79,7 @@ impl Scheduler {
             return self.submit_pipeline(owner, job, graph, options).await;
         }
         let new = self.prepare(owner, job, options).await?;
+        self.charge_quota(&owner.tenant, new.total).await?;
         let dispatch_now = if new.total <= SMALL_JOB { new.total } else { 0 };
         let (job_id, dispatched) = self.inner.store.create_job(&new, dispatch_now).await?;
         let messages = dispatched.messages;
@@ -103,6 +107,56 @@ impl Scheduler {
             self.job_finished(job_id);
         }
         Ok(Submitted { job_id, waiter })
+    }
+
+    /// Charges `tasks` more to `tenant`, or refuses them (429) when they
+    /// would take it past a quota (its own, or the server's default). At
+    /// least one task is counted against the quotas: a tenant at its
+    /// quota starts nothing, not even a pipeline whose steps are planned
+    /// later (and not charged). Checked when a job is accepted, not in its
+    /// transaction: two jobs accepted at once may both pass, and a job
+    /// refused after this is still charged.
+    pub(super) async fn charge_quota(
+        &self,
+        tenant: &str,
+        tasks: i64,
+    ) -> Result<(), SchedulerError> {
+        let store = &self.inner.store;
+        let quota = store.quota(tenant).await?.or(self.inner.config.quota);
+        let hour = crate::store::now_ms() / HOUR_MS;
+        let usage = store.usage(tenant, hour - 23).await?;
+        let counted = tasks.max(1);
+        let checks = [
+            (
+                quota.open_tasks,
+                usage.open_tasks,
+                "open tasks",
+                "open_tasks",
+            ),
+            (
+                quota.tasks_per_day,
+                usage.tasks_since,
+                "tasks submitted in the last 24 hours",
+                "tasks_per_day",
+            ),
+        ];
+        for (quota, used, what, name) in checks {
+            if let Some(max) = quota
+                && used + counted > max
+            {
+                return Err(SchedulerError::OverQuota(format!(
+                    "tenant {tenant} has {used} {what}; {counted} more would pass its quota of {max} ({name})"
+                )));
+            }
+        }
+        if tasks > 0 {
+            store.charge(tenant, hour, tasks).await?;
+        }
+        // Once an hour, counts older than a day go.
+        if self.inner.pruned_hour.swap(hour, Ordering::Relaxed) != hour {
+            store.prune_hours(hour - 24).await?;
+        }
+        Ok(())
     }
 
     /// Checks a job file and turns it into a job to store.

@@ -50,6 +50,8 @@ pub(crate) struct Template {
     preprocess_hash: Option<String>,
     cache: i64,
     reruns: i64,
+    /// Its tenant: outputs are cached per tenant.
+    tenant: String,
     /// Whether its outputs go to the blob store whatever their size (a
     /// one-task step that others read: see [`TaskMessage::output_blob`]).
     #[sqlx(skip)]
@@ -165,6 +167,7 @@ impl Template {
             preprocess_hash: None,
             cache: i64::from(job.cache),
             reruns: 0,
+            tenant: job.tenant.clone(),
             output_blob: false,
         }
     }
@@ -186,8 +189,8 @@ impl Template {
         self.cache_key(&Pending::bare(0))
     }
 
-    /// The task's result-cache key: the hash of everything its output
-    /// depends on (module, preprocessor, kind, inputs and their names,
+    /// The task's result-cache key: the hash of its tenant and everything
+    /// its output depends on (module, preprocessor, kind, inputs and their names,
     /// params, limits, grants, the runtime, and its index in a job whose
     /// tasks have nothing of their own); `None` when its output may vary
     /// (it is granted a real clock, randomness, network, environment or
@@ -205,6 +208,8 @@ impl Template {
             ),
         };
         let key = serde_json::json!({
+            // One tenant never takes another's output.
+            "tenant": self.tenant,
             "runtime": sandmill_runtime::RUNTIME_SCOPE,
             "module": self.module_hash,
             "preprocess": self.preprocess_hash,
@@ -233,6 +238,7 @@ impl Template {
             job_id,
             attempt: 0,
             priority: u8::try_from(self.priority).unwrap_or(0),
+            tenant: self.tenant.clone(),
             kind,
             module: self.module_hash.clone(),
             input,
@@ -293,7 +299,7 @@ per_backend! {
         let template: Option<Template> = sqlx::query_as(
             "SELECT priority, task_kind, module_hash, limits, grants, labels, task_params, \
              task_input_hash, task_input_name, has_items, total_tasks, dispatched, maps, reducers, shuffle, \
-             preprocess_hash, cache, reruns FROM jobs WHERE id = $1 AND status = $2",
+             preprocess_hash, cache, reruns, tenant FROM jobs WHERE id = $1 AND status = $2",
         )
         .bind(job_id)
         .bind(Text(JobStatus::Running))
@@ -320,7 +326,7 @@ per_backend! {
              WHERE id = $3 AND status = $4 AND planned = 0 AND maps IS NULL \
              RETURNING priority, task_kind, module_hash, limits, grants, labels, task_params, \
              task_input_hash, task_input_name, has_items, total_tasks, dispatched, maps, reducers, shuffle, \
-             preprocess_hash, cache, reruns",
+             preprocess_hash, cache, reruns, tenant",
         )
         .bind(total)
         .bind(now)
@@ -511,7 +517,7 @@ per_backend! {
         let template: Option<Template> = sqlx::query_as(
             "SELECT priority, task_kind, module_hash, limits, grants, labels, task_params, \
              task_input_hash, task_input_name, has_items, total_tasks, dispatched, maps, reducers, shuffle, \
-             preprocess_hash, cache, reruns FROM jobs WHERE id = $1 AND status = $2",
+             preprocess_hash, cache, reruns, tenant FROM jobs WHERE id = $1 AND status = $2",
         )
         .bind(job_id)
         .bind(Text(JobStatus::Running))

@@ -31,6 +31,7 @@ pub mod dispatch;
 mod jobs;
 mod mapreduce;
 mod pipeline;
+mod quotas;
 mod record;
 mod recovery;
 mod restart;
@@ -58,6 +59,7 @@ pub use pipeline::{
     DraftInput, FOLLOW_OUTPUTS, NewStep, PAUSE_BEFORE_PLANNING, SpecInput, StepOutput, StepRow,
     StepSpec,
 };
+pub use quotas::{Quota, QuotaRow, Usage};
 pub use record::Recorded;
 pub use restart::{RestartRefused, Restarted, Retried};
 pub use retention::DeleteRefused;

@@ -33,13 +33,14 @@ struct LiveRow {
     shuffle: Option<JsonText<crate::jobfile::ShuffleSettings>>,
     inputs: Option<JsonText<Vec<InputPart>>>,
     preprocess_hash: Option<String>,
+    tenant: String,
 }
 
 const LIVE_COLUMNS: &str = "t.id, t.job_id, t.attempt, j.priority, j.task_kind, j.module_hash, \
      CASE WHEN t.input_name IS NULL THEN j.task_input_hash ELSE t.input_hash END AS input_hash, \
      COALESCE(t.input_name, j.task_input_name) AS input_name, \
      COALESCE(t.params, j.task_params) AS params, j.limits, j.grants, j.labels, t.seed, \
-     t.seq, j.maps, j.reducers, j.shuffle, t.inputs, j.preprocess_hash";
+     t.seq, j.maps, j.reducers, j.shuffle, t.inputs, j.preprocess_hash, j.tenant";
 
 impl LiveRow {
     fn message(self) -> TaskMessage {
@@ -55,6 +56,7 @@ impl LiveRow {
             job_id: self.job_id,
             attempt: self.attempt,
             priority: u8::try_from(self.priority).unwrap_or(0),
+            tenant: self.tenant,
             kind,
             module: self.module_hash,
             input: self.input_hash,

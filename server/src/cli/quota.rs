@@ -1,0 +1,113 @@
+//! `sandmill quota set|list|remove`: tenants' quotas, written straight to
+//! the database (an operator's command, like `sandmill token`).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use sandmill_server::fleet::connect_store;
+use sandmill_server::store::Quota;
+
+use super::out::{say, tell};
+use super::token::check_tenant;
+
+#[derive(Args, Debug)]
+pub struct QuotaArgs {
+    /// The server's database (postgres://... or a SQLite path).
+    #[arg(long, env = "SANDMILL_DATABASE")]
+    database: String,
+    #[command(subcommand)]
+    action: QuotaAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum QuotaAction {
+    /// Set a tenant's quotas (what is not given is the server's default,
+    /// `--quota-open-tasks` and `--quota-tasks-per-day` of `serve`/`dev`).
+    Set {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Tasks not ended, of its running jobs, at once.
+        #[arg(long)]
+        open_tasks: Option<u64>,
+        /// Tasks of the jobs it submits in any 24 hours.
+        #[arg(long)]
+        tasks_per_day: Option<u64>,
+    },
+    /// List the tenants with quotas of their own.
+    List,
+    /// Remove a tenant's quotas: the server's defaults hold again.
+    Remove {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+/// A count as stored.
+fn count(value: Option<u64>, flag: &str) -> anyhow::Result<Option<i64>> {
+    value
+        .map(|n| i64::try_from(n).with_context(|| format!("{flag} {n}: too large")))
+        .transpose()
+}
+
+pub fn run(args: QuotaArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let store = connect_store(&args.database).await?;
+        let shown = |n: Option<i64>| n.map_or_else(|| "default".to_owned(), |n| n.to_string());
+        match args.action {
+            QuotaAction::Set {
+                tenant,
+                open_tasks,
+                tasks_per_day,
+            } => {
+                check_tenant(&tenant)?;
+                let quota = Quota {
+                    open_tasks: count(open_tasks, "--open-tasks")?,
+                    tasks_per_day: count(tasks_per_day, "--tasks-per-day")?,
+                };
+                store.put_quota(&tenant, quota).await?;
+                tell!(
+                    "tenant `{tenant}`: open tasks {}, tasks per day {}",
+                    shown(quota.open_tasks),
+                    shown(quota.tasks_per_day)
+                );
+            }
+            QuotaAction::List => {
+                say!(
+                    "{:<24}  {:>14}  {:>14}",
+                    "tenant",
+                    "open tasks",
+                    "tasks per day"
+                );
+                let mut after = String::new();
+                loop {
+                    let page = store.quotas(&after, 500).await?;
+                    let Some(last) = page.last() else { break };
+                    after = last.tenant.clone();
+                    for row in page {
+                        say!(
+                            "{:<24}  {:>14}  {:>14}",
+                            row.tenant,
+                            shown(row.quota.open_tasks),
+                            shown(row.quota.tasks_per_day)
+                        );
+                    }
+                }
+            }
+            QuotaAction::Remove { tenant } => {
+                anyhow::ensure!(
+                    store.delete_quota(&tenant).await?,
+                    "tenant `{tenant}` has no quotas of its own"
+                );
+                tell!("tenant `{tenant}`: the server's default quotas hold");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

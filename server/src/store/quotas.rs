@@ -1,0 +1,150 @@
+//! Quotas per tenant, and what a tenant uses of them.
+
+use super::{Store, StoreError, now_ms, on_pool};
+
+/// A tenant's quotas as an operator set them (`None`: the server's
+/// default for that one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct Quota {
+    /// Tasks not ended, of its running jobs, at once.
+    pub open_tasks: Option<i64>,
+    /// Tasks of the jobs it submitted in the last 24 hours.
+    pub tasks_per_day: Option<i64>,
+}
+
+impl Quota {
+    /// `self`, its unset quotas taken from `defaults`.
+    pub fn or(self, defaults: Quota) -> Quota {
+        Quota {
+            open_tasks: self.open_tasks.or(defaults.open_tasks),
+            tasks_per_day: self.tasks_per_day.or(defaults.tasks_per_day),
+        }
+    }
+}
+
+/// A tenant's row.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct QuotaRow {
+    /// The tenant.
+    pub tenant: String,
+    /// Its quotas.
+    #[sqlx(flatten)]
+    pub quota: Quota,
+    /// When they were last set.
+    pub updated_at: i64,
+}
+
+/// What a tenant uses of its quotas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Tasks not ended, of its running jobs.
+    pub open_tasks: i64,
+    /// Tasks of the jobs it submitted since the time asked about.
+    pub tasks_since: i64,
+}
+
+impl Store {
+    /// Sets a tenant's quotas (replacing what was set).
+    pub async fn put_quota(&self, tenant: &str, quota: Quota) -> Result<(), StoreError> {
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO quotas (tenant, open_tasks, tasks_per_day, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant) DO UPDATE SET open_tasks = EXCLUDED.open_tasks, \
+             tasks_per_day = EXCLUDED.tasks_per_day, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(tenant.to_owned())
+        .bind(quota.open_tasks)
+        .bind(quota.tasks_per_day)
+        .bind(now_ms())
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// Removes a tenant's quotas (the defaults hold again); whether it
+    /// had any.
+    pub async fn delete_quota(&self, tenant: &str) -> Result<bool, StoreError> {
+        let done = on_pool!(self, pool => sqlx::query("DELETE FROM quotas WHERE tenant = $1")
+            .bind(tenant.to_owned())
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(done == 1)
+    }
+
+    /// A tenant's quotas as set (`Quota::default()` if none are).
+    pub async fn quota(&self, tenant: &str) -> Result<Quota, StoreError> {
+        let row = on_pool!(self, pool => sqlx::query_as::<_, Quota>(
+            "SELECT open_tasks, tasks_per_day FROM quotas WHERE tenant = $1",
+        )
+        .bind(tenant.to_owned())
+        .fetch_optional(pool)
+        .await?);
+        Ok(row.unwrap_or_default())
+    }
+
+    /// The quotas set, by tenant, a page after `after`.
+    pub async fn quotas(&self, after: &str, limit: i64) -> Result<Vec<QuotaRow>, StoreError> {
+        let rows = on_pool!(self, pool => sqlx::query_as::<_, QuotaRow>(
+            "SELECT tenant, open_tasks, tasks_per_day, updated_at FROM quotas \
+             WHERE tenant > $1 ORDER BY tenant LIMIT $2",
+        )
+        .bind(after.to_owned())
+        .bind(limit)
+        .fetch_all(pool)
+        .await?);
+        Ok(rows)
+    }
+
+    /// What `tenant` uses: its open tasks, and the tasks it submitted in
+    /// the hours from `since_hour` on.
+    pub async fn usage(&self, tenant: &str, since_hour: i64) -> Result<Usage, StoreError> {
+        let (open_tasks, tasks_since) = on_pool!(self, pool => {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT CAST(COALESCE(SUM(total_tasks - succeeded - failed - cancelled), 0) AS BIGINT) \
+                 FROM jobs WHERE tenant = $1 AND status = 'running'",
+            )
+            .bind(tenant.to_owned())
+            .fetch_one(pool)
+            .await?;
+            let recent: i64 = sqlx::query_scalar(
+                "SELECT CAST(COALESCE(SUM(tasks), 0) AS BIGINT) \
+                 FROM tenant_hours WHERE tenant = $1 AND hour >= $2",
+            )
+            .bind(tenant.to_owned())
+            .bind(since_hour)
+            .fetch_one(pool)
+            .await?;
+            (open, recent)
+        });
+        Ok(Usage {
+            open_tasks,
+            tasks_since,
+        })
+    }
+
+    /// Counts `tasks` submitted by `tenant` in `hour`.
+    pub async fn charge(&self, tenant: &str, hour: i64, tasks: i64) -> Result<(), StoreError> {
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO tenant_hours (tenant, hour, tasks) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant, hour) DO UPDATE SET tasks = tenant_hours.tasks + EXCLUDED.tasks",
+        )
+        .bind(tenant.to_owned())
+        .bind(hour)
+        .bind(tasks)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// Forgets the counts of hours before `hour`.
+    pub async fn prune_hours(&self, hour: i64) -> Result<u64, StoreError> {
+        let done = on_pool!(self, pool => sqlx::query("DELETE FROM tenant_hours WHERE hour < $1")
+            .bind(hour)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(done)
+    }
+}
