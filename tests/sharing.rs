@@ -533,31 +533,16 @@ fn tenants_see_only_their_own_and_env_secrets_never_show() {
         support::wait_port(port, Duration::from_secs(60));
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
-        let who = |tenant: &str, role: &str| support::As {
-            http: &http,
-            base: &base,
-            token: support::token(&dev_database(data.path()), tenant, role),
-            bodies: Default::default(),
-        };
+        let database = dev_database(data.path());
+        let who =
+            |tenant: &str, role: &str| support::As::new(&http, &base, &database, tenant, role);
         let alpha = who("alpha", "user");
         let beta = who("beta", "user");
         let admin = who("ops", "admin");
 
         // Alpha's objects: a module, an input, a spec, a job with a secret,
         // a schedule and a subscription.
-        let noop = std::fs::read(guests::NOOP).unwrap();
-        let (status, text) = alpha
-            .send(
-                "POST",
-                "/v1/modules",
-                Some(("application/wasm", noop.clone())),
-            )
-            .await;
-        assert_eq!(status, 200, "{text}");
-        let module = serde_json::from_str::<Value>(&text).unwrap()["module"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let module = alpha.upload(guests::NOOP).await;
         let hash = module.trim_start_matches("sha256:").to_owned();
         let (status, text) = alpha
             .send(
@@ -685,14 +670,7 @@ fn tenants_see_only_their_own_and_env_secrets_never_show() {
         assert_eq!(beta.post("/v1/specs", spec.clone()).await.0, 404);
         // Its own upload of the same bytes is its own: then it may, and
         // "echo" 1 is a name of its own.
-        let (status, _) = beta
-            .send(
-                "POST",
-                "/v1/modules",
-                Some(("application/wasm", noop.clone())),
-            )
-            .await;
-        assert_eq!(status, 200);
+        beta.upload(guests::NOOP).await;
         let (status, input_refused) = beta
             .post(
                 "/v1/jobs",
@@ -850,26 +828,12 @@ fn tenants_over_a_quota_are_refused_naming_it() {
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         let database = dev_database(data.path());
-        let who = |tenant: &str| support::As {
-            http: &http,
-            base: &base,
-            token: support::token(&database, tenant, "user"),
-            bodies: Default::default(),
-        };
-        let (alpha, beta) = (who("alpha"), who("beta"));
-        let endless = std::fs::read(guests::HOSTILE_LOOP).unwrap();
-        let mut module = Value::Null;
-        for caller in [&alpha, &beta] {
-            let (status, text) = caller
-                .send(
-                    "POST",
-                    "/v1/modules",
-                    Some(("application/wasm", endless.clone())),
-                )
-                .await;
-            assert_eq!(status, 200, "{text}");
-            module = serde_json::from_str::<Value>(&text).unwrap()["module"].clone();
-        }
+        let (alpha, beta) = (
+            support::As::new(&http, &base, &database, "alpha", "user"),
+            support::As::new(&http, &base, &database, "beta", "user"),
+        );
+        let module = alpha.upload(guests::HOSTILE_LOOP).await;
+        beta.upload(guests::HOSTILE_LOOP).await;
         // Tasks that loop until their timeout: they stay open.
         let sweep = |count: u64| {
             json!({"name": "waits", "limits": {"timeout": "1m"}, "max_attempts": 1,

@@ -515,7 +515,39 @@ pub struct As<'a> {
     pub bodies: std::sync::Mutex<Vec<String>>,
 }
 
-impl As<'_> {
+impl<'a> As<'a> {
+    /// A new token of `role` for `tenant` (made in `database`), against
+    /// the server at `base`.
+    pub fn new(
+        http: &'a reqwest::Client,
+        base: &'a str,
+        database: &str,
+        tenant: &str,
+        role: &str,
+    ) -> As<'a> {
+        As {
+            http,
+            base,
+            token: token(database, tenant, role),
+            bodies: Default::default(),
+        }
+    }
+
+    /// Uploads the module at `path` as this tenant's; its reference
+    /// (`sha256:<hex>`).
+    pub async fn upload(&self, path: &str) -> String {
+        let bytes = std::fs::read(path).expect("module built");
+        let (status, text) = self
+            .send("POST", "/v1/modules", Some(("application/wasm", bytes)))
+            .await;
+        assert_eq!(status, 200, "{text}");
+        let module: serde_json::Value = serde_json::from_str(&text).expect("module json");
+        module["module"]
+            .as_str()
+            .expect("module accepted")
+            .to_owned()
+    }
+
     /// `method path` with a body of a content type; status and text.
     pub async fn send(
         &self,
@@ -605,27 +637,14 @@ pub fn token(database: &str, tenant: &str, role: &str) -> String {
 pub async fn fair_share(base: &str, database: &str, mode: &str) {
     const BIG: i64 = 100_000;
     let http = reqwest::Client::new();
-    let who = |tenant: &str| As {
-        http: &http,
-        base,
-        token: token(database, tenant, "user"),
-        bodies: Default::default(),
-    };
-    let (alpha, beta) = (who("alpha"), who("beta"));
-    let noop = std::fs::read(sandmill_test_artifacts::NOOP).expect("noop built");
-    let mut modules = Vec::new();
-    for caller in [&alpha, &beta] {
-        let (status, text) = caller
-            .send(
-                "POST",
-                "/v1/modules",
-                Some(("application/wasm", noop.clone())),
-            )
-            .await;
-        assert_eq!(status, 200, "{text}");
-        let module: serde_json::Value = serde_json::from_str(&text).expect("module json");
-        modules.push(module["module"].clone());
-    }
+    let (alpha, beta) = (
+        As::new(&http, base, database, "alpha", "user"),
+        As::new(&http, base, database, "beta", "user"),
+    );
+    let modules = [
+        alpha.upload(sandmill_test_artifacts::NOOP).await,
+        beta.upload(sandmill_test_artifacts::NOOP).await,
+    ];
     let (status, big) = alpha
         .post(
             "/v1/jobs",
