@@ -1070,7 +1070,7 @@ async fn suite(database: Option<String>) {
     let nats = support::Nats::start();
     instance
         .scheduler
-        .set_nats(async_nats::connect(nats.url()).await.unwrap());
+        .set_nats(support::nats_client(&nats.url()).await);
     let created = client.post_json("/v1/subscriptions", echo.clone()).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
     let created = created.json();

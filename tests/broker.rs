@@ -36,6 +36,7 @@ fn task(id: i64, attempt: i64, labels: &str) -> TaskMessage {
         preprocess: None,
         output_blob: false,
         delivered: 1,
+        ticket: String::new(),
     }
 }
 
@@ -144,6 +145,7 @@ async fn suite(publisher: Arc<dyn Broker>, worker: Arc<dyn Broker>) {
             attempt: 0,
             worker: "w/0".into(),
             delivery: 1,
+            ticket: String::new(),
         }])
         .await
         .unwrap();
@@ -214,7 +216,7 @@ async fn memory_broker_semantics() {
 }
 
 async fn nats(config: NatsConfig, url: &str) -> Arc<dyn Broker> {
-    let client = async_nats::connect(url).await.unwrap();
+    let client = support::nats_client(url).await;
     Arc::new(NatsBroker::connect(client, config).await.unwrap())
 }
 
@@ -227,7 +229,7 @@ async fn nats_broker_semantics() {
             offers: Some(Labels::default()),
             ..NatsConfig::default()
         },
-        &server.url(),
+        &server.worker_url(),
     )
     .await;
     suite(publisher, worker).await;
@@ -256,14 +258,14 @@ async fn nats_redelivers_what_a_vanished_worker_held_and_routes_by_labels() {
         .unwrap();
 
     // A plain worker takes the unlabelled task and vanishes holding it.
-    let plain = nats(offering(""), &server.url()).await;
+    let plain = nats(offering(""), &server.worker_url()).await;
     let got = fetch(plain.as_ref(), 10).await;
     assert_eq!(got.iter().map(|t| t.task_id).collect::<Vec<_>>(), vec![11]);
     drop(plain);
 
     // After the ack wait it is delivered again, counted; the gpu worker
     // also gets the labelled one, and knows the delivery limit.
-    let gpu = nats(offering("gpu=a100,zone=eu"), &server.url()).await;
+    let gpu = nats(offering("gpu=a100,zone=eu"), &server.worker_url()).await;
     let mut all: Vec<TaskMessage> = Vec::new();
     while !(all.iter().any(|t| t.task_id == 10) && all.iter().any(|t| t.task_id == 11)) {
         all.extend(fetch(gpu.as_ref(), 10).await);
@@ -280,7 +282,7 @@ async fn nats_redelivers_what_a_vanished_worker_held_and_routes_by_labels() {
         .publish(vec![task(13, 0, "gpu=a100")])
         .await
         .unwrap();
-    let other = nats(offering("zone=eu"), &server.url()).await;
+    let other = nats(offering("zone=eu"), &server.worker_url()).await;
     assert!(
         tokio::time::timeout(Duration::from_secs(3), other.fetch(10))
             .await

@@ -401,3 +401,106 @@ fn the_sdk_crates_package() {
     let files = String::from_utf8_lossy(&listed.stdout);
     assert!(files.lines().any(|f| f == "wit/sandmill.wit"), "{files}");
 }
+
+/// The test certificates: a CA and a `localhost`/127.0.0.1 certificate it
+/// signed (valid to 2126; see tests/tls/README.md).
+fn tls(name: &str) -> String {
+    format!("{}/../tests/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn https_serves_the_api_and_the_cli_trusts_it_through_ca_cert() {
+    guests_built();
+    let state = tempfile::tempdir().unwrap();
+    let dev = support::dev(&[
+        "--tls-cert",
+        &tls("localhost.pem"),
+        "--tls-key",
+        &tls("localhost.key"),
+    ]);
+    let https = format!("https://localhost:{}", dev.port);
+    let ca = tls("ca.pem");
+    let client = |args: &[&str]| -> Output {
+        let mut all = vec!["--server", https.as_str(), "--ca-cert", ca.as_str()];
+        all.extend_from_slice(args);
+        run(state.path(), &all)
+    };
+
+    // The CLI submits, waits and reads back over HTTPS.
+    let wordcount = examples().join("wordcount.toml");
+    let id = ok(&client(&["submit", path(&wordcount), "--wait"]));
+    assert!(ok(&client(&["status", id.trim()])).contains("1 succeeded"));
+    assert!(ok(&client(&["jobs"])).contains("wordcount"));
+
+    // Without the CA the server is not trusted, and nothing is sent.
+    let untrusted = run(state.path(), &["--server", &https, "jobs"]);
+    assert_eq!(untrusted.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(
+        stderr.contains("cannot reach https://localhost"),
+        "{stderr}"
+    );
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = run(
+        state.path(),
+        &[
+            "--server",
+            &format!("http://127.0.0.1:{}", dev.port),
+            "jobs",
+        ],
+    );
+    assert_eq!(plain.status.code(), Some(1), "{plain:?}");
+    // A CA file that holds no certificate is refused before any request.
+    let bad = run(
+        state.path(),
+        &[
+            "--server",
+            &https,
+            "--ca-cert",
+            &tls("localhost.key"),
+            "jobs",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("--ca-cert") && stderr.contains("no certificate"),
+        "{stderr}"
+    );
+
+    // The certificate names 127.0.0.1 too.
+    let by_ip = format!("https://127.0.0.1:{}", dev.port);
+    ok(&run(
+        state.path(),
+        &["--server", &by_ip, "--ca-cert", &ca, "jobs"],
+    ));
+
+    // A server whose key cannot be read does not start, and says which file.
+    let data = tempfile::tempdir().unwrap();
+    let missing = support::output_within(
+        support::dev_command(data.path(), support::free_port()).args([
+            "--tls-cert",
+            &tls("localhost.pem"),
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("/nonexistent/key.pem"), "{stderr}");
+    // The key of another certificate does not fit.
+    let mismatched = support::output_within(
+        support::dev_command(data.path(), support::free_port()).args([
+            "--tls-cert",
+            &tls("ca.pem"),
+            "--tls-key",
+            &tls("localhost.key"),
+        ]),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&mismatched.stderr);
+    assert!(
+        !mismatched.status.success() && stderr.contains("does not fit"),
+        "{stderr}"
+    );
+}

@@ -140,7 +140,7 @@ async fn wait_follows_the_event_stream_with_one_request_and_ends_with_the_job() 
         // The proxy's name is one the open dev server answers to.
         let proxy_port = free_port();
         let dev = dev(&["--allow-host", &format!("127.0.0.1:{proxy_port}")]);
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let module = upload_module(&http, &dev.base, guests::PROGRESS).await;
         let (proxy, requests) = counting_proxy(proxy_port, dev.port).await;
         let state = tempfile::tempdir().unwrap();
@@ -223,7 +223,7 @@ async fn wait_follows_the_event_stream_with_one_request_and_ends_with_the_job() 
 async fn a_client_that_reconnects_with_last_event_id_misses_nothing_and_sees_nothing_twice() {
     tokio::time::timeout(Duration::from_secs(300), async {
         let dev = dev(&[]);
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let module = upload_module(&http, &dev.base, guests::PROGRESS).await;
 
         // Everything, in one connection: the reference.

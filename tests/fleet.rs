@@ -61,7 +61,7 @@ impl Fleet {
             serve: None,
             serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
             workers: Vec::new(),
-            http: reqwest::Client::new(),
+            http: sandmill_server::tls::default_client(),
         };
         fleet.start_serve().await;
         fleet
@@ -83,7 +83,7 @@ impl Fleet {
         command
             .args(args)
             .arg("--nats")
-            .arg(self.nats.url())
+            .arg(self.nats.url_for(args))
             .arg("--cache-dir")
             .arg(self.cache.path())
             .stdout(Stdio::null())
@@ -224,7 +224,7 @@ impl Fleet {
     /// Task messages of job `id` in the task stream.
     async fn queued_messages(&self, id: i64) -> usize {
         use futures_util::TryStreamExt;
-        let client = async_nats::connect(self.nats.url()).await.unwrap();
+        let client = support::nats_client(&self.nats.url()).await;
         let js = async_nats::jetstream::new(client);
         let stream = js.get_stream("SANDMILL_TASKS").await.unwrap();
         let subjects: Vec<(String, usize)> = stream
@@ -436,8 +436,9 @@ fn a_task_delivered_twice_keeps_one_result() {
             preprocess: None,
             output_blob: false,
             delivered: 1,
+            ticket: String::new(),
         };
-        let client = async_nats::connect(fleet.nats.url()).await.unwrap();
+        let client = support::nats_client(&fleet.nats.url()).await;
         let js = async_nats::jetstream::new(client);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", "a-copy");
@@ -693,7 +694,7 @@ fn task_messages_lost_by_nats_are_published_again() {
         }
         // The messages vanish (as with a nats-server that lost its disk);
         // the database still says queued.
-        let client = async_nats::connect(fleet.nats.url()).await.unwrap();
+        let client = support::nats_client(&fleet.nats.url()).await;
         let js = async_nats::jetstream::new(client);
         let stream = js.get_stream("SANDMILL_TASKS").await.unwrap();
         stream.purge().await.unwrap();
@@ -811,7 +812,7 @@ fn subscriptions_answer_requests_and_keep_dead_letters() {
         assert_eq!(echo["queue"], false, "{echo}");
         let job_id = echo["job_id"].as_i64().unwrap();
 
-        let client = async_nats::connect(fleet.nats.url()).await.unwrap();
+        let client = support::nats_client(&fleet.nats.url()).await;
         let mut results = client.subscribe("sandmill.results.echo").await.unwrap();
         client.flush().await.unwrap();
         let mut headers = async_nats::HeaderMap::new();
@@ -978,7 +979,7 @@ fn a_durable_subscription_records_every_message_once_through_a_worker_kill() {
             )
             .await;
         let job_id = sub["job_id"].as_i64().unwrap();
-        let client = async_nats::connect(fleet.nats.url()).await.unwrap();
+        let client = support::nats_client(&fleet.nats.url()).await;
         let js = async_nats::jetstream::new(client.clone());
         let started = Instant::now();
         let mut killed = false;
@@ -1089,7 +1090,7 @@ fn a_durable_subscription_loses_nothing_when_serve_is_killed() {
             )
             .await;
         let job_id = sub["job_id"].as_i64().unwrap();
-        let client = async_nats::connect(fleet.nats.url()).await.unwrap();
+        let client = support::nats_client(&fleet.nats.url()).await;
         let js = async_nats::jetstream::new(client.clone());
         let mut acks = Vec::new();
         for i in 0..total {
@@ -1226,5 +1227,221 @@ fn one_tenants_big_sweep_does_not_hold_up_anothers_small_job_on_the_fleet() {
         let mut fleet = Fleet::start(&["--auth", "tokens"]).await;
         fleet.start_worker("w1", "", 2);
         support::fair_share(&fleet.base, &fleet.database, "fleet").await;
+    });
+}
+
+/// Publishes `subject` through JetStream and waits for the stream's ack.
+async fn published(js: &async_nats::jetstream::Context, subject: &str) -> bool {
+    match js.publish(subject.to_owned(), "{}".into()).await {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn worker_and_client_credentials_cannot_publish_tasks_or_overwrite_blobs() {
+    use async_nats::jetstream;
+    use futures_util::StreamExt;
+    use tokio::io::AsyncReadExt;
+    run_test(Duration::from_secs(180), async {
+        // The whole fleet runs under the documented configuration: serve
+        // as `sandmill-server`, the worker as `sandmill-worker`.
+        let mut fleet = Fleet::start(&[]).await;
+        let hash = fleet.upload(guests::NOOP).await;
+        fleet.start_worker("w1", "", 1);
+        let task = json!({"module": format!("sha256:{hash}"), "params": {"n": 1}});
+        let id = fleet.submit(json!({"name": "first", "task": task})).await;
+        let finished = fleet.finished(id, Duration::from_secs(60)).await;
+        assert_eq!(finished["status"], "succeeded", "{finished}");
+
+        // Requests a permission stops get no answer: a short wait will do.
+        let worker = support::nats_client(&fleet.nats.worker_url()).await;
+        let mut js = jetstream::new(worker.clone());
+        js.set_timeout(Duration::from_secs(2));
+        // A worker cannot publish a task...
+        assert!(!published(&js, &format!("sandmill.tasks.any.0.{id}.424242")).await);
+        // ...nor delete, purge or read around the queues and buckets.
+        assert!(js.delete_stream("SANDMILL_TASKS").await.is_err());
+        assert!(js.delete_stream("SANDMILL_EVENTS").await.is_err());
+        assert!(js.delete_key_value("sandmill-workers").await.is_err());
+        assert!(js.delete_object_store("sandmill-blobs").await.is_err());
+        let tasks = js.get_stream("SANDMILL_TASKS").await.unwrap();
+        assert!(tasks.purge().await.is_err());
+        let thief = tasks
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some("thief".into()),
+                filter_subject: "sandmill.tasks.>".into(),
+                ..Default::default()
+            })
+            .await;
+        assert!(thief.is_err(), "a worker made a queue of its own");
+        assert!(
+            js.create_stream(jetstream::stream::Config {
+                name: "STEAL".into(),
+                subjects: vec!["sandmill.wake.>".into()],
+                ..Default::default()
+            })
+            .await
+            .is_err()
+        );
+        // A worker writes results, never over a module or an input.
+        let modules = js.get_object_store("sandmill-blobs").await.unwrap();
+        let mut other: &[u8] = b"not the module";
+        assert!(modules.put(hash.as_str(), &mut other).await.is_err());
+        assert!(modules.delete(hash.as_str()).await.is_err());
+        let results = js.get_object_store("sandmill-results").await.unwrap();
+        let mut result: &[u8] = b"a result";
+        results.put("a-result", &mut result).await.unwrap();
+        // The recorder's queue is the control plane's alone.
+        let recorder = js
+            .get_stream("SANDMILL_EVENTS")
+            .await
+            .unwrap()
+            .get_consumer::<jetstream::consumer::pull::Config>("recorder")
+            .await;
+        assert!(recorder.is_err(), "a worker opened the recorder's queue");
+        // A program following Sandmill reads events but publishes neither
+        // events nor tasks.
+        let client = support::nats_client(&fleet.nats.client_url()).await;
+        let mut following = jetstream::new(client.clone());
+        following.set_timeout(Duration::from_secs(2));
+        assert!(!published(&following, &format!("sandmill.events.{id}.1")).await);
+        assert!(!published(&following, &format!("sandmill.tasks.any.0.{id}.424243")).await);
+        let mut events = client.subscribe("sandmill.events.>").await.unwrap();
+        client.flush().await.unwrap();
+
+        // Nothing of that got through: no stray task reached the queue,
+        // and the fleet goes on working (the follower sees its events).
+        let admin = jetstream::new(support::nats_client(&fleet.nats.url()).await);
+        let mut stream = admin.get_stream("SANDMILL_TASKS").await.unwrap();
+        assert_eq!(stream.info().await.unwrap().state.messages, 0);
+        assert!(admin.get_stream("SANDMILL_EVENTS").await.is_ok());
+        let mut module = Vec::new();
+        admin
+            .get_object_store("sandmill-blobs")
+            .await
+            .unwrap()
+            .get(hash.as_str())
+            .await
+            .expect("the module is still there")
+            .read_to_end(&mut module)
+            .await
+            .unwrap();
+        assert_eq!(
+            sandmill_runtime::blob::hash(&module),
+            hash,
+            "the module's bytes are intact"
+        );
+        // (Other parameters: the first job's output is cached.)
+        let task = json!({"module": format!("sha256:{hash}"), "params": {"n": 2}});
+        let id = fleet.submit(json!({"name": "second", "task": task})).await;
+        let finished = fleet.finished(id, Duration::from_secs(60)).await;
+        assert_eq!(finished["status"], "succeeded", "{finished}");
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("the follower sees the second job's events")
+            .unwrap();
+        assert!(
+            event.subject.starts_with(&format!("sandmill.events.{id}.")),
+            "{}",
+            event.subject
+        );
+        let tasks: Vec<Value> = fleet.tasks(id).await;
+        assert_eq!(tasks.len(), 1);
+    });
+}
+
+#[test]
+fn a_forged_finished_event_is_not_recorded() {
+    use async_nats::jetstream;
+    use sandmill_runtime::message::{TaskEvent, TaskResult, Verdict};
+    run_test(Duration::from_secs(180), async {
+        let mut fleet = Fleet::start(&[]).await;
+        let hash = fleet.upload(guests::HOSTILE_LOOP).await;
+        fleet.start_worker("w1", "", 1);
+        // One attempt that runs 4 s, then times out.
+        let id = fleet
+            .submit(
+                json!({"name": "slow", "max_attempts": 1, "limits": {"timeout": "4s"},
+                "task": {"module": format!("sha256:{hash}"), "params": {}}}),
+            )
+            .await;
+        fleet
+            .until(id, "the task starting", Duration::from_secs(30), |s| {
+                s["tasks"]["running"] == 1
+            })
+            .await;
+        let task_id = fleet.tasks(id).await[0]["id"].as_i64().unwrap();
+
+        // Someone with a worker's NATS password, who was not delivered the
+        // task, reports it succeeded: without a ticket, with a made-up one,
+        // and under every message id the real worker could use.
+        let forger = jetstream::new(support::nats_client(&fleet.nats.worker_url()).await);
+        for (n, ticket) in ["", "0123456789abcdef0123456789abcdef"].iter().enumerate() {
+            let forged = TaskEvent::Finished(TaskResult {
+                job_id: id,
+                task_id,
+                attempt: 0,
+                worker: "w1".into(),
+                verdict: Verdict::Succeeded,
+                reason: None,
+                error: None,
+                retryable: false,
+                output: None,
+                log: b"forged\n".to_vec(),
+                log_blob: None,
+                log_truncated: false,
+                counters: Default::default(),
+                started_ms: None,
+                elapsed_ms: 1,
+                fuel_used: None,
+                ticket: ticket.to_string(),
+            });
+            for msg_id in [
+                format!("forged-{n}"),
+                format!(
+                    "event-{task_id}-0-finished-{}",
+                    &ticket.get(..8).unwrap_or("")
+                ),
+            ] {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", msg_id.as_str());
+                forger
+                    .publish_with_headers(
+                        format!("sandmill.events.{id}.{task_id}"),
+                        headers,
+                        serde_json::to_vec(&forged).unwrap().into(),
+                    )
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        }
+        // The forgeries reached the stream, and the task still runs.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(fleet.job(id).await["tasks"]["running"], 1);
+
+        // The real end is what is recorded: the timeout, from w1.
+        let finished = fleet.finished(id, Duration::from_secs(60)).await;
+        assert_eq!(finished["status"], "failed", "{finished}");
+        let task: Value = fleet.get(&format!("/v1/tasks/{task_id}")).await;
+        assert_eq!(task["task"]["reason"], "timeout", "{task}");
+        let attempts = task["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "{task}");
+        assert!(
+            attempts[0]["worker"].as_str().unwrap().starts_with("w1/"),
+            "{task}"
+        );
+        let log = fleet
+            .http
+            .get(format!("{}/v1/tasks/{task_id}/logs", fleet.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!log.contains("forged"), "{log}");
     });
 }

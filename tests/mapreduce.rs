@@ -408,7 +408,7 @@ impl Dev {
         let dev = support::Killed::spawn(&mut support::dev_command(data.path(), port));
         let pid = dev.0.id();
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         support::wait_ready(&http, &base).await;
         Dev {
             dev,
@@ -902,13 +902,13 @@ fn on_a_fleet_outputs_equal_the_reference_through_crashing_guests_and_killed_wor
         let cache = tempfile::tempdir().unwrap();
         let port = support::free_port();
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let fleet = |args: &[&str]| -> support::Killed {
             let mut command = Command::new(env!("CARGO_BIN_EXE_sandmill"));
             command
                 .args(args)
                 .arg("--nats")
-                .arg(nats.url())
+                .arg(nats.url_for(args))
                 .arg("--cache-dir")
                 .arg(cache.path());
             support::Killed::spawn(quiet(&mut command))

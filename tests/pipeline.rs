@@ -192,7 +192,7 @@ impl Dev {
         let port = support::free_port();
         let dev = support::Killed::spawn(&mut support::dev_command(data.path(), port));
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         support::wait_ready(&http, &base).await;
         Dev {
             _dev: dev,
@@ -558,13 +558,13 @@ fn the_example_pipeline_runs_on_a_fleet() {
         let cache = tempfile::tempdir().unwrap();
         let port = support::free_port();
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let fleet = |args: &[&str]| -> support::Killed {
             let mut command = Command::new(env!("CARGO_BIN_EXE_sandmill"));
             command
                 .args(args)
                 .arg("--nats")
-                .arg(nats.url())
+                .arg(nats.url_for(args))
                 .arg("--cache-dir")
                 .arg(cache.path());
             support::Killed::spawn(quiet(&mut command))
@@ -1293,7 +1293,7 @@ fn a_server_killed_between_a_step_and_its_readers_plans_them_once_embedded() {
         let state = tempfile::tempdir().unwrap();
         let port = support::free_port();
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let (mut dev, paused) = start_paused(&mut support::dev_command(data.path(), port));
         support::wait_ready(&http, &base).await;
         let id = submit(state.path(), &base, &example("sales.toml"), &["--no-cache"]);

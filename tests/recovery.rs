@@ -31,7 +31,7 @@ async fn scenario() {
     let data = tempfile::tempdir().unwrap();
     let port = support::free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = sandmill_server::tls::default_client();
 
     let mut dev = start_dev(data.path(), port);
     support::wait_ready(&http, &base).await;
@@ -107,7 +107,7 @@ async fn sigterm_stops_dev_in_bounded_time_with_its_database_gone() {
         let data = tempfile::tempdir().unwrap();
         let port = support::free_port();
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let log = data.path().join("dev.log");
         let mut dev = support::Killed::spawn(
             support::dev_command(data.path(), port)

@@ -56,7 +56,7 @@ async fn an_every_schedule_fires_on_time_and_catches_up_once_after_a_crash() {
     tokio::time::timeout(Duration::from_secs(300), async {
         let data = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let (mut dev, base) = start(data.path());
         let file = write(
             state.path(),
@@ -142,7 +142,7 @@ async fn overlap_skip_and_queue_never_run_two_of_a_schedules_jobs_at_once() {
     tokio::time::timeout(Duration::from_secs(300), async {
         let data = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let (_dev, base) = start(data.path());
         // Each job runs a second or so (never from the cache); the
         // schedules fire every 500 ms.
@@ -202,7 +202,7 @@ async fn the_example_controller_reaches_its_target_and_stops_submitting() {
     tokio::time::timeout(Duration::from_secs(300), async {
         let data = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let (_dev, base) = start(data.path());
         let example =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/controller/controller.toml");
@@ -293,7 +293,7 @@ async fn sandmill_dev_with_nats_runs_subscriptions_and_keeps_what_keep_says() {
         let _dev = Killed::spawn(dev_command(data.path(), port).args(["--nats", &nats.url()]));
         wait_port(port, Duration::from_secs(60));
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let echo = write(
             state.path(),
             "echo.toml",
@@ -325,7 +325,7 @@ async fn sandmill_dev_with_nats_runs_subscriptions_and_keeps_what_keep_says() {
         let echo_job = subscription("echo").await["job_id"].as_i64().unwrap();
         let log_job = subscription("log").await["job_id"].as_i64().unwrap();
 
-        let client = async_nats::connect(nats.url()).await.unwrap();
+        let client = support::nats_client(&nats.url()).await;
         for i in 0..12 {
             let payload = format!("call {i}");
             let answer = tokio::time::timeout(

@@ -70,7 +70,7 @@ async fn jobs_listed(http: &reqwest::Client, base: &str) -> usize {
 fn an_open_dev_server_refuses_web_pages_and_ungranted_network() {
     run_test(Duration::from_secs(180), async {
         let dev = dev(&[]);
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let base = &dev.base;
         let module = upload_module(&http, base, guests::NOOP).await;
         let job = json!({"name": "one", "task": {"module": module}});
@@ -172,7 +172,7 @@ fn a_guest_granted_the_internet_cannot_reach_loopback_services() {
     run_test(Duration::from_secs(180), async {
         // The policy lets guests reach a public range, not this machine.
         let dev = dev(&["--allow-network", "203.0.113.0/24:443,0.0.0.0/0:80"]);
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -210,7 +210,7 @@ fn a_worker_that_does_not_allow_a_grant_refuses_its_tasks() {
             "--allow-grants",
             "clock,random",
         ]);
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let (addr, _listener) = support::one_connection();
         let net = network_job(&http, &dev.base, &addr).await;
         let id = submit_json(&http, &dev.base, &net).await;
@@ -257,7 +257,7 @@ fn slow_clients_and_crowds_are_cut_off_by_the_http_limits() {
             "--max-requests",
             "2",
         ]);
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let host = format!("127.0.0.1:{}", dev.port);
 
         // Headers that never end: the connection is closed.
@@ -315,7 +315,7 @@ fn slow_clients_and_crowds_are_cut_off_by_the_http_limits() {
 fn run_calls_past_the_waiting_cap_are_accepted_without_waiting() {
     run_test(Duration::from_secs(180), async {
         let dev = dev(&["--max-waiting-runs", "1"]);
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let looping = upload_module(&http, &dev.base, guests::HOSTILE_LOOP).await;
         let noop = upload_module(&http, &dev.base, guests::NOOP).await;
         let run = |body: Value| {
@@ -356,7 +356,7 @@ async fn status_of(http: &reqwest::Client, base: &str, path: &str) -> u16 {
 fn retention_removes_ended_jobs_and_nothing_a_running_one_needs() {
     run_test(Duration::from_secs(180), async {
         let dev = dev(&["--retain", "2s"]);
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let base = &dev.base;
         let noop = upload_module(&http, base, guests::NOOP).await;
         let looping = upload_module(&http, base, guests::HOSTILE_LOOP).await;
@@ -427,7 +427,7 @@ fn limits_past_the_servers_ceilings_are_refused_naming_them() {
             "--max-attempts",
             "2",
         ]);
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let base = &dev.base;
         let noop = upload_module(&http, base, guests::NOOP).await;
         let post = |path: &'static str, body: Value| {
@@ -532,7 +532,7 @@ fn tenants_see_only_their_own_and_env_secrets_never_show() {
         let _process = support::Killed::spawn(&mut command);
         support::wait_port(port, Duration::from_secs(60));
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let database = dev_database(data.path());
         let who =
             |tenant: &str, role: &str| support::As::new(&http, &base, &database, tenant, role);
@@ -826,7 +826,7 @@ fn tenants_over_a_quota_are_refused_naming_it() {
         let _process = support::Killed::spawn(&mut command);
         support::wait_port(port, Duration::from_secs(60));
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = sandmill_server::tls::default_client();
         let database = dev_database(data.path());
         let (alpha, beta) = (
             support::As::new(&http, &base, &database, "alpha", "user"),

@@ -72,6 +72,7 @@ fn result(task_id: i64, attempt: i64, verdict: Verdict, retryable: bool) -> Task
         started_ms: None,
         elapsed_ms: 3,
         fuel_used: None,
+        ticket: String::new(),
     })
 }
 
@@ -82,6 +83,7 @@ fn start(task_id: i64, delivery: u32) -> TaskEvent {
         attempt: 0,
         worker: "w1".into(),
         delivery,
+        ticket: String::new(),
     }
 }
 
@@ -295,6 +297,10 @@ async fn schedules(store: &Store) {
 }
 
 async fn suite(store: Store) {
+    // A setting is made once; later makers get the first value.
+    let first = store.setting_or("test-key", || "one".into()).await.unwrap();
+    let again = store.setting_or("test-key", || "two".into()).await.unwrap();
+    assert_eq!((first.as_str(), again.as_str()), ("one", "one"));
     catalogue(&store).await;
 
     // A sweep over items larger than one insert statement: nothing is a

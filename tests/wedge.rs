@@ -497,7 +497,7 @@ async fn arbitrary_bytes_never_wedge_the_fleet() {
             Command::new(env!("CARGO_BIN_EXE_sandmill"))
                 .args(args)
                 .arg("--nats")
-                .arg(nats.url())
+                .arg(nats.url_for(args))
                 .arg("--cache-dir")
                 .arg(cache.path())
                 .stdout(Stdio::null())
@@ -518,7 +518,7 @@ async fn arbitrary_bytes_never_wedge_the_fleet() {
     let _worker = sandmill(&["worker", "--id", "wedge", "--concurrency", "2"]);
     let target = Http {
         base: format!("http://127.0.0.1:{port}"),
-        client: reqwest::Client::new(),
+        client: sandmill_server::tls::default_client(),
     };
     support::wait_ready(&target.client, &target.base).await;
     tokio::time::timeout(Duration::from_secs(300), drive(&target, 12))

@@ -115,6 +115,12 @@ pub struct TaskMessage {
     /// delivery (set on fetch; not part of the message).
     #[serde(skip, default = "first_delivery")]
     pub delivered: u32,
+    /// The control plane's mark of this attempt, which only it can make:
+    /// the attempt's events carry it back, and an event without the right
+    /// one is not recorded (no one who was not delivered the task can
+    /// report on it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ticket: String,
 }
 
 /// A slice of a blob: one of a task's inputs.
@@ -249,6 +255,9 @@ pub struct TaskResult {
     pub elapsed_ms: i64,
     /// Fuel used, when metered.
     pub fuel_used: Option<u64>,
+    /// The task message's [`TaskMessage::ticket`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ticket: String,
 }
 
 impl TaskResult {
@@ -323,6 +332,9 @@ pub enum TaskEvent {
         /// that took it before vanished).
         #[serde(default = "first_delivery")]
         delivery: u32,
+        /// The task message's [`TaskMessage::ticket`].
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        ticket: String,
     },
     /// An attempt ended.
     Finished(TaskResult),
@@ -481,6 +493,7 @@ mod tests {
             started_ms: None,
             elapsed_ms: 1,
             fuel_used: None,
+            ticket: String::new(),
         }
     }
 

@@ -337,6 +337,7 @@ impl Worker {
                         attempt: task.attempt,
                         worker: self.id.clone(),
                         delivery: task.delivered,
+                        ticket: task.ticket.clone(),
                     };
                     // Tasks proven quick (full batches, a few ms each at
                     // most) end before a start could tell anyone anything:
@@ -450,6 +451,7 @@ impl Worker {
             started_ms: None,
             elapsed_ms: 0,
             fuel_used: None,
+            ticket: task.ticket.clone(),
         }
     }
 

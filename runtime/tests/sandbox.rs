@@ -547,7 +547,7 @@ async fn a_module_is_compiled_once_per_cache_directory() {
     assert_eq!(module.hash().len(), 64);
 
     // Another process on the same machine: precompiled from disk.
-    let second = Sandbox::new(config).expect("sandbox");
+    let second = Sandbox::new(config.clone()).expect("sandbox");
     let module = second.load(&wasm).expect("load");
     assert_eq!(
         second.cache_stats(),
@@ -564,9 +564,68 @@ async fn a_module_is_compiled_once_per_cache_directory() {
     .expect("in time");
     assert_eq!(bytes(&outcome), b"from disk");
 
+    // One changed byte inside the artifact (machine code that would run as
+    // it is): its tag no longer matches, so it is compiled again, never
+    // loaded.
+    let artifact = std::fs::read_dir(dir.path())
+        .expect("read cache")
+        .map(|entry| entry.expect("entry").path())
+        .find(|path| path.extension().is_some_and(|e| e == "cwasm"))
+        .expect("an artifact");
+    let mut changed = std::fs::read(&artifact).expect("artifact");
+    let middle = changed.len() / 2;
+    changed[middle] ^= 0x01;
+    std::fs::write(&artifact, &changed).expect("change it");
+    let checked = Sandbox::new(config.clone()).expect("sandbox");
+    let module = checked.load(&wasm).expect("load");
+    assert_eq!(
+        checked.cache_stats(),
+        CacheStats {
+            compiled: 1,
+            from_disk: 0
+        }
+    );
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(30),
+        checked.call(&module, Call::task(b"recompiled".to_vec())),
+    )
+    .await
+    .expect("in time");
+    assert_eq!(bytes(&outcome), b"recompiled");
+
+    // Another module's artifact (valid, with its own tag) under this
+    // module's name is not taken for it either.
+    let panic_wasm = std::fs::read(guests::HOSTILE_PANIC).expect("panic guest");
+    checked.load(&panic_wasm).expect("load the other");
+    let other = std::fs::read_dir(dir.path())
+        .expect("read cache")
+        .map(|entry| entry.expect("entry").path())
+        .find(|path| path.extension().is_some_and(|e| e == "cwasm") && *path != artifact)
+        .expect("the other artifact");
+    std::fs::copy(&other, &artifact).expect("swap");
+    let swapped = Sandbox::new(config.clone()).expect("sandbox");
+    let module = swapped.load(&wasm).expect("load");
+    assert_eq!(
+        swapped.cache_stats(),
+        CacheStats {
+            compiled: 1,
+            from_disk: 0
+        }
+    );
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(30),
+        swapped.call(&module, Call::task(b"its own code".to_vec())),
+    )
+    .await
+    .expect("in time");
+    assert_eq!(bytes(&outcome), b"its own code");
+
     // A damaged artifact is ignored and replaced, never fatal.
     for entry in std::fs::read_dir(dir.path()).expect("read cache") {
-        std::fs::write(entry.expect("entry").path(), b"damaged").expect("damage");
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "cwasm") {
+            std::fs::write(path, b"damaged").expect("damage");
+        }
     }
     let third = Sandbox::new(SandboxConfig {
         cache_dir: Some(dir.path().to_owned()),

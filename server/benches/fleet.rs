@@ -40,7 +40,7 @@ fn sandmill(args: &[&str]) -> Child {
 
 /// Uploads noop, submits the sweep, waits for it; returns (accept, total).
 async fn sweep(base: &str, tasks: u64) -> (Duration, Duration) {
-    let http = reqwest::Client::new();
+    let http = sandmill_server::tls::default_client();
     support::wait_ready(&http, base).await;
     let module: Value = http
         .post(format!("{base}/v1/modules"))
@@ -97,6 +97,7 @@ fn main() {
     let listen = format!("127.0.0.1:{port}");
     let database = pg.database();
     let nats_url = nats.url();
+    let worker_url = nats.worker_url();
     let mut fleet = Killed(vec![sandmill(&[
         "serve",
         "--auth",
@@ -111,12 +112,15 @@ fn main() {
         &cache_dir,
     ])]);
     let base = format!("http://127.0.0.1:{port}");
-    runtime.block_on(support::wait_ready(&reqwest::Client::new(), &base));
+    runtime.block_on(support::wait_ready(
+        &sandmill_server::tls::default_client(),
+        &base,
+    ));
     for id in ["bench-1", "bench-2"] {
         fleet.0.push(sandmill(&[
             "worker",
             "--nats",
-            &nats_url,
+            &worker_url,
             "--id",
             id,
             "--concurrency",

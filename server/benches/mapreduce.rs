@@ -283,7 +283,7 @@ fn fleet(files: &[PathBuf], bytes: u64, native_mbs: f64, expected: (usize, u64))
             Command::new(env!("CARGO_BIN_EXE_sandmill"))
                 .args(args)
                 .arg("--nats")
-                .arg(nats.url())
+                .arg(nats.url_for(args))
                 .arg("--cache-dir")
                 .arg(cache.path())
                 .stdout(Stdio::null())
@@ -306,7 +306,10 @@ fn fleet(files: &[PathBuf], bytes: u64, native_mbs: f64, expected: (usize, u64))
         spawn(&["worker", "--id", "w2", "--concurrency", "1"]),
     ];
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(support::wait_ready(&reqwest::Client::new(), &base));
+    runtime.block_on(support::wait_ready(
+        &sandmill_server::tls::default_client(),
+        &base,
+    ));
     let work = tempfile::tempdir().unwrap();
     let job = job_file(work.path(), files[0].parent().unwrap());
     let state = tempfile::tempdir().unwrap();

@@ -152,7 +152,7 @@ async fn scale(n: u64, bare: f64) {
     let port = support::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let server = dev(data.path(), port);
-    let http = reqwest::Client::new();
+    let http = sandmill_server::tls::default_client();
     support::wait_ready(&http, &base).await;
     let module = upload_noop(&http, &base).await;
     let (idle, _) = rss(server.0.id());
@@ -195,7 +195,7 @@ where
 
 /// Latency of `/v1/run` next to `/healthz`, idle and behind a sweep.
 async fn latency(label: &str, base: &str, plan: &Plan) {
-    let http = reqwest::Client::builder()
+    let http = sandmill_server::tls::client()
         .pool_max_idle_per_host(1)
         .build()
         .expect("client");
@@ -274,7 +274,7 @@ async fn fleet_latency(plan: &Plan) {
             Command::new(env!("CARGO_BIN_EXE_sandmill"))
                 .args(args)
                 .arg("--nats")
-                .arg(nats.url())
+                .arg(nats.url_for(args))
                 .arg("--cache-dir")
                 .arg(cache.path())
                 .stdout(Stdio::null())
@@ -307,7 +307,7 @@ async fn crash(n: u64) {
     let data = tempfile::tempdir().expect("tempdir");
     let port = support::free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = sandmill_server::tls::default_client();
     let mut server = dev(data.path(), port);
     support::wait_ready(&http, &base).await;
     let module = upload_noop(&http, &base).await;

@@ -94,6 +94,7 @@ fn main() {
     let listen = format!("127.0.0.1:{port}");
     let database = pg.database();
     let nats_url = nats.url();
+    let worker_url = nats.worker_url();
     let mut fleet = Killed(vec![sandmill(&[
         "serve",
         "--auth",
@@ -108,13 +109,13 @@ fn main() {
         &cache_dir,
     ])]);
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = sandmill_server::tls::default_client();
     runtime.block_on(support::wait_ready(&http, &base));
     for id in ["bench-1", "bench-2"] {
         fleet.0.push(sandmill(&[
             "worker",
             "--nats",
-            &nats_url,
+            &worker_url,
             "--id",
             id,
             "--concurrency",
@@ -126,7 +127,7 @@ fn main() {
 
     runtime.block_on(async {
         let module = support::upload_module(&http, &base, guests::NOOP).await;
-        let client = async_nats::connect(&nats_url).await.unwrap();
+        let client = support::nats_client(&nats_url).await;
 
         // The floor: a bare echo service on the same NATS server.
         let mut echo = client.subscribe("bench.echo").await.unwrap();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sandmill_runtime::blob::{BlobStore, DirBlobStore, LocalCopy, NatsBlobStore};
+use sandmill_runtime::blob::{BlobStore, DirBlobStore, LocalCopy, NatsBlobStore, Writer};
 use sandmill_runtime::broker::{Broker, NatsBroker, NatsConfig};
 use sandmill_runtime::labels::Labels;
 use sandmill_runtime::message::{HEARTBEAT_EVERY, WorkerInfo, now_ms};
@@ -52,17 +52,44 @@ impl NatsOptions {
         if let Some(token) = &self.token {
             options = options.token(token.clone());
         }
-        if let Some((user, password)) = &self.user {
-            options = options.user_and_password(user.clone(), password.clone());
+        let urls: Vec<String> = self.urls.split(',').map(|u| u.trim().to_owned()).collect();
+        // A user in the URL (`nats://user:password@host`), unless given
+        // apart.
+        let in_url = urls.iter().find_map(|url| {
+            let addr: async_nats::ServerAddr = url.parse().ok()?;
+            Some((addr.username()?.to_owned(), addr.password()?.to_owned()))
+        });
+        if let Some((user, password)) = self.user.clone().or(in_url) {
+            options = options.user_and_password(user, password);
         }
         if let Some(ca) = &self.ca {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
-        let urls: Vec<String> = self.urls.split(',').map(|u| u.trim().to_owned()).collect();
         options
             .connect(urls.as_slice())
             .await
-            .with_context(|| format!("cannot connect to NATS at {}", self.urls))
+            .with_context(|| format!("cannot connect to NATS at {}", self.shown()))
+    }
+
+    /// The URLs without the passwords in them, to show.
+    pub fn shown(&self) -> String {
+        self.urls
+            .split(',')
+            .map(|url| {
+                let url = url.trim();
+                let split = url
+                    .split_once("://")
+                    .and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?)));
+                match split {
+                    Some((scheme, (credentials, host))) => {
+                        let user = credentials.split(':').next().unwrap_or("");
+                        format!("{scheme}://{user}:***@{host}")
+                    }
+                    None => url.to_owned(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -124,7 +151,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<Server> {
         )
         .await?,
     );
-    let blobs = Arc::new(NatsBlobStore::connect(client.clone()).await?);
+    let blobs = Arc::new(NatsBlobStore::connect(client.clone(), Writer::ControlPlane).await?);
     let store = connect_store(&config.database).await?;
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(config.cache_dir.clone()),
@@ -170,6 +197,25 @@ pub struct WorkerConfig {
     pub allowed_grants: Vec<String>,
 }
 
+/// Calls `make` until it succeeds, with backoff (up to 10 s) and one log
+/// line per failure.
+async fn until_made<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    mut make: impl FnMut() -> F,
+) -> T {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match make().await {
+            Ok(made) => return made,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "cannot open {what} (has `sandmill serve` run yet?)");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
 /// Checks a worker id: letters, digits, `-`, `_` and `.`, not `.` at
 /// either end.
 pub fn check_worker_id(id: &str) -> anyhow::Result<()> {
@@ -192,18 +238,28 @@ pub fn check_worker_id(id: &str) -> anyhow::Result<()> {
 pub async fn worker(config: WorkerConfig) -> anyhow::Result<WorkerPool> {
     check_worker_id(&config.id)?;
     let client = config.nats.connect().await?;
+    // A worker may start before `serve` has made the streams, buckets and
+    // queues, and under the least-privilege NATS users it may not make
+    // them itself: it waits for them.
     let broker = Arc::new(
-        NatsBroker::connect(
-            client.clone(),
-            NatsConfig {
-                offers: Some(config.labels.clone()),
-                ..NatsConfig::default()
-            },
-        )
-        .await?,
+        until_made("the task queues", || {
+            NatsBroker::connect(
+                client.clone(),
+                NatsConfig {
+                    offers: Some(config.labels.clone()),
+                    ..NatsConfig::default()
+                },
+            )
+        })
+        .await,
     );
     refuse_taken_id(broker.as_ref(), &config.id).await?;
-    let blobs: Arc<dyn BlobStore> = Arc::new(NatsBlobStore::connect(client).await?);
+    let blobs: Arc<dyn BlobStore> = Arc::new(
+        until_made("the blob buckets", || {
+            NatsBlobStore::connect(client.clone(), Writer::Worker)
+        })
+        .await,
+    );
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(config.cache_dir.clone()),
         allowed_grants: config.allowed_grants.clone(),

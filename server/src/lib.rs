@@ -28,3 +28,4 @@ pub mod model;
 pub mod scheduler;
 pub mod store;
 pub mod subscription;
+pub mod tls;

@@ -280,8 +280,14 @@ pub fn dev(extra: &[&str]) -> Dev {
     }
 }
 
+/// The test passwords of the users of `examples/nats/least-privilege.conf`.
+pub const NATS_SERVER_PASSWORD: &str = "server-secret";
+pub const NATS_WORKER_PASSWORD: &str = "worker-secret";
+pub const NATS_CLIENT_PASSWORD: &str = "client-secret";
+
 /// A real `nats-server -js` on a free loopback port with a temporary store
-/// folder, killed on drop.
+/// folder, under the documented least-privilege configuration
+/// (`examples/nats/least-privilege.conf`), killed on drop.
 pub struct Nats {
     dir: tempfile::TempDir,
     child: Child,
@@ -305,6 +311,17 @@ impl Nats {
         let child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir)
+            .arg("-c")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/nats/least-privilege.conf"
+            ))
+            .env("SANDMILL_SERVER_PASSWORD", NATS_SERVER_PASSWORD)
+            .env("SANDMILL_WORKER_PASSWORD", NATS_WORKER_PASSWORD)
+            .env("SANDMILL_CLIENT_PASSWORD", NATS_CLIENT_PASSWORD)
+            // Its log (permission violations among it) stays with its store.
+            .arg("-l")
+            .arg(dir.join("nats-server.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -330,9 +347,38 @@ impl Nats {
         self.child = Self::spawn(self.dir.path(), self.port);
     }
 
-    /// Its URL.
+    /// Its URL as the control plane (`sandmill-server`: everything).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!(
+            "nats://sandmill-server:{NATS_SERVER_PASSWORD}@127.0.0.1:{}",
+            self.port
+        )
+    }
+
+    /// Its URL as a worker (`sandmill-worker`).
+    pub fn worker_url(&self) -> String {
+        format!(
+            "nats://sandmill-worker:{NATS_WORKER_PASSWORD}@127.0.0.1:{}",
+            self.port
+        )
+    }
+
+    /// Its URL as a program that follows Sandmill (`sandmill-client`).
+    pub fn client_url(&self) -> String {
+        format!(
+            "nats://sandmill-client:{NATS_CLIENT_PASSWORD}@127.0.0.1:{}",
+            self.port
+        )
+    }
+
+    /// The URL for the `sandmill` command `args`: a worker's for
+    /// `worker`, else the control plane's.
+    pub fn url_for(&self, args: &[&str]) -> String {
+        if args.first() == Some(&"worker") {
+            self.worker_url()
+        } else {
+            self.url()
+        }
     }
 
     /// Its store folder.
@@ -346,6 +392,16 @@ impl Drop for Nats {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A NATS client connected to `url`, as the user and password in it.
+pub async fn nats_client(url: &str) -> async_nats::Client {
+    let addr: async_nats::ServerAddr = url.parse().expect("a NATS URL");
+    let mut options = async_nats::ConnectOptions::new();
+    if let (Some(user), Some(password)) = (addr.username(), addr.password()) {
+        options = options.user_and_password(user.to_owned(), password.to_owned());
+    }
+    options.connect(url).await.expect("connect to NATS")
 }
 
 /// Waits until a server at `base` answers `/readyz` (or asks for a
@@ -636,7 +692,7 @@ pub fn token(database: &str, tenant: &str, role: &str) -> String {
 /// while alpha's still runs. Prints the figures, labelled `mode`.
 pub async fn fair_share(base: &str, database: &str, mode: &str) {
     const BIG: i64 = 100_000;
-    let http = reqwest::Client::new();
+    let http = sandmill_server::tls::default_client();
     let (alpha, beta) = (
         As::new(&http, base, database, "alpha", "user"),
         As::new(&http, base, database, "beta", "user"),

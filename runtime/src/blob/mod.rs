@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 pub use dir::DirBlobStore;
 pub use local_copy::LocalCopy;
-pub use nats::NatsBlobStore;
+pub use nats::{NatsBlobStore, RESULTS_BUCKET, Writer};
 
 /// What kind of failure a blob store had; callers decide on it (a worker
 /// waits out an unavailable store instead of failing the task).

@@ -1,5 +1,12 @@
-//! [`NatsBlobStore`]: blobs in a NATS object store bucket, so a worker
+//! [`NatsBlobStore`]: blobs in NATS object store buckets, so a worker
 //! needs nothing but the NATS URL.
+//!
+//! Two buckets, one per writer: the control plane's (`sandmill-blobs`:
+//! modules, inputs, large parameters) and the workers' (`sandmill-results`:
+//! outputs, logs, shuffle partitions). Each process writes only to its own
+//! and reads both, so under the least-privilege NATS users a worker cannot
+//! write over a module or an input. Every read is checked against the
+//! blob's sha256.
 
 use async_nats::jetstream::{self, object_store};
 use async_trait::async_trait;
@@ -7,44 +14,81 @@ use tokio::io::AsyncReadExt;
 
 use super::{BlobError, BlobErrorKind, BlobStore, blob_error, hash};
 
-/// The bucket's name.
+/// The control plane's bucket.
 pub const BUCKET: &str = "sandmill-blobs";
+/// The workers' bucket.
+pub const RESULTS_BUCKET: &str = "sandmill-results";
 
-/// Content-addressed blobs in the `sandmill-blobs` bucket.
+/// Who writes through a store: which bucket is its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writer {
+    /// `sandmill serve` (and `sandmill dev --nats`): writes `sandmill-blobs`.
+    ControlPlane,
+    /// `sandmill worker`: writes `sandmill-results`.
+    Worker,
+}
+
+/// One bucket and its stream.
 #[derive(Clone)]
-pub struct NatsBlobStore {
-    bucket: object_store::ObjectStore,
+struct Bucket {
+    name: &'static str,
+    store: object_store::ObjectStore,
     /// The bucket's stream, for reading one-chunk objects directly.
     stream: jetstream::stream::Stream,
 }
 
-impl NatsBlobStore {
-    /// Opens (creating if needed) the bucket.
-    pub async fn connect(client: async_nats::Client) -> Result<Self, BlobError> {
-        let js = jetstream::new(client);
-        let bucket = match js.get_object_store(BUCKET).await {
-            Ok(bucket) => bucket,
+/// Content-addressed blobs in the `sandmill-blobs` and `sandmill-results`
+/// buckets.
+#[derive(Clone)]
+pub struct NatsBlobStore {
+    /// Where this process writes (and looks first).
+    own: Bucket,
+    /// The other writer's bucket (read only).
+    other: Bucket,
+}
+
+impl Bucket {
+    /// Opens the bucket; the control plane creates it if missing (a worker
+    /// may not, and waits for it).
+    async fn open(
+        js: &jetstream::Context,
+        name: &'static str,
+        description: &str,
+        create: bool,
+    ) -> Result<Bucket, BlobError> {
+        let store = match js.get_object_store(name).await {
+            Ok(store) => store,
+            Err(e) if !create => {
+                return Err(blob_error(
+                    BlobErrorKind::Unavailable,
+                    format!("cannot open bucket {name}: {e}"),
+                ));
+            }
             Err(_) => js
                 .create_object_store(object_store::Config {
-                    bucket: BUCKET.into(),
-                    description: Some("Sandmill modules, inputs and outputs by sha256".into()),
+                    bucket: name.into(),
+                    description: Some(description.into()),
                     ..Default::default()
                 })
                 .await
                 .map_err(|e| {
                     blob_error(
                         BlobErrorKind::Unavailable,
-                        format!("cannot create bucket {BUCKET}: {e}"),
+                        format!("cannot create bucket {name}: {e}"),
                     )
                 })?,
         };
-        let stream = js.get_stream(format!("OBJ_{BUCKET}")).await.map_err(|e| {
+        let stream = js.get_stream(format!("OBJ_{name}")).await.map_err(|e| {
             blob_error(
                 BlobErrorKind::Unavailable,
-                format!("cannot open the stream of bucket {BUCKET}: {e}"),
+                format!("cannot open the stream of bucket {name}: {e}"),
             )
         })?;
-        Ok(NatsBlobStore { bucket, stream })
+        Ok(Bucket {
+            name,
+            store,
+            stream,
+        })
     }
 
     /// An object of at most one chunk, read with two direct requests (its
@@ -53,7 +97,7 @@ impl NatsBlobStore {
     /// (a subscription's messages) would otherwise run into the server's
     /// consumer limit. `None` if it is larger (or a link).
     async fn get_small(&self, name: &str) -> Result<Option<Option<Vec<u8>>>, BlobError> {
-        let info = match self.bucket.info(name).await {
+        let info = match self.store.info(name).await {
             Ok(info) => info,
             Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => {
                 return Ok(Some(None));
@@ -74,7 +118,7 @@ impl NatsBlobStore {
         let bytes = if info.size == 0 {
             Vec::new()
         } else {
-            let subject = format!("$O.{BUCKET}.C.{}", info.nuid);
+            let subject = format!("$O.{}.C.{}", self.name, info.nuid);
             let message = self
                 .stream
                 .get_last_raw_message_by_subject(&subject)
@@ -89,50 +133,25 @@ impl NatsBlobStore {
         };
         Ok(Some(Some(bytes)))
     }
-}
 
-#[async_trait]
-impl BlobStore for NatsBlobStore {
-    async fn put(&self, bytes: &[u8]) -> Result<String, BlobError> {
-        let name = hash(bytes);
-        if self.bucket.info(&name).await.is_ok() {
-            return Ok(name);
-        }
-        let mut reader = bytes;
-        self.bucket
-            .put(name.as_str(), &mut reader)
-            .await
-            .map_err(|e| {
-                blob_error(
-                    BlobErrorKind::Unavailable,
-                    format!("cannot store {name}: {e}"),
-                )
-            })?;
-        Ok(name)
-    }
-
-    async fn contains(&self, name: &str) -> Result<bool, BlobError> {
-        match self.bucket.info(name).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(false),
-            Err(e) => Err(blob_error(
-                BlobErrorKind::Unavailable,
-                format!("cannot look for {name}: {e}"),
-            )),
-        }
-    }
-
+    /// The bytes under `name`, checked against it.
     async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, BlobError> {
+        let corrupt = || {
+            blob_error(
+                BlobErrorKind::Corrupt,
+                format!(
+                    "the bytes read under {name} in {} have another hash",
+                    self.name
+                ),
+            )
+        };
         if let Some(small) = self.get_small(name).await? {
             return match small {
-                Some(bytes) if hash(&bytes) != name => Err(blob_error(
-                    BlobErrorKind::Corrupt,
-                    format!("the bytes read under {name} have another hash"),
-                )),
+                Some(bytes) if hash(&bytes) != name => Err(corrupt()),
                 other => Ok(other),
             };
         }
-        let mut object = match self.bucket.get(name).await {
+        let mut object = match self.store.get(name).await {
             Ok(object) => object,
             Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
             Err(e) => {
@@ -150,11 +169,93 @@ impl BlobStore for NatsBlobStore {
             )
         })?;
         if hash(&bytes) != name {
-            return Err(blob_error(
-                BlobErrorKind::Corrupt,
-                format!("the bytes read under {name} have another hash"),
-            ));
+            return Err(corrupt());
         }
         Ok(Some(bytes))
+    }
+
+    async fn contains(&self, name: &str) -> Result<bool, BlobError> {
+        match self.store.info(name).await {
+            Ok(info) => Ok(!info.deleted),
+            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(false),
+            Err(e) => Err(blob_error(
+                BlobErrorKind::Unavailable,
+                format!("cannot look for {name}: {e}"),
+            )),
+        }
+    }
+}
+
+impl NatsBlobStore {
+    /// Opens both buckets, writing to `writer`'s own; the control plane
+    /// creates them if missing.
+    pub async fn connect(client: async_nats::Client, writer: Writer) -> Result<Self, BlobError> {
+        let js = jetstream::new(client);
+        let create = writer == Writer::ControlPlane;
+        let blobs = Bucket::open(
+            &js,
+            BUCKET,
+            "Sandmill modules, inputs and parameters by sha256 (written by the control plane)",
+            create,
+        )
+        .await?;
+        let results = Bucket::open(
+            &js,
+            RESULTS_BUCKET,
+            "Sandmill outputs, logs and shuffle partitions by sha256 (written by workers)",
+            create,
+        )
+        .await?;
+        Ok(match writer {
+            Writer::ControlPlane => NatsBlobStore {
+                own: blobs,
+                other: results,
+            },
+            Writer::Worker => NatsBlobStore {
+                own: results,
+                other: blobs,
+            },
+        })
+    }
+}
+
+#[async_trait]
+impl BlobStore for NatsBlobStore {
+    async fn put(&self, bytes: &[u8]) -> Result<String, BlobError> {
+        let name = hash(bytes);
+        if self.own.contains(&name).await? {
+            return Ok(name);
+        }
+        let mut reader = bytes;
+        self.own
+            .store
+            .put(name.as_str(), &mut reader)
+            .await
+            .map_err(|e| {
+                blob_error(
+                    BlobErrorKind::Unavailable,
+                    format!("cannot store {name}: {e}"),
+                )
+            })?;
+        Ok(name)
+    }
+
+    async fn contains(&self, name: &str) -> Result<bool, BlobError> {
+        Ok(self.own.contains(name).await? || self.other.contains(name).await?)
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, BlobError> {
+        match self.own.get(name).await {
+            Ok(Some(bytes)) => Ok(Some(bytes)),
+            Ok(None) => self.other.get(name).await,
+            // Changed bytes in one bucket: the other may hold them intact.
+            Err(error) if error.kind() == BlobErrorKind::Corrupt => {
+                match self.other.get(name).await {
+                    Ok(Some(bytes)) => Ok(Some(bytes)),
+                    _ => Err(error),
+                }
+            }
+            Err(error) => Err(error),
+        }
     }
 }

@@ -396,6 +396,7 @@ mod tests {
             preprocess: None,
             output_blob: false,
             delivered: 1,
+            ticket: String::new(),
         }
     }
 

@@ -122,7 +122,9 @@ pub struct NatsBroker {
     js: jetstream::Context,
     config: NatsConfig,
     task_stream: stream::Stream,
-    events: PullConsumer,
+    /// The recorder's queue of events (control plane only: a worker may
+    /// not read it under the least-privilege NATS configuration).
+    events: Option<PullConsumer>,
     registry: kv::Store,
     /// (label-set token, priority) whose queue is known to exist
     /// (publisher side).
@@ -191,19 +193,25 @@ impl NatsBroker {
             })
             .await
             .map_err(unavailable)?;
-        let events = event_stream
-            .get_or_create_consumer(
-                "recorder",
-                jetstream::consumer::pull::Config {
-                    durable_name: Some("recorder".into()),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: RECORDER_ACK_WAIT,
-                    max_ack_pending: 100_000,
-                    ..Default::default()
-                },
+        let events = if config.offers.is_some() {
+            None
+        } else {
+            Some(
+                event_stream
+                    .get_or_create_consumer(
+                        "recorder",
+                        jetstream::consumer::pull::Config {
+                            durable_name: Some("recorder".into()),
+                            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                            ack_wait: RECORDER_ACK_WAIT,
+                            max_ack_pending: 100_000,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(unavailable)?,
             )
-            .await
-            .map_err(unavailable)?;
+        };
         let registry = match js.get_key_value(REGISTRY_BUCKET).await {
             Ok(registry) => registry,
             Err(_) => js
@@ -531,17 +539,32 @@ async fn fetch_json<T: serde::de::DeserializeOwned>(
 }
 
 /// (job, task, attempt, what): the subject and the message id of an event.
-/// Every delivery's start is its own event; an attempt ends once.
+/// Every delivery's start is its own event; an attempt ends once. `what`
+/// ends with the start of the attempt's ticket, which the control plane
+/// checks: a publisher who does not know it cannot take the id of a real
+/// event (whose publish JetStream would then drop as a duplicate).
 fn event_key(event: &TaskEvent) -> (i64, i64, i64, String) {
+    let mark = |ticket: &str| ticket.get(..8).unwrap_or(ticket).to_owned();
     match event {
         TaskEvent::Started {
             job_id,
             task_id,
             attempt,
             delivery,
+            ticket,
             ..
-        } => (*job_id, *task_id, *attempt, format!("started-{delivery}")),
-        TaskEvent::Finished(r) => (r.job_id, r.task_id, r.attempt, "finished".to_owned()),
+        } => (
+            *job_id,
+            *task_id,
+            *attempt,
+            format!("started-{delivery}-{}", mark(ticket)),
+        ),
+        TaskEvent::Finished(r) => (
+            r.job_id,
+            r.task_id,
+            r.attempt,
+            format!("finished-{}", mark(&r.ticket)),
+        ),
         TaskEvent::Progress {
             job_id,
             task_id,
@@ -690,9 +713,12 @@ impl Broker for NatsBroker {
     }
 
     async fn events(&self, max: usize) -> Result<Vec<TaskEvent>, BrokerError> {
+        let Some(events) = &self.events else {
+            return Err(refused("a worker's broker does not read the events"));
+        };
         loop {
             let fetched =
-                fetch_json::<TaskEvent>(&self.events, max, Some(Duration::from_secs(5))).await?;
+                fetch_json::<TaskEvent>(events, max, Some(Duration::from_secs(5))).await?;
             if fetched.is_empty() {
                 continue;
             }

@@ -449,6 +449,9 @@ pub struct Sandbox {
 
 struct Inner {
     config: SandboxConfig,
+    /// The key of the artifacts' tags in the cache directory (none: no
+    /// disk cache).
+    cache_key: Option<Vec<u8>>,
     plain: Flavor,
     metered: OnceLock<Result<Flavor, ExecError>>,
     modules: Mutex<HashMap<[u8; 32], Module>>,
@@ -494,8 +497,10 @@ impl Sandbox {
             })?;
         }
         let plain = Flavor::new(&config, false)?;
+        let cache_key = config.cache_dir.as_deref().and_then(cache::key);
         Ok(Sandbox {
             inner: Arc::new(Inner {
+                cache_key,
                 config,
                 plain,
                 metered: OnceLock::new(),
@@ -594,14 +599,12 @@ impl Sandbox {
     }
 
     fn component(&self, flavor: &Flavor, data: &ModuleData) -> Result<Component, ExecError> {
-        let disk = self
-            .inner
-            .config
-            .cache_dir
-            .as_ref()
-            .map(|dir| cache::artifact_path(dir, &data.hash, flavor.name));
-        if let Some(path) = &disk
-            && let Some(component) = cache::read(&flavor.engine, path)
+        let disk = self.inner.cache_key.as_ref().and_then(|key| {
+            let dir = self.inner.config.cache_dir.as_ref()?;
+            Some((key, cache::artifact_path(dir, &data.hash, flavor.name)))
+        });
+        if let Some((key, path)) = &disk
+            && let Some(component) = cache::read(&flavor.engine, key, flavor.name, &data.hash, path)
         {
             self.inner.from_disk.fetch_add(1, Ordering::Relaxed);
             return Ok(component);
@@ -609,8 +612,8 @@ impl Sandbox {
         let component = Component::new(&flavor.engine, &data.bytes)
             .map_err(|e| ExecError::InvalidModule(one_line(&e)))?;
         self.inner.compiled.fetch_add(1, Ordering::Relaxed);
-        if let Some(path) = &disk {
-            cache::write(&component, path);
+        if let Some((key, path)) = &disk {
+            cache::write(&component, key, flavor.name, &data.hash, path);
         }
         Ok(component)
     }

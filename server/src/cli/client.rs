@@ -3,7 +3,7 @@
 //! `LAST` stands for the last job submitted from this machine. Lists are
 //! read a page at a time.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -323,8 +323,9 @@ impl Upload for Server {
     }
 }
 
-/// An HTTP client that sends `token` (if any) as a bearer token.
-fn http_client(token: Option<&str>) -> anyhow::Result<reqwest::Client> {
+/// An HTTP client that sends `token` (if any) as a bearer token and, over
+/// HTTPS, trusts the system's roots and the PEM certificates in `ca_cert`.
+fn http_client(token: Option<&str>, ca_cert: Option<&Path>) -> anyhow::Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = token {
         let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
@@ -332,10 +333,22 @@ fn http_client(token: Option<&str>) -> anyhow::Result<reqwest::Client> {
         value.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .context("cannot build the HTTP client")
+    let mut builder = sandmill_server::tls::client().default_headers(headers);
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--ca-cert {} is not a PEM certificate", path.display()))?;
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "--ca-cert {} holds no certificate (BEGIN CERTIFICATE)",
+            path.display()
+        );
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().context("cannot build the HTTP client")
 }
 
 fn last_job_file() -> Option<PathBuf> {
@@ -391,14 +404,19 @@ pub(super) fn counts_of(t: &TaskCounts) -> String {
     }
 }
 
-pub fn run(server: &str, token: Option<&str>, command: ClientCommand) -> anyhow::Result<ExitCode> {
+pub fn run(
+    server: &str,
+    token: Option<&str>,
+    ca_cert: Option<&Path>,
+    command: ClientCommand,
+) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let server = Server {
         base: server.trim_end_matches('/').to_owned(),
-        http: http_client(token)?,
+        http: http_client(token, ca_cert)?,
     };
     runtime.block_on(async move {
         match command {

@@ -74,6 +74,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             args.listen
         );
     }
+    let tls = args.http.tls()?;
     runtime.block_on(async {
         let stop = stop_signal();
         let mut config = EmbeddedConfig::new(&args.data);
@@ -112,13 +113,14 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         args.http.apply(&mut api_config);
         let app = api::router(instance.scheduler.clone(), api_config);
         tell!(
-            "sandmill dev: listening on http://{} (data: {})",
+            "sandmill dev: listening on {}://{} (data: {})",
+            args.http.scheme(),
             listener.local_addr()?,
             args.data.display()
         );
         let within = if args.stop_within.is_zero() { DEFAULT_STOP_WITHIN } else { args.stop_within };
         let events = instance.scheduler.events().clone();
-        serve_until(listener, app, events, stop, within / 3, args.http.header_timeout).await?;
+        serve_until(listener, app, events, stop, within / 3, args.http.header_timeout, tls).await?;
         tell!("sandmill dev: stopping");
         let stopped = instance.shutdown(within * 2 / 3).await;
         if stopped.workers_left_running {

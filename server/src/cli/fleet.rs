@@ -21,8 +21,14 @@ use super::settings::{
 /// combine).
 #[derive(Args, Debug, Clone)]
 pub struct NatsArgs {
-    /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "SANDMILL_NATS", default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL(s), comma-separated; a user and password may be in
+    /// them (`nats://user:password@host:4222`) or given apart.
+    #[arg(
+        long,
+        env = "SANDMILL_NATS",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     nats: String,
     /// A credentials file (JWT + nkey).
     #[arg(long, env = "SANDMILL_NATS_CREDS")]
@@ -34,7 +40,12 @@ pub struct NatsArgs {
     #[arg(long, env = "SANDMILL_NATS_USER", requires = "nats_password")]
     nats_user: Option<String>,
     /// Password (requires --nats-user).
-    #[arg(long, env = "SANDMILL_NATS_PASSWORD", requires = "nats_user")]
+    #[arg(
+        long,
+        env = "SANDMILL_NATS_PASSWORD",
+        requires = "nats_user",
+        hide_env_values = true
+    )]
     nats_password: Option<String>,
     /// A CA certificate (PEM) to trust, which also requires TLS.
     #[arg(long, env = "SANDMILL_NATS_CA")]
@@ -140,6 +151,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let tls = args.http.tls()?;
     runtime()?.block_on(async {
         let stop = stop_signal();
         let server = fleet::serve(ServeConfig {
@@ -165,9 +177,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         tell!(
-            "sandmill serve: listening on http://{} (nats {}, {} task(s) re-published)",
+            "sandmill serve: listening on {}://{} (nats {}, {} task(s) re-published)",
+            args.http.scheme(),
             listener.local_addr()?,
-            args.nats.nats,
+            args.nats.options().shown(),
             server.republished
         );
         let events = server.scheduler.events().clone();
@@ -178,6 +191,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             stop,
             args.stop_within,
             args.http.header_timeout,
+            tls,
         )
         .await?;
         server.scheduler.stop();
@@ -230,7 +244,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         .await?;
         tell!(
             "sandmill worker {id}: {concurrency} slot(s), labels [{labels}], nats {}",
-            args.nats.nats
+            args.nats.options().shown()
         );
         stopped(stop).await;
         tell!("sandmill worker {id}: draining (running tasks finish, fetched ones go back)");

@@ -34,6 +34,10 @@ pub struct Args {
     /// An API token, for a server that requires one.
     #[arg(long, global = true, env = "SANDMILL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Trust the certificates in this PEM file (besides the system's) for
+    /// an HTTPS server, like one serving its own `--tls-cert`.
+    #[arg(long, global = true, env = "SANDMILL_CA_CERT", value_name = "PEM")]
+    ca_cert: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,6 +77,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::New(args) => new::run(args),
         Command::Token(args) => token::run(args),
         Command::Quota(args) => quota::run(args),
-        Command::Client(command) => client::run(&args.server, args.token.as_deref(), command),
+        Command::Client(command) => client::run(
+            &args.server,
+            args.token.as_deref(),
+            args.ca_cert.as_deref(),
+            command,
+        ),
     }
 }

@@ -86,6 +86,7 @@ fn message(call: &CallView) -> anyhow::Result<TaskMessage> {
         preprocess: call.preprocess.as_deref().map(|p| hash_of(p).to_owned()),
         output_blob: false,
         delivered: 1,
+        ticket: String::new(),
     })
 }
 

@@ -222,9 +222,43 @@ pub struct HttpArgs {
     /// accepted and answered 202 (its job) without waiting.
     #[arg(long, default_value_t = sandmill_server::api::DEFAULT_MAX_WAITING_RUNS)]
     pub max_waiting_runs: usize,
+    /// Serve HTTPS with this certificate chain (PEM, the server's own
+    /// certificate first); needs `--tls-key`.
+    #[arg(
+        long,
+        env = "SANDMILL_TLS_CERT",
+        requires = "tls_key",
+        value_name = "PEM"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "SANDMILL_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl HttpArgs {
+    /// The TLS acceptor of `--tls-cert` and `--tls-key`, if given.
+    pub fn tls(&self) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(sandmill_server::tls::acceptor(cert, key)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// `https` when serving TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// Sets these limits on an API configuration.
     pub fn apply(&self, config: &mut sandmill_server::api::ApiConfig) {
         config.body_timeout = self.body_timeout;
@@ -234,8 +268,9 @@ impl HttpArgs {
 }
 
 /// Serves `app` on `listener` until `stop` (HTTP/1.1, each request's
-/// headers within `header_timeout`), then ends the live event streams of
-/// `events`; requests still running `grace` after the stop are cut off (a
+/// headers, and the TLS handshake when `tls` is given, within
+/// `header_timeout`), then ends the live event streams of `events`;
+/// requests still running `grace` after the stop are cut off (a
 /// dependency that hangs them must not hang the stop).
 pub async fn serve_until(
     listener: tokio::net::TcpListener,
@@ -244,11 +279,8 @@ pub async fn serve_until(
     stop: watch::Receiver<bool>,
     grace: Duration,
     header_timeout: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> anyhow::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-    use tower::ServiceExt as _;
-
     let (closing, close) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     let mut stopping = std::pin::pin!(stopped(stop));
@@ -265,25 +297,20 @@ pub async fn serve_until(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(
-                    app.clone()
-                        .map_request(|r: axum::http::Request<hyper::body::Incoming>| r.map(axum::body::Body::new)),
-                );
-                let mut close = close.clone();
+                let app = app.clone();
+                let close = close.clone();
+                let tls = tls.clone();
                 connections.spawn(async move {
-                    let mut builder = hyper::server::conn::http1::Builder::new();
-                    builder
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(header_timeout);
-                    let connection = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades();
-                    let mut connection = std::pin::pin!(connection);
-                    tokio::select! {
-                        _ = connection.as_mut() => {}
-                        () = async { let _ = close.wait_for(|c| *c).await; } => {
-                            connection.as_mut().graceful_shutdown();
-                            let _ = connection.await;
+                    match tls {
+                        None => serve_connection(stream, app, header_timeout, close).await,
+                        Some(tls) => {
+                            // A client that never finishes its handshake
+                            // holds nothing past the header timeout.
+                            match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+                                Ok(Ok(stream)) => serve_connection(stream, app, header_timeout, close).await,
+                                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                            }
                         }
                     }
                 });
@@ -307,4 +334,39 @@ pub async fn serve_until(
         connections.abort_all();
     }
     Ok(())
+}
+
+/// Serves one connection until it ends or `close` turns true (then it
+/// finishes the request in hand).
+async fn serve_connection<S>(
+    stream: S,
+    app: axum::Router,
+    header_timeout: Duration,
+    mut close: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt as _;
+
+    let service =
+        TowerToHyperService::new(app.map_request(
+            |r: axum::http::Request<hyper::body::Incoming>| r.map(axum::body::Body::new),
+        ));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = async { let _ = close.wait_for(|c| *c).await; } => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
 }

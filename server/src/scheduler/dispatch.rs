@@ -173,6 +173,7 @@ impl Scheduler {
             tracing::warn!(%error, "storing parameters failed; the tasks stay queued for the reconciler");
             return;
         }
+        self.stamp(&mut messages);
         let n = messages.len();
         if let Err(error) = self.inner.broker.publish(messages).await {
             tracing::warn!(tasks = n, %error, "publishing failed; the tasks stay queued for the reconciler");

@@ -128,6 +128,7 @@ impl Scheduler {
             preprocess: None,
             output_blob: false,
             delivered: 1,
+            ticket: String::new(),
         };
         let handle = tokio::runtime::Handle::current();
         let store = self.inner.store.clone();

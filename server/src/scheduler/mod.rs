@@ -33,6 +33,7 @@ mod retention;
 mod schedules;
 mod submit;
 mod subscriptions;
+mod tickets;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -263,6 +264,9 @@ struct Inner {
     nats: OnceLock<async_nats::Client>,
     /// The consumers of running subscriptions, by name.
     consumers: Mutex<HashMap<String, subscriptions::Consumer>>,
+    /// The key of the task tickets (see [`Scheduler::ticket`]), the same
+    /// for every process on the database; set by `start`.
+    ticket_key: OnceLock<Vec<u8>>,
 }
 
 impl Scheduler {
@@ -295,6 +299,7 @@ impl Scheduler {
                 inline: OnceLock::new(),
                 nats: OnceLock::new(),
                 consumers: Mutex::default(),
+                ticket_key: OnceLock::new(),
             }),
         }
     }
@@ -363,6 +368,19 @@ impl Scheduler {
     /// Counts what is in flight (after a restart), so dispatch fills the
     /// window from there.
     pub async fn start(&self) -> Result<(), SchedulerError> {
+        let key = self
+            .inner
+            .store
+            .setting_or("ticket-key", || {
+                let mut key = [0u8; 32];
+                getrandom::fill(&mut key).expect("the system gives no randomness");
+                hex::encode(key)
+            })
+            .await?;
+        let _ = self
+            .inner
+            .ticket_key
+            .set(hex::decode(&key).unwrap_or_else(|_| key.into_bytes()));
         let live = self.inner.store.live_count().await?;
         self.inner.live.store(live, Ordering::Relaxed);
         Ok(())

@@ -33,8 +33,15 @@ impl Scheduler {
         let mut retry = Duration::from_millis(250);
         loop {
             let events = match self.inner.broker.events(RECORD_BATCH).await {
-                Ok(events) => {
+                Ok(mut events) => {
                     retry = Duration::from_millis(250);
+                    events.retain(|event| {
+                        let ticketed = self.ticketed(event);
+                        if !ticketed {
+                            tracing::warn!(task = event.task_id(), "an event without its task's ticket was dropped (not from the worker the task was delivered to)");
+                        }
+                        ticketed
+                    });
                     events
                 }
                 Err(error) if error.kind() == BrokerErrorKind::Closed => return,

@@ -254,6 +254,7 @@ impl Template {
             preprocess: self.preprocess_hash.clone(),
             output_blob: self.output_blob,
             delivered: 1,
+            ticket: String::new(),
         }
     }
 }

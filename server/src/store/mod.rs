@@ -39,6 +39,7 @@ mod retention;
 mod rows;
 mod run;
 mod schedules;
+mod settings;
 mod subscriptions;
 mod tasks;
 mod tokens;

@@ -555,6 +555,7 @@ mod tests {
             started_ms: None,
             elapsed_ms: 0,
             fuel_used: None,
+            ticket: String::new(),
         })
     }
 
@@ -567,6 +568,7 @@ mod tests {
                 attempt: 0,
                 worker: "w".into(),
                 delivery: 1,
+                ticket: String::new(),
             },
             TaskEvent::Started {
                 job_id: 1,
@@ -574,6 +576,7 @@ mod tests {
                 attempt: 0,
                 worker: "w".into(),
                 delivery: 1,
+                ticket: String::new(),
             },
             finished(1, Verdict::Succeeded, false),
             finished(1, Verdict::Failed, false),

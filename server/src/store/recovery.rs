@@ -73,6 +73,7 @@ impl LiveRow {
             preprocess: self.preprocess_hash,
             output_blob: false,
             delivered: 1,
+            ticket: String::new(),
         }
     }
 }
