@@ -641,3 +641,36 @@ async fn a_module_is_compiled_once_per_cache_directory() {
         }
     );
 }
+
+#[test]
+fn modules_kept_in_memory_stay_within_their_budget() {
+    let noop = std::fs::read(guests::NOOP).expect("noop");
+    let panic = std::fs::read(guests::HOSTILE_PANIC).expect("panic guest");
+    // Room for the larger one only: loading the other drops the older.
+    let sandbox = Sandbox::new(SandboxConfig {
+        max_kept_module_bytes: noop.len().max(panic.len()),
+        ..SandboxConfig::default()
+    })
+    .expect("sandbox");
+    sandbox.load(&noop).expect("load");
+    sandbox.load(&noop).expect("kept");
+    assert_eq!(
+        (sandbox.kept_modules(), sandbox.cache_stats().compiled),
+        (1, 1)
+    );
+    sandbox.load(&panic).expect("load the other");
+    assert_eq!(sandbox.kept_modules(), 1, "the budget holds one");
+    // The dropped one is loaded (here: compiled) again when needed.
+    sandbox.load(&noop).expect("load again");
+    assert_eq!(
+        (sandbox.kept_modules(), sandbox.cache_stats().compiled),
+        (1, 3)
+    );
+
+    // With room for both, both stay.
+    let roomy = Sandbox::new(SandboxConfig::default()).expect("sandbox");
+    roomy.load(&noop).expect("load");
+    roomy.load(&panic).expect("load");
+    roomy.load(&noop).expect("kept");
+    assert_eq!((roomy.kept_modules(), roomy.cache_stats().compiled), (2, 2));
+}

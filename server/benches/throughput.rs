@@ -60,7 +60,7 @@ fn main() {
         let instance = embedded::start(config).await.expect("embedded");
         let scheduler = instance.scheduler.clone();
         let hash = scheduler
-            .upload_module(DEFAULT_TENANT, &wasm)
+            .upload_module(DEFAULT_TENANT, wasm.clone().into())
             .await
             .expect("upload")
             .hash;

@@ -39,6 +39,9 @@ pub struct EmbeddedConfig {
     /// The grants its worker slots honour (see
     /// [`SandboxConfig::allowed_grants`]).
     pub allowed_grants: Vec<String>,
+    /// Bytes of modules kept loaded (see
+    /// [`SandboxConfig::max_kept_module_bytes`]).
+    pub max_kept_module_bytes: usize,
 }
 
 impl EmbeddedConfig {
@@ -50,6 +53,7 @@ impl EmbeddedConfig {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             scheduler: SchedulerConfig::default(),
             allowed_grants: SandboxConfig::default().allowed_grants,
+            max_kept_module_bytes: SandboxConfig::default().max_kept_module_bytes,
         }
     }
 }
@@ -95,6 +99,7 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(data.join("module-cache")),
         allowed_grants: config.allowed_grants.clone(),
+        max_kept_module_bytes: config.max_kept_module_bytes,
         ..SandboxConfig::default()
     })?;
     // The window bounds the queue; the rest is room for small jobs, which

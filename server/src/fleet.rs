@@ -125,6 +125,9 @@ pub struct Server {
 pub struct ServeConfig {
     /// NATS.
     pub nats: NatsOptions,
+    /// Bytes of modules kept loaded (see
+    /// [`SandboxConfig::max_kept_module_bytes`]).
+    pub max_kept_module_bytes: usize,
     /// The database URL.
     pub database: String,
     /// Where compiled modules are cached.
@@ -155,6 +158,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<Server> {
     let store = connect_store(&config.database).await?;
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(config.cache_dir.clone()),
+        max_kept_module_bytes: config.max_kept_module_bytes,
         ..SandboxConfig::default()
     })?;
     // A durable subscription's messages wait as long as tasks do.
@@ -184,6 +188,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<Server> {
 pub struct WorkerConfig {
     /// NATS.
     pub nats: NatsOptions,
+    /// Bytes of modules kept loaded (see
+    /// [`SandboxConfig::max_kept_module_bytes`]).
+    pub max_kept_module_bytes: usize,
     /// Its name, stable across restarts.
     pub id: String,
     /// What it offers.
@@ -263,6 +270,7 @@ pub async fn worker(config: WorkerConfig) -> anyhow::Result<WorkerPool> {
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(config.cache_dir.clone()),
         allowed_grants: config.allowed_grants.clone(),
+        max_kept_module_bytes: config.max_kept_module_bytes,
         ..SandboxConfig::default()
     })?;
     let modules = Arc::new(LocalCopy::new(

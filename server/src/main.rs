@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    return_large_blocks();
     let args = cli::Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -28,3 +29,22 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Has glibc's allocator give every block of 1 MiB or more its own mapping,
+/// returned to the system when freed. By default the threshold rises to the
+/// largest block freed (up to 32 MiB), after which bodies, modules and
+/// outputs of tens of MiB come from the heap arenas and their memory stays
+/// with the process: 50 uploads of 30 MiB left a server with 128 MiB of
+/// room for bodies at 650–820 MiB, against 450–540 MiB with this.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_large_blocks() {
+    // SAFETY: `mallopt` only sets a tunable of the allocator; it is called
+    // first thing in `main`, before any other thread exists.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_large_blocks() {}

@@ -66,7 +66,14 @@ pub struct SandboxConfig {
     /// from [`Grants::NAMES`]); a call asking for another fails with
     /// `bad-grant`, which is retried (another worker may allow it).
     pub allowed_grants: Vec<String>,
+    /// Bytes of modules kept loaded in memory; past it the least recently
+    /// used are dropped (and loaded again, from the disk cache, when next
+    /// needed).
+    pub max_kept_module_bytes: usize,
 }
+
+/// Bytes of modules kept loaded by default.
+pub const DEFAULT_MAX_KEPT_MODULE_BYTES: usize = 256 << 20;
 
 impl Default for SandboxConfig {
     fn default() -> Self {
@@ -76,6 +83,53 @@ impl Default for SandboxConfig {
             max_instances: DEFAULT_MAX_INSTANCES,
             max_memory_ceiling: DEFAULT_MAX_MEMORY_CEILING,
             allowed_grants: Grants::NAMES.iter().map(|n| (*n).to_owned()).collect(),
+            max_kept_module_bytes: DEFAULT_MAX_KEPT_MODULE_BYTES,
+        }
+    }
+}
+
+/// Modules kept loaded, the least recently used dropped first past a
+/// budget of bytes.
+#[derive(Default)]
+struct Kept {
+    modules: HashMap<[u8; 32], (Module, u64)>,
+    bytes: usize,
+    clock: u64,
+}
+
+impl Kept {
+    fn get(&mut self, hash: &[u8; 32]) -> Option<Module> {
+        self.clock += 1;
+        let now = self.clock;
+        self.modules.get_mut(hash).map(|(module, used)| {
+            *used = now;
+            module.clone()
+        })
+    }
+
+    /// Keeps `module`, then drops others until the rest fit `budget` (the
+    /// newest always stays).
+    fn keep(&mut self, module: Module, budget: usize) {
+        self.clock += 1;
+        let hash = module.data.hash;
+        let size = module.data.bytes.len();
+        if let Some((old, _)) = self.modules.insert(hash, (module, self.clock)) {
+            self.bytes -= old.data.bytes.len();
+        }
+        self.bytes += size;
+        while self.bytes > budget && self.modules.len() > 1 {
+            let Some(oldest) = self
+                .modules
+                .iter()
+                .filter(|(h, _)| **h != hash)
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(h, _)| *h)
+            else {
+                break;
+            };
+            if let Some((dropped, _)) = self.modules.remove(&oldest) {
+                self.bytes -= dropped.data.bytes.len();
+            }
         }
     }
 }
@@ -454,7 +508,7 @@ struct Inner {
     cache_key: Option<Vec<u8>>,
     plain: Flavor,
     metered: OnceLock<Result<Flavor, ExecError>>,
-    modules: Mutex<HashMap<[u8; 32], Module>>,
+    modules: Mutex<Kept>,
     compiled: AtomicU64,
     from_disk: AtomicU64,
 }
@@ -504,11 +558,17 @@ impl Sandbox {
                 config,
                 plain,
                 metered: OnceLock::new(),
-                modules: Mutex::new(HashMap::new()),
+                modules: Mutex::default(),
                 compiled: AtomicU64::new(0),
                 from_disk: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// How many modules are kept loaded now (see
+    /// [`SandboxConfig::max_kept_module_bytes`]).
+    pub fn kept_modules(&self) -> usize {
+        self.modules().modules.len()
     }
 
     /// How modules were made ready so far.
@@ -533,7 +593,7 @@ impl Sandbox {
         check_header(bytes)?;
         let hash: [u8; 32] = Sha256::digest(bytes).into();
         if let Some(module) = self.modules().get(&hash) {
-            return Ok(module.clone());
+            return Ok(module);
         }
         let module = Module {
             data: Arc::new(ModuleData {
@@ -544,11 +604,12 @@ impl Sandbox {
             }),
         };
         self.loaded(&module, false)?;
-        self.modules().insert(hash, module.clone());
+        self.modules()
+            .keep(module.clone(), self.inner.config.max_kept_module_bytes);
         Ok(module)
     }
 
-    fn modules(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Module>> {
+    fn modules(&self) -> std::sync::MutexGuard<'_, Kept> {
         // The map holds no invariant a panic could break mid-update.
         self.inner.modules.lock().unwrap_or_else(|e| e.into_inner())
     }

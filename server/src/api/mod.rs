@@ -63,6 +63,10 @@ pub const DEFAULT_MAX_WAITING_RUNS: usize = 256;
 /// How long a request's body may take to arrive by default.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Bytes of request bodies held at once by default (see
+/// [`ApiConfig::max_body_memory`]).
+pub const DEFAULT_MAX_BODY_MEMORY: usize = 512 << 20;
+
 /// Settings of the API.
 #[derive(Clone, Debug)]
 pub struct ApiConfig {
@@ -83,6 +87,12 @@ pub struct ApiConfig {
     /// `/v1/run` calls waiting for their task at once; past them a call
     /// is accepted and answered 202 without waiting.
     pub max_waiting_runs: usize,
+    /// Bytes of request bodies read and held at once (each request counts
+    /// its `Content-Length`, or the body limit when it sends none, from
+    /// before its body is read until it is answered). A request waits for
+    /// room until its body deadline, then gets 503; so a crowd of uploads
+    /// cannot take the server's memory.
+    pub max_body_memory: usize,
 }
 
 impl Default for ApiConfig {
@@ -95,6 +105,7 @@ impl Default for ApiConfig {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             max_requests: DEFAULT_MAX_REQUESTS,
             max_waiting_runs: DEFAULT_MAX_WAITING_RUNS,
+            max_body_memory: DEFAULT_MAX_BODY_MEMORY,
         }
     }
 }
@@ -114,10 +125,16 @@ pub struct AppState {
 pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
     let limit = config.max_body_bytes;
     let local = config.local.clone();
+    let body_kib = kib(config
+        .max_body_memory
+        .max(config.max_body_bytes.min(1 << 30)));
     let limits = Arc::new(Limits {
         requests: Arc::new(Semaphore::new(config.max_requests.max(1))),
         max_requests: config.max_requests.max(1),
         body_timeout: config.body_timeout,
+        body_memory: Arc::new(Semaphore::new(body_kib as usize)),
+        body_kib,
+        max_body_bytes: config.max_body_bytes,
     });
     let state = AppState {
         waiting_runs: Arc::new(Semaphore::new(config.max_waiting_runs)),
@@ -160,6 +177,15 @@ struct Limits {
     requests: Arc<Semaphore>,
     max_requests: usize,
     body_timeout: Duration,
+    /// Room for bodies, in KiB ([`ApiConfig::max_body_memory`]).
+    body_memory: Arc<Semaphore>,
+    body_kib: u32,
+    max_body_bytes: usize,
+}
+
+/// `bytes` in KiB, rounded up (at most `u32::MAX`).
+fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 /// How long the request's body may take (read by [`RawBody`]).
@@ -188,6 +214,47 @@ async fn limit_requests(
                 limits.max_requests
             ),
         );
+    };
+    // Room for the body before it is read, held until the answer: what it
+    // says it sends (within the body limit), or the limit if it says
+    // nothing. A request without a body needs none.
+    let headers = request.headers();
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let chunked = headers.contains_key(axum::http::header::TRANSFER_ENCODING);
+    let body = match declared {
+        Some(length) => length.min(limits.max_body_bytes),
+        None if chunked => limits.max_body_bytes,
+        None => 0,
+    };
+    let _room = if body == 0 {
+        None
+    } else {
+        let deadline = request
+            .extensions()
+            .get::<BodyDeadline>()
+            .map_or_else(tokio::time::Instant::now, |d| d.0);
+        let wanted = kib(body).min(limits.body_kib);
+        match tokio::time::timeout_at(
+            deadline,
+            limits.body_memory.clone().acquire_many_owned(wanted),
+        )
+        .await
+        {
+            Ok(Ok(room)) => Some(room),
+            _ => {
+                return error::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!(
+                        "the server holds {} KiB of request bodies, its limit (--max-body-memory); try again shortly",
+                        limits.body_kib
+                    ),
+                );
+            }
+        }
     };
     next.run(request).await
 }

@@ -24,14 +24,15 @@ pub fn router() -> Router<AppState> {
     request_body(content = Vec<u8>, content_type = "application/wasm"),
     responses((status = 200, description = "stored (or already known)", body = ModuleView),
         (status = 400, description = "not a module Sandmill can run", body = ErrorBody),
-        (status = 413, description = "larger than the body limit", body = ErrorBody)))]
+        (status = 413, description = "larger than the body limit", body = ErrorBody),
+        (status = 503, description = "no room for the body now (--max-body-memory); try again", body = ErrorBody)))]
 pub async fn upload_module(
     State(state): State<AppState>,
     caller: Caller,
     RawBody(body): RawBody,
 ) -> Result<Json<ModuleView>, ApiError> {
     Ok(Json(ModuleView::new(
-        &state.scheduler.upload_module(&caller.tenant, &body).await?,
+        &state.scheduler.upload_module(&caller.tenant, body).await?,
     )))
 }
 
@@ -60,7 +61,8 @@ pub async fn get_module(
 #[utoipa::path(post, path = "/v1/inputs", tag = "modules",
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, description = "stored", body = InputRef),
-        (status = 413, description = "larger than the body limit", body = ErrorBody)))]
+        (status = 413, description = "larger than the body limit", body = ErrorBody),
+        (status = 503, description = "no room for the body now (--max-body-memory); try again", body = ErrorBody)))]
 pub async fn upload_input(
     State(state): State<AppState>,
     caller: Caller,

@@ -90,7 +90,7 @@ pub async fn run(
                 "sha256:{}",
                 state
                     .scheduler
-                    .upload_module(&caller.tenant, &bytes)
+                    .upload_module(&caller.tenant, bytes.into())
                     .await?
                     .hash
             )

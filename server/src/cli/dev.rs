@@ -14,7 +14,7 @@ use sandmill_server::embedded::{self, DEFAULT_STOP_WITHIN, EmbeddedConfig};
 
 use super::out::tell;
 use super::settings::{
-    AuthArg, GrantArgs, HttpArgs, PolicyArgs, SchedulerArgs, serve_until, stop_signal,
+    AuthArg, GrantArgs, HttpArgs, PolicyArgs, SandboxArgs, SchedulerArgs, serve_until, stop_signal,
 };
 
 #[derive(Args, Debug)]
@@ -61,6 +61,8 @@ pub struct DevArgs {
     http: HttpArgs,
     #[command(flatten)]
     grants: GrantArgs,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -82,6 +84,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         config.scheduler = args.scheduler.config(None);
         config.scheduler.network = args.policy.allow_network.clone();
         config.allowed_grants = args.grants.allow_grants.clone();
+        config.max_kept_module_bytes = args.sandbox.kept_bytes();
         if let Some(workers) = args.workers {
             config.workers = workers;
         }

@@ -14,7 +14,8 @@ use sandmill_server::fleet::{self, NatsOptions, ServeConfig, WorkerConfig};
 
 use super::out::tell;
 use super::settings::{
-    AuthArg, GrantArgs, HttpArgs, PolicyArgs, SchedulerArgs, serve_until, stop_signal, stopped,
+    AuthArg, GrantArgs, HttpArgs, PolicyArgs, SandboxArgs, SchedulerArgs, serve_until, stop_signal,
+    stopped,
 };
 
 /// How to reach NATS (the options the async-nats client offers; they
@@ -111,6 +112,8 @@ pub struct ServeArgs {
     policy: PolicyArgs,
     #[command(flatten)]
     http: HttpArgs,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
 }
 
 #[derive(Args, Debug)]
@@ -141,6 +144,8 @@ pub struct WorkerArgs {
     stop_within: Duration,
     #[command(flatten)]
     grants: GrantArgs,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -156,6 +161,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let stop = stop_signal();
         let server = fleet::serve(ServeConfig {
             nats: args.nats.options(),
+            max_kept_module_bytes: args.sandbox.kept_bytes(),
             database: args.database.clone(),
             cache_dir: args.cache_dir.clone(),
             ack_wait: args.ack_wait,
@@ -235,6 +241,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             .max(1);
         let pool = fleet::worker(WorkerConfig {
             nats: args.nats.options(),
+            max_kept_module_bytes: args.sandbox.kept_bytes(),
             id: id.clone(),
             labels: labels.clone(),
             concurrency,

@@ -52,7 +52,11 @@ struct Local<'a>(&'a Scheduler);
 #[async_trait::async_trait]
 impl Upload for Local<'_> {
     async fn module(&self, bytes: Vec<u8>) -> anyhow::Result<String> {
-        Ok(self.0.upload_module(DEFAULT_TENANT, &bytes).await?.hash)
+        Ok(self
+            .0
+            .upload_module(DEFAULT_TENANT, bytes.into())
+            .await?
+            .hash)
     }
     async fn input(&self, bytes: Vec<u8>) -> anyhow::Result<String> {
         Ok(self.0.upload_input_owned(DEFAULT_TENANT, bytes).await?)

@@ -9,8 +9,8 @@ use sandmill_runtime::sandbox::net::NetRule;
 use sandmill_server::events::DEFAULT_EVENT_BUFFER;
 use sandmill_server::jobfile::DEFAULT_MAX_TASKS_PER_JOB;
 use sandmill_server::scheduler::{
-    Ceilings, DEFAULT_ABSENT_EVERY, DEFAULT_MAX_PARAMS_BYTES, DEFAULT_QUOTA_OPEN_TASKS,
-    DEFAULT_QUOTA_TASKS_PER_DAY, DEFAULT_WINDOW, SchedulerConfig,
+    Ceilings, DEFAULT_ABSENT_EVERY, DEFAULT_MAX_COMPILES, DEFAULT_MAX_PARAMS_BYTES,
+    DEFAULT_QUOTA_OPEN_TASKS, DEFAULT_QUOTA_TASKS_PER_DAY, DEFAULT_WINDOW, SchedulerConfig,
 };
 use sandmill_server::store::Quota;
 use tokio::sync::watch;
@@ -67,6 +67,13 @@ pub struct SchedulerArgs {
     /// set` gave it its own.
     #[arg(long, env = "SANDMILL_QUOTA_TASKS_PER_DAY", default_value_t = DEFAULT_QUOTA_TASKS_PER_DAY)]
     pub quota_tasks_per_day: i64,
+    /// Uploaded modules compiled at once; more wait their turn.
+    #[arg(long, env = "SANDMILL_MAX_COMPILES", default_value_t = DEFAULT_MAX_COMPILES)]
+    pub max_compiles: usize,
+    /// The longest an uploaded module may take to compile; past it the
+    /// upload is refused (400) and nothing of it is kept.
+    #[arg(long, env = "SANDMILL_COMPILE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub compile_timeout: Duration,
 }
 
 /// `--retain`: a period, or forever.
@@ -120,6 +127,23 @@ pub struct PolicyArgs {
     pub allow_network: Vec<NetRule>,
 }
 
+/// The sandbox's own limits (`dev`, `serve`, `worker`).
+#[derive(Args, Debug, Clone)]
+pub struct SandboxArgs {
+    /// Modules kept loaded in memory (by their size); past it the least
+    /// recently used are dropped and loaded again (from the disk cache)
+    /// when next needed.
+    #[arg(long, env = "SANDMILL_MAX_KEPT_MODULES", default_value = "256MiB")]
+    pub max_kept_modules: bytesize::ByteSize,
+}
+
+impl SandboxArgs {
+    /// `--max-kept-modules` in bytes.
+    pub fn kept_bytes(&self) -> usize {
+        usize::try_from(self.max_kept_modules.0).unwrap_or(usize::MAX)
+    }
+}
+
 /// What a process's worker slots honour (`worker`, `dev`).
 #[derive(Args, Debug, Clone)]
 pub struct GrantArgs {
@@ -158,6 +182,8 @@ impl SchedulerArgs {
                 open_tasks: Some(self.quota_open_tasks.max(0)),
                 tasks_per_day: Some(self.quota_tasks_per_day.max(0)),
             },
+            max_compiles: self.max_compiles.max(1),
+            compile_timeout: self.compile_timeout,
             ..SchedulerConfig::default()
         }
     }
@@ -222,6 +248,10 @@ pub struct HttpArgs {
     /// accepted and answered 202 (its job) without waiting.
     #[arg(long, default_value_t = sandmill_server::api::DEFAULT_MAX_WAITING_RUNS)]
     pub max_waiting_runs: usize,
+    /// Request bodies held at once (uploads waiting past it until their
+    /// --body-timeout, then 503), like `512MiB`.
+    #[arg(long, default_value = "512MiB")]
+    pub max_body_memory: bytesize::ByteSize,
     /// Serve HTTPS with this certificate chain (PEM, the server's own
     /// certificate first); needs `--tls-key`.
     #[arg(
@@ -264,6 +294,7 @@ impl HttpArgs {
         config.body_timeout = self.body_timeout;
         config.max_requests = self.max_requests.max(1);
         config.max_waiting_runs = self.max_waiting_runs;
+        config.max_body_memory = usize::try_from(self.max_body_memory.0).unwrap_or(usize::MAX);
     }
 }
 

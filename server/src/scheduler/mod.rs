@@ -202,7 +202,17 @@ pub struct SchedulerConfig {
     /// Each tenant's quotas where an operator set none
     /// (`sandmill quota set`).
     pub quota: crate::store::Quota,
+    /// Uploaded modules compiled at once (the rest wait their turn).
+    pub max_compiles: usize,
+    /// The longest an uploaded module may take to compile; past it the
+    /// upload is refused (and nothing of it is kept).
+    pub compile_timeout: Duration,
 }
+
+/// Uploaded modules compiled at once by default.
+pub const DEFAULT_MAX_COMPILES: usize = 2;
+/// The longest an uploaded module may take to compile by default.
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
@@ -220,6 +230,8 @@ impl Default for SchedulerConfig {
                 open_tasks: Some(DEFAULT_QUOTA_OPEN_TASKS),
                 tasks_per_day: Some(DEFAULT_QUOTA_TASKS_PER_DAY),
             },
+            max_compiles: DEFAULT_MAX_COMPILES,
+            compile_timeout: DEFAULT_COMPILE_TIMEOUT,
         }
     }
 }
@@ -267,6 +279,8 @@ struct Inner {
     /// The key of the task tickets (see [`Scheduler::ticket`]), the same
     /// for every process on the database; set by `start`.
     ticket_key: OnceLock<Vec<u8>>,
+    /// Room for compiling uploads ([`SchedulerConfig::max_compiles`]).
+    compiles: Arc<tokio::sync::Semaphore>,
 }
 
 impl Scheduler {
@@ -279,6 +293,7 @@ impl Scheduler {
         sandbox: Sandbox,
         config: SchedulerConfig,
     ) -> Self {
+        let compiles = Arc::new(tokio::sync::Semaphore::new(config.max_compiles.max(1)));
         Scheduler {
             inner: Arc::new(Inner {
                 store,
@@ -300,6 +315,7 @@ impl Scheduler {
                 nats: OnceLock::new(),
                 consumers: Mutex::default(),
                 ticket_key: OnceLock::new(),
+                compiles,
             }),
         }
     }
@@ -392,19 +408,46 @@ impl Scheduler {
     pub async fn upload_module(
         &self,
         tenant: &str,
-        bytes: &[u8],
+        bytes: bytes::Bytes,
     ) -> Result<ModuleRow, SchedulerError> {
         let sandbox = self.inner.sandbox.clone();
-        let owned = bytes.to_vec();
-        let module = tokio::task::spawn_blocking(move || sandbox.load(&owned))
+        // Large copies and hashing happen on blocking threads, never on
+        // the ones that answer requests.
+        let owned = bytes.clone();
+        // Compiles take turns; one that runs past the timeout is refused
+        // here and keeps its turn until it ends (it cannot be stopped), so
+        // the cap holds.
+        let turn = self
+            .inner
+            .compiles
+            .clone()
+            .acquire_owned()
             .await
+            .map_err(|e| SchedulerError::Internal(format!("no compile turn: {e}")))?;
+        let compile = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            sandbox.load(&owned)
+        });
+        let limit = self.inner.config.compile_timeout;
+        let module = tokio::time::timeout(limit, compile)
+            .await
+            .map_err(|_| {
+                SchedulerError::InvalidModule(ExecError::InvalidModule(format!(
+                    "compiling it took over {} (the server's --compile-timeout)",
+                    humantime::format_duration(limit)
+                )))
+            })?
             .map_err(|e| SchedulerError::Internal(format!("module check stopped: {e}")))?
             .map_err(SchedulerError::InvalidModule)?;
         let exports: Vec<CallKind> = CallKind::ALL
             .into_iter()
             .filter(|k| module.exports(*k))
             .collect();
-        let hash = self.inner.blobs.put(bytes).await?;
+        let copy = bytes.clone();
+        let copy = tokio::task::spawn_blocking(move || copy.to_vec())
+            .await
+            .map_err(|e| SchedulerError::Internal(format!("copying the module stopped: {e}")))?;
+        let hash = self.inner.blobs.put_owned(copy).await?;
         self.inner
             .store
             .put_module(&hash, bytes.len() as i64, &exports)
