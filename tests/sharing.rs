@@ -899,6 +899,26 @@ fn tenants_over_a_quota_are_refused_naming_it() {
     });
 }
 
+/// `POST path` with the raw `body` of `content_type`: the status and the
+/// JSON answer (null if it is none).
+async fn post_raw(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let response = http
+        .post(format!("{base}{path}"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 /// `module` with a custom section of `size` bytes (all `fill`) appended:
 /// the same code, another hash.
 fn padded(module: &[u8], fill: u8, size: usize) -> Vec<u8> {
@@ -995,15 +1015,7 @@ fn fifty_big_uploads_at_once_leave_the_server_answering_within_its_memory() {
             .map(|body| {
                 let (http, base) = (http.clone(), dev.base.clone());
                 tokio::spawn(async move {
-                    let response = http
-                        .post(format!("{base}/v1/modules"))
-                        .header("content-type", "application/wasm")
-                        .body(body)
-                        .send()
-                        .await
-                        .unwrap();
-                    let status = response.status().as_u16();
-                    (status, response.text().await.unwrap_or_default())
+                    post_raw(&http, &base, "/v1/modules", "application/wasm", body).await
                 })
             })
             .collect();
@@ -1078,15 +1090,15 @@ fn uploads_past_the_body_room_or_the_compile_timeout_are_refused_and_leave_nothi
             }
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let waited = http
-            .post(format!("{}/v1/inputs", dev.base))
-            .header("content-type", "application/octet-stream")
-            .body(vec![7u8; 100 << 10])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(waited.status(), 503);
-        let body: Value = waited.json().await.unwrap();
+        let (status, body) = post_raw(
+            &http,
+            &dev.base,
+            "/v1/inputs",
+            "application/octet-stream",
+            vec![7u8; 100 << 10],
+        )
+        .await;
+        assert_eq!(status, 503);
         assert!(
             body["message"]
                 .as_str()
@@ -1102,29 +1114,24 @@ fn uploads_past_the_body_room_or_the_compile_timeout_are_refused_and_leave_nothi
         assert_eq!(health.status(), 200);
         // Once the call is answered (its guest timed out), the room is back.
         assert_eq!(holding.await.unwrap(), 422);
-        let stored = http
-            .post(format!("{}/v1/inputs", dev.base))
-            .header("content-type", "application/octet-stream")
-            .body(vec![7u8; 100 << 10])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(stored.status(), 200);
+        let (status, _) = post_raw(
+            &http,
+            &dev.base,
+            "/v1/inputs",
+            "application/octet-stream",
+            vec![7u8; 100 << 10],
+        )
+        .await;
+        assert_eq!(status, 200);
 
         let dev = support::dev(&["--compile-timeout", "1ms"]);
         // A module that takes longer to compile than --compile-timeout is
         // refused (400) and leaves nothing: not found afterwards.
         let wasm = std::fs::read(guests::NOOP).unwrap();
         let hash = sandmill_runtime::blob::hash(&wasm);
-        let refused = http
-            .post(format!("{}/v1/modules", dev.base))
-            .header("content-type", "application/wasm")
-            .body(wasm)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(refused.status(), 400);
-        let body: Value = refused.json().await.unwrap();
+        let (status, body) =
+            post_raw(&http, &dev.base, "/v1/modules", "application/wasm", wasm).await;
+        assert_eq!(status, 400);
         assert!(
             body["message"]
                 .as_str()
