@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -186,6 +186,11 @@ async fn suite(database: Option<String>) {
     let mut config = EmbeddedConfig::new(dir.path());
     config.database = database;
     config.workers = 2;
+    config.scheduler.reservations = sandmill_server::scheduler::ReservationLimits {
+        slots: 4,
+        ahead: Duration::from_secs(24 * 3600),
+        per_tenant: 3,
+    };
     let instance = embedded::start(config).await.unwrap();
     let client = Client::new(api::router(
         instance.scheduler.clone(),
@@ -804,6 +809,7 @@ async fn suite(database: Option<String>) {
     let day = sandmill_server::store::Quota {
         open_tasks: None,
         tasks_per_day: Some(0),
+        cpu_seconds_per_day: None,
     };
     store.put_quota("default", day).await.unwrap();
     for (uri, body) in [
@@ -937,6 +943,110 @@ async fn suite(database: Option<String>) {
             .status,
         StatusCode::CONFLICT
     );
+
+    // Reservations (in an hour: none holds while the suite runs jobs):
+    // booked, listed, read, cancelled; refused past the limits the suite's
+    // server has (4 slots at once, 3 per tenant, a day ahead).
+    let at = |hours: u64| {
+        humantime::format_rfc3339_millis(SystemTime::now() + Duration::from_secs(hours * 3600))
+            .to_string()
+    };
+    let book = |slots: i64, from: u64, until: u64| json!({"slots": slots, "from": at(from), "until": at(until)});
+    let booked = client.post_json("/v1/reservations", book(3, 1, 2)).await;
+    assert_eq!(booked.status, StatusCode::CREATED, "{}", booked.text());
+    let booked = booked.json();
+    assert_eq!(booked["slots"], 3);
+    assert_eq!(booked["tenant"], "default");
+    assert_eq!(booked["active"], false);
+    let other = json!({"slots": 1, "from": at(1), "until": at(2), "tenant": "other"});
+    let other = client.post_json("/v1/reservations", other).await;
+    assert_eq!(other.status, StatusCode::CREATED, "{}", other.text());
+    assert_eq!(other.json()["tenant"], "other");
+    let full = client.post_json("/v1/reservations", book(1, 1, 3)).await;
+    assert_eq!(full.status, StatusCode::CONFLICT, "{}", full.text());
+    assert!(
+        full.text().contains("--reservable-slots"),
+        "{}",
+        full.text()
+    );
+    for (body, field) in [
+        (book(5, 1, 2), "slots"),
+        (book(1, 2, 1), "until"),
+        (book(1, 1, 30), "until"),
+        (json!({"slots": 1, "until": "tomorrow"}), "until"),
+        (json!({"slots": 1, "until": at(1), "seats": 2}), ""),
+    ] {
+        let refused = client.post_json("/v1/reservations", body).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{}",
+            refused.text()
+        );
+        if !field.is_empty() {
+            assert_eq!(refused.json()["field"], field, "{}", refused.text());
+        }
+    }
+    let huge = client.post("/v1/reservations", vec![b' '; 5 << 20]).await;
+    assert_eq!(huge.status, StatusCode::PAYLOAD_TOO_LARGE);
+    for hours in [3, 5] {
+        let later = client
+            .post_json("/v1/reservations", book(1, hours, hours + 1))
+            .await;
+        assert_eq!(later.status, StatusCode::CREATED, "{}", later.text());
+    }
+    let many = client.post_json("/v1/reservations", book(1, 7, 8)).await;
+    assert_eq!(
+        many.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        many.text()
+    );
+    assert!(
+        many.text().contains("--max-reservations"),
+        "{}",
+        many.text()
+    );
+    let page = client.get("/v1/reservations?limit=2").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let page = page.json();
+    assert_eq!(page["items"].as_array().unwrap().len(), 2, "{page}");
+    let rest = client
+        .get(&format!(
+            "/v1/reservations?cursor={}",
+            page["next_cursor"].as_str().unwrap()
+        ))
+        .await
+        .json();
+    let ids: Vec<i64> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(rest["items"].as_array().unwrap())
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert_eq!(
+        client.get("/v1/reservations?cursor=zz").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let one = client
+        .get(&format!("/v1/reservations/{}", booked["id"]))
+        .await;
+    assert_eq!(one.status, StatusCode::OK);
+    assert_eq!(one.json()["until"], booked["until"]);
+    for id in ids {
+        let path = format!("/v1/reservations/{id}");
+        assert_eq!(
+            client.send("DELETE", &path, Vec::new()).await.status,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(client.get(&path).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            client.send("DELETE", &path, Vec::new()).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
 
     // Schedules: created from a job file with `every`, listed, paused,
     // resumed, deleted; refused as a job; bad ones refused.

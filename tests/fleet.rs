@@ -1445,3 +1445,15 @@ fn a_forged_finished_event_is_not_recorded() {
         assert!(!log.contains("forged"), "{log}");
     });
 }
+
+/// Reservations on the fleet: beta's 3 reserved slots (of a worker's 4)
+/// run its tasks before alpha's sweep queued ahead of them; alpha uses
+/// them while beta leaves them idle.
+#[test]
+fn a_tenants_reserved_slots_run_its_tasks_first_on_the_fleet() {
+    run_test(Duration::from_secs(300), async {
+        let mut fleet = Fleet::start(&["--auth", "tokens"]).await;
+        fleet.start_worker("w1", "", 4);
+        support::reserved_slots(&fleet.base, &fleet.database, "fleet").await;
+    });
+}

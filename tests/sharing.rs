@@ -899,6 +899,114 @@ fn tenants_over_a_quota_are_refused_naming_it() {
     });
 }
 
+/// A quota of CPU seconds per day: a tenant whose tasks ran longer than
+/// it is refused new jobs (429 naming cpu_seconds_per_day), its running
+/// job's backlog waits while others' tasks run, and raising its quota
+/// (`sandmill quota set`) lets the job go on.
+#[test]
+fn a_tenant_past_its_cpu_seconds_waits_and_is_refused() {
+    run_test(Duration::from_secs(180), async {
+        let data = tempfile::tempdir().unwrap();
+        let port = support::free_port();
+        let mut command = support::dev_command(data.path(), port);
+        command.args([
+            "--auth",
+            "tokens",
+            "--window",
+            "1",
+            "--quota-cpu-seconds-per-day",
+            "1",
+        ]);
+        let _process = support::Killed::spawn(&mut command);
+        support::wait_port(port, Duration::from_secs(60));
+        let base = format!("http://127.0.0.1:{port}");
+        let http = sandmill_server::tls::default_client();
+        let database = dev_database(data.path());
+        let (alpha, beta) = (
+            support::As::new(&http, &base, &database, "alpha", "user"),
+            support::As::new(&http, &base, &database, "beta", "user"),
+        );
+        let module = alpha.upload(guests::HOSTILE_LOOP).await;
+        beta.upload(guests::HOSTILE_LOOP).await;
+        // Each task loops to its timeout: 600 ms of a slot, one at a time.
+        let sweep = |count: u64| {
+            json!({"name": "spends", "limits": {"timeout": "600ms"}, "max_attempts": 1,
+                "sweep": {"module": module, "count": count}})
+        };
+        let ended = |job: &Value| job["tasks"]["failed"].as_i64().unwrap();
+
+        // More than a small job, which goes out whole on submission.
+        let (status, job) = alpha.post("/v1/jobs", sweep(100)).await;
+        assert_eq!(status, 201, "{job}");
+        let path = format!("/v1/jobs/{}", job["id"]);
+        // Past its second (1.2 s of the 1 s), it stops within a few tasks.
+        let mut last = -1;
+        let mut still = 0;
+        for _ in 0..300 {
+            let job = alpha.get(&path).await.1;
+            let now = ended(&job);
+            still = if now == last { still + 1 } else { 0 };
+            last = now;
+            if now >= 2 && still >= 30 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(still >= 30, "alpha's job never stopped: {last} tasks ended");
+        assert!(
+            (2..20).contains(&last),
+            "{last} tasks ended before it stopped"
+        );
+        eprintln!("alpha's job held after {last} tasks of 600 ms (quota 1 s)");
+        let job = alpha.get(&path).await.1;
+        assert_eq!(job["status"], "running", "{job}");
+        let (status, refused) = alpha.post("/v1/jobs", sweep(1)).await;
+        assert_eq!(status, 429, "{refused}");
+        let message = refused["message"].as_str().unwrap();
+        assert!(
+            message.contains("CPU seconds") && message.contains("(cpu_seconds_per_day)"),
+            "{message}"
+        );
+
+        // Beta's task runs in the window alpha's held job leaves free.
+        let (status, theirs) = beta.post("/v1/jobs", sweep(1)).await;
+        assert_eq!(status, 201, "{theirs}");
+        let theirs = format!("/v1/jobs/{}", theirs["id"]);
+        let mut beta_ended = false;
+        for _ in 0..100 {
+            if ended(&beta.get(&theirs).await.1) == 1 {
+                beta_ended = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(beta_ended, "beta's task did not run");
+        assert_eq!(ended(&alpha.get(&path).await.1), last, "alpha still held");
+
+        // An operator raises alpha's quota: its job goes on.
+        let out = support::output_within(
+            std::process::Command::new(env!("CARGO_BIN_EXE_sandmill"))
+                .args(["quota", "--database", &database])
+                .args(["set", "--tenant", "alpha", "--cpu-seconds-per-day", "1000"]),
+            Duration::from_secs(60),
+        );
+        support::ok(&out);
+        let told = String::from_utf8_lossy(&out.stderr);
+        assert!(told.contains("CPU seconds per day 1000"), "{told}");
+        let mut now = last;
+        for _ in 0..300 {
+            now = ended(&alpha.get(&path).await.1);
+            if now >= last + 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(now >= last + 3, "alpha's job did not go on: {now} ended");
+        let (status, _) = alpha.post(&format!("{path}/cancel"), json!({})).await;
+        assert_eq!(status, 200);
+    });
+}
+
 /// `POST path` with the raw `body` of `content_type`: the status and the
 /// JSON answer (null if it is none).
 async fn post_raw(
@@ -1145,5 +1253,84 @@ fn uploads_past_the_body_room_or_the_compile_timeout_are_refused_and_leave_nothi
             .await
             .unwrap();
         assert_eq!(missing.status(), 404);
+    });
+}
+
+/// Reservations: `sandmill reserve` books slots that run the tenant's
+/// tasks first (see [`support::reserved_slots`]); bookings past the
+/// server's limits are refused naming them and change nothing; another
+/// tenant's reservation answers 404; a reader cannot book.
+#[test]
+fn a_tenants_reserved_slots_run_its_tasks_first() {
+    run_test(Duration::from_secs(300), async {
+        let data = tempfile::tempdir().unwrap();
+        let port = support::free_port();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sandmill"));
+        command
+            .args(["dev", "--workers", "4", "--auth", "tokens"])
+            .args(["--reservable-slots", "3", "--max-reservations", "2"])
+            .args(["--max-reservation-ahead", "1day"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(data.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let _process = support::Killed::spawn(&mut command);
+        support::wait_port(port, Duration::from_secs(60));
+        let base = format!("http://127.0.0.1:{port}");
+        let database = dev_database(data.path());
+        let http = sandmill_server::tls::default_client();
+        let (gamma, delta, reader) = (
+            support::As::new(&http, &base, &database, "gamma", "user"),
+            support::As::new(&http, &base, &database, "delta", "user"),
+            support::As::new(&http, &base, &database, "gamma", "reader"),
+        );
+        let hours = |h: u64| {
+            humantime::format_rfc3339_millis(
+                std::time::SystemTime::now() + Duration::from_secs(h * 3600),
+            )
+            .to_string()
+        };
+        let book = |slots: i64, from: u64, until: u64| json!({"slots": slots, "from": hours(from), "until": hours(until)});
+        let refused = async |caller: &support::As<'_>, body: Value, status: u16, naming: &str| {
+            let (got, answer) = caller.post("/v1/reservations", body).await;
+            assert_eq!(got, status, "{answer}");
+            let message = answer["message"].as_str().unwrap_or_default();
+            assert!(message.contains(naming), "{answer}");
+        };
+        // Past the server's slots, too far ahead, backwards, none.
+        refused(&gamma, book(4, 1, 2), 400, "--reservable-slots").await;
+        refused(&gamma, book(1, 1, 25), 400, "--max-reservation-ahead").await;
+        refused(&gamma, book(1, 2, 1), 400, "after").await;
+        refused(&gamma, book(0, 1, 2), 400, "at least 1").await;
+        refused(&reader, book(1, 1, 2), 403, "reader").await;
+        // Two of gamma's; a third is one too many.
+        let (status, first) = gamma.post("/v1/reservations", book(2, 1, 3)).await;
+        assert_eq!(status, 201, "{first}");
+        assert_eq!(first["active"], false);
+        assert_eq!(gamma.post("/v1/reservations", book(1, 4, 5)).await.0, 201);
+        refused(&gamma, book(1, 6, 7), 429, "--max-reservations").await;
+        // Delta: 1 more fits beside gamma's 2, 2 more do not (409); back
+        // to back with gamma's is no overlap.
+        refused(&delta, book(2, 2, 4), 409, "--reservable-slots").await;
+        assert_eq!(delta.post("/v1/reservations", book(1, 2, 4)).await.0, 201);
+        assert_eq!(delta.post("/v1/reservations", book(2, 3, 4)).await.0, 409);
+        let (_, listed) = delta.get("/v1/reservations").await;
+        assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
+        // Gamma's is not delta's to see or cancel.
+        let gamma_first = first["id"].as_i64().unwrap();
+        let path = format!("/v1/reservations/{gamma_first}");
+        assert_eq!(delta.get(&path).await.0, 404);
+        assert_eq!(delta.send("DELETE", &path, None).await.0, 404);
+        assert_eq!(gamma.send("DELETE", &path, None).await.0, 204);
+        assert_eq!(gamma.get(&path).await.0, 404);
+        // Cancelled, the room is back (and gamma may book again).
+        assert_eq!(gamma.post("/v1/reservations", book(2, 1, 3)).await.0, 201);
+        let id = listed["items"][0]["id"].as_i64().unwrap();
+        let path = format!("/v1/reservations/{id}");
+        assert_eq!(delta.send("DELETE", &path, None).await.0, 204);
+
+        // Now: 3 slots of 4, held by beta for 50 minutes (gamma's start
+        // in an hour).
+        support::reserved_slots(&base, &database, "embedded").await;
     });
 }

@@ -44,6 +44,10 @@ pub const DROPPED_COUNTERS: &str = "sandmill.dropped-counters";
 /// Highest job priority; interactive calls (`/v1/run`) use it by default.
 pub const MAX_PRIORITY: u8 = 9;
 
+/// The lane above every priority: tasks of a tenant in its reserved slots
+/// (a reservation), which go to the next free slot before anyone's.
+pub const RESERVED_LANE: u8 = MAX_PRIORITY + 1;
+
 /// A blob: its sha256 and size.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobRef {
@@ -63,7 +67,8 @@ pub struct TaskMessage {
     /// Which attempt this is; a result names it, and a result for an
     /// attempt that is no longer current changes nothing.
     pub attempt: i64,
-    /// The job's priority (0 to [`MAX_PRIORITY`]; higher runs first).
+    /// The job's priority (0 to [`MAX_PRIORITY`]; higher runs first), or
+    /// [`RESERVED_LANE`] for a task in its tenant's reserved slots.
     #[serde(default)]
     pub priority: u8,
     /// The job's tenant: within a priority, the in-process broker hands

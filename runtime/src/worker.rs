@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::blob::{BlobError, BlobErrorKind, BlobStore};
-use crate::broker::{Broker, BrokerErrorKind};
+use crate::broker::{Broker, BrokerError, BrokerErrorKind};
 use crate::message::Shuffle;
 use crate::message::{
     BlobRef, HEARTBEAT_EVERY, INLINE_LOG_BYTES, INLINE_OUTPUT_BYTES, OutputRef, PROGRESS_EVERY,
-    TaskEvent, TaskMessage, TaskResult, Verdict, WorkerInfo, now_ms,
+    RESERVED_LANE, TaskEvent, TaskMessage, TaskResult, Verdict, WorkerInfo, now_ms,
 };
 use crate::reason::Reason;
 use crate::sandbox::{
@@ -32,6 +32,10 @@ use crate::sandbox::{
 
 /// Task attempts one worker loop takes per fetch, at most.
 pub const FETCH_BATCH: usize = 64;
+/// How long a slot that ran a task of a reservation waits for the
+/// tenant's next (the control plane sends it once it has recorded the
+/// end) before it takes anyone's.
+pub const RESERVED_WAIT: Duration = Duration::from_millis(500);
 /// Results held back for a batched report at most this long.
 const FLUSH_AFTER: Duration = Duration::from_millis(20);
 /// How long a worker keeps retrying an unavailable blob store for one task
@@ -276,12 +280,15 @@ impl Worker {
         // From one task at a time, doubling while tasks are quick.
         let mut fetch_size = 1;
         let mut fetch_retry = Duration::from_millis(500);
+        // Whether the last task came from a reservation's lane: this slot
+        // then waits a moment for the tenant's next one.
+        let mut reserved = false;
         loop {
             if *drain.borrow() {
                 return;
             }
             let fetched = tokio::select! {
-                fetched = self.broker.fetch(fetch_size) => fetched,
+                fetched = self.fetch(fetch_size, reserved) => fetched,
                 // Drain (or the pool is gone): the loop top decides.
                 changed = drain.changed() => {
                     if changed.is_err() {
@@ -305,6 +312,7 @@ impl Worker {
             };
             let began = Instant::now();
             let n = batch.len();
+            reserved = batch.iter().any(|t| t.priority == RESERVED_LANE);
             let mut pending: Vec<(TaskMessage, TaskResult)> = Vec::new();
             let mut oldest: Option<Instant> = None;
             let mut tasks = batch.into_iter();
@@ -390,6 +398,21 @@ impl Worker {
                 (fetch_size / 2).max(1)
             };
         }
+    }
+
+    /// The next batch: after a task of a reservation, the tenant's next
+    /// if it comes within [`RESERVED_WAIT`]; else whatever waits.
+    async fn fetch(&self, max: usize, reserved: bool) -> Result<Vec<TaskMessage>, BrokerError> {
+        if reserved {
+            let batch = self
+                .broker
+                .fetch_lane(RESERVED_LANE, max, RESERVED_WAIT)
+                .await?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+        }
+        self.broker.fetch(max).await
     }
 
     /// Reports `pending` results (one durable publish round), then tells

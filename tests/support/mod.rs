@@ -751,3 +751,151 @@ pub async fn fair_share(base: &str, database: &str, mode: &str) {
         "beta's job took {elapsed:?} behind alpha's sweep"
     );
 }
+
+/// `sandmill ARGS` against the server at `base` with `token`; its output.
+pub fn cli_as(base: &str, token: &str, args: &[&str]) -> std::process::Output {
+    output_within(
+        Command::new(env!("CARGO_BIN_EXE_sandmill"))
+            .args(["--server", base, "--token", token])
+            .args(args),
+        Duration::from_secs(60),
+    )
+}
+
+/// When a task of a job's page started and ended, as ms since the epoch.
+fn run_times(task: &serde_json::Value) -> Option<(u128, u128)> {
+    let at = |field: &str| {
+        humantime::parse_rfc3339_weak(task[field].as_str()?)
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis())
+    };
+    Some((at("started_at")?, at("finished_at")?))
+}
+
+/// Reservations, through the CLI and API of a server with `--auth tokens`
+/// on `database` whose workers have 4 slots in all: tenant beta books 3
+/// slots (`sandmill reserve`); while it leaves them idle, alpha's sweep of
+/// 1 s tasks runs on all 4; then beta submits 6 tasks of 1 s. The first 3
+/// tasks to start after that are beta's (in the turns of fair share alone
+/// alpha would have its share of them), beta runs 3 at once, and alpha's
+/// sweep keeps running and ends. Prints the figures, labelled `mode`.
+pub async fn reserved_slots(base: &str, database: &str, mode: &str) {
+    let http = sandmill_server::tls::default_client();
+    let (alpha, beta) = (
+        As::new(&http, base, database, "alpha", "user"),
+        As::new(&http, base, database, "beta", "user"),
+    );
+    let modules = [
+        alpha.upload(sandmill_test_artifacts::HOSTILE_LOOP).await,
+        beta.upload(sandmill_test_artifacts::HOSTILE_LOOP).await,
+    ];
+    // Tasks that loop until their timeout of 1 s: one slot for a second.
+    let sweep = |module: &str, count: u64| {
+        serde_json::json!({"name": "seconds", "limits": {"timeout": "1s"}, "max_attempts": 1,
+            "sweep": {"module": module, "count": count}})
+    };
+    let reserved = cli_as(
+        base,
+        &beta.token,
+        &["reserve", "--slots", "3", "--until", "50m"],
+    );
+    let id = ok(&reserved).trim().to_owned();
+    let listed = ok(&cli_as(base, &beta.token, &["reservations"]));
+    assert!(
+        listed.lines().any(|l| l.trim_start().starts_with(&id)
+            && l.contains("beta")
+            && l.ends_with("holding")),
+        "{listed}"
+    );
+
+    let (status, big) = alpha.post("/v1/jobs", sweep(&modules[0], 40)).await;
+    assert_eq!(status, 201, "{big}");
+    let big = big["id"].as_i64().expect("job id");
+    // Beta's slots are idle: alpha's tasks run on all four.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, job) = alpha.get(&format!("/v1/jobs/{big}")).await;
+        if job["tasks"]["running"].as_i64() == Some(4) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alpha never ran 4 at once: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let submitted = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let (status, small) = beta.post("/v1/jobs", sweep(&modules[1], 6)).await;
+    assert_eq!(status, 201, "{small}");
+    let small = small["id"].as_i64().expect("job id");
+    for (caller, job) in [(&beta, small), (&alpha, big)] {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, view) = caller.get(&format!("/v1/jobs/{job}")).await;
+            if view["status"] != "running" {
+                assert_eq!(view["tasks"]["total"], view["tasks"]["failed"], "{view}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "job {job} did not end: {view}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let runs = async |caller: &As<'_>, job: i64| -> Vec<(u128, u128)> {
+        let (_, page) = caller.get(&format!("/v1/jobs/{job}/tasks?limit=100")).await;
+        page["items"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .map(|t| run_times(t).unwrap_or_else(|| panic!("a task without times: {t}")))
+            .collect()
+    };
+    let (theirs, ours) = (runs(&alpha, big).await, runs(&beta, small).await);
+    let mut after: Vec<(u128, &str)> = theirs
+        .iter()
+        .map(|r| (r.0, "alpha"))
+        .chain(ours.iter().map(|r| (r.0, "beta")))
+        .filter(|(start, _)| *start >= submitted)
+        .collect();
+    after.sort();
+    // Slots free together (alpha's tasks started together): of the first
+    // four to start after beta's submit, its three reserved ones.
+    let first: Vec<&str> = after.iter().take(4).map(|(_, who)| *who).collect();
+    let theirs_first = first.iter().filter(|who| **who == "beta").count();
+    // While beta had tasks left, alpha had the fourth slot only.
+    let last_beta = ours.iter().map(|r| r.0).max().unwrap_or(0);
+    let alpha_between = after
+        .iter()
+        .filter(|(start, who)| *who == "alpha" && *start < last_beta)
+        .count();
+    // Beta's most tasks running at once.
+    let at_once = ours
+        .iter()
+        .map(|(start, _)| ours.iter().filter(|(s, e)| s <= start && start < e).count())
+        .max()
+        .unwrap_or(0);
+    let waited = ours
+        .iter()
+        .map(|r| r.0)
+        .min()
+        .unwrap_or(0)
+        .saturating_sub(submitted);
+    eprintln!(
+        "reservations ({mode}): beta's first task started {waited} ms after its submit; \
+         the first starts after it: {first:?}; beta ran {at_once} at once; alpha started \
+         {alpha_between} meanwhile"
+    );
+    assert!(theirs_first >= 3, "{after:?}");
+    // Two rounds of beta's three; a slot beta lost to alpha would add one.
+    assert!(alpha_between <= 3, "{after:?}");
+    assert!(at_once >= 3, "beta ran at most {at_once} at once: {ours:?}");
+
+    // Cancelled: it no longer holds.
+    ok(&cli_as(base, &beta.token, &["reservations", "cancel", &id]));
+    let (status, _) = beta.get(&format!("/v1/reservations/{id}")).await;
+    assert_eq!(status, 404);
+}

@@ -31,6 +31,9 @@ pub const DEFAULT_EVENT_BYTES: usize = 64 << 20;
 pub struct MemoryBroker {
     tasks: Mutex<Tasks>,
     task_ready: Notify,
+    /// Wakes every `fetch_lane` on any publish: those wait for one lane and
+    /// must not take the wake-ups meant for workers that take any.
+    lane_ready: Notify,
     task_room: Notify,
     events: Mutex<Events>,
     event_ready: Notify,
@@ -110,6 +113,19 @@ impl Tasks {
         true
     }
 
+    /// The next task of lane `priority` only.
+    fn pop_lane(&mut self, priority: u8) -> Option<TaskMessage> {
+        let lane = self.lanes.get_mut(&priority)?;
+        let task = lane.pop();
+        if lane.is_empty() {
+            self.lanes.remove(&priority);
+        }
+        let task = task?;
+        self.len -= 1;
+        self.queued.remove(&task.dedup_key());
+        Some(task)
+    }
+
     fn pop(&mut self) -> Option<TaskMessage> {
         let mut lane = self.lanes.last_entry()?;
         let task = lane.get_mut().pop();
@@ -147,6 +163,7 @@ impl MemoryBroker {
         MemoryBroker {
             tasks: Mutex::default(),
             task_ready: Notify::new(),
+            lane_ready: Notify::new(),
             task_room: Notify::new(),
             events: Mutex::default(),
             event_ready: Notify::new(),
@@ -161,6 +178,7 @@ impl MemoryBroker {
     pub fn close(&self) {
         self.lock_tasks().closed = true;
         self.task_ready.notify_waiters();
+        self.lane_ready.notify_waiters();
         self.task_room.notify_waiters();
         self.event_ready.notify_waiters();
         self.event_room.notify_waiters();
@@ -219,6 +237,9 @@ impl Broker for MemoryBroker {
             for _ in 0..added {
                 self.task_ready.notify_one();
             }
+            if added > 0 {
+                self.lane_ready.notify_waiters();
+            }
             if tasks.peek().is_some() {
                 // Full: wait for a fetch to make room.
                 room.await;
@@ -251,6 +272,37 @@ impl Broker for MemoryBroker {
         }
     }
 
+    async fn fetch_lane(
+        &self,
+        lane: u8,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<TaskMessage>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.lane_ready.notified();
+            tokio::pin!(notified);
+            // Registered before the look, so a publish in between wakes it.
+            notified.as_mut().enable();
+            let batch: Vec<_> = {
+                let mut state = self.lock_tasks();
+                if state.closed {
+                    return Err(closed());
+                }
+                (0..max.max(1))
+                    .map_while(|_| state.pop_lane(lane))
+                    .collect()
+            };
+            if !batch.is_empty() {
+                self.task_room.notify_waiters();
+                return Ok(batch);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
     fn waiting_above(&self, priority: u8) -> bool {
         self.lock_tasks()
             .lanes
@@ -263,6 +315,7 @@ impl Broker for MemoryBroker {
         // was counted when it was first published.
         self.lock_tasks().push(task, true);
         self.task_ready.notify_one();
+        self.lane_ready.notify_waiters();
         Ok(())
     }
 
@@ -458,6 +511,40 @@ mod tests {
             .map(|t| t.task_id)
             .collect();
         assert_eq!(next, vec![3, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_lane_is_fetched_alone_and_waited_for_a_while() {
+        let broker = std::sync::Arc::new(MemoryBroker::new());
+        let mut reserved = task(2, 0);
+        reserved.priority = crate::message::RESERVED_LANE;
+        broker.publish(vec![task(1, 0), reserved]).await.unwrap();
+        let lane = crate::message::RESERVED_LANE;
+        let got = broker.fetch_lane(lane, 4, Duration::ZERO).await.unwrap();
+        assert_eq!(got.iter().map(|t| t.task_id).collect::<Vec<_>>(), vec![2]);
+        // Empty: nothing after the wait, and the other lane's task stays.
+        let got = broker
+            .fetch_lane(lane, 4, Duration::from_millis(20))
+            .await
+            .unwrap();
+        assert!(got.is_empty());
+        assert_eq!(broker.queued(), 1);
+        // One published while it waits is taken.
+        let waiter = tokio::spawn({
+            let broker = broker.clone();
+            async move { broker.fetch_lane(lane, 1, Duration::from_secs(30)).await }
+        });
+        tokio::task::yield_now().await;
+        let mut late = task(3, 0);
+        late.priority = lane;
+        broker.publish(vec![late]).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(got[0].task_id, 3);
+        assert_eq!(broker.fetch(4).await.unwrap()[0].task_id, 1);
     }
 
     #[tokio::test]

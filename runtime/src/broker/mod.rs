@@ -59,6 +59,19 @@ pub trait Broker: Send + Sync + 'static {
     /// Waits for at least one task and returns up to `max`.
     async fn fetch(&self, max: usize) -> Result<Vec<TaskMessage>, BrokerError>;
 
+    /// Fetches up to `max` tasks of lane `lane` only, waiting up to `wait`
+    /// for one to arrive; empty if none did. A worker slot that ran a task
+    /// of a reservation looks here first, so the slot stays the tenant's
+    /// while its next task is on the way. Brokers without lanes say none.
+    async fn fetch_lane(
+        &self,
+        _lane: u8,
+        _max: usize,
+        _wait: Duration,
+    ) -> Result<Vec<TaskMessage>, BrokerError> {
+        Ok(Vec::new())
+    }
+
     /// Tells the broker a fetched task is finished with (its result was
     /// reported): it will not be delivered again.
     async fn done(&self, _task: &TaskMessage) -> Result<(), BrokerError> {

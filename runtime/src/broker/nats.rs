@@ -7,7 +7,8 @@
 //!   description holds `L`), shared by every worker: a worker pulls from the
 //!   consumers whose labels it offers, highest priority first, so a task
 //!   reaches only a worker that can take it and an interactive call never
-//!   waits behind a sweep. A publisher then sends an empty core-NATS
+//!   waits behind a sweep; above them all, lane [`RESERVED_LANE`] holds
+//!   tasks in their tenant's reserved slots. A publisher then sends an empty core-NATS
 //!   message on `sandmill.wake` so idle workers look at once. Each publish carries `Nats-Msg-Id: task-<id>-<attempt>`,
 //!   so a re-publish inside the dedup window is dropped. A worker acks a
 //!   task (double ack: confirmed) only after its result is durably
@@ -35,7 +36,7 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use super::{Broker, BrokerError, BrokerErrorKind};
 use crate::labels::Labels;
-use crate::message::{MAX_PRIORITY, TaskEvent, TaskMessage, WorkerInfo};
+use crate::message::{MAX_PRIORITY, RESERVED_LANE, TaskEvent, TaskMessage, WorkerInfo};
 
 /// How long a delivered task may go without an ack or progress before
 /// JetStream delivers it to another worker (by default).
@@ -245,9 +246,10 @@ impl NatsBroker {
             unacked_events: Arc::default(),
         };
         broker.drop_legacy_queues().await?;
-        // Unlabelled work at the lowest and highest priority needs no
-        // publisher to have run first (other lanes appear as used).
-        for priority in [0, MAX_PRIORITY] {
+        // Unlabelled work at the lowest and highest priority, and in
+        // reserved slots, needs no publisher to have run first (other
+        // lanes appear as used).
+        for priority in [0, MAX_PRIORITY, RESERVED_LANE] {
             broker.queue(&Labels::default(), priority).await?;
         }
         if broker.config.offers.is_some() {
@@ -421,6 +423,22 @@ impl NatsBroker {
         });
     }
 
+    /// Fetched tasks, their delivery counts set and their messages kept
+    /// alive while they run.
+    fn take_fetched(&self, fetched: Vec<(TaskMessage, jetstream::Message)>) -> Vec<TaskMessage> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        fetched
+            .into_iter()
+            .map(|(mut task, message)| {
+                task.delivered = message
+                    .info()
+                    .map_or(1, |info| u32::try_from(info.delivered).unwrap_or(u32::MAX));
+                in_flight.entry(task.dedup_key()).or_default().push(message);
+                task
+            })
+            .collect()
+    }
+
     /// The messages of a fetched task, no longer kept alive.
     fn take_in_flight(&self, task: &TaskMessage) -> Vec<jetstream::Message> {
         self.in_flight
@@ -443,7 +461,7 @@ impl NatsBroker {
         let mut items = Vec::with_capacity(tasks.len());
         for task in &tasks {
             let token = task.labels.token();
-            let priority = task.priority.min(MAX_PRIORITY);
+            let priority = task.priority.min(RESERVED_LANE);
             let key = (token.clone(), priority);
             let known = self
                 .queues_made
@@ -619,21 +637,44 @@ impl Broker for NatsBroker {
                 if fetched.is_empty() {
                     continue;
                 }
-                let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                return Ok(fetched
-                    .into_iter()
-                    .map(|(mut task, message)| {
-                        task.delivered = message
-                            .info()
-                            .map_or(1, |info| u32::try_from(info.delivered).unwrap_or(u32::MAX));
-                        in_flight.entry(task.dedup_key()).or_default().push(message);
-                        task
-                    })
-                    .collect());
+                return Ok(self.take_fetched(fetched));
             }
             // Nothing anywhere: wait for a publisher's wake-up (or look
             // again after a while, should one be lost).
             let _ = tokio::time::timeout(IDLE_WAIT, woken).await;
+        }
+    }
+
+    async fn fetch_lane(
+        &self,
+        lane: u8,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<TaskMessage>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let queues: Vec<PullConsumer> = {
+            let pulls = self.pulls.lock().await;
+            pulls
+                .consumers
+                .iter()
+                .filter(|(priority, _)| *priority == lane)
+                .map(|(_, queue)| queue.clone())
+                .collect()
+        };
+        loop {
+            let wake = self.wake.clone();
+            let woken = wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            for queue in &queues {
+                let fetched = fetch_json::<TaskMessage>(queue, max, None).await?;
+                if !fetched.is_empty() {
+                    return Ok(self.take_fetched(fetched));
+                }
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return Ok(Vec::new());
+            }
         }
     }
 
@@ -866,7 +907,10 @@ fn rotate_within_priority<T: Clone>(queues: &[(u8, T)], turn: usize) -> Vec<(u8,
 /// `(token, priority)` of a queue named `q-<token>-<priority>`.
 fn parse_queue_name(name: &str) -> Option<(&str, u8)> {
     let (token, priority) = name.strip_prefix("q-")?.rsplit_once('-')?;
-    let priority = priority.parse::<u8>().ok().filter(|p| *p <= MAX_PRIORITY)?;
+    let priority = priority
+        .parse::<u8>()
+        .ok()
+        .filter(|p| *p <= RESERVED_LANE)?;
     Some((token, priority))
 }
 
@@ -879,6 +923,8 @@ mod tests {
     fn queue_names_carry_token_and_priority() {
         assert_eq!(queue_name("any", 9), "q-any-9");
         assert_eq!(parse_queue_name("q-any-9"), Some(("any", 9)));
+        // The reserved lane, above every priority.
+        assert_eq!(parse_queue_name("q-any-10"), Some(("any", RESERVED_LANE)));
         assert_eq!(
             parse_queue_name("q-0123456789abcdef-0"),
             Some(("0123456789abcdef", 0))

@@ -6,7 +6,8 @@
 //!
 //! One module per resource, each with its `router()`:
 //! [`health`], [`modules`], [`specs`], [`jobs`], [`tasks`], [`run`],
-//! [`workers`], [`schedules`], [`subscriptions`], [`events`] (live, as
+//! [`workers`], [`schedules`], [`subscriptions`], [`reservations`],
+//! [`events`] (live, as
 //! Server-Sent Events);
 //! [`views`] holds
 //! what they return.
@@ -17,6 +18,7 @@ pub mod events;
 pub mod health;
 pub mod jobs;
 pub mod modules;
+pub mod reservations;
 pub mod run;
 pub mod schedules;
 pub mod specs;
@@ -152,6 +154,7 @@ pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
         .merge(events::router())
         .merge(schedules::router())
         .merge(subscriptions::router())
+        .merge(reservations::router())
         .layer(DefaultBodyLimit::max(limit));
     let router = match state.config.auth {
         auth::AuthMode::Open => router,
@@ -310,6 +313,10 @@ async fn limit_requests(
         subscriptions::get_subscription,
         subscriptions::delete_subscription,
         subscriptions::dead_letters,
+        reservations::create_reservation,
+        reservations::list_reservations,
+        reservations::get_reservation,
+        reservations::delete_reservation,
     ),
     modifiers(&Guarded)
 )]

@@ -23,7 +23,8 @@ pub struct QuotaArgs {
 #[derive(Subcommand, Debug)]
 enum QuotaAction {
     /// Set a tenant's quotas (what is not given is the server's default,
-    /// `--quota-open-tasks` and `--quota-tasks-per-day` of `serve`/`dev`).
+    /// `--quota-open-tasks`, `--quota-tasks-per-day` and
+    /// `--quota-cpu-seconds-per-day` of `serve`/`dev`).
     Set {
         /// The tenant.
         #[arg(long)]
@@ -34,6 +35,10 @@ enum QuotaAction {
         /// Tasks of the jobs it submits in any 24 hours.
         #[arg(long)]
         tasks_per_day: Option<u64>,
+        /// Seconds its task attempts may run in any 24 hours (wall time
+        /// in a worker slot).
+        #[arg(long)]
+        cpu_seconds_per_day: Option<u64>,
     },
     /// List the tenants with quotas of their own.
     List,
@@ -65,25 +70,29 @@ pub fn run(args: QuotaArgs) -> anyhow::Result<ExitCode> {
                 tenant,
                 open_tasks,
                 tasks_per_day,
+                cpu_seconds_per_day,
             } => {
                 check_tenant(&tenant)?;
                 let quota = Quota {
                     open_tasks: count(open_tasks, "--open-tasks")?,
                     tasks_per_day: count(tasks_per_day, "--tasks-per-day")?,
+                    cpu_seconds_per_day: count(cpu_seconds_per_day, "--cpu-seconds-per-day")?,
                 };
                 store.put_quota(&tenant, quota).await?;
                 tell!(
-                    "tenant `{tenant}`: open tasks {}, tasks per day {}",
+                    "tenant `{tenant}`: open tasks {}, tasks per day {}, CPU seconds per day {}",
                     shown(quota.open_tasks),
-                    shown(quota.tasks_per_day)
+                    shown(quota.tasks_per_day),
+                    shown(quota.cpu_seconds_per_day)
                 );
             }
             QuotaAction::List => {
                 say!(
-                    "{:<24}  {:>14}  {:>14}",
+                    "{:<24}  {:>14}  {:>14}  {:>14}",
                     "tenant",
                     "open tasks",
-                    "tasks per day"
+                    "tasks per day",
+                    "CPU s per day"
                 );
                 let mut after = String::new();
                 loop {
@@ -92,10 +101,11 @@ pub fn run(args: QuotaArgs) -> anyhow::Result<ExitCode> {
                     after = last.tenant.clone();
                     for row in page {
                         say!(
-                            "{:<24}  {:>14}  {:>14}",
+                            "{:<24}  {:>14}  {:>14}  {:>14}",
                             row.tenant,
                             shown(row.quota.open_tasks),
-                            shown(row.quota.tasks_per_day)
+                            shown(row.quota.tasks_per_day),
+                            shown(row.quota.cpu_seconds_per_day)
                         );
                     }
                 }

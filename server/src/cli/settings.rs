@@ -10,7 +10,8 @@ use sandmill_server::events::DEFAULT_EVENT_BUFFER;
 use sandmill_server::jobfile::DEFAULT_MAX_TASKS_PER_JOB;
 use sandmill_server::scheduler::{
     Ceilings, DEFAULT_ABSENT_EVERY, DEFAULT_MAX_COMPILES, DEFAULT_MAX_PARAMS_BYTES,
-    DEFAULT_QUOTA_OPEN_TASKS, DEFAULT_QUOTA_TASKS_PER_DAY, DEFAULT_WINDOW, SchedulerConfig,
+    DEFAULT_MAX_RESERVATIONS, DEFAULT_QUOTA_OPEN_TASKS, DEFAULT_QUOTA_TASKS_PER_DAY,
+    DEFAULT_RESERVABLE_SLOTS, DEFAULT_WINDOW, ReservationLimits, SchedulerConfig,
 };
 use sandmill_server::store::Quota;
 use tokio::sync::watch;
@@ -67,6 +68,12 @@ pub struct SchedulerArgs {
     /// set` gave it its own.
     #[arg(long, env = "SANDMILL_QUOTA_TASKS_PER_DAY", default_value_t = DEFAULT_QUOTA_TASKS_PER_DAY)]
     pub quota_tasks_per_day: i64,
+    /// Seconds a tenant's task attempts may run in any 24 hours (the wall
+    /// time of each, in a worker slot), unless `sandmill quota set` gave
+    /// it its own; past it its new jobs are refused and its running jobs'
+    /// undispatched tasks wait. Unlimited when not given.
+    #[arg(long, env = "SANDMILL_QUOTA_CPU_SECONDS_PER_DAY")]
+    pub quota_cpu_seconds_per_day: Option<u64>,
     /// Uploaded modules compiled at once; more wait their turn.
     #[arg(long, env = "SANDMILL_MAX_COMPILES", default_value_t = DEFAULT_MAX_COMPILES)]
     pub max_compiles: usize,
@@ -74,6 +81,16 @@ pub struct SchedulerArgs {
     /// upload is refused (400) and nothing of it is kept.
     #[arg(long, env = "SANDMILL_COMPILE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub compile_timeout: Duration,
+    /// Worker slots all tenants' reservations may hold at any one time
+    /// (`sandmill reserve`); a booking past it is refused (409).
+    #[arg(long, env = "SANDMILL_RESERVABLE_SLOTS", default_value_t = DEFAULT_RESERVABLE_SLOTS)]
+    pub reservable_slots: i64,
+    /// How far ahead of now a reservation may end.
+    #[arg(long, env = "SANDMILL_MAX_RESERVATION_AHEAD", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub max_reservation_ahead: Duration,
+    /// Reservations not ended one tenant may hold (429 past it).
+    #[arg(long, env = "SANDMILL_MAX_RESERVATIONS", default_value_t = DEFAULT_MAX_RESERVATIONS)]
+    pub max_reservations: i64,
 }
 
 /// `--retain`: a period, or forever.
@@ -181,9 +198,17 @@ impl SchedulerArgs {
             quota: Quota {
                 open_tasks: Some(self.quota_open_tasks.max(0)),
                 tasks_per_day: Some(self.quota_tasks_per_day.max(0)),
+                cpu_seconds_per_day: self
+                    .quota_cpu_seconds_per_day
+                    .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
             },
             max_compiles: self.max_compiles.max(1),
             compile_timeout: self.compile_timeout,
+            reservations: ReservationLimits {
+                slots: self.reservable_slots.max(0),
+                ahead: self.max_reservation_ahead,
+                per_tenant: self.max_reservations.max(0),
+            },
             ..SchedulerConfig::default()
         }
     }

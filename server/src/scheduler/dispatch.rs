@@ -25,6 +25,14 @@ const DISPATCH_CHUNK: i64 = 256;
 /// failed.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// The sooner of two optional waits.
+fn min_some(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// `room` shared out in equal shares, again and again, among appetites
 /// (in order: the remainder goes to the first), until the room or every
 /// appetite runs out. What one cannot use goes to the others.
@@ -100,15 +108,34 @@ impl Scheduler {
                 return;
             }
             let woken = self.inner.dispatch.notified();
+            // While a reservation holds (or until the next starts), look
+            // again on time even if nothing wakes the dispatcher.
+            let again = match self.refresh_holds().await {
+                Ok(again) => again,
+                // The database closes as the server stops: not news.
+                Err(_) if *stopping.borrow() => return,
+                Err(error) => {
+                    tracing::warn!(%error, "reading reservations and quotas failed");
+                    Some(RETRY)
+                }
+            };
             match self.dispatch_round().await {
                 // More room and more work: go again at once.
                 Ok(true) => continue,
                 Ok(false) => {
+                    let timer = async {
+                        match again {
+                            Some(after) => tokio::time::sleep(after).await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         () = woken => {}
+                        () = timer => {}
                         _ = stopping.changed() => {}
                     }
                 }
+                Err(_) if *stopping.borrow() => return,
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?RETRY, "dispatching failed");
                     tokio::select! {
@@ -120,45 +147,89 @@ impl Scheduler {
         }
     }
 
-    /// One round: fills the window from the backlogs. Returns whether
-    /// another round could dispatch more now.
+    /// Reads again what holds tasks back or puts them first: tenants'
+    /// reservations and their quotas of time. Returns how long until they
+    /// should be read again (`None`: only when something changes).
+    async fn refresh_holds(&self) -> Result<Option<Duration>, super::SchedulerError> {
+        let reservations = self.refresh_reservations().await?;
+        let budgets = self.refresh_budgets().await?;
+        Ok(min_some(reservations, budgets))
+    }
+
+    /// One round: tenants' reserved lanes first, whatever the window's
+    /// fill, then the window from the backlogs. Returns whether another
+    /// round could dispatch more now.
     pub async fn dispatch_round(&self) -> Result<bool, super::SchedulerError> {
         let window = self.inner.config.window as i64;
         let room = window - self.inner.live.load(Ordering::Relaxed);
         // Refill in chunks of an eighth of the window, not a task at a
         // time.
-        if room <= 0 || room < window / 8 {
+        let fill = room > 0 && room >= window / 8;
+        let reserved = self.reserved_room();
+        if !fill && reserved.is_empty() {
             return Ok(false);
         }
-        let jobs = self.inner.store.backlog(JOBS_PER_ROUND).await?;
-        if jobs.is_empty() {
-            return Ok(false);
-        }
+        let mut jobs = self.inner.store.backlog(JOBS_PER_ROUND).await?;
+        let more_jobs = jobs.len() as i64 == JOBS_PER_ROUND;
+        // Tenants past their quota of time start nothing.
+        jobs.retain(|j| !self.spent(&j.tenant));
         let mut dispatched = 0;
-        for (job_id, n) in plan(room, &jobs) {
-            let mut left = n;
-            while left > 0 {
-                let round = self
-                    .inner
-                    .store
-                    .dispatch(job_id, left.min(DISPATCH_CHUNK))
-                    .await?;
-                let queued = round.messages.len() as i64;
-                // Cached tasks take no room, but count toward the round.
-                let created = queued + round.cached;
+        for (tenant, room) in reserved {
+            let mut theirs: Vec<&Backlog> = jobs.iter().filter(|j| j.tenant == tenant).collect();
+            theirs.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.job_id));
+            let mut planned = Vec::new();
+            plan_within(room, &theirs, &mut planned);
+            for (job_id, n) in planned {
+                let created = self.dispatch_job(job_id, n).await?;
                 dispatched += created;
-                left -= created;
-                self.inner.live.fetch_add(queued, Ordering::Relaxed);
-                self.publish(round.messages).await;
-                if round.ended {
-                    self.job_finished(job_id);
-                }
-                if created == 0 {
-                    break;
+                if let Some(job) = jobs.iter_mut().find(|j| j.job_id == job_id) {
+                    job.remaining -= created;
                 }
             }
         }
-        Ok(dispatched > 0 && jobs.len() as i64 == JOBS_PER_ROUND)
+        if !fill {
+            return Ok(false);
+        }
+        jobs.retain(|j| j.remaining > 0);
+        // A tenant in its reserved slots waits for them, not in the queue
+        // behind everyone's; unless no one else has work.
+        let live = self.inner.live.load(Ordering::Relaxed);
+        let others_idle = live <= self.in_reserved_lane()
+            && jobs.iter().all(|j| self.holds_reservation(&j.tenant));
+        if !others_idle {
+            jobs.retain(|j| !self.holds_reservation(&j.tenant));
+        }
+        let room = window - live;
+        for (job_id, n) in plan(room, &jobs) {
+            dispatched += self.dispatch_job(job_id, n).await?;
+        }
+        Ok(dispatched > 0 && more_jobs)
+    }
+
+    /// Creates and publishes up to `n` of a job's next tasks; how many it
+    /// created.
+    async fn dispatch_job(&self, job_id: i64, n: i64) -> Result<i64, super::SchedulerError> {
+        let mut left = n;
+        while left > 0 {
+            let round = self
+                .inner
+                .store
+                .dispatch(job_id, left.min(DISPATCH_CHUNK))
+                .await?;
+            let queued = round.messages.len() as i64;
+            // Cached tasks take no room, but count toward the round.
+            let created = queued + round.cached;
+            left -= created;
+            self.inner.live.fetch_add(queued, Ordering::Relaxed);
+            self.publish(round.messages).await;
+            if round.ended {
+                self.job_finished(job_id);
+            }
+            if created == 0 {
+                break;
+            }
+        }
+        Ok(n - left.max(0))
     }
 
     /// Publishes task messages, parameters too large to travel inline
@@ -173,6 +244,7 @@ impl Scheduler {
             tracing::warn!(%error, "storing parameters failed; the tasks stay queued for the reconciler");
             return;
         }
+        self.mark_reserved(&mut messages);
         self.stamp(&mut messages);
         let n = messages.len();
         if let Err(error) = self.inner.broker.publish(messages).await {

@@ -21,6 +21,7 @@
 //! Memory does not grow with the number of tasks: the backlog lives in the
 //! database, and what is in flight is bounded by the window.
 
+mod budgets;
 mod ceilings;
 mod dispatch;
 mod inline;
@@ -28,6 +29,7 @@ mod mapreduce;
 mod pipeline;
 mod reconcile;
 mod recorder;
+mod reservations;
 mod restart;
 mod retention;
 mod schedules;
@@ -55,6 +57,10 @@ use crate::store::{CancelRefused, JobRow, ModuleRow, Store, StoreError};
 pub use ceilings::Ceilings;
 pub use inline::{Inline, InlineRun};
 pub use mapreduce::part_name;
+pub use reservations::{
+    DEFAULT_MAX_RESERVATIONS, DEFAULT_RESERVABLE_SLOTS, DEFAULT_RESERVATION_AHEAD,
+    ReservationLimits,
+};
 pub use retention::DEFAULT_RETAIN;
 pub use schedules::firing_of;
 pub use submit::{SubmitOptions, Submitted};
@@ -207,6 +213,8 @@ pub struct SchedulerConfig {
     /// The longest an uploaded module may take to compile; past it the
     /// upload is refused (and nothing of it is kept).
     pub compile_timeout: Duration,
+    /// What reservations may book.
+    pub reservations: ReservationLimits,
 }
 
 /// Uploaded modules compiled at once by default.
@@ -229,9 +237,11 @@ impl Default for SchedulerConfig {
             quota: crate::store::Quota {
                 open_tasks: Some(DEFAULT_QUOTA_OPEN_TASKS),
                 tasks_per_day: Some(DEFAULT_QUOTA_TASKS_PER_DAY),
+                cpu_seconds_per_day: None,
             },
             max_compiles: DEFAULT_MAX_COMPILES,
             compile_timeout: DEFAULT_COMPILE_TIMEOUT,
+            reservations: ReservationLimits::default(),
         }
     }
 }
@@ -281,6 +291,10 @@ struct Inner {
     ticket_key: OnceLock<Vec<u8>>,
     /// Room for compiling uploads ([`SchedulerConfig::max_compiles`]).
     compiles: Arc<tokio::sync::Semaphore>,
+    /// What is reserved now, and the tasks in the reserved lane.
+    reserved: Mutex<reservations::Reserved>,
+    /// Tenants past their quota of time.
+    spent: Mutex<budgets::Spent>,
 }
 
 impl Scheduler {
@@ -316,6 +330,8 @@ impl Scheduler {
                 consumers: Mutex::default(),
                 ticket_key: OnceLock::new(),
                 compiles,
+                reserved: Mutex::default(),
+                spent: Mutex::default(),
             }),
         }
     }
@@ -539,6 +555,7 @@ impl Scheduler {
     /// Drops the queued messages of a job that ended early, so workers do
     /// not run its tasks for nothing (best effort).
     async fn forget(&self, job_id: i64) {
+        self.unreserve_job(job_id);
         let labels = match self.inner.store.job(job_id).await {
             Ok(Some(job)) => job.labels.0,
             _ => Default::default(),

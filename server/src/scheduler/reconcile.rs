@@ -203,6 +203,7 @@ impl Scheduler {
             let absent: Vec<i64> = absent.into_iter().collect();
             let mut messages = self.inner.store.live_messages(&absent).await?;
             self.externalize(&mut messages).await?;
+            self.mark_reserved(&mut messages);
             self.stamp(&mut messages);
             n += messages.len();
             self.inner.broker.republish(messages).await?;

@@ -180,6 +180,7 @@ impl Scheduler {
             self.inner
                 .live
                 .fetch_sub(recorded.finished_tasks.len() as i64, Ordering::Relaxed);
+            self.unreserve_tasks(&recorded.finished_tasks);
             self.inner.dispatch.notify_one();
         }
         if !recorded.retried.is_empty() {

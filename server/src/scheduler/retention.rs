@@ -1,6 +1,7 @@
 //! Deleting jobs: by request (`DELETE /v1/jobs/{id}`) and by age
 //! (`--retain`): ended top-level jobs whose end is older than the
-//! retention period go, oldest first, a few at a time.
+//! retention period go, oldest first, a few at a time; so do reservations
+//! that ended as long ago.
 
 use std::time::Duration;
 
@@ -60,6 +61,10 @@ impl Scheduler {
         stopping: &tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), SchedulerError> {
         let before = now_ms() - i64::try_from(retain.as_millis()).unwrap_or(i64::MAX);
+        let gone = self.inner.store.prune_reservations(before).await?;
+        if gone > 0 {
+            tracing::info!(reservations = gone, "reservations past retention deleted");
+        }
         loop {
             let ids = self.inner.store.ended_before(before, SWEEP_JOBS).await?;
             for &id in &ids {

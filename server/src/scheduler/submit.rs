@@ -10,8 +10,6 @@ use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
 
 use super::{Owner, SMALL_JOB, Scheduler, SchedulerError, Waiter};
 
-/// An hour in ms: quotas per day count tasks by the hour.
-const HOUR_MS: i64 = 3_600_000;
 use crate::jobfile::{Backlog, DEFAULT_MAX_ATTEMPTS, Invalid, JobFile, check_params_size};
 use crate::model::JobKind;
 use crate::store::{Item, NewJob};
@@ -80,7 +78,15 @@ impl Scheduler {
         }
         let new = self.prepare(owner, job, options).await?;
         self.charge_quota(&owner.tenant, new.total).await?;
-        let dispatch_now = if new.total <= SMALL_JOB { new.total } else { 0 };
+        // A tenant in its reserved slots has its tasks dispatched into
+        // them, by the dispatcher (a call someone waits for goes now).
+        let dispatch_now = if new.total <= SMALL_JOB
+            && (options.wait_for_task || !self.holds_reservation(&owner.tenant))
+        {
+            new.total
+        } else {
+            0
+        };
         let (job_id, dispatched) = self.inner.store.create_job(&new, dispatch_now).await?;
         let messages = dispatched.messages;
         self.inner
@@ -123,7 +129,7 @@ impl Scheduler {
     ) -> Result<(), SchedulerError> {
         let store = &self.inner.store;
         let quota = store.quota(tenant).await?.or(self.inner.config.quota);
-        let hour = crate::store::now_ms() / HOUR_MS;
+        let hour = crate::store::now_ms() / crate::store::HOUR_MS;
         let usage = store.usage(tenant, hour - 23).await?;
         let counted = tasks.max(1);
         let checks = [
@@ -146,6 +152,17 @@ impl Scheduler {
             {
                 return Err(SchedulerError::OverQuota(format!(
                     "tenant {tenant} has {used} {what}; {counted} more would pass its quota of {max} ({name})"
+                )));
+            }
+        }
+        // Time is charged as attempts end: a tenant past its quota starts
+        // nothing new (and its running jobs' backlogs wait, see
+        // `refresh_budgets`).
+        if let Some(max) = quota.cpu_seconds_per_day {
+            let used = usage.busy_ms_since / 1000;
+            if used >= max {
+                return Err(SchedulerError::OverQuota(format!(
+                    "tenant {tenant} has used {used} CPU seconds in the last 24 hours, its quota is {max} (cpu_seconds_per_day)"
                 )));
             }
         }

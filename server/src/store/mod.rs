@@ -34,6 +34,7 @@ mod pipeline;
 mod quotas;
 mod record;
 mod recovery;
+mod reservations;
 mod restart;
 mod retention;
 mod rows;
@@ -60,8 +61,9 @@ pub use pipeline::{
     DraftInput, FOLLOW_OUTPUTS, NewStep, PAUSE_BEFORE_PLANNING, SpecInput, StepOutput, StepRow,
     StepSpec,
 };
-pub use quotas::{Quota, QuotaRow, Usage};
+pub use quotas::{HOUR_MS, Quota, QuotaRow, Usage};
 pub use record::Recorded;
+pub use reservations::{Holding, NewReservation, ReservationRow, ReserveRefused};
 pub use restart::{RestartRefused, Restarted, Retried};
 pub use retention::DeleteRefused;
 pub use rows::*;

@@ -2,6 +2,9 @@
 
 use super::{Store, StoreError, now_ms, on_pool};
 
+/// An hour in milliseconds: quota counts are kept by hour since the epoch.
+pub const HOUR_MS: i64 = 3_600_000;
+
 /// A tenant's quotas as an operator set them (`None`: the server's
 /// default for that one).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
@@ -10,6 +13,9 @@ pub struct Quota {
     pub open_tasks: Option<i64>,
     /// Tasks of the jobs it submitted in the last 24 hours.
     pub tasks_per_day: Option<i64>,
+    /// Seconds its task attempts ran in the last 24 hours (wall time in
+    /// a worker slot, one guest thread each).
+    pub cpu_seconds_per_day: Option<i64>,
 }
 
 impl Quota {
@@ -18,6 +24,7 @@ impl Quota {
         Quota {
             open_tasks: self.open_tasks.or(defaults.open_tasks),
             tasks_per_day: self.tasks_per_day.or(defaults.tasks_per_day),
+            cpu_seconds_per_day: self.cpu_seconds_per_day.or(defaults.cpu_seconds_per_day),
         }
     }
 }
@@ -41,19 +48,25 @@ pub struct Usage {
     pub open_tasks: i64,
     /// Tasks of the jobs it submitted since the time asked about.
     pub tasks_since: i64,
+    /// Milliseconds its task attempts ran, of those that ended since the
+    /// time asked about.
+    pub busy_ms_since: i64,
 }
 
 impl Store {
     /// Sets a tenant's quotas (replacing what was set).
     pub async fn put_quota(&self, tenant: &str, quota: Quota) -> Result<(), StoreError> {
         on_pool!(self, pool => sqlx::query(
-            "INSERT INTO quotas (tenant, open_tasks, tasks_per_day, updated_at) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO quotas (tenant, open_tasks, tasks_per_day, cpu_seconds_per_day, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (tenant) DO UPDATE SET open_tasks = EXCLUDED.open_tasks, \
-             tasks_per_day = EXCLUDED.tasks_per_day, updated_at = EXCLUDED.updated_at",
+             tasks_per_day = EXCLUDED.tasks_per_day, cpu_seconds_per_day = EXCLUDED.cpu_seconds_per_day, \
+             updated_at = EXCLUDED.updated_at",
         )
         .bind(tenant.to_owned())
         .bind(quota.open_tasks)
         .bind(quota.tasks_per_day)
+        .bind(quota.cpu_seconds_per_day)
         .bind(now_ms())
         .execute(pool)
         .await?
@@ -75,7 +88,7 @@ impl Store {
     /// A tenant's quotas as set (`Quota::default()` if none are).
     pub async fn quota(&self, tenant: &str) -> Result<Quota, StoreError> {
         let row = on_pool!(self, pool => sqlx::query_as::<_, Quota>(
-            "SELECT open_tasks, tasks_per_day FROM quotas WHERE tenant = $1",
+            "SELECT open_tasks, tasks_per_day, cpu_seconds_per_day FROM quotas WHERE tenant = $1",
         )
         .bind(tenant.to_owned())
         .fetch_optional(pool)
@@ -86,7 +99,7 @@ impl Store {
     /// The quotas set, by tenant, a page after `after`.
     pub async fn quotas(&self, after: &str, limit: i64) -> Result<Vec<QuotaRow>, StoreError> {
         let rows = on_pool!(self, pool => sqlx::query_as::<_, QuotaRow>(
-            "SELECT tenant, open_tasks, tasks_per_day, updated_at FROM quotas \
+            "SELECT tenant, open_tasks, tasks_per_day, cpu_seconds_per_day, updated_at FROM quotas \
              WHERE tenant > $1 ORDER BY tenant LIMIT $2",
         )
         .bind(after.to_owned())
@@ -99,7 +112,7 @@ impl Store {
     /// What `tenant` uses: its open tasks, and the tasks it submitted in
     /// the hours from `since_hour` on.
     pub async fn usage(&self, tenant: &str, since_hour: i64) -> Result<Usage, StoreError> {
-        let (open_tasks, tasks_since) = on_pool!(self, pool => {
+        let (open_tasks, (tasks_since, busy_ms_since)) = on_pool!(self, pool => {
             let open: i64 = sqlx::query_scalar(
                 "SELECT CAST(COALESCE(SUM(total_tasks - succeeded - failed - cancelled), 0) AS BIGINT) \
                  FROM jobs WHERE tenant = $1 AND status = 'running'",
@@ -107,8 +120,8 @@ impl Store {
             .bind(tenant.to_owned())
             .fetch_one(pool)
             .await?;
-            let recent: i64 = sqlx::query_scalar(
-                "SELECT CAST(COALESCE(SUM(tasks), 0) AS BIGINT) \
+            let recent: (i64, i64) = sqlx::query_as(
+                "SELECT CAST(COALESCE(SUM(tasks), 0) AS BIGINT), CAST(COALESCE(SUM(busy_ms), 0) AS BIGINT) \
                  FROM tenant_hours WHERE tenant = $1 AND hour >= $2",
             )
             .bind(tenant.to_owned())
@@ -120,6 +133,7 @@ impl Store {
         Ok(Usage {
             open_tasks,
             tasks_since,
+            busy_ms_since,
         })
     }
 
@@ -136,6 +150,32 @@ impl Store {
         .await?
         .rows_affected());
         Ok(())
+    }
+
+    /// The tenants whose task attempts ran longer, in the hours from
+    /// `since_hour` on, than their quota of CPU seconds per day (their own,
+    /// or `default` for those without), with the seconds they ran; at
+    /// most `limit`.
+    pub async fn over_cpu(
+        &self,
+        since_hour: i64,
+        default: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = on_pool!(self, pool => sqlx::query_as::<_, (String, i64)>(
+            "SELECT h.tenant, CAST(SUM(h.busy_ms) / 1000 AS BIGINT) FROM tenant_hours h \
+             LEFT JOIN quotas q ON q.tenant = h.tenant \
+             WHERE h.hour >= $1 GROUP BY h.tenant, q.cpu_seconds_per_day \
+             HAVING COALESCE(q.cpu_seconds_per_day, $2) IS NOT NULL \
+             AND SUM(h.busy_ms) >= COALESCE(q.cpu_seconds_per_day, $2) * 1000 \
+             ORDER BY h.tenant LIMIT $3",
+        )
+        .bind(since_hour)
+        .bind(default)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?);
+        Ok(rows)
     }
 
     /// Forgets the counts of hours before `hour`.

@@ -308,6 +308,28 @@ per_backend! {
         Ok(())
     }
 
+    /// Charges the wall time of attempts that ended to their jobs'
+    /// tenants, in `hour` (held against the tenants' CPU quotas).
+    pub(crate) async fn charge_busy(
+        tx: &mut sqlx::Transaction<'static, Db>,
+        busy: &BTreeMap<i64, i64>,
+        hour: i64,
+    ) -> Result<(), sqlx::Error> {
+        for (job_id, ms) in busy {
+            sqlx::query(
+                "INSERT INTO tenant_hours (tenant, hour, tasks, busy_ms) \
+                 SELECT tenant, $1, 0, $2 FROM jobs WHERE id = $3 \
+                 ON CONFLICT (tenant, hour) DO UPDATE SET busy_ms = tenant_hours.busy_ms + EXCLUDED.busy_ms",
+            )
+            .bind(hour)
+            .bind(*ms)
+            .bind(*job_id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Adds guests' counters to their jobs' sums (at most
     /// [`MAX_COUNTERS`](sandmill_runtime::message::MAX_COUNTERS) names).
     pub(crate) async fn add_counters(
@@ -479,6 +501,13 @@ impl Store {
                 )
                 .collect();
             db::record::insert_attempts(&mut tx, &attempts, now).await?;
+            let mut busy: BTreeMap<i64, i64> = BTreeMap::new();
+            for (result, _) in &attempts {
+                let ms = busy.entry(result.job_id).or_default();
+                *ms = ms.saturating_add(result.elapsed_ms.max(0));
+            }
+            busy.retain(|_, ms| *ms > 0);
+            db::record::charge_busy(&mut tx, &busy, now / super::HOUR_MS).await?;
             let mut changes: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
             for (_, job, verdict) in &applied {
                 let entry = changes.entry(*job).or_default();
