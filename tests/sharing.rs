@@ -1145,11 +1145,13 @@ fn fifty_big_uploads_at_once_leave_the_server_answering_within_its_memory() {
             before >> 20
         );
         assert_eq!(stored, 50);
-        // Measured on 2 shared cores, test client included: 16–354 ms with
-        // the caps, over a second without them. (The goal is 100 ms; it is
-        // not met every time on this machine yet.)
+        // Measured on 2 shared cores, test client included: 25–29 ms with
+        // compiles at nice 10 (26–204 ms without), up to 121 ms while the
+        // other tests of this file run beside it; over a second without the
+        // caps. The goal is 100 ms; the bound leaves room for a loaded
+        // machine.
         assert!(
-            slowest < Duration::from_millis(750),
+            slowest < Duration::from_millis(250),
             "/healthz took {slowest:?}"
         );
         // Bodies held at once (128 MiB), modules kept loaded (64 MiB), the

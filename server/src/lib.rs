@@ -20,6 +20,7 @@
 //! Only [`store`] touches SQL; only the binary reads the environment.
 
 pub mod api;
+pub mod background;
 pub mod embedded;
 pub mod events;
 pub mod fleet;

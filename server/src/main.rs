@@ -9,6 +9,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     return_large_blocks();
+    sandmill_server::background::compile_in_the_background();
     let args = cli::Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -440,7 +440,8 @@ impl Scheduler {
             .acquire_owned()
             .await
             .map_err(|e| SchedulerError::Internal(format!("no compile turn: {e}")))?;
-        let compile = tokio::task::spawn_blocking(move || {
+        // At the background priority: the answers go first.
+        let compile = crate::background::run("compile", move || {
             let _turn = turn;
             sandbox.load(&owned)
         });
@@ -453,7 +454,7 @@ impl Scheduler {
                     humantime::format_duration(limit)
                 )))
             })?
-            .map_err(|e| SchedulerError::Internal(format!("module check stopped: {e}")))?
+            .map_err(|e| SchedulerError::Internal(format!("module check: {e}")))?
             .map_err(SchedulerError::InvalidModule)?;
         let exports: Vec<CallKind> = CallKind::ALL
             .into_iter()
