@@ -810,6 +810,7 @@ async fn suite(database: Option<String>) {
         open_tasks: None,
         tasks_per_day: Some(0),
         cpu_seconds_per_day: None,
+        storage_bytes: None,
     };
     store.put_quota("default", day).await.unwrap();
     for (uri, body) in [

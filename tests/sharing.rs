@@ -812,6 +812,51 @@ fn dev_database(data: &std::path::Path) -> String {
     data.join("sandmill.db").display().to_string()
 }
 
+/// A `sandmill dev` with tokens and `extra` flags, whose tenants' tokens
+/// come from its database.
+struct TwoTenants {
+    _process: support::Killed,
+    _data: tempfile::TempDir,
+    base: String,
+    database: String,
+    http: reqwest::Client,
+}
+
+impl TwoTenants {
+    /// A user of `tenant`.
+    fn tenant(&self, tenant: &str) -> support::As<'_> {
+        support::As::new(&self.http, &self.base, &self.database, tenant, "user")
+    }
+}
+
+fn two_tenants(extra: &[&str]) -> TwoTenants {
+    let data = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let mut command = support::dev_command(data.path(), port);
+    command.args(["--auth", "tokens"]).args(extra);
+    let process = support::Killed::spawn(&mut command);
+    support::wait_port(port, Duration::from_secs(60));
+    TwoTenants {
+        _process: process,
+        database: dev_database(data.path()),
+        _data: data,
+        base: format!("http://127.0.0.1:{port}"),
+        http: sandmill_server::tls::default_client(),
+    }
+}
+
+/// `sandmill quota ARGS` on `database`, which must succeed.
+fn quota(database: &str, args: &[&str]) -> std::process::Output {
+    let out = support::output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sandmill"))
+            .args(["quota", "--database", database])
+            .args(args),
+        Duration::from_secs(60),
+    );
+    support::ok(&out);
+    out
+}
+
 /// Quotas: past its open tasks (the server's default here) or its own
 /// tasks per day (`sandmill quota set`), a tenant's job is refused with
 /// 429 naming the quota; another tenant is not affected; ending a job
@@ -819,19 +864,9 @@ fn dev_database(data: &std::path::Path) -> String {
 #[test]
 fn tenants_over_a_quota_are_refused_naming_it() {
     run_test(Duration::from_secs(180), async {
-        let data = tempfile::tempdir().unwrap();
-        let port = support::free_port();
-        let mut command = support::dev_command(data.path(), port);
-        command.args(["--auth", "tokens", "--quota-open-tasks", "30"]);
-        let _process = support::Killed::spawn(&mut command);
-        support::wait_port(port, Duration::from_secs(60));
-        let base = format!("http://127.0.0.1:{port}");
-        let http = sandmill_server::tls::default_client();
-        let database = dev_database(data.path());
-        let (alpha, beta) = (
-            support::As::new(&http, &base, &database, "alpha", "user"),
-            support::As::new(&http, &base, &database, "beta", "user"),
-        );
+        let dev = two_tenants(&["--quota-open-tasks", "30"]);
+        let (alpha, beta) = (dev.tenant("alpha"), dev.tenant("beta"));
+        let database = &dev.database;
         let module = alpha.upload(guests::HOSTILE_LOOP).await;
         beta.upload(guests::HOSTILE_LOOP).await;
         // Tasks that loop until their timeout: they stay open.
@@ -839,15 +874,7 @@ fn tenants_over_a_quota_are_refused_naming_it() {
             json!({"name": "waits", "limits": {"timeout": "1m"}, "max_attempts": 1,
                 "sweep": {"module": module, "count": count}})
         };
-        let quota = |args: &[&str]| {
-            let out = support::output_within(
-                std::process::Command::new(env!("CARGO_BIN_EXE_sandmill"))
-                    .args(["quota", "--database", &database])
-                    .args(args),
-                Duration::from_secs(60),
-            );
-            support::ok(&out)
-        };
+        let quota = |args: &[&str]| String::from_utf8_lossy(&quota(database, args).stdout).into_owned();
 
         let (status, first) = alpha.post("/v1/jobs", sweep(20)).await;
         assert_eq!(status, 201, "{first}");
@@ -906,26 +933,9 @@ fn tenants_over_a_quota_are_refused_naming_it() {
 #[test]
 fn a_tenant_past_its_cpu_seconds_waits_and_is_refused() {
     run_test(Duration::from_secs(180), async {
-        let data = tempfile::tempdir().unwrap();
-        let port = support::free_port();
-        let mut command = support::dev_command(data.path(), port);
-        command.args([
-            "--auth",
-            "tokens",
-            "--window",
-            "1",
-            "--quota-cpu-seconds-per-day",
-            "1",
-        ]);
-        let _process = support::Killed::spawn(&mut command);
-        support::wait_port(port, Duration::from_secs(60));
-        let base = format!("http://127.0.0.1:{port}");
-        let http = sandmill_server::tls::default_client();
-        let database = dev_database(data.path());
-        let (alpha, beta) = (
-            support::As::new(&http, &base, &database, "alpha", "user"),
-            support::As::new(&http, &base, &database, "beta", "user"),
-        );
+        let dev = two_tenants(&["--window", "1", "--quota-cpu-seconds-per-day", "1"]);
+        let (alpha, beta) = (dev.tenant("alpha"), dev.tenant("beta"));
+        let database = &dev.database;
         let module = alpha.upload(guests::HOSTILE_LOOP).await;
         beta.upload(guests::HOSTILE_LOOP).await;
         // Each task loops to its timeout: 600 ms of a slot, one at a time.
@@ -984,13 +994,10 @@ fn a_tenant_past_its_cpu_seconds_waits_and_is_refused() {
         assert_eq!(ended(&alpha.get(&path).await.1), last, "alpha still held");
 
         // An operator raises alpha's quota: its job goes on.
-        let out = support::output_within(
-            std::process::Command::new(env!("CARGO_BIN_EXE_sandmill"))
-                .args(["quota", "--database", &database])
-                .args(["set", "--tenant", "alpha", "--cpu-seconds-per-day", "1000"]),
-            Duration::from_secs(60),
+        let out = quota(
+            database,
+            &["set", "--tenant", "alpha", "--cpu-seconds-per-day", "1000"],
         );
-        support::ok(&out);
         let told = String::from_utf8_lossy(&out.stderr);
         assert!(told.contains("CPU seconds per day 1000"), "{told}");
         let mut now = last;
@@ -1334,5 +1341,58 @@ fn a_tenants_reserved_slots_run_its_tasks_first() {
         // Now: 3 slots of 4, held by beta for 50 minutes (gamma's start
         // in an hour).
         support::reserved_slots(&base, &database, "embedded").await;
+    });
+}
+
+/// A storage quota: once a tenant's kept jobs hold more outputs and logs
+/// than its quota, its new jobs are refused (429 naming `storage`);
+/// another tenant is not affected; deleting the job makes room again.
+#[test]
+fn a_tenant_past_its_storage_is_refused_until_it_deletes_jobs() {
+    run_test(Duration::from_secs(180), async {
+        let dev = two_tenants(&["--quota-storage", "3KiB"]);
+        let (alpha, beta) = (dev.tenant("alpha"), dev.tenant("beta"));
+        let module = alpha.upload(guests::HOSTILE_LOG_SPAM).await;
+        beta.upload(guests::HOSTILE_LOG_SPAM).await;
+        // Each task keeps a log cut at 2 KiB (and a 4-byte output); run
+        // each time, not taken from the cache.
+        let job = json!({"name": "spam", "limits": {"log": "2KiB"}, "cache": false,
+            "task": {"module": module}});
+        let run = |who: &'static str| {
+            let (tenant, job) = (if who == "alpha" { &alpha } else { &beta }, job.clone());
+            async move {
+                let (status, made) = tenant.post("/v1/jobs", job).await;
+                assert_eq!(status, 201, "{made}");
+                let path = format!("/v1/jobs/{}", made["id"]);
+                for _ in 0..300 {
+                    let job = tenant.get(&path).await.1;
+                    if job["status"] != "running" {
+                        assert_eq!(job["status"], "succeeded", "{job}");
+                        return path;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                panic!("{path} did not end");
+            }
+        };
+        // 2 KiB kept: under the quota, so a second job is accepted.
+        let first = run("alpha").await;
+        let second = run("alpha").await;
+        // 4 KiB kept: refused, naming the quota.
+        let (status, refused) = alpha.post("/v1/jobs", job.clone()).await;
+        assert_eq!(status, 429, "{refused}");
+        let message = refused["message"].as_str().unwrap();
+        assert!(
+            message.contains("its quota is 3.0 KiB (storage)"),
+            "{message}"
+        );
+        // Beta keeps nothing yet.
+        run("beta").await;
+        // Deleting one of alpha's jobs makes room.
+        for path in [&first, &second] {
+            let (status, text) = alpha.send("DELETE", path, None).await;
+            assert_eq!(status, 204, "{text}");
+        }
+        run("alpha").await;
     });
 }

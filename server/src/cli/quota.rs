@@ -23,8 +23,9 @@ pub struct QuotaArgs {
 #[derive(Subcommand, Debug)]
 enum QuotaAction {
     /// Set a tenant's quotas (what is not given is the server's default,
-    /// `--quota-open-tasks`, `--quota-tasks-per-day` and
-    /// `--quota-cpu-seconds-per-day` of `serve`/`dev`).
+    /// `--quota-open-tasks`, `--quota-tasks-per-day`,
+    /// `--quota-cpu-seconds-per-day` and `--quota-storage` of
+    /// `serve`/`dev`).
     Set {
         /// The tenant.
         #[arg(long)]
@@ -39,6 +40,9 @@ enum QuotaAction {
         /// in a worker slot).
         #[arg(long)]
         cpu_seconds_per_day: Option<u64>,
+        /// Bytes of outputs and logs its kept jobs may hold (`10GiB`).
+        #[arg(long)]
+        storage: Option<bytesize::ByteSize>,
     },
     /// List the tenants with quotas of their own.
     List,
@@ -65,34 +69,44 @@ pub fn run(args: QuotaArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let store = connect_store(&args.database).await?;
         let shown = |n: Option<i64>| n.map_or_else(|| "default".to_owned(), |n| n.to_string());
+        let bytes = |n: Option<i64>| {
+            n.map_or_else(
+                || "default".to_owned(),
+                |n| bytesize::ByteSize(u64::try_from(n).unwrap_or(0)).to_string(),
+            )
+        };
         match args.action {
             QuotaAction::Set {
                 tenant,
                 open_tasks,
                 tasks_per_day,
                 cpu_seconds_per_day,
+                storage,
             } => {
                 check_tenant(&tenant)?;
                 let quota = Quota {
                     open_tasks: count(open_tasks, "--open-tasks")?,
                     tasks_per_day: count(tasks_per_day, "--tasks-per-day")?,
                     cpu_seconds_per_day: count(cpu_seconds_per_day, "--cpu-seconds-per-day")?,
+                    storage_bytes: count(storage.map(|s| s.0), "--storage")?,
                 };
                 store.put_quota(&tenant, quota).await?;
                 tell!(
-                    "tenant `{tenant}`: open tasks {}, tasks per day {}, CPU seconds per day {}",
+                    "tenant `{tenant}`: open tasks {}, tasks per day {}, CPU seconds per day {}, storage {}",
                     shown(quota.open_tasks),
                     shown(quota.tasks_per_day),
-                    shown(quota.cpu_seconds_per_day)
+                    shown(quota.cpu_seconds_per_day),
+                    bytes(quota.storage_bytes)
                 );
             }
             QuotaAction::List => {
                 say!(
-                    "{:<24}  {:>14}  {:>14}  {:>14}",
+                    "{:<24}  {:>14}  {:>14}  {:>14}  {:>12}",
                     "tenant",
                     "open tasks",
                     "tasks per day",
-                    "CPU s per day"
+                    "CPU s per day",
+                    "storage"
                 );
                 let mut after = String::new();
                 loop {
@@ -101,11 +115,12 @@ pub fn run(args: QuotaArgs) -> anyhow::Result<ExitCode> {
                     after = last.tenant.clone();
                     for row in page {
                         say!(
-                            "{:<24}  {:>14}  {:>14}  {:>14}",
+                            "{:<24}  {:>14}  {:>14}  {:>14}  {:>12}",
                             row.tenant,
                             shown(row.quota.open_tasks),
                             shown(row.quota.tasks_per_day),
-                            shown(row.quota.cpu_seconds_per_day)
+                            shown(row.quota.cpu_seconds_per_day),
+                            bytes(row.quota.storage_bytes)
                         );
                     }
                 }

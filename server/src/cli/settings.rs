@@ -74,6 +74,12 @@ pub struct SchedulerArgs {
     /// undispatched tasks wait. Unlimited when not given.
     #[arg(long, env = "SANDMILL_QUOTA_CPU_SECONDS_PER_DAY")]
     pub quota_cpu_seconds_per_day: Option<u64>,
+    /// Bytes of outputs and logs a tenant's kept jobs may hold, unless
+    /// `sandmill quota set` gave it its own; past it its new jobs are
+    /// refused until it deletes jobs (or retention does). Unlimited when
+    /// not given.
+    #[arg(long, env = "SANDMILL_QUOTA_STORAGE")]
+    pub quota_storage: Option<bytesize::ByteSize>,
     /// Uploaded modules compiled at once; more wait their turn.
     #[arg(long, env = "SANDMILL_MAX_COMPILES", default_value_t = DEFAULT_MAX_COMPILES)]
     pub max_compiles: usize,
@@ -201,6 +207,9 @@ impl SchedulerArgs {
                 cpu_seconds_per_day: self
                     .quota_cpu_seconds_per_day
                     .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+                storage_bytes: self
+                    .quota_storage
+                    .map(|n| i64::try_from(n.0).unwrap_or(i64::MAX)),
             },
             max_compiles: self.max_compiles.max(1),
             compile_timeout: self.compile_timeout,

@@ -238,6 +238,7 @@ impl Default for SchedulerConfig {
                 open_tasks: Some(DEFAULT_QUOTA_OPEN_TASKS),
                 tasks_per_day: Some(DEFAULT_QUOTA_TASKS_PER_DAY),
                 cpu_seconds_per_day: None,
+                storage_bytes: None,
             },
             max_compiles: DEFAULT_MAX_COMPILES,
             compile_timeout: DEFAULT_COMPILE_TIMEOUT,

@@ -166,6 +166,17 @@ impl Scheduler {
                 )));
             }
         }
+        // Outputs and logs too are counted once kept: past the quota, the
+        // tenant deletes jobs (or waits for retention) to start more.
+        if let Some(max) = quota.storage_bytes
+            && usage.stored_bytes >= max
+        {
+            return Err(SchedulerError::OverQuota(format!(
+                "tenant {tenant} keeps {} of outputs and logs, its quota is {} (storage); delete jobs to make room",
+                bytesize::ByteSize(u64::try_from(usage.stored_bytes).unwrap_or(0)),
+                bytesize::ByteSize(u64::try_from(max).unwrap_or(0)),
+            )));
+        }
         if tasks > 0 {
             store.charge(tenant, hour, tasks).await?;
         }

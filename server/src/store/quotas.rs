@@ -16,6 +16,8 @@ pub struct Quota {
     /// Seconds its task attempts ran in the last 24 hours (wall time in
     /// a worker slot, one guest thread each).
     pub cpu_seconds_per_day: Option<i64>,
+    /// Bytes of outputs and logs its kept jobs hold.
+    pub storage_bytes: Option<i64>,
 }
 
 impl Quota {
@@ -25,6 +27,7 @@ impl Quota {
             open_tasks: self.open_tasks.or(defaults.open_tasks),
             tasks_per_day: self.tasks_per_day.or(defaults.tasks_per_day),
             cpu_seconds_per_day: self.cpu_seconds_per_day.or(defaults.cpu_seconds_per_day),
+            storage_bytes: self.storage_bytes.or(defaults.storage_bytes),
         }
     }
 }
@@ -51,22 +54,25 @@ pub struct Usage {
     /// Milliseconds its task attempts ran, of those that ended since the
     /// time asked about.
     pub busy_ms_since: i64,
+    /// Bytes of outputs and logs its kept jobs hold.
+    pub stored_bytes: i64,
 }
 
 impl Store {
     /// Sets a tenant's quotas (replacing what was set).
     pub async fn put_quota(&self, tenant: &str, quota: Quota) -> Result<(), StoreError> {
         on_pool!(self, pool => sqlx::query(
-            "INSERT INTO quotas (tenant, open_tasks, tasks_per_day, cpu_seconds_per_day, updated_at) \
-             VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO quotas (tenant, open_tasks, tasks_per_day, cpu_seconds_per_day, storage_bytes, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (tenant) DO UPDATE SET open_tasks = EXCLUDED.open_tasks, \
              tasks_per_day = EXCLUDED.tasks_per_day, cpu_seconds_per_day = EXCLUDED.cpu_seconds_per_day, \
-             updated_at = EXCLUDED.updated_at",
+             storage_bytes = EXCLUDED.storage_bytes, updated_at = EXCLUDED.updated_at",
         )
         .bind(tenant.to_owned())
         .bind(quota.open_tasks)
         .bind(quota.tasks_per_day)
         .bind(quota.cpu_seconds_per_day)
+        .bind(quota.storage_bytes)
         .bind(now_ms())
         .execute(pool)
         .await?
@@ -88,7 +94,7 @@ impl Store {
     /// A tenant's quotas as set (`Quota::default()` if none are).
     pub async fn quota(&self, tenant: &str) -> Result<Quota, StoreError> {
         let row = on_pool!(self, pool => sqlx::query_as::<_, Quota>(
-            "SELECT open_tasks, tasks_per_day, cpu_seconds_per_day FROM quotas WHERE tenant = $1",
+            "SELECT open_tasks, tasks_per_day, cpu_seconds_per_day, storage_bytes FROM quotas WHERE tenant = $1",
         )
         .bind(tenant.to_owned())
         .fetch_optional(pool)
@@ -99,7 +105,7 @@ impl Store {
     /// The quotas set, by tenant, a page after `after`.
     pub async fn quotas(&self, after: &str, limit: i64) -> Result<Vec<QuotaRow>, StoreError> {
         let rows = on_pool!(self, pool => sqlx::query_as::<_, QuotaRow>(
-            "SELECT tenant, open_tasks, tasks_per_day, cpu_seconds_per_day, updated_at FROM quotas \
+            "SELECT tenant, open_tasks, tasks_per_day, cpu_seconds_per_day, storage_bytes, updated_at FROM quotas \
              WHERE tenant > $1 ORDER BY tenant LIMIT $2",
         )
         .bind(after.to_owned())
@@ -112,7 +118,7 @@ impl Store {
     /// What `tenant` uses: its open tasks, and the tasks it submitted in
     /// the hours from `since_hour` on.
     pub async fn usage(&self, tenant: &str, since_hour: i64) -> Result<Usage, StoreError> {
-        let (open_tasks, (tasks_since, busy_ms_since)) = on_pool!(self, pool => {
+        let (open_tasks, (tasks_since, busy_ms_since), stored_bytes) = on_pool!(self, pool => {
             let open: i64 = sqlx::query_scalar(
                 "SELECT CAST(COALESCE(SUM(total_tasks - succeeded - failed - cancelled), 0) AS BIGINT) \
                  FROM jobs WHERE tenant = $1 AND status = 'running'",
@@ -128,12 +134,19 @@ impl Store {
             .bind(since_hour)
             .fetch_one(pool)
             .await?;
-            (open, recent)
+            let stored: Option<i64> = sqlx::query_scalar(
+                "SELECT bytes FROM tenant_storage WHERE tenant = $1",
+            )
+            .bind(tenant.to_owned())
+            .fetch_optional(pool)
+            .await?;
+            (open, recent, stored.unwrap_or(0))
         });
         Ok(Usage {
             open_tasks,
             tasks_since,
             busy_ms_since,
+            stored_bytes,
         })
     }
 

@@ -73,6 +73,31 @@ struct Sorted<'a> {
     duplicates: usize,
 }
 
+/// What a job's attempts used, as a batch records them.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Used {
+    /// Wall time, in ms.
+    busy_ms: i64,
+    /// Bytes of outputs and logs kept.
+    bytes: i64,
+}
+
+impl Used {
+    fn add(&mut self, result: &TaskResult) {
+        let output = match &result.output {
+            Some(OutputRef::Inline(bytes)) => bytes.len() as i64,
+            Some(OutputRef::Blob { size, .. }) => i64::try_from(*size).unwrap_or(i64::MAX),
+            None => 0,
+        };
+        let log = match &result.log_blob {
+            Some(blob) => i64::try_from(blob.size).unwrap_or(i64::MAX),
+            None => result.log.len() as i64,
+        };
+        self.busy_ms = self.busy_ms.saturating_add(result.elapsed_ms.max(0));
+        self.bytes = self.bytes.saturating_add(output).saturating_add(log);
+    }
+}
+
 fn sort(events: &[TaskEvent]) -> Sorted<'_> {
     // A start whose end is in the same batch needs no write of its own.
     let ended: BTreeSet<(i64, i64)> = events
@@ -308,24 +333,42 @@ per_backend! {
         Ok(())
     }
 
-    /// Charges the wall time of attempts that ended to their jobs'
-    /// tenants, in `hour` (held against the tenants' CPU quotas).
-    pub(crate) async fn charge_busy(
+    /// Charges what attempts that ended used to their jobs and tenants:
+    /// wall time in `hour` (held against CPU quotas), and the bytes of
+    /// outputs and logs they left (held against storage quotas).
+    pub(crate) async fn charge_use(
         tx: &mut sqlx::Transaction<'static, Db>,
-        busy: &BTreeMap<i64, i64>,
+        used: &BTreeMap<i64, Used>,
         hour: i64,
     ) -> Result<(), sqlx::Error> {
-        for (job_id, ms) in busy {
-            sqlx::query(
-                "INSERT INTO tenant_hours (tenant, hour, tasks, busy_ms) \
-                 SELECT tenant, $1, 0, $2 FROM jobs WHERE id = $3 \
-                 ON CONFLICT (tenant, hour) DO UPDATE SET busy_ms = tenant_hours.busy_ms + EXCLUDED.busy_ms",
-            )
-            .bind(hour)
-            .bind(*ms)
-            .bind(*job_id)
-            .execute(&mut **tx)
-            .await?;
+        for (job_id, used) in used {
+            if used.busy_ms > 0 {
+                sqlx::query(
+                    "INSERT INTO tenant_hours (tenant, hour, tasks, busy_ms) \
+                     SELECT tenant, $1, 0, $2 FROM jobs WHERE id = $3 \
+                     ON CONFLICT (tenant, hour) DO UPDATE SET busy_ms = tenant_hours.busy_ms + EXCLUDED.busy_ms",
+                )
+                .bind(hour)
+                .bind(used.busy_ms)
+                .bind(*job_id)
+                .execute(&mut **tx)
+                .await?;
+            }
+            if used.bytes > 0 {
+                sqlx::query("UPDATE jobs SET stored_bytes = stored_bytes + $1 WHERE id = $2")
+                    .bind(used.bytes)
+                    .bind(*job_id)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO tenant_storage (tenant, bytes) SELECT tenant, $1 FROM jobs WHERE id = $2 \
+                     ON CONFLICT (tenant) DO UPDATE SET bytes = tenant_storage.bytes + EXCLUDED.bytes",
+                )
+                .bind(used.bytes)
+                .bind(*job_id)
+                .execute(&mut **tx)
+                .await?;
+            }
         }
         Ok(())
     }
@@ -501,13 +544,11 @@ impl Store {
                 )
                 .collect();
             db::record::insert_attempts(&mut tx, &attempts, now).await?;
-            let mut busy: BTreeMap<i64, i64> = BTreeMap::new();
+            let mut used: BTreeMap<i64, Used> = BTreeMap::new();
             for (result, _) in &attempts {
-                let ms = busy.entry(result.job_id).or_default();
-                *ms = ms.saturating_add(result.elapsed_ms.max(0));
+                used.entry(result.job_id).or_default().add(result);
             }
-            busy.retain(|_, ms| *ms > 0);
-            db::record::charge_busy(&mut tx, &busy, now / super::HOUR_MS).await?;
+            db::record::charge_use(&mut tx, &used, now / super::HOUR_MS).await?;
             let mut changes: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
             for (_, job, verdict) in &applied {
                 let entry = changes.entry(*job).or_default();

@@ -4,7 +4,8 @@
 //! it (resubmitted from it, tasks restarted from its tasks) forget it.
 //! Tasks go a chunk per transaction, so a job of a million tasks never
 //! holds one long transaction; a stop half-way leaves the job with fewer
-//! tasks, and the next deletion finishes it. Blobs stay (they are
+//! tasks, and the next deletion finishes it (the tenant's stored bytes
+//! count the job until its row goes). Blobs stay (they are
 //! content-addressed and may be shared).
 
 use super::{Store, StoreError, on_pool};
@@ -71,6 +72,12 @@ impl Store {
                 return Ok(Err(DeleteRefused::Live));
             }
             for statement in [
+                // The tenant's stored bytes, less this job's.
+                format!(
+                    "UPDATE tenant_storage SET bytes = bytes - \
+                     (SELECT COALESCE(SUM(stored_bytes), 0) FROM jobs WHERE id IN ({list})) \
+                     WHERE tenant = (SELECT tenant FROM jobs WHERE id = {id})"
+                ),
                 format!("DELETE FROM job_items WHERE job_id IN ({list})"),
                 format!("DELETE FROM job_deps WHERE job_id IN ({list}) OR needs_id IN ({list})"),
                 format!("UPDATE jobs SET resubmit_of = NULL WHERE resubmit_of IN ({list})"),
