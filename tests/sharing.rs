@@ -874,7 +874,8 @@ fn tenants_over_a_quota_are_refused_naming_it() {
             json!({"name": "waits", "limits": {"timeout": "1m"}, "max_attempts": 1,
                 "sweep": {"module": module, "count": count}})
         };
-        let quota = |args: &[&str]| String::from_utf8_lossy(&quota(database, args).stdout).into_owned();
+        let quota =
+            |args: &[&str]| String::from_utf8_lossy(&quota(database, args).stdout).into_owned();
 
         let (status, first) = alpha.post("/v1/jobs", sweep(20)).await;
         assert_eq!(status, 201, "{first}");
@@ -1207,15 +1208,18 @@ fn uploads_past_the_body_room_or_the_compile_timeout_are_refused_and_leave_nothi
             }
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (status, body) = post_raw(
-            &http,
-            &dev.base,
-            "/v1/inputs",
-            "application/octet-stream",
-            vec![7u8; 100 << 10],
-        )
-        .await;
-        assert_eq!(status, 503);
+        let refused = http
+            .post(format!("{}/v1/inputs", dev.base))
+            .header("content-type", "application/octet-stream")
+            .body(vec![7u8; 100 << 10])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 503);
+        // Its body unread, the connection ends: the client does not send
+        // its next request (the /healthz below) into the rest of it.
+        assert_eq!(refused.headers()["connection"], "close");
+        let body: Value = refused.json().await.unwrap();
         assert!(
             body["message"]
                 .as_str()

@@ -209,14 +209,14 @@ async fn limit_requests(
         return next.run(request).await;
     }
     let Ok(_permit) = limits.requests.clone().try_acquire_owned() else {
-        return error::error(
+        return closing(error::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             format!(
                 "the server is handling {} requests, its limit (--max-requests); try again shortly",
                 limits.max_requests
             ),
-        );
+        ));
     };
     // Room for the body before it is read, held until the answer: what it
     // says it sends (within the body limit), or the limit if it says
@@ -248,18 +248,37 @@ async fn limit_requests(
         {
             Ok(Ok(room)) => Some(room),
             _ => {
-                return error::error(
+                return closing(error::error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
                     format!(
                         "the server holds {} KiB of request bodies, its limit (--max-body-memory); try again shortly",
                         limits.body_kib
                     ),
-                );
+                ));
             }
         }
     };
-    next.run(request).await
+    let http1 = request.version() <= axum::http::Version::HTTP_11;
+    let response = next.run(request).await;
+    // A refused request's body may be partly unread: the client must not
+    // send its next request on this connection.
+    if body > 0 && http1 && !response.status().is_success() {
+        closing(response)
+    } else {
+        response
+    }
+}
+
+/// `response` with `Connection: close`: the connection ends after it, so a
+/// client that pooled it cannot send its next request into the unread
+/// rest of a refused body (and see the connection drop).
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 #[derive(OpenApi)]
