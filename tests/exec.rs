@@ -199,6 +199,20 @@ fn hostile_guests_fail_classified_through_exec() {
             "1048576",
         ),
         (
+            // Empty records: each counts its overhead toward the limit.
+            guests::HOSTILE_HUGE_OUTPUT,
+            &[
+                "--kind",
+                "map",
+                "--output-limit",
+                "1MiB",
+                "--params",
+                r#""empty""#,
+            ],
+            "output-too-large",
+            "1048576",
+        ),
+        (
             guests::HOSTILE_PANIC,
             &["--kind", "task"],
             "guest-panic",

@@ -13,6 +13,11 @@
 
 use std::io::{self, Write};
 
+/// Bytes each record counts toward an output limit besides its key and
+/// value: about what the host holds per record (its span), more than its
+/// two 4-byte frame headers.
+pub const RECORD_OVERHEAD: usize = 16;
+
 /// Where one record's bytes lie in the arena.
 #[derive(Clone, Copy, Debug)]
 struct Span {
@@ -74,6 +79,15 @@ impl Records {
         self.data.len()
     }
 
+    /// What the records count toward an output limit: their keys and
+    /// values, and [`RECORD_OVERHEAD`] each (so a flood of empty records
+    /// is bounded too).
+    pub fn counted(&self) -> usize {
+        self.data
+            .len()
+            .saturating_add(self.spans.len().saturating_mul(RECORD_OVERHEAD))
+    }
+
     /// Memory the records take, counting each record's span and its
     /// share of a sort's index: what a shuffle buffer bounds.
     pub fn held(&self) -> usize {
@@ -94,8 +108,8 @@ impl Records {
         });
     }
 
-    /// Appends every record of a framed batch; returns the key and value
-    /// bytes added. A malformed batch adds nothing.
+    /// Appends every record of a framed batch; returns what it added to
+    /// [`counted`](Self::counted). A malformed batch adds nothing.
     pub fn push_batch(&mut self, batch: &[u8]) -> Result<usize, MalformedBatch> {
         // Validate first so that a bad batch leaves the arena untouched.
         let mut pos = 0;
@@ -110,7 +124,7 @@ impl Records {
                 offset: batch.len(),
             });
         }
-        let before = self.data.len();
+        let before = self.counted();
         self.data.reserve(batch.len() - 4 * frames);
         self.spans.reserve(frames / 2);
         let mut pos = 0;
@@ -125,7 +139,7 @@ impl Records {
             self.push(key, value);
             pos = next;
         }
-        Ok(self.data.len() - before)
+        Ok(self.counted() - before)
     }
 
     fn key_of(&self, span: &Span) -> &[u8] {
@@ -324,7 +338,9 @@ mod tests {
         let added = records
             .push_batch(&batch(&[(b"b", b"1"), (b"a", b"2"), (b"b", b"3")]))
             .unwrap();
-        assert_eq!(added, 6);
+        // Six bytes of keys and values, and the overhead of each record.
+        assert_eq!(added, 6 + 3 * RECORD_OVERHEAD);
+        assert_eq!(records.counted(), added);
         records.sort_by_key();
         let groups: Vec<_> = records.groups().collect();
         assert_eq!(

@@ -255,8 +255,9 @@ impl Host for HostState {
             }
             return Ok(());
         }
-        // Held output may pass the limit by one batch (64 KiB) at most.
-        if self.records.bytes() as u64 > self.output_limit {
+        // Held output (with each record's overhead) may pass the limit by
+        // one batch (64 KiB) at most.
+        if self.records.counted() as u64 > self.output_limit {
             return Err(wasmtime::Error::new(HostAbort(ExecError::OutputTooLarge {
                 limit: self.output_limit,
             })));
