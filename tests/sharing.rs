@@ -1245,13 +1245,19 @@ fn uploads_past_the_body_room_or_the_compile_timeout_are_refused_and_leave_nothi
         .await;
         assert_eq!(status, 200);
 
-        let dev = support::dev(&["--compile-timeout", "1ms"]);
+        let dev = support::dev(&["--compile-timeout", "1ms", "--max-compiles", "1"]);
         // A module that takes longer to compile than --compile-timeout is
         // refused (400) and leaves nothing: not found afterwards.
         let wasm = std::fs::read(guests::NOOP).unwrap();
         let hash = sandmill_runtime::blob::hash(&wasm);
-        let (status, body) =
-            post_raw(&http, &dev.base, "/v1/modules", "application/wasm", wasm).await;
+        let (status, body) = post_raw(
+            &http,
+            &dev.base,
+            "/v1/modules",
+            "application/wasm",
+            wasm.clone(),
+        )
+        .await;
         assert_eq!(status, 400);
         assert!(
             body["message"]
@@ -1260,12 +1266,50 @@ fn uploads_past_the_body_room_or_the_compile_timeout_are_refused_and_leave_nothi
                 .contains("--compile-timeout"),
             "{body}"
         );
-        let missing = http
-            .get(format!("{}/v1/modules/sha256:{hash}", dev.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(missing.status(), 404);
+        let missing = |hash: String| {
+            let (http, base) = (http.clone(), dev.base.clone());
+            async move {
+                http.get(format!("{base}/v1/modules/sha256:{hash}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }
+        };
+        assert_eq!(missing(hash).await, 404);
+
+        // Four distinct modules at once, one compile turn: the first
+        // keeps its turn while it compiles (past its timeout); the others
+        // find no turn within the timeout and are refused naming
+        // --max-compiles. None leaves anything.
+        let modules: Vec<Vec<u8>> = (0..4u8).map(|i| padded(&wasm, i, 64)).collect();
+        let answers = futures_util::future::join_all(modules.iter().map(|module| {
+            post_raw(
+                &http,
+                &dev.base,
+                "/v1/modules",
+                "application/wasm",
+                module.clone(),
+            )
+        }))
+        .await;
+        let mut waited = 0;
+        for (status, body) in &answers {
+            let message = body["message"].as_str().unwrap_or_default();
+            match status {
+                400 => assert!(message.contains("--compile-timeout"), "{body}"),
+                503 => {
+                    assert!(message.contains("--max-compiles"), "{body}");
+                    waited += 1;
+                }
+                other => panic!("upload answered {other}: {body}"),
+            }
+        }
+        assert!(waited >= 1, "no upload waited for a turn: {answers:?}");
+        for module in &modules {
+            let hash = sandmill_runtime::blob::hash(module);
+            assert_eq!(missing(hash).await, 404);
+        }
     });
 }
 

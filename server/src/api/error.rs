@@ -70,6 +70,7 @@ impl ApiError {
             ApiError::Scheduler(S::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Scheduler(S::Forbidden(_)) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Scheduler(S::OverQuota(_)) => (StatusCode::TOO_MANY_REQUESTS, "over_quota"),
+            ApiError::Scheduler(S::Busy(_)) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Scheduler(S::Broker(_) | S::Blob(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
@@ -95,8 +96,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        // 5xx details are logged, never sent.
-        let message = if status.is_server_error() {
+        // 5xx details are logged, never sent; a limit of the server's own
+        // is no fault, and the client is told which.
+        let busy = matches!(self, ApiError::Scheduler(SchedulerError::Busy(_)));
+        let message = if status.is_server_error() && !busy {
             tracing::error!(error = %self, "request failed");
             match status {
                 StatusCode::SERVICE_UNAVAILABLE => {

@@ -25,7 +25,7 @@ pub fn router() -> Router<AppState> {
     responses((status = 200, description = "stored (or already known)", body = ModuleView),
         (status = 400, description = "not a module Sandmill can run", body = ErrorBody),
         (status = 413, description = "larger than the body limit", body = ErrorBody),
-        (status = 503, description = "no room for the body now (--max-body-memory); try again", body = ErrorBody)))]
+        (status = 503, description = "no room for the body (--max-body-memory) or no compile turn (--max-compiles) now; try again", body = ErrorBody)))]
 pub async fn upload_module(
     State(state): State<AppState>,
     caller: Caller,

@@ -163,6 +163,10 @@ pub enum SchedulerError {
     /// The tenant is over a quota: the message says which and by how much.
     #[error("{0}")]
     OverQuota(String),
+    /// The server is at one of its own limits for now (the message names
+    /// it); the same request may succeed shortly.
+    #[error("{0}")]
+    Busy(String),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -431,22 +435,29 @@ impl Scheduler {
         // Large copies and hashing happen on blocking threads, never on
         // the ones that answer requests.
         let owned = bytes.clone();
-        // Compiles take turns; one that runs past the timeout is refused
-        // here and keeps its turn until it ends (it cannot be stopped), so
-        // the cap holds.
-        let turn = self
-            .inner
-            .compiles
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| SchedulerError::Internal(format!("no compile turn: {e}")))?;
+        // Compiles take turns, waited for up to the compile timeout; one
+        // that runs past the timeout is refused here and keeps its turn
+        // until it ends (it cannot be stopped), so the cap holds.
+        let limit = self.inner.config.compile_timeout;
+        let turn =
+            match tokio::time::timeout(limit, self.inner.compiles.clone().acquire_owned()).await {
+                Ok(turn) => {
+                    turn.map_err(|e| SchedulerError::Internal(format!("no compile turn: {e}")))?
+                }
+                Err(_) => {
+                    return Err(SchedulerError::Busy(format!(
+                        "{} uploaded modules were compiling, the server's limit (--max-compiles), \
+                     and none ended within {} (--compile-timeout); try again shortly",
+                        self.inner.config.max_compiles,
+                        humantime::format_duration(limit)
+                    )));
+                }
+            };
         // At the background priority: the answers go first.
         let compile = crate::background::run("compile", move || {
             let _turn = turn;
             sandbox.load(&owned)
         });
-        let limit = self.inner.config.compile_timeout;
         let module = tokio::time::timeout(limit, compile)
             .await
             .map_err(|_| {
