@@ -1124,20 +1124,29 @@ fn fifty_big_uploads_at_once_leave_the_server_answering_within_its_memory() {
             }
         });
 
-        // All sent at once.
+        // All sent at once, from a thread at the background priority:
+        // a user's uploads come from elsewhere, and on this machine's two
+        // cores the sending (1.5 GiB) would otherwise delay the probe's
+        // own thread and be counted as the server's slowness.
         let started = std::time::Instant::now();
-        let uploads: Vec<_> = bodies
-            .into_iter()
-            .map(|body| {
-                let (http, base) = (http.clone(), dev.base.clone());
-                tokio::spawn(async move {
-                    post_raw(&http, &base, "/v1/modules", "application/wasm", body).await
-                })
-            })
-            .collect();
+        let sender = std::thread::spawn({
+            let (http, base) = (http.clone(), dev.base.clone());
+            move || {
+                sandmill_server::background::lower_priority();
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(futures_util::future::join_all(bodies.into_iter().map(
+                        |body| post_raw(&http, &base, "/v1/modules", "application/wasm", body),
+                    )))
+            }
+        });
+        let answers = tokio::task::spawn_blocking(move || sender.join().unwrap())
+            .await
+            .unwrap();
         let mut stored = 0;
-        for upload in uploads {
-            let (status, body) = upload.await.unwrap();
+        for (status, body) in answers {
             assert_eq!(status, 200, "{body}");
             stored += 1;
         }
@@ -1153,13 +1162,11 @@ fn fifty_big_uploads_at_once_leave_the_server_answering_within_its_memory() {
             before >> 20
         );
         assert_eq!(stored, 50);
-        // Measured on 2 shared cores, test client included: 25–29 ms with
-        // compiles at nice 10 (26–204 ms without), up to 121 ms while the
-        // other tests of this file run beside it; over a second without the
-        // caps. The goal is 100 ms; the bound leaves room for a loaded
-        // machine.
+        // The goal. Measured on 2 shared cores: 25–77 ms with
+        // compiles at nice 10 (26–204 ms without); over a second without
+        // the caps.
         assert!(
-            slowest < Duration::from_millis(250),
+            slowest < Duration::from_millis(100),
             "/healthz took {slowest:?}"
         );
         // Bodies held at once (128 MiB), modules kept loaded (64 MiB), the
