@@ -237,6 +237,21 @@ impl Fleet {
         subjects.iter().map(|(_, n)| n).sum()
     }
 
+    /// The task queues (consumers of the task stream): name and labels.
+    async fn queues(&self) -> Vec<(String, String)> {
+        use futures_util::TryStreamExt;
+        let client = support::nats_client(&self.nats.url()).await;
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream("SANDMILL_TASKS").await.unwrap();
+        let infos: Vec<async_nats::jetstream::consumer::Info> =
+            stream.consumers().try_collect().await.unwrap();
+        infos
+            .into_iter()
+            .filter(|info| info.name.starts_with("q-"))
+            .map(|info| (info.name, info.config.description.unwrap_or_default()))
+            .collect()
+    }
+
     /// Waits until worker `id`'s registry entry satisfies `done`.
     async fn until_worker(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -1455,5 +1470,60 @@ fn a_tenants_reserved_slots_run_its_tasks_first_on_the_fleet() {
         let mut fleet = Fleet::start(&["--auth", "tokens"]).await;
         fleet.start_worker("w1", "", 4);
         support::reserved_slots(&fleet.base, &fleet.database, "fleet").await;
+    });
+}
+
+/// Idle queues go: a label set's queue is removed once it held nothing
+/// for `--queue-idle`, while the standing queues (unlabelled work at the
+/// lowest and highest priority, reserved slots) stay; the label set's next
+/// job makes its queue again and runs on the worker that offers it, which
+/// let go of the removed queue.
+#[test]
+fn idle_label_queues_are_removed_and_made_again() {
+    run_test(Duration::from_secs(180), async {
+        let mut fleet = Fleet::start(&["--queue-idle", "2s"]).await;
+        let module = format!("sha256:{}", fleet.upload(guests::NOOP).await);
+        fleet.start_worker("g1", "gpu=a100", 1);
+        let job = json!({"name": "gpu", "labels": {"gpu": "a100"}, "cache": false,
+            "sweep": {"module": module, "count": 3}});
+        let first = fleet.submit(job.clone()).await;
+        let ended = fleet.finished(first, Duration::from_secs(60)).await;
+        assert_eq!(ended["status"], "succeeded", "{ended}");
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let started = Instant::now();
+        loop {
+            let queues = fleet.queues().await;
+            if queues.iter().all(|(_, labels)| labels != "gpu=a100") {
+                let standing: Vec<&str> = queues
+                    .iter()
+                    .filter(|(_, labels)| labels.is_empty())
+                    .map(|(name, _)| name.as_str())
+                    .collect();
+                for name in ["q-any-0", "q-any-9", "q-any-10"] {
+                    assert!(standing.contains(&name), "{name} went: {queues:?}");
+                }
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the idle queue stayed: {queues:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!(
+            "the idle gpu=a100 queue went {:?} after its job ended (--queue-idle 2s)",
+            started.elapsed()
+        );
+
+        let second = fleet.submit(job).await;
+        let ended = fleet.finished(second, Duration::from_secs(60)).await;
+        assert_eq!(ended["status"], "succeeded", "{ended}");
+        let tasks = fleet.tasks(second).await;
+        assert_eq!(tasks.len(), 3);
+        // Run, not taken from the cache: by g1, the only worker.
+        for task in &tasks {
+            assert_eq!(task["state"], "succeeded", "{task}");
+        }
     });
 }

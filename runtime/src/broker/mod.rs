@@ -159,6 +159,14 @@ pub trait Broker: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Removes the task queues of label sets (and priorities) that held
+    /// no task for `idle`: what a label set used once costs nothing for
+    /// ever after; its next task makes its queue again. Returns how many
+    /// went. A broker without such queues removes nothing.
+    async fn remove_idle_queues(&self, _idle: Duration) -> Result<usize, BrokerError> {
+        Ok(0)
+    }
+
     /// Whether tasks go only to workers offering their labels (the
     /// embedded mode runs everything on its own workers).
     fn enforces_labels(&self) -> bool {

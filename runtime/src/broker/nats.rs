@@ -130,6 +130,14 @@ pub struct NatsBroker {
     /// (label-set token, priority) whose queue is known to exist
     /// (publisher side).
     queues_made: Arc<Mutex<HashSet<(String, u8)>>>,
+    /// Held (shared) by every publish, (alone) by the removal of an idle
+    /// queue: a queue is never removed between a publisher's finding it
+    /// and its message landing.
+    queue_gate: Arc<tokio::sync::RwLock<()>>,
+    /// Each queue's last delivery (stream sequence) and when it was first
+    /// seen at it with nothing pending: how long it has been idle
+    /// (control plane; pruned to the queues that exist).
+    queue_quiet: Arc<Mutex<HashMap<String, (u64, Instant)>>>,
     /// Set when a publisher says tasks arrived (worker side).
     wake: Arc<tokio::sync::Notify>,
     client: async_nats::Client,
@@ -235,6 +243,8 @@ impl NatsBroker {
             events,
             registry,
             queues_made: Arc::default(),
+            queue_gate: Arc::default(),
+            queue_quiet: Arc::default(),
             wake: Arc::default(),
             client: client.clone(),
             pulls: Arc::default(),
@@ -358,7 +368,13 @@ impl NatsBroker {
             .try_collect()
             .await
             .map_err(unavailable)?;
-        for info in infos {
+        // Queues removed as idle (see `remove_idle_queues`) are dropped.
+        let listed: HashSet<&str> = infos.iter().map(|i| i.name.as_str()).collect();
+        pulls.names.retain(|name| listed.contains(name.as_str()));
+        pulls
+            .consumers
+            .retain(|(_, queue)| listed.contains(queue.cached_info().name.as_str()));
+        for info in &infos {
             let Some((token, priority)) = parse_queue_name(&info.name) else {
                 continue;
             };
@@ -394,6 +410,23 @@ impl NatsBroker {
             .sort_by_key(|(priority, _)| std::cmp::Reverse(*priority));
         pulls.refreshed = Some(Instant::now());
         Ok(())
+    }
+
+    /// Whether `queue` no longer exists (removed as idle); if so this
+    /// worker stops pulling from it.
+    async fn removed(&self, queue: &PullConsumer) -> bool {
+        let name = queue.cached_info().name.clone();
+        match self.task_stream.consumer_info(&name).await {
+            Err(error) if error.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
+                let mut pulls = self.pulls.lock().await;
+                pulls.names.remove(&name);
+                pulls
+                    .consumers
+                    .retain(|(_, queue)| queue.cached_info().name != name);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Keeps running tasks' messages alive with in-progress acks.
@@ -458,6 +491,7 @@ impl NatsBroker {
         if tasks.is_empty() {
             return Ok(());
         }
+        let _gate = self.queue_gate.read().await;
         let mut items = Vec::with_capacity(tasks.len());
         for task in &tasks {
             let token = task.labels.token();
@@ -633,7 +667,14 @@ impl Broker for NatsBroker {
             // Highest priority first: a queue answers at once, with what
             // it has or with nothing.
             for (_, queue) in &queues {
-                let fetched = fetch_json::<TaskMessage>(queue, max, None).await?;
+                let fetched = match fetch_json::<TaskMessage>(queue, max, None).await {
+                    Ok(fetched) => fetched,
+                    Err(error) if self.removed(queue).await => {
+                        tracing::debug!(%error, "a queue pulled from was removed");
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                };
                 if fetched.is_empty() {
                     continue;
                 }
@@ -667,7 +708,11 @@ impl Broker for NatsBroker {
             tokio::pin!(woken);
             woken.as_mut().enable();
             for queue in &queues {
-                let fetched = fetch_json::<TaskMessage>(queue, max, None).await?;
+                let fetched = match fetch_json::<TaskMessage>(queue, max, None).await {
+                    Ok(fetched) => fetched,
+                    Err(_) if self.removed(queue).await => continue,
+                    Err(error) => return Err(error),
+                };
                 if !fetched.is_empty() {
                     return Ok(self.take_fetched(fetched));
                 }
@@ -882,6 +927,79 @@ impl Broker for NatsBroker {
         );
         Ok(())
     }
+
+    async fn remove_idle_queues(&self, idle: Duration) -> Result<usize, BrokerError> {
+        let infos: Vec<jetstream::consumer::Info> = self
+            .task_stream
+            .consumers()
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        let now = Instant::now();
+        let quiet =
+            |info: &jetstream::consumer::Info| info.num_pending == 0 && info.num_ack_pending == 0;
+        let mut idle_queues = Vec::new();
+        {
+            let mut seen = self.queue_quiet.lock().unwrap_or_else(|e| e.into_inner());
+            let listed: HashSet<&str> = infos.iter().map(|i| i.name.as_str()).collect();
+            seen.retain(|name, _| listed.contains(name.as_str()));
+            for info in &infos {
+                let Some((token, priority)) = parse_queue_name(&info.name) else {
+                    continue;
+                };
+                if is_standing_queue(token, priority) {
+                    continue;
+                }
+                let last = info.delivered.stream_sequence;
+                let since = seen.entry(info.name.clone()).or_insert((last, now));
+                if !quiet(info) || since.0 != last {
+                    *since = (last, now);
+                } else if now.duration_since(since.1) >= idle {
+                    idle_queues.push((info.name.clone(), token.to_owned(), priority, last));
+                }
+            }
+        }
+        let mut removed = 0;
+        for (name, token, priority, last) in idle_queues {
+            // No publish runs while the gate is held: looked at again,
+            // the queue is still idle when it goes, and the next publish
+            // for its labels makes it again.
+            let _gate = self.queue_gate.write().await;
+            let info = match self.task_stream.consumer_info(&name).await {
+                Ok(info) => info,
+                Err(error)
+                    if error.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound =>
+                {
+                    continue;
+                }
+                Err(error) => return Err(unavailable(error)),
+            };
+            if !quiet(&info) || info.delivered.stream_sequence != last {
+                continue;
+            }
+            self.queues_made
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(token, priority));
+            self.task_stream
+                .delete_consumer(&name)
+                .await
+                .map_err(unavailable)?;
+            self.queue_quiet
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&name);
+            tracing::info!(queue = %name, labels = info.config.description.as_deref().unwrap_or(""), "removed an idle task queue");
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+/// The queues made when a broker connects (unlabelled work at the lowest
+/// and highest priority, and in reserved slots): never removed as idle.
+fn is_standing_queue(token: &str, priority: u8) -> bool {
+    token == "any" && [0, MAX_PRIORITY, RESERVED_LANE].contains(&priority)
 }
 
 /// The queues, highest priority first, each run of equal priority

@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// lost (say, with a server's disk), and publish them again.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     reconcile_every: Duration,
+    /// How long a task queue of a label set (and priority) may hold no
+    /// task before it is removed (its next task makes it again).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    queue_idle: Duration,
     /// How long a stop waits for requests in progress before cutting them
     /// off.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
@@ -168,6 +172,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_deliveries: args.max_deliveries,
             scheduler: sandmill_server::scheduler::SchedulerConfig {
                 network: args.policy.allow_network.clone(),
+                queue_idle: args.queue_idle,
                 ..args.scheduler.config(Some(args.reconcile_every))
             },
         })

@@ -191,6 +191,7 @@ impl SchedulerArgs {
             max_tasks_per_job: self.max_tasks_per_job,
             max_params_bytes: self.max_params,
             absent_every: absent_every.unwrap_or(DEFAULT_ABSENT_EVERY),
+            queue_idle: sandmill_server::scheduler::DEFAULT_QUEUE_IDLE,
             event_buffer: self.event_buffer.max(1),
             retain: self.retain.0,
             ceilings: Ceilings {

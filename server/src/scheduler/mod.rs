@@ -117,6 +117,9 @@ pub use subscriptions::{
 /// How often the reconciler looks for live tasks missing from the broker,
 /// by default.
 pub const DEFAULT_ABSENT_EVERY: Duration = Duration::from_secs(30);
+/// How long a label set's task queue may hold nothing before it is
+/// removed, by default (see [`SchedulerConfig::queue_idle`]).
+pub const DEFAULT_QUEUE_IDLE: Duration = Duration::from_secs(3600);
 
 /// Tasks queued or running at once, by default: enough to keep a few
 /// dozen worker slots busy between two rounds of results, small enough
@@ -193,6 +196,10 @@ pub struct SchedulerConfig {
     /// How often the reconciler looks for live tasks whose messages the
     /// broker lost (see [`DEFAULT_ABSENT_EVERY`]).
     pub absent_every: Duration,
+    /// How long a task queue of a label set (and priority) may hold no
+    /// task before the reconciler removes it (see [`DEFAULT_QUEUE_IDLE`];
+    /// brokers with such queues only).
+    pub queue_idle: Duration,
     /// Live events kept for clients that reconnect (see
     /// [`DEFAULT_EVENT_BUFFER`](crate::events::DEFAULT_EVENT_BUFFER)).
     pub event_buffer: usize,
@@ -233,6 +240,7 @@ impl Default for SchedulerConfig {
             max_params_bytes: DEFAULT_MAX_PARAMS_BYTES,
             window: DEFAULT_WINDOW,
             absent_every: DEFAULT_ABSENT_EVERY,
+            queue_idle: DEFAULT_QUEUE_IDLE,
             event_buffer: crate::events::DEFAULT_EVENT_BUFFER,
             subscription_ack_wait: SUBSCRIPTION_ACK_WAIT,
             network: Vec::new(),

@@ -46,6 +46,9 @@ impl Scheduler {
     /// The reconciler, until the broker closes (see the module docs).
     pub async fn reconcile(self) {
         let mut last_absent = tokio::time::Instant::now();
+        let mut last_queues = tokio::time::Instant::now();
+        let queues_every = (self.inner.config.queue_idle / 2)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
         loop {
             tokio::time::sleep(WAITING_EVERY).await;
             if let Err(error) = self.check_waiting().await {
@@ -54,6 +57,20 @@ impl Scheduler {
                     return;
                 }
                 tracing::warn!(%error, "checking waiting jobs failed");
+            }
+
+            if last_queues.elapsed() >= queues_every {
+                last_queues = tokio::time::Instant::now();
+                match self
+                    .inner
+                    .broker
+                    .remove_idle_queues(self.inner.config.queue_idle)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(queues = n, "removed idle task queues"),
+                    Err(error) => tracing::warn!(%error, "removing idle task queues failed"),
+                }
             }
 
             if last_absent.elapsed() >= self.inner.config.absent_every {
