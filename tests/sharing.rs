@@ -1063,17 +1063,165 @@ fn padded(module: &[u8], fill: u8, size: usize) -> Vec<u8> {
 
 /// A process's peak resident memory (VmHWM), in bytes.
 fn peak_memory(pid: u32) -> u64 {
+    memory_figure(pid, "VmHWM:")
+}
+
+/// A process's resident memory now (VmRSS), in bytes.
+fn resident_memory(pid: u32) -> u64 {
+    memory_figure(pid, "VmRSS:")
+}
+
+/// The figure after `name` in `/proc/{pid}/status`, in bytes.
+fn memory_figure(pid: u32, name: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .expect("VmHWM");
+        .find(|l| l.starts_with(name))
+        .expect("the figure");
     let kib: u64 = line
         .split_whitespace()
         .nth(1)
         .and_then(|n| n.parse().ok())
         .expect("a number of kB");
     kib * 1024
+}
+
+/// The byte at `i` of the test pattern.
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// Downloads `path` as it comes, checking each byte against [`pattern`]
+/// (after the first line, with `header`); returns the bytes checked and
+/// how far the server's resident memory rose above what it was before.
+async fn download(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    pid: u32,
+    header: bool,
+) -> (usize, u64) {
+    let before = resident_memory(pid);
+    let mut response = http.get(format!("{base}{path}")).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    let (mut in_header, mut checked, mut highest) = (header, 0usize, before);
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        for byte in chunk.iter() {
+            if in_header {
+                in_header = *byte != b'\n';
+                continue;
+            }
+            assert_eq!(*byte, pattern(checked), "{path}: byte {checked}");
+            checked += 1;
+        }
+        highest = highest.max(resident_memory(pid));
+    }
+    (checked, highest.saturating_sub(before))
+}
+
+/// Outputs and logs are streamed, not loaded whole: a task's 96 MiB
+/// output and 48 MiB log are downloaded whole and intact while the
+/// server's resident memory rises by a small part of them (loaded whole,
+/// by all of each).
+#[test]
+fn large_outputs_and_logs_are_streamed_not_loaded_whole() {
+    run_test(Duration::from_secs(300), async {
+        const OUTPUT: usize = 96 << 20;
+        const LOG: usize = 48 << 20;
+        let dev = dev(&["--max-body", &(160usize << 20).to_string()]);
+        let pid = dev.process.0.id();
+        let http = sandmill_server::tls::default_client();
+        let mirror = upload_module(&http, &dev.base, guests::HOSTILE_MIRROR).await;
+        // The mirror's input: its log, a counter name and an error (both
+        // empty), and its output, each a u32 length then the bytes.
+        let mut input = Vec::with_capacity(OUTPUT + LOG + 16);
+        input.extend_from_slice(&(LOG as u32).to_le_bytes());
+        input.extend((0..LOG).map(pattern));
+        input.extend_from_slice(&0u32.to_le_bytes());
+        input.extend_from_slice(&0u32.to_le_bytes());
+        input.extend_from_slice(&(OUTPUT as u32).to_le_bytes());
+        input.extend((0..OUTPUT).map(pattern));
+        let (status, uploaded) = post_raw(
+            &http,
+            &dev.base,
+            "/v1/inputs",
+            "application/octet-stream",
+            input,
+        )
+        .await;
+        assert_eq!(status, 200, "{uploaded}");
+        let job = submit_json(
+            &http,
+            &dev.base,
+            &json!({"name": "big", "task": {"module": mirror, "input": uploaded["input"]},
+                "limits": {"memory": "1GiB", "output": "128MiB", "log": "64MiB"}}),
+        )
+        .await;
+        let task = ended_task(&http, &dev.base, job).await;
+        assert_eq!(task["state"], "succeeded", "{task}");
+        let id = task["id"].as_i64().unwrap();
+
+        let (received, rose) = download(
+            &http,
+            &dev.base,
+            &format!("/v1/tasks/{id}/output"),
+            pid,
+            false,
+        )
+        .await;
+        assert_eq!(received, OUTPUT);
+        println!(
+            "a {} MiB output downloaded; the server's memory rose by {} MiB",
+            OUTPUT >> 20,
+            rose >> 20
+        );
+        assert!(rose < (OUTPUT / 4) as u64, "memory rose by {rose} bytes");
+
+        // The logs: the attempt's header line, then its log.
+        let (received, rose) =
+            download(&http, &dev.base, &format!("/v1/tasks/{id}/logs"), pid, true).await;
+        assert_eq!(received, LOG);
+        println!(
+            "a {} MiB log downloaded; the server's memory rose by {} MiB",
+            LOG >> 20,
+            rose >> 20
+        );
+        assert!(rose < (LOG / 4) as u64, "memory rose by {rose} bytes");
+
+        // A byte of the stored output changed on disk: the download is
+        // cut off before its end, never completed with the wrong bytes.
+        let stored = walk_files(&dev.data.path().join("blobs"))
+            .into_iter()
+            .find(|path| std::fs::metadata(path).unwrap().len() == OUTPUT as u64)
+            .expect("the output's blob file");
+        let mut bytes = std::fs::read(&stored).unwrap();
+        bytes[OUTPUT / 2] ^= 0xff;
+        std::fs::write(&stored, bytes).unwrap();
+        let response = http
+            .get(format!("{}/v1/tasks/{id}/output", dev.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.bytes().await.is_err(),
+            "a changed output was sent whole"
+        );
+    });
+}
+
+/// Every file under `dir`.
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{BlobError, BlobErrorKind, BlobStore, blob_error, hash};
+use super::{BlobError, BlobErrorKind, BlobRead, BlobStore, blob_error, hash};
 
 /// Blobs this small are also kept in memory once written or read: an
 /// interactive call's input and parameters cost no file operation the
@@ -160,6 +160,28 @@ impl BlobStore for DirBlobStore {
             )),
         }
     }
+
+    async fn read(&self, hash: &str) -> Result<Option<BlobRead>, BlobError> {
+        if let Some(bytes) = self.cached(hash) {
+            return Ok(Some(BlobRead::whole(bytes.to_vec())));
+        }
+        let Some(path) = self.path(hash) else {
+            return Ok(None);
+        };
+        let io = |e: std::io::Error| {
+            blob_error(
+                BlobErrorKind::Io,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        };
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let size = file.metadata().await.map_err(io)?.len();
+        Ok(Some(BlobRead::checked(hash.to_owned(), size, file)))
+    }
 }
 
 impl DirBlobStore {
@@ -229,5 +251,42 @@ mod tests {
         assert_eq!(store.get(&a).await.unwrap(), Some(b"hello".to_vec()));
         assert_eq!(store.get(&hash(b"other")).await.unwrap(), None);
         assert_eq!(store.get("../../etc/passwd").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn reads_go_a_chunk_at_a_time_and_changed_bytes_never_arrive_whole() {
+        use futures_util::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirBlobStore::new(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let name = store.put(&bytes).await.unwrap();
+        let read = store.read(&name).await.unwrap().unwrap();
+        assert_eq!(read.size, bytes.len() as u64);
+        let chunks: Vec<_> = read.chunks.collect().await;
+        assert!(chunks.len() > 1, "one chunk of {}", bytes.len());
+        let got: Vec<u8> = chunks
+            .into_iter()
+            .flat_map(|c| c.unwrap().to_vec())
+            .collect();
+        assert_eq!(got, bytes);
+
+        // A byte changed on disk: the last chunk is an error, and what
+        // came before it is short of the whole.
+        let mut changed = bytes.clone();
+        changed[150_000] ^= 1;
+        std::fs::write(dir.path().join(&name[..2]).join(&name), &changed).unwrap();
+        let items: Vec<_> = store
+            .read(&name)
+            .await
+            .unwrap()
+            .unwrap()
+            .chunks
+            .collect()
+            .await;
+        let (last, sent) = items.split_last().unwrap();
+        assert_eq!(last.as_ref().unwrap_err().kind(), BlobErrorKind::Corrupt);
+        let sent: usize = sent.iter().map(|c| c.as_ref().unwrap().len()).sum();
+        assert!(sent < bytes.len());
+        assert!(store.read(&hash(b"none")).await.unwrap().is_none());
     }
 }

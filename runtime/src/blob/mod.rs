@@ -7,7 +7,10 @@ mod local_copy;
 mod nats;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
 
 pub use dir::DirBlobStore;
 pub use local_copy::LocalCopy;
@@ -42,6 +45,93 @@ pub fn hash(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// How much of a blob a [`BlobRead`] holds at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// A blob as it is read: its size, and its bytes a chunk at a time,
+/// checked against its hash as they go (should they not match, the last
+/// item is a [`BlobErrorKind::Corrupt`] error instead of the end).
+pub struct BlobRead {
+    /// Bytes in all.
+    pub size: u64,
+    /// The bytes.
+    pub chunks: BoxStream<'static, Result<Bytes, BlobError>>,
+}
+
+impl BlobRead {
+    /// Bytes already read (and checked).
+    pub fn whole(bytes: Vec<u8>) -> Self {
+        BlobRead {
+            size: bytes.len() as u64,
+            chunks: Box::pin(futures_util::stream::once(
+                async move { Ok(Bytes::from(bytes)) },
+            )),
+        }
+    }
+
+    /// The `size` bytes of `reader`, [`READ_CHUNK`] at a time, checked
+    /// against `name` as they go. The last chunk is held back until the
+    /// check: changed bytes never arrive whole.
+    pub fn checked(
+        name: String,
+        size: u64,
+        reader: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+    ) -> Self {
+        struct Reading<R> {
+            reader: R,
+            /// `None` once the end (or an error) was given.
+            hasher: Option<Sha256>,
+            /// The chunk read last, sent once the next one is read.
+            held: Option<Bytes>,
+            name: String,
+        }
+        let start = Reading {
+            reader,
+            hasher: Some(Sha256::new()),
+            held: None,
+            name,
+        };
+        let chunks = futures_util::stream::unfold(start, |mut state| async move {
+            loop {
+                let hasher = state.hasher.as_mut()?;
+                let mut chunk = vec![0u8; READ_CHUNK];
+                match state.reader.read(&mut chunk).await {
+                    Ok(0) => {
+                        let digest = hex::encode(state.hasher.take()?.finalize());
+                        if digest == state.name {
+                            return state.held.take().map(|last| (Ok(last), state));
+                        }
+                        let error = blob_error(
+                            BlobErrorKind::Corrupt,
+                            format!("the bytes read under {} have another hash", state.name),
+                        );
+                        return Some((Err(error), state));
+                    }
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        hasher.update(&chunk);
+                        if let Some(ready) = state.held.replace(Bytes::from(chunk)) {
+                            return Some((Ok(ready), state));
+                        }
+                    }
+                    Err(e) => {
+                        state.hasher = None;
+                        let error = blob_error(
+                            BlobErrorKind::Io,
+                            format!("cannot read {}: {e}", state.name),
+                        );
+                        return Some((Err(error), state));
+                    }
+                }
+            }
+        });
+        BlobRead {
+            size,
+            chunks: Box::pin(chunks),
+        }
+    }
+}
+
 /// Stores bytes under their sha256.
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
@@ -57,6 +147,13 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// The bytes stored under `hash`, if any.
     async fn get(&self, hash: &str) -> Result<Option<Vec<u8>>, BlobError>;
+
+    /// The bytes under `hash` as they are read ([`BlobRead`]), if any: a
+    /// chunk in memory at a time where the store can (by default, read
+    /// whole first).
+    async fn read(&self, hash: &str) -> Result<Option<BlobRead>, BlobError> {
+        Ok(self.get(hash).await?.map(BlobRead::whole))
+    }
 
     /// Whether a blob is stored under `hash` (without reading it, where
     /// the store can tell).

@@ -12,7 +12,7 @@ use async_nats::jetstream::{self, object_store};
 use async_trait::async_trait;
 use tokio::io::AsyncReadExt;
 
-use super::{BlobError, BlobErrorKind, BlobStore, blob_error, hash};
+use super::{BlobError, BlobErrorKind, BlobRead, BlobStore, blob_error, hash};
 
 /// The control plane's bucket.
 pub const BUCKET: &str = "sandmill-blobs";
@@ -174,6 +174,34 @@ impl Bucket {
         Ok(Some(bytes))
     }
 
+    /// [`get`](Self::get) as it is read: a large object a chunk at a time.
+    async fn read(&self, name: &str) -> Result<Option<BlobRead>, BlobError> {
+        if let Some(small) = self.get_small(name).await? {
+            return match small {
+                Some(bytes) if hash(&bytes) != name => Err(blob_error(
+                    BlobErrorKind::Corrupt,
+                    format!(
+                        "the bytes read under {name} in {} have another hash",
+                        self.name
+                    ),
+                )),
+                other => Ok(other.map(BlobRead::whole)),
+            };
+        }
+        let object = match self.store.get(name).await {
+            Ok(object) => object,
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(blob_error(
+                    BlobErrorKind::Unavailable,
+                    format!("cannot read {name}: {e}"),
+                ));
+            }
+        };
+        let size = object.info.size as u64;
+        Ok(Some(BlobRead::checked(name.to_owned(), size, object)))
+    }
+
     async fn contains(&self, name: &str) -> Result<bool, BlobError> {
         match self.store.info(name).await {
             Ok(info) => Ok(!info.deleted),
@@ -252,6 +280,20 @@ impl BlobStore for NatsBlobStore {
             Err(error) if error.kind() == BlobErrorKind::Corrupt => {
                 match self.other.get(name).await {
                     Ok(Some(bytes)) => Ok(Some(bytes)),
+                    _ => Err(error),
+                }
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn read(&self, name: &str) -> Result<Option<BlobRead>, BlobError> {
+        match self.own.read(name).await {
+            Ok(Some(read)) => Ok(Some(read)),
+            Ok(None) => self.other.read(name).await,
+            Err(error) if error.kind() == BlobErrorKind::Corrupt => {
+                match self.other.read(name).await {
+                    Ok(Some(read)) => Ok(Some(read)),
                     _ => Err(error),
                 }
             }

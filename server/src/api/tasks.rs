@@ -1,10 +1,13 @@
 //! Tasks: one with its attempts, its output bytes, its logs.
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::{StreamExt, TryStreamExt};
+use sandmill_runtime::blob::BlobRead;
 
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
@@ -170,12 +173,59 @@ async fn blob_bytes(state: &AppState, hash: &str) -> Result<Option<Vec<u8>>, Api
         .map_err(SchedulerError::Blob)?)
 }
 
-/// A stored blob's bytes, or 404.
+/// A blob as it is read, if stored.
+async fn blob_read(state: &AppState, hash: &str) -> Result<Option<BlobRead>, ApiError> {
+    Ok(state
+        .scheduler
+        .blobs()
+        .read(hash)
+        .await
+        .map_err(SchedulerError::Blob)?)
+}
+
+/// A response body sending `read` as it is read: a chunk in memory at a
+/// time however large the blob. Should the bytes stop matching their hash
+/// (or the store fail) part-way, the response is cut off there (its
+/// status has gone already) and the server logs why.
+fn streamed(read: BlobRead) -> Body {
+    Body::from_stream(read.chunks.inspect_err(|error| {
+        tracing::error!(%error, "a blob's response was cut off");
+    }))
+}
+
+/// `body` of `size` bytes as `application/octet-stream`.
+fn octets(size: u64, body: Body) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A stored blob's bytes (streamed), or 404.
 async fn blob_response(state: &AppState, hash: &str) -> Result<Response, ApiError> {
-    let bytes = blob_bytes(state, hash)
+    let read = blob_read(state, hash)
         .await?
         .ok_or(ApiError::NotFound(format!("blob sha256:{hash}")))?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    Ok(octets(read.size, streamed(read)))
+}
+
+/// What a task stored as a body and its size, streamed from the blob store
+/// (`None` if nothing).
+async fn stored_body(state: &AppState, stored: Stored) -> Result<Option<(u64, Body)>, ApiError> {
+    match stored {
+        Stored::Nothing => Ok(None),
+        Stored::Inline(bytes) => Ok(Some((bytes.len() as u64, Body::from(bytes)))),
+        Stored::Blob(hash) => {
+            let read = blob_read(state, &hash)
+                .await?
+                .ok_or_else(|| SchedulerError::Internal(format!("blob {hash} is missing")))?;
+            Ok(Some((read.size, streamed(read))))
+        }
+    }
 }
 
 /// A stored blob's bytes: any (a module, an input, an output, a log) to an
@@ -279,10 +329,8 @@ pub async fn task_output(
         .task_output(id)
         .await?
         .ok_or(ApiError::NotFound(format!("task {id}")))?;
-    match read_stored(&state, stored).await? {
-        Some(bytes) => {
-            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
-        }
+    match stored_body(&state, stored).await? {
+        Some((size, body)) => Ok(octets(size, body)),
         None => Err(ApiError::NotFound(format!(
             "output of task {id} (it has not succeeded)"
         ))),
@@ -300,27 +348,54 @@ pub async fn task_logs(
     caller: Caller,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Response, ApiError> {
-    let store = state.scheduler.store();
     visible_task(&state, &caller, id).await?;
-    let mut text = Vec::new();
-    for attempt in store.attempts(id).await? {
-        text.extend_from_slice(
-            format!(
-                "== attempt {} on {}: {}{} ==\n",
-                attempt.attempt,
-                attempt.worker,
-                crate::store::types::Named::name(&attempt.state.0),
-                attempt
-                    .reason
-                    .map(|r| format!(" [{}]", r.0))
-                    .unwrap_or_default()
-            )
-            .as_bytes(),
-        );
-        let log = store.attempt_log(id, attempt.attempt).await?;
-        if let Some(bytes) = read_stored(&state, log).await? {
-            text.extend_from_slice(&bytes);
-        }
-    }
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], text).into_response())
+    let attempts = state.scheduler.store().attempts(id).await?;
+    // Sent as read: one attempt's log (at most its log limit) at a time,
+    // a large one a chunk at a time from the blob store.
+    let parts = futures_util::stream::iter(attempts)
+        .then(move |attempt| {
+            let state = state.clone();
+            async move {
+                let header = format!(
+                    "== attempt {} on {}: {}{} ==\n",
+                    attempt.attempt,
+                    attempt.worker,
+                    crate::store::types::Named::name(&attempt.state.0),
+                    attempt
+                        .reason
+                        .map(|r| format!(" [{}]", r.0))
+                        .unwrap_or_default()
+                );
+                let log = match state
+                    .scheduler
+                    .store()
+                    .attempt_log(id, attempt.attempt)
+                    .await
+                {
+                    Ok(log) => stored_body(&state, log).await,
+                    Err(error) => Err(ApiError::from(error)),
+                };
+                let log = match log {
+                    Ok(Some((_, body))) => body
+                        .into_data_stream()
+                        .map_err(axum::BoxError::from)
+                        .boxed(),
+                    Ok(None) => futures_util::stream::empty().boxed(),
+                    Err(error) => {
+                        tracing::error!(task = id, %error, "a task's logs were cut off");
+                        futures_util::stream::once(async move {
+                            Err(axum::BoxError::from(error.to_string()))
+                        })
+                        .boxed()
+                    }
+                };
+                futures_util::stream::once(async move { Ok(bytes::Bytes::from(header)) }).chain(log)
+            }
+        })
+        .flatten();
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(parts),
+    )
+        .into_response())
 }
