@@ -273,31 +273,30 @@ impl BlobStore for NatsBlobStore {
     }
 
     async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, BlobError> {
-        match self.own.get(name).await {
-            Ok(Some(bytes)) => Ok(Some(bytes)),
-            Ok(None) => self.other.get(name).await,
-            // Changed bytes in one bucket: the other may hold them intact.
-            Err(error) if error.kind() == BlobErrorKind::Corrupt => {
-                match self.other.get(name).await {
-                    Ok(Some(bytes)) => Ok(Some(bytes)),
-                    _ => Err(error),
-                }
-            }
-            Err(error) => Err(error),
-        }
+        own_then_other(self.own.get(name).await, || self.other.get(name)).await
     }
 
     async fn read(&self, name: &str) -> Result<Option<BlobRead>, BlobError> {
-        match self.own.read(name).await {
-            Ok(Some(read)) => Ok(Some(read)),
-            Ok(None) => self.other.read(name).await,
-            Err(error) if error.kind() == BlobErrorKind::Corrupt => {
-                match self.other.read(name).await {
-                    Ok(Some(read)) => Ok(Some(read)),
-                    _ => Err(error),
-                }
-            }
-            Err(error) => Err(error),
-        }
+        own_then_other(self.own.read(name).await, || self.other.read(name)).await
+    }
+}
+
+/// What the own bucket answered, else the other's: when the own holds
+/// nothing, or changed bytes (the other may hold them intact).
+async fn own_then_other<T, F>(
+    own: Result<Option<T>, BlobError>,
+    other: impl FnOnce() -> F,
+) -> Result<Option<T>, BlobError>
+where
+    F: std::future::Future<Output = Result<Option<T>, BlobError>>,
+{
+    match own {
+        Ok(Some(found)) => Ok(Some(found)),
+        Ok(None) => other().await,
+        Err(error) if error.kind() == BlobErrorKind::Corrupt => match other().await {
+            Ok(Some(found)) => Ok(Some(found)),
+            _ => Err(error),
+        },
+        Err(error) => Err(error),
     }
 }

@@ -269,17 +269,21 @@ impl NatsBroker {
         Ok(broker)
     }
 
+    /// What the task stream's consumers (the queues) are.
+    async fn queue_infos(&self) -> Result<Vec<jetstream::consumer::Info>, BrokerError> {
+        self.task_stream
+            .consumers()
+            .try_collect()
+            .await
+            .map_err(unavailable)
+    }
+
     /// Queues of the layout before priorities (`q-<token>` over
     /// `sandmill.tasks.<token>.>`) overlap the new ones, which a work-queue
     /// stream refuses: they are removed with their messages (the control
     /// plane publishes every live task again when it starts).
     async fn drop_legacy_queues(&self) -> Result<(), BrokerError> {
-        let infos: Vec<jetstream::consumer::Info> = self
-            .task_stream
-            .consumers()
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
+        let infos = self.queue_infos().await?;
         for info in infos {
             if info.name.starts_with("q-") && parse_queue_name(&info.name).is_none() {
                 tracing::warn!(queue = %info.name, "removing a task queue of the old layout");
@@ -362,12 +366,7 @@ impl NatsBroker {
         {
             return Ok(());
         }
-        let infos: Vec<jetstream::consumer::Info> = self
-            .task_stream
-            .consumers()
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
+        let infos = self.queue_infos().await?;
         // Queues removed as idle (see `remove_idle_queues`) are dropped.
         let listed: HashSet<&str> = infos.iter().map(|i| i.name.as_str()).collect();
         pulls.names.retain(|name| listed.contains(name.as_str()));
@@ -929,12 +928,7 @@ impl Broker for NatsBroker {
     }
 
     async fn remove_idle_queues(&self, idle: Duration) -> Result<usize, BrokerError> {
-        let infos: Vec<jetstream::consumer::Info> = self
-            .task_stream
-            .consumers()
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
+        let infos = self.queue_infos().await?;
         let now = Instant::now();
         let quiet =
             |info: &jetstream::consumer::Info| info.num_pending == 0 && info.num_ack_pending == 0;
