@@ -136,30 +136,14 @@ impl Bucket {
 
     /// The bytes under `name`, checked against it.
     async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, BlobError> {
-        let corrupt = || {
-            blob_error(
-                BlobErrorKind::Corrupt,
-                format!(
-                    "the bytes read under {name} in {} have another hash",
-                    self.name
-                ),
-            )
-        };
         if let Some(small) = self.get_small(name).await? {
             return match small {
-                Some(bytes) if hash(&bytes) != name => Err(corrupt()),
+                Some(bytes) if hash(&bytes) != name => Err(self.corrupt(name)),
                 other => Ok(other),
             };
         }
-        let mut object = match self.store.get(name).await {
-            Ok(object) => object,
-            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(blob_error(
-                    BlobErrorKind::Unavailable,
-                    format!("cannot read {name}: {e}"),
-                ));
-            }
+        let Some(mut object) = self.open_object(name).await? else {
+            return Ok(None);
         };
         let mut bytes = Vec::new();
         object.read_to_end(&mut bytes).await.map_err(|e| {
@@ -169,34 +153,44 @@ impl Bucket {
             )
         })?;
         if hash(&bytes) != name {
-            return Err(corrupt());
+            return Err(self.corrupt(name));
         }
         Ok(Some(bytes))
+    }
+
+    /// The object under `name`, opened for reading, if any.
+    async fn open_object(&self, name: &str) -> Result<Option<object_store::Object>, BlobError> {
+        match self.store.get(name).await {
+            Ok(object) => Ok(Some(object)),
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(blob_error(
+                BlobErrorKind::Unavailable,
+                format!("cannot read {name}: {e}"),
+            )),
+        }
+    }
+
+    /// The error of bytes read under `name` that have another hash.
+    fn corrupt(&self, name: &str) -> BlobError {
+        blob_error(
+            BlobErrorKind::Corrupt,
+            format!(
+                "the bytes read under {name} in {} have another hash",
+                self.name
+            ),
+        )
     }
 
     /// [`get`](Self::get) as it is read: a large object a chunk at a time.
     async fn read(&self, name: &str) -> Result<Option<BlobRead>, BlobError> {
         if let Some(small) = self.get_small(name).await? {
             return match small {
-                Some(bytes) if hash(&bytes) != name => Err(blob_error(
-                    BlobErrorKind::Corrupt,
-                    format!(
-                        "the bytes read under {name} in {} have another hash",
-                        self.name
-                    ),
-                )),
+                Some(bytes) if hash(&bytes) != name => Err(self.corrupt(name)),
                 other => Ok(other.map(BlobRead::whole)),
             };
         }
-        let object = match self.store.get(name).await {
-            Ok(object) => object,
-            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(blob_error(
-                    BlobErrorKind::Unavailable,
-                    format!("cannot read {name}: {e}"),
-                ));
-            }
+        let Some(object) = self.open_object(name).await? else {
+            return Ok(None);
         };
         let size = object.info.size as u64;
         Ok(Some(BlobRead::checked(name.to_owned(), size, object)))
