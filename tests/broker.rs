@@ -242,7 +242,7 @@ async fn nats_redelivers_what_a_vanished_worker_held_and_routes_by_labels() {
         NatsConfig {
             ack_wait: Duration::from_secs(1),
             max_deliveries: 2,
-            offers: None,
+            ..NatsConfig::default()
         },
         &server.url(),
     )
@@ -299,4 +299,85 @@ async fn nats_redelivers_what_a_vanished_worker_held_and_routes_by_labels() {
     publisher.publish(vec![task(12, 0, "")]).await.unwrap();
     let absent = publisher.absent(&[12, 14]).await.unwrap().unwrap();
     assert_eq!(absent.into_iter().collect::<Vec<_>>(), vec![14]);
+
+    // How deep each queue is, for the dispatcher: task 12 waits in the
+    // unlabelled queue; taking it counts a delivery.
+    let depth = |depths: Vec<sandmill_runtime::broker::QueueDepth>| {
+        depths
+            .into_iter()
+            .find(|d| d.token == "any" && d.priority == 0)
+            .map(|d| (d.pending, d.delivered))
+            .unwrap()
+    };
+    let (pending, delivered) = depth(publisher.queue_depths().await.unwrap().unwrap());
+    assert_eq!(pending, 1);
+    let twelve = fetch(gpu.as_ref(), 10).await;
+    assert_eq!(twelve[0].task_id, 12);
+    let after = depth(publisher.queue_depths().await.unwrap().unwrap());
+    assert_eq!(after, (0, delivered + 1));
+    // The in-process broker's queues take turns themselves: no depths.
+    assert!(MemoryBroker::new().queue_depths().await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_blobs_are_listed_and_deleted_from_both_buckets_without_a_trace() {
+    use futures_util::StreamExt;
+    use sandmill_runtime::blob::{BlobStore, NatsBlobStore, Writer};
+    use std::time::{Duration, SystemTime};
+    let server = support::Nats::start();
+    let control = NatsBlobStore::connect(
+        support::nats_client(&server.url()).await,
+        Writer::ControlPlane,
+    )
+    .await
+    .unwrap();
+    let worker = NatsBlobStore::connect(
+        support::nats_client(&server.worker_url()).await,
+        Writer::Worker,
+    )
+    .await
+    .unwrap();
+    let input = control.put(b"an input").await.unwrap();
+    let output = worker.put(&vec![3u8; 300 << 10]).await.unwrap();
+    let listed = |store: NatsBlobStore| async move {
+        let mut names: Vec<(String, u64)> = store
+            .list()
+            .await
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.hash, e.size)
+            })
+            .collect()
+            .await;
+        names.sort();
+        names
+    };
+    let mut both = vec![(input.clone(), 8), (output.clone(), 300 << 10)];
+    both.sort();
+    assert_eq!(listed(control.clone()).await, both);
+
+    // Stored after the cutoff: spared.
+    let past = SystemTime::now() - Duration::from_secs(60);
+    assert!(!control.delete(&output, past).await.unwrap());
+    // Before it: gone from the worker's bucket, through the control
+    // plane, and from every listing (no tombstone left).
+    let soon = SystemTime::now() + Duration::from_secs(1);
+    assert!(control.delete(&output, soon).await.unwrap());
+    assert_eq!(control.get(&output).await.unwrap(), None);
+    assert!(!worker.contains(&output).await.unwrap());
+    assert_eq!(listed(control.clone()).await, vec![(input.clone(), 8)]);
+    assert!(
+        !control.delete(&output, soon).await.unwrap(),
+        "gone already"
+    );
+    // Stored again: back whole.
+    worker.put(&vec![3u8; 300 << 10]).await.unwrap();
+    assert_eq!(
+        control.get(&output).await.unwrap().map(|b| b.len()),
+        Some(300 << 10)
+    );
+    // A worker cannot delete (it may not purge a bucket).
+    assert!(worker.delete(&input, soon).await.is_err());
+    assert!(control.contains(&input).await.unwrap());
 }

@@ -380,3 +380,51 @@ fn a_closed_pipe_ends_exec_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!stderr.to_lowercase().contains("broken pipe"), "{stderr}");
 }
+
+/// The disk cache of compiled modules keeps to `--max-cache`: past it the
+/// least recently used go (and are compiled again when next needed).
+#[test]
+fn the_compiled_module_cache_keeps_to_its_byte_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().to_str().unwrap().to_owned();
+    let artifacts = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".cwasm"))
+            .collect();
+        names.sort();
+        names
+    };
+    let hash_of = |module: &str| sandmill_runtime::blob::hash(&std::fs::read(module).unwrap());
+    for module in [guests::NOOP, guests::GREP] {
+        exec(module, &["--kind", "task", "--cache-dir", &cache], b"x");
+    }
+    let both = artifacts();
+    assert!(
+        [guests::NOOP, guests::GREP]
+            .iter()
+            .all(|m| both.iter().any(|a| a.starts_with(&hash_of(m)))),
+        "{both:?}"
+    );
+    // A limit of one byte keeps only what was just compiled.
+    let out = exec(
+        guests::NORMALIZE,
+        &[
+            "--kind",
+            "preprocess",
+            "--cache-dir",
+            &cache,
+            "--max-cache",
+            "1B",
+        ],
+        b"x",
+    );
+    let left = artifacts();
+    let normalize = hash_of(guests::NORMALIZE);
+    assert!(
+        !left.is_empty() && left.iter().all(|a| a.starts_with(&normalize)),
+        "{left:?} {}",
+        stderr_of(&out)
+    );
+}

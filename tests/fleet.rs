@@ -155,6 +155,16 @@ impl Fleet {
             .to_owned()
     }
 
+    /// `POST /v1/inputs` of `bytes`.
+    async fn post_input(&self, bytes: Vec<u8>) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/inputs", self.base))
+            .body(bytes)
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn submit(&self, job: Value) -> i64 {
         support::submit_json(&self.http, &self.base, &job).await
     }
@@ -1461,6 +1471,18 @@ fn a_forged_finished_event_is_not_recorded() {
     });
 }
 
+/// Fair share with long tasks on the fleet: what alpha's sweep has queued
+/// ahead in the first-in-first-out task queue is a short stretch of work,
+/// so beta's job waits a few task lengths, not the sweep.
+#[test]
+fn one_tenants_long_tasks_do_not_hold_up_anothers_job_on_the_fleet() {
+    run_test(Duration::from_secs(300), async {
+        let mut fleet = Fleet::start(&["--auth", "tokens"]).await;
+        fleet.start_worker("w1", "", 2);
+        support::fair_share_long_tasks(&fleet.base, &fleet.database, "fleet", 2).await;
+    });
+}
+
 /// Reservations on the fleet: beta's 3 reserved slots (of a worker's 4)
 /// run its tasks before alpha's sweep queued ahead of them; alpha uses
 /// them while beta leaves them idle.
@@ -1525,5 +1547,167 @@ fn idle_label_queues_are_removed_and_made_again() {
         for task in &tasks {
             assert_eq!(task["state"], "succeeded", "{task}");
         }
+    });
+}
+
+#[test]
+fn unnamed_blobs_are_collected_from_both_buckets_and_named_ones_stay() {
+    run_test(Duration::from_secs(240), async {
+        let mut fleet = Fleet::start(&["--blob-grace", "1s"]).await;
+        fleet.start_worker("w1", "", 2);
+        support::collection::unnamed_blobs_go_named_ones_stay(&fleet.http, &fleet.base).await;
+    });
+}
+
+#[test]
+fn the_event_stream_keeps_to_its_byte_limit_and_loses_no_result() {
+    run_test(Duration::from_secs(240), async {
+        const TASKS: u64 = 4_000;
+        let limit: i64 = 1 << 20;
+        let mut fleet = Fleet::start(&[
+            "--events-max-bytes",
+            "1MiB",
+            "--events-max-age",
+            "1h",
+            "--reconcile-every",
+            "2s",
+        ])
+        .await;
+        let hash = fleet.upload(guests::NOOP).await;
+        fleet.start_worker("w1", "", 2);
+        let id = fleet.submit(sweep(&hash, TASKS)).await;
+        let ended = fleet.finished(id, Duration::from_secs(200)).await;
+        assert_eq!(ended["status"], "succeeded", "{ended}");
+        assert_eq!(ended["tasks"]["succeeded"], TASKS, "{ended}");
+
+        let client = support::nats_client(&fleet.nats.url()).await;
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream("SANDMILL_EVENTS").await.unwrap();
+        let info = stream.info().await.unwrap();
+        assert_eq!(info.config.max_bytes, limit);
+        assert_eq!(info.config.max_age, Duration::from_secs(3600));
+        println!(
+            "{TASKS} tasks: the event stream holds {} events in {} bytes (limit {limit}), {} gone",
+            info.state.messages,
+            info.state.bytes,
+            info.state.first_sequence - 1
+        );
+        assert!(info.state.bytes <= limit as u64, "{:?}", info.state);
+        assert!(info.state.first_sequence > 1, "the limit was never reached");
+
+        // A restart with other limits changes the stream's.
+        fleet.kill_serve();
+        fleet.serve_args = vec!["--events-max-bytes".into(), "2MiB".into()];
+        fleet.start_serve().await;
+        let info = stream.info().await.unwrap();
+        assert_eq!(info.config.max_bytes, 2 << 20);
+        assert_eq!(info.config.max_age, Duration::from_secs(24 * 3600));
+    });
+}
+
+#[test]
+fn blob_buckets_keep_to_their_byte_limits_and_refuse_cleanly() {
+    run_test(Duration::from_secs(240), async {
+        let mut fleet =
+            Fleet::start(&["--blobs-max-bytes", "3MiB", "--results-max-bytes", "1MiB"]).await;
+        let hash = fleet.upload(guests::NOOP).await;
+        let input = |seed: u8| -> Vec<u8> {
+            (0..1_600_000u32)
+                .map(|i| b'a' + ((i as u8) ^ seed) % 26)
+                .collect()
+        };
+        let first = fleet.post_input(input(1)).await;
+        assert_eq!(first.status(), 200);
+        let first = first.json::<Value>().await.unwrap()["input"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        // The second does not fit: refused with the flag named, and
+        // nothing of it stored (not a chunk).
+        let client = support::nats_client(&fleet.nats.url()).await;
+        let js = async_nats::jetstream::new(client);
+        let blobs = js.get_stream("OBJ_sandmill-blobs").await.unwrap();
+        let held = blobs.get_info().await.unwrap().state.bytes;
+        let second = input(2);
+        let second_hash = sandmill_runtime::blob::hash(&second);
+        let refused = fleet.post_input(second.clone()).await;
+        assert_eq!(refused.status(), 507);
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["code"], "storage_full", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("--blobs-max-bytes"), "{message}");
+        // So is a call whose input does not fit.
+        let call = fleet
+            .http
+            .post(format!("{}/v1/run", fleet.base))
+            .json(&json!({"module": format!("sha256:{hash}"),
+                "input": String::from_utf8(second.clone()).unwrap()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(call.status(), 507);
+        let body: Value = call.json().await.unwrap();
+        assert_eq!(body["code"], "storage_full", "{body}");
+        let absent = format!("/v1/blobs/{second_hash}");
+        assert_eq!(
+            support::collection::status_of(&fleet.http, &fleet.base, &absent).await,
+            404
+        );
+        assert_eq!(blobs.get_info().await.unwrap().state.bytes, held);
+
+        // An output past the workers' bucket fails its task, clearly; one
+        // that fits inline still runs.
+        fleet.start_worker("w1", "", 1);
+        let big = fleet
+            .submit(json!({"name": "big", "max_attempts": 1,
+                "task": {"module": format!("sha256:{hash}"), "input": first}}))
+            .await;
+        let ended = fleet.finished(big, Duration::from_secs(60)).await;
+        assert_eq!(ended["status"], "failed", "{ended}");
+        let task = &fleet.tasks(big).await[0];
+        assert_eq!(task["reason"], "host-error", "{task}");
+        let error = task["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("sandmill-results is full") && error.contains("--results-max-bytes"),
+            "{task}"
+        );
+        let small = fleet.submit(sweep(&hash, 3)).await;
+        let ended = fleet.finished(small, Duration::from_secs(60)).await;
+        assert_eq!(ended["status"], "succeeded", "{ended}");
+
+        // A limit below what a bucket holds is refused at start, changing
+        // nothing; a larger one lets the second input in.
+        fleet.kill_serve();
+        let listen = format!("127.0.0.1:{}", fleet.port);
+        let mut low = fleet.command(&[
+            "serve",
+            "--database",
+            &fleet.database,
+            "--listen",
+            &listen,
+            "--auth",
+            "open",
+            "--blobs-max-bytes",
+            "1MiB",
+        ]);
+        let out = tokio::task::spawn_blocking(move || low.stderr(Stdio::piped()).output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("more than the limit"), "{stderr}");
+        let info = blobs.get_info().await.unwrap();
+        assert_eq!(info.config.max_bytes, 3 << 20);
+        assert_eq!(info.state.bytes, held);
+        fleet.serve_args = vec!["--blobs-max-bytes".into(), "8MiB".into()];
+        fleet.start_serve().await;
+        assert_eq!(fleet.post_input(second).await.status(), 200);
+        let info = blobs.get_info().await.unwrap();
+        assert_eq!(info.config.max_bytes, 8 << 20);
+        // Without the flag, the workers' bucket has no limit again.
+        let results = js.get_stream("OBJ_sandmill-results").await.unwrap();
+        assert!(results.get_info().await.unwrap().config.max_bytes <= 0);
     });
 }

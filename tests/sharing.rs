@@ -342,16 +342,6 @@ fn run_calls_past_the_waiting_cap_are_accepted_without_waiting() {
     });
 }
 
-/// The status of `GET path`.
-async fn status_of(http: &reqwest::Client, base: &str, path: &str) -> u16 {
-    http.get(format!("{base}{path}"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[test]
 fn retention_removes_ended_jobs_and_nothing_a_running_one_needs() {
     run_test(Duration::from_secs(180), async {
@@ -380,17 +370,18 @@ fn retention_removes_ended_jobs_and_nothing_a_running_one_needs() {
 
         // The ended job goes once 2 s have passed since its end.
         let mut waited = 0;
-        while status_of(&http, base, &format!("/v1/jobs/{ended}")).await == 200 {
+        while support::collection::status_of(&http, base, &format!("/v1/jobs/{ended}")).await == 200
+        {
             waited += 1;
             assert!(waited < 150, "job {ended} was never removed");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(
-            status_of(&http, base, &format!("/v1/jobs/{ended}")).await,
+            support::collection::status_of(&http, base, &format!("/v1/jobs/{ended}")).await,
             404
         );
         assert_eq!(
-            status_of(&http, base, &format!("/v1/tasks/{first}")).await,
+            support::collection::status_of(&http, base, &format!("/v1/tasks/{first}")).await,
             404
         );
         // The running job and its task stay, and it still ends well.
@@ -401,7 +392,9 @@ fn retention_removes_ended_jobs_and_nothing_a_running_one_needs() {
         assert_eq!(task["reason"], "timeout", "{task}");
         // Then it goes too.
         let mut waited = 0;
-        while status_of(&http, base, &format!("/v1/jobs/{running}")).await == 200 {
+        while support::collection::status_of(&http, base, &format!("/v1/jobs/{running}")).await
+            == 200
+        {
             waited += 1;
             assert!(waited < 150, "job {running} was never removed");
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -791,19 +784,23 @@ async fn ended_task_as(caller: &support::As<'_>, id: i64) -> Value {
     panic!("job {id} did not end");
 }
 
+/// Fair share with long tasks, embedded: the in-process queues take
+/// turns between tenants.
+#[test]
+fn one_tenants_long_tasks_do_not_hold_up_anothers_job() {
+    run_test(Duration::from_secs(300), async {
+        let dev = two_tenants(&[]);
+        support::fair_share_long_tasks(&dev.base, &dev.database, "embedded", 2).await;
+    });
+}
+
 /// Fair share between tenants: alpha's sweep of 100,000 no-op tasks is
 /// running when beta submits 10; beta's job ends within a second.
 #[test]
 fn one_tenants_big_sweep_does_not_hold_up_anothers_small_job() {
     run_test(Duration::from_secs(300), async {
-        let data = tempfile::tempdir().unwrap();
-        let port = support::free_port();
-        let mut command = support::dev_command(data.path(), port);
-        command.args(["--auth", "tokens"]);
-        let _process = support::Killed::spawn(&mut command);
-        support::wait_port(port, Duration::from_secs(60));
-        let base = format!("http://127.0.0.1:{port}");
-        support::fair_share(&base, &dev_database(data.path()), "embedded").await;
+        let dev = two_tenants(&[]);
+        support::fair_share(&dev.base, &dev.database, "embedded").await;
     });
 }
 
@@ -1015,26 +1012,6 @@ fn a_tenant_past_its_cpu_seconds_waits_and_is_refused() {
     });
 }
 
-/// `POST path` with the raw `body` of `content_type`: the status and the
-/// JSON answer (null if it is none).
-async fn post_raw(
-    http: &reqwest::Client,
-    base: &str,
-    path: &str,
-    content_type: &str,
-    body: Vec<u8>,
-) -> (u16, Value) {
-    let response = http
-        .post(format!("{base}{path}"))
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// `module` with a custom section of `size` bytes (all `fill`) appended:
 /// the same code, another hash.
 fn padded(module: &[u8], fill: u8, size: usize) -> Vec<u8> {
@@ -1141,7 +1118,7 @@ fn large_outputs_and_logs_are_streamed_not_loaded_whole() {
         input.extend_from_slice(&0u32.to_le_bytes());
         input.extend_from_slice(&(OUTPUT as u32).to_le_bytes());
         input.extend((0..OUTPUT).map(pattern));
-        let (status, uploaded) = post_raw(
+        let (status, uploaded) = support::collection::post_raw(
             &http,
             &dev.base,
             "/v1/inputs",
@@ -1286,7 +1263,15 @@ fn fifty_big_uploads_at_once_leave_the_server_answering_within_its_memory() {
                     .build()
                     .unwrap()
                     .block_on(futures_util::future::join_all(bodies.into_iter().map(
-                        |body| post_raw(&http, &base, "/v1/modules", "application/wasm", body),
+                        |body| {
+                            support::collection::post_raw(
+                                &http,
+                                &base,
+                                "/v1/modules",
+                                "application/wasm",
+                                body,
+                            )
+                        },
                     )))
             }
         });
@@ -1390,7 +1375,7 @@ fn uploads_past_the_body_room_or_the_compile_timeout_are_refused_and_leave_nothi
         assert_eq!(health.status(), 200);
         // Once the call is answered (its guest timed out), the room is back.
         assert_eq!(holding.await.unwrap(), 422);
-        let (status, _) = post_raw(
+        let (status, _) = support::collection::post_raw(
             &http,
             &dev.base,
             "/v1/inputs",
@@ -1405,7 +1390,7 @@ fn uploads_past_the_body_room_or_the_compile_timeout_are_refused_and_leave_nothi
         // refused (400) and leaves nothing: not found afterwards.
         let wasm = std::fs::read(guests::NOOP).unwrap();
         let hash = sandmill_runtime::blob::hash(&wasm);
-        let (status, body) = post_raw(
+        let (status, body) = support::collection::post_raw(
             &http,
             &dev.base,
             "/v1/modules",
@@ -1439,7 +1424,7 @@ fn uploads_past_the_body_room_or_the_compile_timeout_are_refused_and_leave_nothi
         // --max-compiles. None leaves anything.
         let modules: Vec<Vec<u8>> = (0..4u8).map(|i| padded(&wasm, i, 64)).collect();
         let answers = futures_util::future::join_all(modules.iter().map(|module| {
-            post_raw(
+            support::collection::post_raw(
                 &http,
                 &dev.base,
                 "/v1/modules",
@@ -1550,10 +1535,11 @@ fn a_tenants_reserved_slots_run_its_tasks_first() {
 /// A storage quota: once a tenant's kept jobs hold more outputs and logs
 /// than its quota, its new jobs are refused (429 naming `storage`);
 /// another tenant is not affected; deleting the job makes room again.
+/// Uploaded inputs count, once each, until the collector takes them.
 #[test]
 fn a_tenant_past_its_storage_is_refused_until_it_deletes_jobs() {
     run_test(Duration::from_secs(180), async {
-        let dev = two_tenants(&["--quota-storage", "3KiB"]);
+        let dev = two_tenants(&["--quota-storage", "3KiB", "--blob-grace", "1s"]);
         let (alpha, beta) = (dev.tenant("alpha"), dev.tenant("beta"));
         let module = alpha.upload(guests::HOSTILE_LOG_SPAM).await;
         beta.upload(guests::HOSTILE_LOG_SPAM).await;
@@ -1597,5 +1583,48 @@ fn a_tenant_past_its_storage_is_refused_until_it_deletes_jobs() {
             assert_eq!(status, 204, "{text}");
         }
         run("alpha").await;
+
+        // Uploaded inputs count too: once each, until they are collected.
+        let upload = |tenant: &'static str, size: usize, fill: u8| {
+            let tenant = if tenant == "alpha" { &alpha } else { &beta };
+            async move {
+                let body = Some(("application/octet-stream", vec![fill; size]));
+                tenant.send("POST", "/v1/inputs", body).await
+            }
+        };
+        let (status, text) = upload("alpha", 2048, b'a').await;
+        assert_eq!(status, 429, "{text}");
+        assert!(
+            text.contains("this input of 2.0 KiB would pass its quota of 3.0 KiB (storage)"),
+            "{text}"
+        );
+        // Beta keeps a 2 KiB log: 600 bytes more fit, the same 600 again
+        // count nothing, 900 more do not.
+        assert_eq!(upload("beta", 600, b'b').await.0, 200);
+        assert_eq!(upload("beta", 600, b'b').await.0, 200);
+        let (status, text) = upload("beta", 900, b'c').await;
+        assert_eq!(status, 429, "{text}");
+        // Nothing names the 600 bytes: once collected (`--blob-grace 1s`)
+        // they are given back, and the 900 fit.
+        let mut tries = 0;
+        loop {
+            let (status, text) = upload("beta", 900, b'c').await;
+            if status == 200 {
+                break;
+            }
+            assert_eq!(status, 429, "{text}");
+            tries += 1;
+            assert!(tries < 100, "the collected input was never given back");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
+#[test]
+fn unnamed_blobs_are_collected_and_every_blob_a_kept_job_names_stays() {
+    run_test(Duration::from_secs(240), async {
+        let dev = dev(&["--blob-grace", "1s"]);
+        let http = sandmill_server::tls::default_client();
+        support::collection::unnamed_blobs_go_named_ones_stay(&http, &dev.base).await;
     });
 }

@@ -748,8 +748,16 @@ impl Worker {
         result.log_truncated = outcome.log_truncated;
         if outcome.log.len() > INLINE_LOG_BYTES {
             let size = outcome.log.len() as u64;
-            let hash = patiently(drain, || self.blobs.put(&outcome.log)).await?;
-            result.log_blob = Some(BlobRef { hash, size });
+            match self.store(&outcome.log, drain).await? {
+                Ok(hash) => result.log_blob = Some(BlobRef { hash, size }),
+                Err(error) => {
+                    // No room for the whole log: its start is kept.
+                    tracing::warn!(task = task.task_id, %error, "a log was cut to fit");
+                    outcome.log.truncate(INLINE_LOG_BYTES);
+                    result.log = outcome.log;
+                    result.log_truncated = true;
+                }
+            }
         } else {
             result.log = outcome.log;
         }
@@ -795,8 +803,13 @@ impl Worker {
                         OutputRef::Inline(bytes)
                     } else {
                         let size = bytes.len() as u64;
-                        let hash = patiently(drain, || self.blobs.put(&bytes)).await?;
-                        OutputRef::Blob { hash, size }
+                        match self.store(&bytes, drain).await? {
+                            Ok(hash) => OutputRef::Blob { hash, size },
+                            Err(error) => {
+                                fail(&mut result, &error);
+                                return Ok(result);
+                            }
+                        }
                     },
                 );
             }
@@ -815,6 +828,23 @@ impl Worker {
 }
 
 impl Worker {
+    /// Stores bytes a task made, waiting out an unavailable store.
+    /// `Ok(Err)`: the store is full, and the attempt fails (retryably:
+    /// the collector may make room).
+    async fn store(
+        &self,
+        bytes: &[u8],
+        drain: &watch::Receiver<bool>,
+    ) -> Result<Result<String, ExecError>, BlobError> {
+        match patiently(drain, || self.blobs.put(bytes)).await {
+            Ok(hash) => Ok(Ok(hash)),
+            Err(error) if error.kind() == BlobErrorKind::Full => {
+                Ok(Err(ExecError::Host(error.to_string())))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// Stores a map's sorted runs in the blob store (one file in memory at
     /// a time); returns its [`MapOutput`](crate::shuffle::MapOutput) as JSON.
     async fn store_runs(
@@ -836,7 +866,10 @@ impl Worker {
                 }
             };
             let size = bytes.len() as u64;
-            let hash = patiently(drain, || self.blobs.put(&bytes)).await?;
+            let hash = match self.store(&bytes, drain).await? {
+                Ok(hash) => hash,
+                Err(error) => return Ok(Err(error)),
+            };
             drop(bytes);
             let _ = tokio::fs::remove_file(&run.path).await;
             if let Some(list) = output.partitions.get_mut(run.partition as usize) {
@@ -931,7 +964,12 @@ where
     loop {
         match op().await {
             Ok(value) => return Ok(value),
-            Err(error) if began.elapsed() + delay > BLOB_PATIENCE || *drain.borrow() => {
+            // Not an outage: asking again gives the same answer.
+            Err(error)
+                if matches!(error.kind(), BlobErrorKind::Full | BlobErrorKind::Corrupt)
+                    || began.elapsed() + delay > BLOB_PATIENCE
+                    || *drain.borrow() =>
+            {
                 return Err(error);
             }
             Err(error) => {

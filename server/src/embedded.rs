@@ -42,6 +42,9 @@ pub struct EmbeddedConfig {
     /// Bytes of modules kept loaded (see
     /// [`SandboxConfig::max_kept_module_bytes`]).
     pub max_kept_module_bytes: usize,
+    /// Bytes of compiled modules kept on disk (see
+    /// [`SandboxConfig::max_cache_bytes`]).
+    pub max_cache_bytes: u64,
 }
 
 impl EmbeddedConfig {
@@ -54,6 +57,7 @@ impl EmbeddedConfig {
             scheduler: SchedulerConfig::default(),
             allowed_grants: SandboxConfig::default().allowed_grants,
             max_kept_module_bytes: SandboxConfig::default().max_kept_module_bytes,
+            max_cache_bytes: SandboxConfig::default().max_cache_bytes,
         }
     }
 }
@@ -100,6 +104,7 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
         cache_dir: Some(data.join("module-cache")),
         allowed_grants: config.allowed_grants.clone(),
         max_kept_module_bytes: config.max_kept_module_bytes,
+        max_cache_bytes: config.max_cache_bytes,
         ..SandboxConfig::default()
     })?;
     // The window bounds the queue; the rest is room for small jobs, which
@@ -133,6 +138,7 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
     tokio::spawn(scheduler.clone().watch_mapreduce());
     tokio::spawn(scheduler.clone().run_schedules());
     tokio::spawn(scheduler.clone().run_retention());
+    tokio::spawn(scheduler.clone().run_blob_collection());
     // The slots run sweeps: batch work, below the API and the fast path
     // in the CPU's eyes, so a call does not wait for a core behind them.
     let workers = WorkerPool::start(
@@ -145,7 +151,11 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
     )?;
     let background = scheduler.clone();
     tokio::spawn(async move {
-        if let Err(error) = background.recover().await {
+        // Stopped meanwhile (a short `sandmill run`): the database closed
+        // under it, which is no failure.
+        if let Err(error) = background.recover().await
+            && !background.is_stopping()
+        {
             tracing::error!(%error, "publishing queued tasks again failed; they run after the next start");
         }
         background.dispatch().await;

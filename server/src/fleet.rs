@@ -128,6 +128,9 @@ pub struct ServeConfig {
     /// Bytes of modules kept loaded (see
     /// [`SandboxConfig::max_kept_module_bytes`]).
     pub max_kept_module_bytes: usize,
+    /// Bytes of compiled modules kept on disk (see
+    /// [`SandboxConfig::max_cache_bytes`]).
+    pub max_cache_bytes: u64,
     /// The database URL.
     pub database: String,
     /// Where compiled modules are cached.
@@ -136,6 +139,15 @@ pub struct ServeConfig {
     pub ack_wait: Duration,
     /// Delivery limit of the task queues it creates.
     pub max_deliveries: u32,
+    /// How long task events are kept in NATS.
+    pub events_max_age: Duration,
+    /// Bytes of task events kept in NATS (the oldest go first).
+    pub events_max_bytes: i64,
+    /// Bytes the control plane's blob bucket may hold (`None`: no limit
+    /// but the nats-server's).
+    pub blobs_max_bytes: Option<u64>,
+    /// Bytes the workers' blob bucket may hold.
+    pub results_max_bytes: Option<u64>,
     /// The scheduler's settings.
     pub scheduler: SchedulerConfig,
 }
@@ -150,15 +162,22 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<Server> {
                 ack_wait: config.ack_wait,
                 max_deliveries: config.max_deliveries,
                 offers: None,
+                events_max_age: config.events_max_age,
+                events_max_bytes: config.events_max_bytes,
             },
         )
         .await?,
     );
-    let blobs = Arc::new(NatsBlobStore::connect(client.clone(), Writer::ControlPlane).await?);
+    let blobs = NatsBlobStore::connect(client.clone(), Writer::ControlPlane).await?;
+    blobs
+        .set_limits(config.blobs_max_bytes, config.results_max_bytes)
+        .await?;
+    let blobs = Arc::new(blobs);
     let store = connect_store(&config.database).await?;
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: Some(config.cache_dir.clone()),
         max_kept_module_bytes: config.max_kept_module_bytes,
+        max_cache_bytes: config.max_cache_bytes,
         ..SandboxConfig::default()
     })?;
     // A durable subscription's messages wait as long as tasks do.
@@ -176,6 +195,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<Server> {
     tokio::spawn(scheduler.clone().watch_mapreduce());
     tokio::spawn(scheduler.clone().run_schedules());
     tokio::spawn(scheduler.clone().run_retention());
+    tokio::spawn(scheduler.clone().run_blob_collection());
     scheduler.run_subscriptions().await?;
     Ok(Server {
         scheduler,
@@ -191,6 +211,9 @@ pub struct WorkerConfig {
     /// Bytes of modules kept loaded (see
     /// [`SandboxConfig::max_kept_module_bytes`]).
     pub max_kept_module_bytes: usize,
+    /// Bytes of compiled modules kept on disk (see
+    /// [`SandboxConfig::max_cache_bytes`]).
+    pub max_cache_bytes: u64,
     /// Its name, stable across restarts.
     pub id: String,
     /// What it offers.
@@ -271,11 +294,14 @@ pub async fn worker(config: WorkerConfig) -> anyhow::Result<WorkerPool> {
         cache_dir: Some(config.cache_dir.clone()),
         allowed_grants: config.allowed_grants.clone(),
         max_kept_module_bytes: config.max_kept_module_bytes,
+        max_cache_bytes: config.max_cache_bytes,
         ..SandboxConfig::default()
     })?;
+    // Module copies beside their compiled forms, within the same budget.
     let modules = Arc::new(LocalCopy::new(
         blobs.clone(),
         DirBlobStore::new(config.cache_dir.join("modules"))?,
+        config.max_cache_bytes,
     ));
     Ok(WorkerPool::start(
         WorkerInfo::starting(config.id, config.labels, config.concurrency.max(1)),

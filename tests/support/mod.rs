@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod collection;
 pub mod openapi;
 
 use std::net::TcpListener;
@@ -684,6 +685,80 @@ pub fn token(database: &str, tenant: &str, role: &str) -> String {
         Duration::from_secs(60),
     );
     ok(&out).trim().to_owned()
+}
+
+/// Fair share with long tasks: tenant alpha's sweep of 400 tasks of
+/// 250 ms each (a loop cut off by its timeout) keeps `slots` slots busy
+/// when tenant beta submits 2 quick tasks; beta's job must end within a
+/// few of alpha's task lengths, not behind the whole sweep (400 x 250 ms
+/// over the slots). Prints how long beta's job took, in task lengths.
+pub async fn fair_share_long_tasks(base: &str, database: &str, mode: &str, slots: u64) {
+    const TASK: Duration = Duration::from_millis(250);
+    let http = sandmill_server::tls::default_client();
+    let (alpha, beta) = (
+        As::new(&http, base, database, "alpha", "user"),
+        As::new(&http, base, database, "beta", "user"),
+    );
+    let looping = alpha.upload(sandmill_test_artifacts::HOSTILE_LOOP).await;
+    let noop = beta.upload(sandmill_test_artifacts::NOOP).await;
+    let (status, big) = alpha
+        .post(
+            "/v1/jobs",
+            serde_json::json!({"name": "long", "sweep": {"module": looping, "count": 400},
+                "limits": {"timeout": "250ms"}, "max_attempts": 1, "cache": false}),
+        )
+        .await;
+    assert_eq!(status, 201, "{big}");
+    let big = big["id"].as_i64().expect("job id");
+    let ended = |job: &serde_json::Value| job["tasks"]["failed"].as_i64().unwrap_or(0);
+    // Alpha's tasks have been going a while: its queue is as full as it
+    // gets.
+    loop {
+        let (_, job) = alpha.get(&format!("/v1/jobs/{big}")).await;
+        if ended(&job) >= 4 * slots as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let (status, small) = beta
+        .post(
+            "/v1/jobs",
+            serde_json::json!({"name": "quick", "sweep": {"module": noop, "count": 2}, "cache": false}),
+        )
+        .await;
+    assert_eq!(status, 201, "{small}");
+    let small = small["id"].as_i64().expect("job id");
+    loop {
+        let (_, job) = beta.get(&format!("/v1/jobs/{small}")).await;
+        if job["status"] != "running" {
+            assert_eq!(job["status"], "succeeded", "{job}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "beta's job waited a minute behind alpha's sweep"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed();
+    let lengths = elapsed.as_secs_f64() / TASK.as_secs_f64();
+    eprintln!(
+        "fair share, long tasks ({mode}): beta's 2 tasks took {elapsed:?} ({lengths:.1} task lengths) \
+         behind alpha's sweep of 400 x 250 ms on {slots} slots (the whole sweep: {} task lengths)",
+        400 / slots
+    );
+    // A few task lengths, with room for a loaded machine: far from the
+    // whole sweep.
+    assert!(
+        lengths < 16.0,
+        "beta's job took {elapsed:?} ({lengths:.1} task lengths) behind alpha's sweep"
+    );
+    let (_, theirs) = alpha.get(&format!("/v1/jobs/{big}")).await;
+    assert_eq!(
+        theirs["status"], "running",
+        "alpha's sweep ended first: {theirs}"
+    );
 }
 
 /// Fair share, through the API of a server with `--auth tokens` on

@@ -30,6 +30,10 @@ pub enum BlobErrorKind {
     /// The bytes stored under a hash are not the bytes of that hash.
     #[error("blob does not match its hash")]
     Corrupt,
+    /// The store is at its byte limit: no room for the bytes (until blobs
+    /// nothing names are collected, or the limit is raised).
+    #[error("blob store full")]
+    Full,
 }
 
 /// The blob store failed.
@@ -44,6 +48,27 @@ pub(crate) fn blob_error(kind: BlobErrorKind, message: impl Into<String>) -> Blo
 pub fn hash(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
+
+/// Whether `name` is a blob's name: 64 lowercase hex digits.
+pub fn is_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A stored blob as a [listing](BlobStore::list) shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobEntry {
+    /// Its name (sha256).
+    pub hash: String,
+    /// Bytes.
+    pub size: u64,
+    /// When it was last stored: written, or put again (a put of stored
+    /// bytes renews this, at most every [`RENEW_AFTER`]).
+    pub stored_at: std::time::SystemTime,
+}
+
+/// How stale a blob's stored-at time may be before a put of the same
+/// bytes renews it: what a garbage collector's grace must exceed.
+pub const RENEW_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How much of a blob a [`BlobRead`] holds at a time.
 const READ_CHUNK: usize = 64 * 1024;
@@ -159,5 +184,28 @@ pub trait BlobStore: Send + Sync + 'static {
     /// the store can tell).
     async fn contains(&self, hash: &str) -> Result<bool, BlobError> {
         Ok(self.get(hash).await?.is_some())
+    }
+
+    /// Every stored blob, as the store lists them (a bounded number in
+    /// memory at a time, in no particular order).
+    async fn list(&self) -> Result<BoxStream<'static, Result<BlobEntry, BlobError>>, BlobError> {
+        Err(blob_error(
+            BlobErrorKind::Io,
+            "this blob store cannot be listed",
+        ))
+    }
+
+    /// Removes the blob under `hash` if it was last stored before
+    /// `stored_before` (a put since keeps it); returns whether it went.
+    async fn delete(
+        &self,
+        hash: &str,
+        stored_before: std::time::SystemTime,
+    ) -> Result<bool, BlobError> {
+        let _ = (hash, stored_before);
+        Err(blob_error(
+            BlobErrorKind::Io,
+            "this blob store cannot delete",
+        ))
     }
 }

@@ -179,4 +179,26 @@ pub trait Broker: Send + Sync + 'static {
     async fn absent(&self, _tasks: &[i64]) -> Result<Option<BTreeSet<i64>>, BrokerError> {
         Ok(None)
     }
+
+    /// How deep each first-in-first-out task queue is, for the dispatcher
+    /// to keep only a short stretch of work queued ahead of a job that
+    /// comes later; `None` for a broker whose queues take turns between
+    /// tenants themselves (the in-process one).
+    async fn queue_depths(&self) -> Result<Option<Vec<QueueDepth>>, BrokerError> {
+        Ok(None)
+    }
+}
+
+/// A task queue's depth (see [`Broker::queue_depths`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// The label set it serves ([`Labels::token`]).
+    pub token: String,
+    /// Its priority.
+    pub priority: u8,
+    /// Tasks waiting in it, not yet delivered to a worker.
+    pub pending: u64,
+    /// Deliveries since it was made (a counter: its rate is how fast
+    /// workers take its tasks).
+    pub delivered: u64,
 }

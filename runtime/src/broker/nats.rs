@@ -54,8 +54,10 @@ pub const RECORDER_ACK_WAIT: Duration = Duration::from_secs(10);
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
 /// Largest message: task messages and events carry no payloads.
 pub const MAX_MESSAGE_BYTES: i32 = 1 << 20;
-/// How long events are kept for subscribers.
+/// How long events are kept for subscribers (by default).
 pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Bytes of events kept at most (by default): past them the oldest go.
+pub const EVENTS_MAX_BYTES: i64 = 1 << 30;
 /// How long a registry entry outlives its worker's last heartbeat.
 pub const REGISTRY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Task messages delivered and not yet acked, per label set.
@@ -85,6 +87,12 @@ pub struct NatsConfig {
     pub max_deliveries: u32,
     /// What this process offers as a worker; `None` for the control plane.
     pub offers: Option<Labels>,
+    /// How long events are kept (see [`EVENTS_MAX_AGE`]); the control
+    /// plane sets it on the events stream, made or found.
+    pub events_max_age: Duration,
+    /// Bytes of events kept (see [`EVENTS_MAX_BYTES`]); the oldest go
+    /// first. Likewise set by the control plane.
+    pub events_max_bytes: i64,
 }
 
 impl Default for NatsConfig {
@@ -93,6 +101,8 @@ impl Default for NatsConfig {
             ack_wait: ACK_WAIT,
             max_deliveries: MAX_DELIVERIES,
             offers: None,
+            events_max_age: EVENTS_MAX_AGE,
+            events_max_bytes: EVENTS_MAX_BYTES,
         }
     }
 }
@@ -190,11 +200,13 @@ impl NatsBroker {
             })
             .await
             .map_err(unavailable)?;
-        let event_stream = js
+        let mut event_stream = js
             .get_or_create_stream(stream::Config {
                 name: EVENT_STREAM.into(),
                 subjects: vec!["sandmill.events.>".into()],
-                max_age: EVENTS_MAX_AGE,
+                max_age: config.events_max_age,
+                max_bytes: config.events_max_bytes,
+                discard: stream::DiscardPolicy::Old,
                 duplicate_window: DEDUP_WINDOW,
                 max_message_size: MAX_MESSAGE_BYTES,
                 storage: stream::StorageType::File,
@@ -202,6 +214,23 @@ impl NatsBroker {
             })
             .await
             .map_err(unavailable)?;
+        if config.offers.is_none() {
+            // Found with other limits (made by an older Sandmill, or
+            // another setting): the control plane's settings win.
+            let found = event_stream.cached_info().config.clone();
+            if found.max_age != config.events_max_age || found.max_bytes != config.events_max_bytes
+            {
+                js.update_stream(stream::Config {
+                    max_age: config.events_max_age,
+                    max_bytes: config.events_max_bytes,
+                    discard: stream::DiscardPolicy::Old,
+                    ..found
+                })
+                .await
+                .map_err(unavailable)?;
+                event_stream = js.get_stream(EVENT_STREAM).await.map_err(unavailable)?;
+            }
+        }
         let events = if config.offers.is_some() {
             None
         } else {
@@ -276,6 +305,24 @@ impl NatsBroker {
             .try_collect()
             .await
             .map_err(unavailable)
+    }
+
+    /// Every task queue's depth.
+    async fn depths(&self) -> Result<Vec<super::QueueDepth>, BrokerError> {
+        Ok(self
+            .queue_infos()
+            .await?
+            .into_iter()
+            .filter_map(|info| {
+                let (token, priority) = parse_queue_name(&info.name)?;
+                Some(super::QueueDepth {
+                    token: token.to_owned(),
+                    priority,
+                    pending: info.num_pending,
+                    delivered: info.delivered.consumer_sequence,
+                })
+            })
+            .collect())
     }
 
     /// Queues of the layout before priorities (`q-<token>` over
@@ -910,6 +957,10 @@ impl Broker for NatsBroker {
 
     fn enforces_labels(&self) -> bool {
         true
+    }
+
+    async fn queue_depths(&self) -> Result<Option<Vec<super::QueueDepth>>, BrokerError> {
+        Ok(Some(self.depths().await?))
     }
 
     async fn forget_job(&self, job_id: i64, labels: &Labels) -> Result<(), BrokerError> {

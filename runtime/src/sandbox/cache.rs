@@ -13,6 +13,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
@@ -100,10 +101,76 @@ pub(crate) fn read(
     #[allow(unsafe_code)]
     let loaded = unsafe { Component::deserialize(engine, &bytes) };
     match loaded {
-        Ok(component) => Some(component),
+        Ok(component) => {
+            used(path);
+            Some(component)
+        }
         Err(error) => {
             tracing::warn!(path = %path.display(), %error, "ignoring unusable cached module");
             None
+        }
+    }
+}
+
+/// Marks an artifact as used now (its modification time), for
+/// [`prune`] to keep the most recently used; at most once a minute.
+fn used(path: &Path) {
+    let stale = std::fs::metadata(path)
+        .and_then(|meta| meta.modified())
+        .ok()
+        .and_then(|at| at.elapsed().ok())
+        .is_none_or(|age| age >= Duration::from_secs(60));
+    if stale {
+        let _ = std::fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|file| file.set_modified(SystemTime::now()));
+    }
+}
+
+/// Keeps the artifacts in `dir` within `max_bytes`: the least recently
+/// used go first, never `keep` (the one just written). Temporary files a
+/// killed process left go once an hour old. Failures only leave files.
+pub(crate) fn prune(dir: &Path, max_bytes: u64, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut artifacts = Vec::new();
+    let mut total = 0u64;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".cwasm") {
+            total += meta.len();
+            artifacts.push((modified, meta.len(), path));
+        } else if name.contains(".tmp")
+            && modified
+                .elapsed()
+                .is_ok_and(|age| age >= Duration::from_secs(3600))
+        {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    if total <= max_bytes {
+        return;
+    }
+    artifacts.sort();
+    for (_, size, path) in artifacts {
+        if total <= max_bytes {
+            break;
+        }
+        if path == keep {
+            continue;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= size;
+            tracing::debug!(path = %path.display(), "dropped a cached module (least recently used)");
         }
     }
 }

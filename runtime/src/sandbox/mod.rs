@@ -70,10 +70,17 @@ pub struct SandboxConfig {
     /// used are dropped (and loaded again, from the disk cache, when next
     /// needed).
     pub max_kept_module_bytes: usize,
+    /// Bytes of compiled modules kept in `cache_dir`; past it the least
+    /// recently used go (a module whose compiled form went is compiled
+    /// again when next loaded).
+    pub max_cache_bytes: u64,
 }
 
 /// Bytes of modules kept loaded by default.
 pub const DEFAULT_MAX_KEPT_MODULE_BYTES: usize = 256 << 20;
+
+/// Bytes of compiled modules kept on disk by default.
+pub const DEFAULT_MAX_CACHE_BYTES: u64 = 8 << 30;
 
 impl Default for SandboxConfig {
     fn default() -> Self {
@@ -84,6 +91,7 @@ impl Default for SandboxConfig {
             max_memory_ceiling: DEFAULT_MAX_MEMORY_CEILING,
             allowed_grants: Grants::NAMES.iter().map(|n| (*n).to_owned()).collect(),
             max_kept_module_bytes: DEFAULT_MAX_KEPT_MODULE_BYTES,
+            max_cache_bytes: DEFAULT_MAX_CACHE_BYTES,
         }
     }
 }
@@ -675,6 +683,9 @@ impl Sandbox {
         self.inner.compiled.fetch_add(1, Ordering::Relaxed);
         if let Some((key, path)) = &disk {
             cache::write(&component, key, flavor.name, &data.hash, path);
+            if let Some(dir) = &self.inner.config.cache_dir {
+                cache::prune(dir, self.inner.config.max_cache_bytes, path);
+            }
         }
         Ok(component)
     }

@@ -7,6 +7,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use sandmill_runtime::blob::BlobErrorKind;
+
 use crate::jobfile::Invalid;
 use crate::scheduler::SchedulerError;
 use crate::store::{StoreError, StoreErrorKind};
@@ -16,7 +18,8 @@ use crate::store::{StoreError, StoreErrorKind};
 pub struct ErrorBody {
     /// Stable, machine-readable: `bad_request`, `invalid_module`,
     /// `not_found`, `conflict`, `forbidden`, `unauthorized`, `over_quota`,
-    /// `payload_too_large`, `request_timeout`, `unavailable`, `internal`,
+    /// `payload_too_large`, `request_timeout`, `unavailable`,
+    /// `storage_full` (507: a blob bucket is at its byte limit), `internal`,
     /// or a task's failure reason (`/v1/run`).
     pub code: String,
     /// For people.
@@ -71,6 +74,9 @@ impl ApiError {
             ApiError::Scheduler(S::Forbidden(_)) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Scheduler(S::OverQuota(_)) => (StatusCode::TOO_MANY_REQUESTS, "over_quota"),
             ApiError::Scheduler(S::Busy(_)) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Scheduler(S::Blob(e)) if e.kind() == BlobErrorKind::Full => {
+                (StatusCode::INSUFFICIENT_STORAGE, "storage_full")
+            }
             ApiError::Scheduler(S::Broker(_) | S::Blob(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
@@ -98,7 +104,11 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         // 5xx details are logged, never sent; a limit of the server's own
         // is no fault, and the client is told which.
-        let busy = matches!(self, ApiError::Scheduler(SchedulerError::Busy(_)));
+        let busy = match &self {
+            ApiError::Scheduler(SchedulerError::Busy(_)) => true,
+            ApiError::Scheduler(SchedulerError::Blob(e)) => e.kind() == BlobErrorKind::Full,
+            _ => false,
+        };
         let message = if status.is_server_error() && !busy {
             tracing::error!(error = %self, "request failed");
             match status {

@@ -25,7 +25,8 @@ pub fn router() -> Router<AppState> {
     responses((status = 200, description = "stored (or already known)", body = ModuleView),
         (status = 400, description = "not a module Sandmill can run", body = ErrorBody),
         (status = 413, description = "larger than the body limit", body = ErrorBody),
-        (status = 503, description = "no room for the body (--max-body-memory) or no compile turn (--max-compiles) now; try again", body = ErrorBody)))]
+        (status = 503, description = "no room for the body (--max-body-memory) or no compile turn (--max-compiles) now; try again", body = ErrorBody),
+        (status = 507, description = "a blob bucket is at its byte limit (`storage_full`; `serve --blobs-max-bytes`)", body = ErrorBody)))]
 pub async fn upload_module(
     State(state): State<AppState>,
     caller: Caller,
@@ -62,7 +63,8 @@ pub async fn get_module(
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, description = "stored", body = InputRef),
         (status = 413, description = "larger than the body limit", body = ErrorBody),
-        (status = 503, description = "no room for the body now (--max-body-memory); try again", body = ErrorBody)))]
+        (status = 503, description = "no room for the body now (--max-body-memory); try again", body = ErrorBody),
+        (status = 507, description = "a blob bucket is at its byte limit (`storage_full`; `serve --blobs-max-bytes`)", body = ErrorBody)))]
 pub async fn upload_input(
     State(state): State<AppState>,
     caller: Caller,

@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -72,7 +73,8 @@ pub struct RunRequest {
         (status = 404, description = "no such module, spec or input", body = ErrorBody),
         (status = 413, description = "larger than the body limit", body = ErrorBody),
         (status = 422, description = "the call failed; `code` is the failure reason", body = ErrorBody),
-        (status = 429, description = "the tenant is over a quota", body = ErrorBody)))]
+        (status = 429, description = "the tenant is over a quota", body = ErrorBody),
+        (status = 507, description = "a blob bucket is at its byte limit (`storage_full`; `serve --blobs-max-bytes`)", body = ErrorBody)))]
 pub async fn run(
     State(state): State<AppState>,
     caller: Caller,
@@ -185,11 +187,11 @@ pub async fn run(
             && task.state() == TaskState::Cached
         {
             let stored = state.scheduler.store().task_output(task.id).await?;
-            let bytes = match stored {
-                Some(stored) => super::tasks::read_stored(&state, stored).await?,
+            let body = match stored {
+                Some(stored) => super::tasks::stored_body(&state, stored).await?,
                 None => None,
             };
-            return Ok(output_response(bytes.unwrap_or_default(), id, task.id));
+            return Ok(output_response(body, id, task.id));
         }
         return Ok(accepted());
     };
@@ -215,24 +217,27 @@ async fn answer(
             result.error.unwrap_or_else(|| "the call failed".to_owned()),
         ));
     }
-    let bytes = match result.output {
-        Some(OutputRef::Inline(bytes)) => bytes,
-        Some(OutputRef::Blob { hash, .. }) => state
-            .scheduler
-            .blobs()
-            .get(&hash)
-            .await
-            .map_err(SchedulerError::Blob)?
-            .ok_or_else(|| SchedulerError::Internal(format!("output blob {hash} is missing")))?,
-        None => Vec::new(),
+    // A large output is sent as it is read from the blob store, a chunk
+    // in memory at a time.
+    let body = match result.output {
+        Some(OutputRef::Inline(bytes)) => Some((bytes.len() as u64, Body::from(bytes))),
+        Some(OutputRef::Blob { hash, .. }) => {
+            let read = super::tasks::blob_read(state, &hash)
+                .await?
+                .ok_or_else(|| {
+                    SchedulerError::Internal(format!("output blob {hash} is missing"))
+                })?;
+            Some((read.size, super::tasks::streamed(read)))
+        }
+        None => None,
     };
-    Ok(output_response(bytes, id, task_id))
+    Ok(output_response(body, id, task_id))
 }
 
-/// A call's output, with its job and task in headers.
-fn output_response(bytes: Vec<u8>, id: i64, task_id: i64) -> Response {
-    let mut response =
-        ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response();
+/// A call's output (none: empty), with its job and task in headers.
+fn output_response(body: Option<(u64, Body)>, id: i64, task_id: i64) -> Response {
+    let (size, body) = body.unwrap_or((0, Body::empty()));
+    let mut response = super::tasks::octets(size, body);
     for (name, value) in [("x-sandmill-job", id), ("x-sandmill-task", task_id)] {
         if let Ok(value) = HeaderValue::from_str(&value.to_string()) {
             response.headers_mut().insert(name, value);

@@ -163,18 +163,8 @@ fn sha256_of(hash: &str) -> Result<String, ApiError> {
     Ok(hash.to_owned())
 }
 
-/// A blob's bytes, if stored.
-async fn blob_bytes(state: &AppState, hash: &str) -> Result<Option<Vec<u8>>, ApiError> {
-    Ok(state
-        .scheduler
-        .blobs()
-        .get(hash)
-        .await
-        .map_err(SchedulerError::Blob)?)
-}
-
 /// A blob as it is read, if stored.
-async fn blob_read(state: &AppState, hash: &str) -> Result<Option<BlobRead>, ApiError> {
+pub(crate) async fn blob_read(state: &AppState, hash: &str) -> Result<Option<BlobRead>, ApiError> {
     Ok(state
         .scheduler
         .blobs()
@@ -187,14 +177,14 @@ async fn blob_read(state: &AppState, hash: &str) -> Result<Option<BlobRead>, Api
 /// time however large the blob. Should the bytes stop matching their hash
 /// (or the store fail) part-way, the response is cut off there (its
 /// status has gone already) and the server logs why.
-fn streamed(read: BlobRead) -> Body {
+pub(crate) fn streamed(read: BlobRead) -> Body {
     Body::from_stream(read.chunks.inspect_err(|error| {
         tracing::error!(%error, "a blob's response was cut off");
     }))
 }
 
 /// `body` of `size` bytes as `application/octet-stream`.
-fn octets(size: u64, body: Body) -> Response {
+pub(crate) fn octets(size: u64, body: Body) -> Response {
     (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
@@ -215,7 +205,10 @@ async fn blob_response(state: &AppState, hash: &str) -> Result<Response, ApiErro
 
 /// What a task stored as a body and its size, streamed from the blob store
 /// (`None` if nothing).
-async fn stored_body(state: &AppState, stored: Stored) -> Result<Option<(u64, Body)>, ApiError> {
+pub(crate) async fn stored_body(
+    state: &AppState,
+    stored: Stored,
+) -> Result<Option<(u64, Body)>, ApiError> {
     match stored {
         Stored::Nothing => Ok(None),
         Stored::Inline(bytes) => Ok(Some((bytes.len() as u64, Body::from(bytes)))),
@@ -294,22 +287,6 @@ pub async fn get_task(
         task: TaskView::new(&task),
         attempts: attempts.iter().map(AttemptView::new).collect(),
     }))
-}
-
-/// Bytes stored inline or in the blob store.
-pub(crate) async fn read_stored(
-    state: &AppState,
-    stored: Stored,
-) -> Result<Option<Vec<u8>>, ApiError> {
-    match stored {
-        Stored::Nothing => Ok(None),
-        Stored::Inline(bytes) => Ok(Some(bytes)),
-        Stored::Blob(hash) => {
-            Ok(Some(blob_bytes(state, &hash).await?.ok_or_else(|| {
-                SchedulerError::Internal(format!("blob {hash} is missing"))
-            })?))
-        }
-    }
 }
 
 /// A task's output bytes (404 while it has none).

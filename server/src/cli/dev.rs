@@ -85,6 +85,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         config.scheduler.network = args.policy.allow_network.clone();
         config.allowed_grants = args.grants.allow_grants.clone();
         config.max_kept_module_bytes = args.sandbox.kept_bytes();
+        config.max_cache_bytes = args.sandbox.max_cache.0;
         if let Some(workers) = args.workers {
             config.workers = workers;
         }

@@ -87,6 +87,11 @@ pub struct ExecArgs {
     #[arg(long, env = "SANDMILL_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
 
+    /// Compiled modules kept in the cache; past it the least recently
+    /// used go.
+    #[arg(long, env = "SANDMILL_MAX_CACHE", default_value_t = ByteSize(sandmill_runtime::sandbox::DEFAULT_MAX_CACHE_BYTES))]
+    max_cache: ByteSize,
+
     /// Largest module accepted.
     #[arg(long, default_value_t = ByteSize(DEFAULT_MAX_MODULE_BYTES as u64))]
     max_module_size: ByteSize,
@@ -161,6 +166,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: args.cache_dir.clone().or_else(default_cache_dir),
         max_module_bytes: usize::try_from(args.max_module_size.0).unwrap_or(usize::MAX),
+        max_cache_bytes: args.max_cache.0,
         ..SandboxConfig::default()
     })?;
     let module = match sandbox.load(&wasm) {

@@ -101,6 +101,27 @@ pub struct ServeArgs {
     /// task before it is removed (its next task makes it again).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
     queue_idle: Duration,
+    /// How long task events are kept in NATS for those who follow them
+    /// (`sandmill.events.>`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+    events_max_age: Duration,
+    /// Bytes of task events kept in NATS; past them the oldest go (an
+    /// event not yet recorded that goes is made good by the reconciler,
+    /// which runs its task again).
+    #[arg(long, default_value = "1GiB")]
+    events_max_bytes: bytesize::ByteSize,
+    /// Bytes the control plane's blob bucket (modules, inputs, large
+    /// parameters) may hold; past them uploads are refused (507
+    /// `storage_full`). By default none but the nats-server's own store
+    /// limit (`max_file_store`).
+    #[arg(long)]
+    blobs_max_bytes: Option<bytesize::ByteSize>,
+    /// Bytes the workers' blob bucket (outputs, logs, shuffle runs) may
+    /// hold; past them a task whose output does not fit fails
+    /// (`host-error`, retried as its policy says). By default none but the
+    /// nats-server's own.
+    #[arg(long)]
+    results_max_bytes: Option<bytesize::ByteSize>,
     /// How long a stop waits for requests in progress before cutting them
     /// off.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
@@ -166,10 +187,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let server = fleet::serve(ServeConfig {
             nats: args.nats.options(),
             max_kept_module_bytes: args.sandbox.kept_bytes(),
+            max_cache_bytes: args.sandbox.max_cache.0,
             database: args.database.clone(),
             cache_dir: args.cache_dir.clone(),
             ack_wait: args.ack_wait,
             max_deliveries: args.max_deliveries,
+            events_max_age: args.events_max_age,
+            events_max_bytes: i64::try_from(args.events_max_bytes.0).unwrap_or(i64::MAX),
+            blobs_max_bytes: args.blobs_max_bytes.map(|b| b.0),
+            results_max_bytes: args.results_max_bytes.map(|b| b.0),
             scheduler: sandmill_server::scheduler::SchedulerConfig {
                 network: args.policy.allow_network.clone(),
                 queue_idle: args.queue_idle,
@@ -247,6 +273,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         let pool = fleet::worker(WorkerConfig {
             nats: args.nats.options(),
             max_kept_module_bytes: args.sandbox.kept_bytes(),
+            max_cache_bytes: args.sandbox.max_cache.0,
             id: id.clone(),
             labels: labels.clone(),
             concurrency,

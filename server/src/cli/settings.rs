@@ -41,6 +41,12 @@ pub struct SchedulerArgs {
     /// before they are deleted, like `30d` or `12h`; `forever` keeps them.
     #[arg(long, env = "SANDMILL_RETAIN", default_value = "30d", value_parser = parse_retain)]
     pub retain: Retain,
+    /// How long a stored blob no job, task, schedule or module names is
+    /// kept before it is deleted, like `6h`; `forever` keeps every blob.
+    /// It must cover an upload's way to the job that reads it and a
+    /// worker's result's way to the database.
+    #[arg(long, env = "SANDMILL_BLOB_GRACE", default_value = "6h", value_parser = parse_blob_grace)]
+    pub blob_grace: Retain,
     /// The most linear memory a call may ask for (all its memories).
     #[arg(long, env = "SANDMILL_MAX_MEMORY", default_value = "4GiB")]
     pub max_memory: bytesize::ByteSize,
@@ -114,6 +120,19 @@ fn parse_retain(text: &str) -> Result<Retain, String> {
     Ok(Retain(Some(period)))
 }
 
+fn parse_blob_grace(text: &str) -> Result<Retain, String> {
+    if text == "forever" {
+        return Ok(Retain(None));
+    }
+    let period = humantime::parse_duration(text).map_err(|e| format!("{e} (or `forever`)"))?;
+    if period < Duration::from_secs(1) {
+        return Err(
+            "under 1s would delete blobs on their way to the job that reads them".to_owned(),
+        );
+    }
+    Ok(Retain(Some(period)))
+}
+
 /// `--auth`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthArg {
@@ -158,6 +177,11 @@ pub struct SandboxArgs {
     /// when next needed.
     #[arg(long, env = "SANDMILL_MAX_KEPT_MODULES", default_value = "256MiB")]
     pub max_kept_modules: bytesize::ByteSize,
+    /// Compiled modules kept on disk in `--cache-dir` (and, on a worker,
+    /// copies of modules as much again); past it the least recently used
+    /// go, and are compiled (fetched) again when next needed.
+    #[arg(long, env = "SANDMILL_MAX_CACHE", default_value = "8GiB")]
+    pub max_cache: bytesize::ByteSize,
 }
 
 impl SandboxArgs {
@@ -194,6 +218,7 @@ impl SchedulerArgs {
             queue_idle: sandmill_server::scheduler::DEFAULT_QUEUE_IDLE,
             event_buffer: self.event_buffer.max(1),
             retain: self.retain.0,
+            blob_grace: self.blob_grace.0,
             ceilings: Ceilings {
                 memory_bytes: self.max_memory.0,
                 timeout: self.max_timeout,

@@ -12,6 +12,7 @@ use sandmill_runtime::blob::BlobError;
 use sandmill_runtime::message::{BlobRef, INLINE_PARAMS_BYTES, TaskMessage};
 
 use super::Scheduler;
+use super::ahead::{self, Ahead};
 use crate::store::dispatch::Backlog;
 
 /// Jobs looked at per round.
@@ -123,6 +124,10 @@ impl Scheduler {
                 // More room and more work: go again at once.
                 Ok(true) => continue,
                 Ok(false) => {
+                    // Work held back from a full queue: look again once
+                    // workers may have taken some.
+                    let held = self.lock_ahead().held;
+                    let again = min_some(again, held.then_some(ahead::HELD_RECHECK));
                     let timer = async {
                         match again {
                             Some(after) => tokio::time::sleep(after).await,
@@ -200,10 +205,76 @@ impl Scheduler {
             jobs.retain(|j| !self.holds_reservation(&j.tenant));
         }
         let room = window - live;
-        for (job_id, n) in plan(room, &jobs) {
-            dispatched += self.dispatch_job(job_id, n).await?;
+        for (job_id, n, queue) in self.plan_ahead(room, &jobs).await {
+            let created = self.dispatch_job(job_id, n).await?;
+            dispatched += created;
+            if let Some((token, priority)) = queue {
+                self.lock_ahead().published(&token, priority, created);
+            }
         }
         Ok(dispatched > 0 && more_jobs)
+    }
+
+    fn lock_ahead(&self) -> std::sync::MutexGuard<'_, Ahead> {
+        self.inner.ahead.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`plan`] of `room`, queue by queue where the broker's queues are
+    /// first in, first out: each queue's jobs share what room it has
+    /// ahead (see [`ahead`](super::ahead)), each job tagged with its
+    /// queue. Notes whether work was held back, for the dispatcher to
+    /// look again soon.
+    async fn plan_ahead(
+        &self,
+        room: i64,
+        jobs: &[Backlog],
+    ) -> Vec<(i64, i64, Option<(String, u8)>)> {
+        let now = std::time::Instant::now();
+        let read = {
+            let ahead = self.lock_ahead();
+            !ahead.off && ahead.stale(now)
+        };
+        if read {
+            match self.inner.broker.queue_depths().await {
+                Ok(Some(depths)) => self.lock_ahead().update(depths, now),
+                Ok(None) => self.lock_ahead().off = true,
+                // Read again next round; meanwhile the last reading (and
+                // what was published since) holds.
+                Err(error) => tracing::debug!(%error, "reading the task queues' depths failed"),
+            }
+        }
+        let mut ahead = self.lock_ahead();
+        if ahead.off {
+            return plan(room, jobs)
+                .into_iter()
+                .map(|(j, n)| (j, n, None))
+                .collect();
+        }
+        let mut queues: Vec<((&str, u8), Vec<Backlog>)> = Vec::new();
+        for job in jobs {
+            let key = (
+                job.queue.as_str(),
+                u8::try_from(job.priority.clamp(0, 9)).unwrap_or(0),
+            );
+            match queues.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, theirs)) => theirs.push(job.clone()),
+                None => queues.push((key, vec![job.clone()])),
+            }
+        }
+        let mut left = room;
+        let mut planned = Vec::new();
+        ahead.held = false;
+        for ((token, priority), theirs) in queues {
+            let fits = ahead.room(token, priority).min(left);
+            if fits < theirs.iter().map(|j| j.remaining).sum::<i64>() {
+                ahead.held = true;
+            }
+            for (job_id, n) in plan(fits, &theirs) {
+                left -= n;
+                planned.push((job_id, n, Some((token.to_owned(), priority))));
+            }
+        }
+        planned
     }
 
     /// Creates and publishes up to `n` of a job's next tasks; how many it
@@ -285,6 +356,7 @@ mod tests {
             tenant: tenant.to_owned(),
             priority,
             remaining,
+            queue: "any".to_owned(),
         }
     }
 

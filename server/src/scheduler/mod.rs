@@ -21,6 +21,8 @@
 //! Memory does not grow with the number of tasks: the backlog lives in the
 //! database, and what is in flight is bounded by the window.
 
+mod ahead;
+mod blob_gc;
 mod budgets;
 mod ceilings;
 mod dispatch;
@@ -54,6 +56,7 @@ use crate::jobfile::{self, DEFAULT_MAX_TASKS_PER_JOB};
 use crate::model::JobStatus;
 use crate::store::{CancelRefused, JobRow, ModuleRow, Store, StoreError};
 
+pub use blob_gc::{Collected, DEFAULT_BLOB_GRACE};
 pub use ceilings::Ceilings;
 pub use inline::{Inline, InlineRun};
 pub use mapreduce::part_name;
@@ -214,6 +217,9 @@ pub struct SchedulerConfig {
     /// How long ended jobs are kept (see [`DEFAULT_RETAIN`]); `None`
     /// keeps them until deleted.
     pub retain: Option<Duration>,
+    /// How long an unnamed blob is kept (see [`DEFAULT_BLOB_GRACE`]);
+    /// `None` keeps every blob.
+    pub blob_grace: Option<Duration>,
     /// The most a job may ask for.
     pub ceilings: Ceilings,
     /// Each tenant's quotas where an operator set none
@@ -245,6 +251,7 @@ impl Default for SchedulerConfig {
             subscription_ack_wait: SUBSCRIPTION_ACK_WAIT,
             network: Vec::new(),
             retain: Some(DEFAULT_RETAIN),
+            blob_grace: Some(DEFAULT_BLOB_GRACE),
             ceilings: Ceilings::default(),
             quota: crate::store::Quota {
                 open_tasks: Some(DEFAULT_QUOTA_OPEN_TASKS),
@@ -308,6 +315,10 @@ struct Inner {
     reserved: Mutex<reservations::Reserved>,
     /// Tenants past their quota of time.
     spent: Mutex<budgets::Spent>,
+    /// True while a blob collection marks (see [`blob_gc`]).
+    marking: tokio::sync::RwLock<bool>,
+    /// How much work waits in each of the broker's task queues.
+    ahead: Mutex<ahead::Ahead>,
 }
 
 impl Scheduler {
@@ -345,6 +356,8 @@ impl Scheduler {
                 compiles,
                 reserved: Mutex::default(),
                 spent: Mutex::default(),
+                marking: tokio::sync::RwLock::new(false),
+                ahead: Mutex::default(),
             }),
         }
     }
@@ -408,6 +421,11 @@ impl Scheduler {
     /// stopping.
     pub fn stop(&self) {
         self.inner.stopping.send_replace(true);
+    }
+
+    /// Whether [`stop`](Self::stop) was called.
+    pub fn is_stopping(&self) -> bool {
+        *self.inner.stopping.borrow()
     }
 
     /// Counts what is in flight (after a restart), so dispatch fills the
@@ -489,7 +507,8 @@ impl Scheduler {
             .store
             .put_module(&hash, bytes.len() as i64, &exports)
             .await?;
-        self.inner.store.put_upload(tenant, &hash).await?;
+        // Modules are not held against storage (never collected).
+        self.inner.store.put_upload(tenant, &hash, 0).await?;
         self.module(&hash)
             .await?
             .ok_or_else(|| SchedulerError::NotFound(format!("module {hash}")))
@@ -518,9 +537,44 @@ impl Scheduler {
 
     /// Stores an input blob as `tenant`'s upload; returns its hash.
     pub async fn upload_input(&self, tenant: &str, bytes: &[u8]) -> Result<String, SchedulerError> {
+        self.room_for_input(tenant, bytes).await?;
         let hash = self.inner.blobs.put(bytes).await?;
-        self.inner.store.put_upload(tenant, &hash).await?;
+        self.inner
+            .store
+            .put_upload(tenant, &hash, bytes.len() as i64)
+            .await?;
         Ok(hash)
+    }
+
+    /// Refuses (429) an input that would take `tenant` past its storage
+    /// quota, unless it uploaded the same bytes already (counted once).
+    async fn room_for_input(&self, tenant: &str, bytes: &[u8]) -> Result<(), SchedulerError> {
+        let store = &self.inner.store;
+        let Some(max) = store
+            .quota(tenant)
+            .await?
+            .or(self.inner.config.quota)
+            .storage_bytes
+        else {
+            return Ok(());
+        };
+        let hour = crate::store::now_ms() / crate::store::HOUR_MS;
+        let used = store.usage(tenant, hour).await?.stored_bytes;
+        let size = bytes.len() as i64;
+        if used + size <= max
+            || store
+                .uploaded(tenant, &sandmill_runtime::blob::hash(bytes))
+                .await?
+        {
+            return Ok(());
+        }
+        let show = |n: i64| bytesize::ByteSize(u64::try_from(n).unwrap_or(0));
+        Err(SchedulerError::OverQuota(format!(
+            "tenant {tenant} keeps {} of outputs, logs and inputs; this input of {} would pass its quota of {} (storage); delete jobs to make room",
+            show(used),
+            show(size),
+            show(max),
+        )))
     }
 
     /// [`upload_input`](Self::upload_input) of bytes the caller gives away.
@@ -529,8 +583,10 @@ impl Scheduler {
         tenant: &str,
         bytes: Vec<u8>,
     ) -> Result<String, SchedulerError> {
+        self.room_for_input(tenant, &bytes).await?;
+        let size = bytes.len() as i64;
         let hash = self.inner.blobs.put_owned(bytes).await?;
-        self.inner.store.put_upload(tenant, &hash).await?;
+        self.inner.store.put_upload(tenant, &hash, size).await?;
         Ok(hash)
     }
 

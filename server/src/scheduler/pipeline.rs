@@ -216,10 +216,19 @@ impl Scheduler {
             cache: job.cache.unwrap_or(true),
             resubmit_of: None,
         };
+        let names = || {
+            let mut names = parent.blobs();
+            names.extend(steps.iter().flat_map(|step| step.blobs()));
+            names
+        };
         let (job_id, ids) = self
-            .inner
-            .store
-            .create_pipeline(&parent, &steps, &graph.order)
+            .naming_blobs(names, async {
+                Ok(self
+                    .inner
+                    .store
+                    .create_pipeline(&parent, &steps, &graph.order)
+                    .await?)
+            })
             .await?;
         for (i, id) in ids.iter().enumerate() {
             if graph.needs(i).is_empty() {

@@ -149,7 +149,11 @@ impl Scheduler {
         };
         self.charge_quota(&new.tenant, new.total).await?;
         let dispatch_now = if new.total <= SMALL_JOB { new.total } else { 0 };
-        let (id, dispatched) = store.create_job(&new, dispatch_now).await?;
+        let (id, dispatched) = self
+            .naming_blobs(|| new.blobs(), async {
+                Ok(store.create_job(&new, dispatch_now).await?)
+            })
+            .await?;
         tracing::info!(
             job_id = id,
             of = job_id,

@@ -87,7 +87,11 @@ impl Scheduler {
         } else {
             0
         };
-        let (job_id, dispatched) = self.inner.store.create_job(&new, dispatch_now).await?;
+        let (job_id, dispatched) = self
+            .naming_blobs(|| new.blobs(), async {
+                Ok(self.inner.store.create_job(&new, dispatch_now).await?)
+            })
+            .await?;
         let messages = dispatched.messages;
         self.inner
             .live
@@ -166,13 +170,14 @@ impl Scheduler {
                 )));
             }
         }
-        // Outputs and logs too are counted once kept: past the quota, the
-        // tenant deletes jobs (or waits for retention) to start more.
+        // Outputs, logs and uploaded inputs too are counted once kept:
+        // past the quota, the tenant deletes jobs (or waits for retention)
+        // to start more.
         if let Some(max) = quota.storage_bytes
             && usage.stored_bytes >= max
         {
             return Err(SchedulerError::OverQuota(format!(
-                "tenant {tenant} keeps {} of outputs and logs, its quota is {} (storage); delete jobs to make room",
+                "tenant {tenant} keeps {} of outputs, logs and inputs, its quota is {} (storage); delete jobs to make room",
                 bytesize::ByteSize(u64::try_from(usage.stored_bytes).unwrap_or(0)),
                 bytesize::ByteSize(u64::try_from(max).unwrap_or(0)),
             )));

@@ -60,17 +60,33 @@ impl Store {
 
     /// Records that `tenant` uploaded the blob `hash` (a module or an
     /// input): what it may name in its jobs and specs.
-    pub async fn put_upload(&self, tenant: &str, hash: &str) -> Result<(), StoreError> {
-        on_pool!(self, pool => sqlx::query(
-            "INSERT INTO uploads (tenant, hash, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (tenant, hash) DO NOTHING",
-        )
-        .bind(tenant.to_owned())
-        .bind(hash.to_owned())
-        .bind(now_ms())
-        .execute(pool)
-        .await?
-        .rows_affected());
+    pub async fn put_upload(&self, tenant: &str, hash: &str, size: i64) -> Result<(), StoreError> {
+        on_pool!(self, pool, db => {
+            let mut tx = db::begin(pool).await?;
+            let added = sqlx::query(
+                "INSERT INTO uploads (tenant, hash, created_at, size) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (tenant, hash) DO NOTHING",
+            )
+            .bind(tenant.to_owned())
+            .bind(hash.to_owned())
+            .bind(now_ms())
+            .bind(size)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            // Held against the tenant's storage quota once, while kept.
+            if added > 0 && size > 0 {
+                sqlx::query(
+                    "INSERT INTO tenant_storage (tenant, bytes) VALUES ($1, $2) \
+                     ON CONFLICT (tenant) DO UPDATE SET bytes = tenant_storage.bytes + EXCLUDED.bytes",
+                )
+                .bind(tenant.to_owned())
+                .bind(size)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 

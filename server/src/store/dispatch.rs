@@ -27,6 +27,8 @@ pub struct Backlog {
     pub priority: i64,
     /// Tasks not dispatched yet.
     pub remaining: i64,
+    /// The token of its label set (its tasks' queue, with the priority).
+    pub queue: String,
 }
 
 /// What every task of a job shares, as its messages need it.
@@ -670,8 +672,8 @@ impl Store {
         // Every tenant's first job, then every tenant's second, ...: a
         // tenant's many jobs do not keep another's out of the round.
         let rows = on_pool!(self, pool => sqlx::query(
-            "SELECT id, priority, remaining, tenant FROM ( \
-                 SELECT id, priority, total_tasks - dispatched + reruns AS remaining, tenant, \
+            "SELECT id, priority, remaining, tenant, labels FROM ( \
+                 SELECT id, priority, total_tasks - dispatched + reruns AS remaining, tenant, labels, \
                         ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY priority DESC, id) AS place \
                  FROM jobs WHERE status = 'running' AND (dispatched < total_tasks OR reruns > 0) \
              ) AS backlog ORDER BY place, priority DESC, id LIMIT $1",
@@ -685,6 +687,7 @@ impl Store {
             priority: r.try_get(1)?,
             remaining: r.try_get(2)?,
             tenant: r.try_get(3)?,
+            queue: r.try_get::<JsonText<Labels>, _>(4)?.0.token(),
         }))
         .collect::<Result<Vec<_>, _>>()?);
         Ok(rows)

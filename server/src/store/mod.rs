@@ -7,6 +7,7 @@
 //! run on whichever pool the store holds; the test suite runs once per
 //! backend. One file per subject:
 //!
+//! - [`blobs`](self::blobs): which blobs rows name (collecting the rest).
 //! - [`catalog`](self::catalog): modules and specs.
 //! - [`jobs`](self::jobs): creating, reading, listing, cancelling and
 //!   expiring jobs.
@@ -26,6 +27,7 @@
 //! Memory never grows with the number of rows: every read that can be long
 //! takes a page (a cursor and a limit).
 
+mod blobs;
 mod catalog;
 pub mod dispatch;
 mod jobs;
@@ -54,6 +56,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use blobs::{BlobText, TextCursor, TextRow, blob_names};
 pub use catalog::NewSpec;
 pub use jobs::{CancelRefused, Expired, Item, NewJob};
 pub use mapreduce::{MapResult, PhaseCounts, RunningTask};

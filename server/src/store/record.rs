@@ -417,9 +417,11 @@ per_backend! {
         // expressions see the row as it was, so `failed + $2` is the new
         // count; a job that ends here returns finished_at = now.
         // A map-reduce job whose reduces are not planned yet is not done,
-        // unless it failed.
+        // unless it failed; nor is one with runs again still pending (the
+        // dispatcher sends them as it has room).
         let ended_sql = format!(
-            "status = $5 AND kind <> 'subscription' AND dispatched = total_tasks AND (planned = 1 OR failed + $2 > 0) AND NOT EXISTS \
+            "status = $5 AND kind <> 'subscription' AND dispatched = total_tasks AND reruns = 0 \
+             AND (planned = 1 OR failed + $2 > 0) AND NOT EXISTS \
              (SELECT 1 FROM tasks WHERE tasks.job_id = jobs.id AND tasks.{LIVE_SQL})"
         );
         let sql = format!(
