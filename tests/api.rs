@@ -353,12 +353,34 @@ async fn suite(database: Option<String>) {
         client.get("/v1/jobs/99999/graph").await.status,
         StatusCode::NOT_FOUND
     );
+    // Failures by reason: none here.
+    let failures = client.get(&format!("/v1/jobs/{job_id}/failures")).await;
+    assert_eq!(failures.status, StatusCode::OK);
+    assert_eq!(failures.json(), json!({"items": [], "next_cursor": null}));
+    assert_eq!(
+        client.get("/v1/jobs/99999/failures").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // Metrics, in the OpenMetrics text format.
+    let metrics = client.get("/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(metrics.text().ends_with("# EOF\n"), "{}", metrics.text());
+    // Utilization: the embedded worker's slots, in buckets.
+    let use_ = client.get("/v1/utilization?step=1m").await;
+    assert_eq!(use_.status, StatusCode::OK, "{}", use_.text());
+    assert_eq!(use_.json()["step"], "1m");
+    let bad = client.get("/v1/utilization?step=10ms").await;
+    assert_eq!(
+        (bad.status, bad.json()["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("step"))
+    );
     for path in [
         "/v1/tasks/abc",
         "/v1/tasks/abc/output",
         "/v1/tasks/abc/logs",
         "/v1/jobs/abc",
         "/v1/jobs/abc/graph",
+        "/v1/jobs/abc/failures",
     ] {
         assert_eq!(client.get(path).await.code(), "bad_request", "{path}");
     }
@@ -409,6 +431,41 @@ async fn suite(database: Option<String>) {
         client.get("/v1/jobs?status=bogus").await.status,
         StatusCode::BAD_REQUEST
     );
+    // Sorted by any column either way, filtered by name, label and time;
+    // a cursor holds to its order.
+    let by_name = client.all("/v1/jobs?sort=name&order=asc&limit=1").await;
+    let names: Vec<&str> = by_name
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    let named = client.all("/v1/jobs?name=SWE").await;
+    assert!(
+        !named.is_empty() && named.iter().all(|j| j["name"] == "sweep"),
+        "{named:?}"
+    );
+    assert!(client.all("/v1/jobs?label=gpu%3Da100").await.is_empty());
+    assert!(
+        client
+            .all("/v1/jobs?from=2999-01-01T00:00:00Z")
+            .await
+            .is_empty()
+    );
+    let first = client.get("/v1/jobs?sort=name&limit=1").await.json();
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    for (query, field) in [
+        ("sort=bogus".to_owned(), "sort"),
+        ("order=up".to_owned(), "order"),
+        ("label=no%20equals".to_owned(), "label"),
+        ("from=yesterday".to_owned(), "from"),
+        (format!("sort=id&cursor={cursor}"), "cursor"),
+    ] {
+        let bad = client.get(&format!("/v1/jobs?{query}")).await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(bad.json()["field"], field, "{query}");
+    }
 
     // Bad jobs change nothing, and say which field.
     let before = client.all("/v1/jobs").await.len();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sandmill_runtime::broker::{Broker, MemoryBroker, NatsBroker, NatsConfig};
 use sandmill_runtime::labels::Labels;
-use sandmill_runtime::message::{TaskEvent, TaskMessage, WorkerInfo, now_ms};
+use sandmill_runtime::message::{TaskEvent, TaskMessage, TraceContext, WorkerInfo, now_ms};
 use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
 
 fn task(id: i64, attempt: i64, labels: &str) -> TaskMessage {
@@ -37,6 +37,8 @@ fn task(id: i64, attempt: i64, labels: &str) -> TaskMessage {
         output_blob: false,
         delivered: 1,
         ticket: String::new(),
+        published_ms: None,
+        traceparent: None,
     }
 }
 
@@ -48,6 +50,8 @@ fn entry(id: &str) -> WorkerInfo {
         capacity: 2,
         version: "test".into(),
         running: vec![7],
+        started: 4,
+        busy_ms: 1234,
         finished: 3,
         started_at: now_ms(),
         last_seen: now_ms(),
@@ -64,7 +68,8 @@ async fn fetch(broker: &dyn Broker, max: usize) -> Vec<TaskMessage> {
 
 /// What both brokers promise. `publisher` publishes and records; `worker`
 /// fetches (for the memory broker they are the same object).
-async fn suite(publisher: Arc<dyn Broker>, worker: Arc<dyn Broker>) {
+async fn suite(publisher: Arc<dyn Broker>, worker: Arc<dyn Broker>, headers: bool) {
+    let before = now_ms();
     // A re-published attempt is dropped; a new attempt is not.
     publisher
         .publish(vec![task(1, 0, ""), task(2, 0, "")])
@@ -82,6 +87,22 @@ async fn suite(publisher: Arc<dyn Broker>, worker: Arc<dyn Broker>) {
     keys.sort();
     assert_eq!(keys, vec![(1, 0), (1, 1), (2, 0)]);
     assert!(got.iter().all(|t| t.delivered == 1));
+    // Each comes with when it was queued, and (on NATS) its trace context
+    // in a `traceparent` header.
+    for t in &got {
+        let at = t
+            .published_ms
+            .expect("a fetched task says when it was queued");
+        assert!(
+            at >= before - 1000 && at <= now_ms() + 1000,
+            "{at} vs {before}"
+        );
+        let header = TraceContext::of(t.job_id, t.task_id, t.attempt).header();
+        if headers {
+            assert_eq!(t.traceparent.as_deref(), Some(header.as_str()));
+        }
+        assert_eq!(t.trace(), TraceContext::parse(&header).unwrap());
+    }
 
     // Released (a draining worker) comes back at once; done does not.
     for t in &got[1..] {
@@ -149,6 +170,17 @@ async fn suite(publisher: Arc<dyn Broker>, worker: Arc<dyn Broker>) {
         }])
         .await
         .unwrap();
+    // The recorder's lag: the event waits until taken and acked.
+    let waiting = async |want: u64| {
+        for _ in 0..100 {
+            if publisher.events_waiting().await.unwrap() == Some(want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("events waiting never became {want}");
+    };
+    waiting(1).await;
     let events = tokio::time::timeout(Duration::from_secs(20), publisher.events(100))
         .await
         .unwrap()
@@ -158,6 +190,7 @@ async fn suite(publisher: Arc<dyn Broker>, worker: Arc<dyn Broker>) {
         [TaskEvent::Started { task_id: 1, .. }]
     ));
     publisher.events_recorded().await.unwrap();
+    waiting(0).await;
 
     // Registry: an entry per worker, gone when it leaves.
     worker.heartbeat(&entry("alpha")).await.unwrap();
@@ -212,7 +245,7 @@ async fn entry_like(broker: &Arc<dyn Broker>, id: &str) -> WorkerInfo {
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_broker_semantics() {
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
-    suite(broker.clone(), broker).await;
+    suite(broker.clone(), broker, false).await;
 }
 
 async fn nats(config: NatsConfig, url: &str) -> Arc<dyn Broker> {
@@ -232,7 +265,7 @@ async fn nats_broker_semantics() {
         &server.worker_url(),
     )
     .await;
-    suite(publisher, worker).await;
+    suite(publisher, worker, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

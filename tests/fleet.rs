@@ -29,6 +29,9 @@ struct Fleet {
     serve_args: Vec<String>,
     workers: Vec<(String, Child)>,
     http: reqwest::Client,
+    /// Where processes write JSON logs (debug for the scheduler and the
+    /// worker loop), one file each, when set.
+    json_logs: Option<std::path::PathBuf>,
 }
 
 impl Drop for Fleet {
@@ -62,6 +65,30 @@ impl Fleet {
             serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
             workers: Vec::new(),
             http: sandmill_server::tls::default_client(),
+            json_logs: None,
+        };
+        fleet.start_serve().await;
+        fleet
+    }
+
+    /// [`Fleet::start`] with every process logging JSON into `logs`.
+    async fn start_logging_json(serve_args: &[&str], logs: &std::path::Path) -> Fleet {
+        let pg = support::Postgres::start();
+        let database = pg.database();
+        let nats = support::Nats::start();
+        let port = support::free_port();
+        let mut fleet = Fleet {
+            _pg: pg,
+            nats,
+            database,
+            cache: tempfile::tempdir().unwrap(),
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+            serve: None,
+            serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
+            workers: Vec::new(),
+            http: sandmill_server::tls::default_client(),
+            json_logs: Some(logs.to_owned()),
         };
         fleet.start_serve().await;
         fleet
@@ -99,6 +126,16 @@ impl Fleet {
                 command.stderr(file);
             }
         }
+        if let Some(dir) = &self.json_logs {
+            let file = std::fs::File::create(dir.join(format!("{}.log", args[0]))).unwrap();
+            command
+                .env("SANDMILL_LOG_FORMAT", "json")
+                .env(
+                    "SANDMILL_LOG",
+                    "warn,sandmill_server::scheduler=debug,sandmill_runtime::worker=debug",
+                )
+                .stderr(file);
+        }
         command
     }
 
@@ -123,19 +160,22 @@ impl Fleet {
     }
 
     fn start_worker(&mut self, id: &str, labels: &str, concurrency: usize) {
+        self.start_worker_with(id, labels, concurrency, &[]);
+    }
+
+    fn start_worker_with(&mut self, id: &str, labels: &str, concurrency: usize, extra: &[&str]) {
         let concurrency = concurrency.to_string();
-        let child = self
-            .command(&[
-                "worker",
-                "--id",
-                id,
-                "--labels",
-                labels,
-                "--concurrency",
-                &concurrency,
-            ])
-            .spawn()
-            .expect("start worker");
+        let mut args = vec![
+            "worker",
+            "--id",
+            id,
+            "--labels",
+            labels,
+            "--concurrency",
+            &concurrency,
+        ];
+        args.extend_from_slice(extra);
+        let child = self.command(&args).spawn().expect("start worker");
         self.workers.push((id.to_owned(), child));
     }
 
@@ -462,6 +502,8 @@ fn a_task_delivered_twice_keeps_one_result() {
             output_blob: false,
             delivered: 1,
             ticket: String::new(),
+            published_ms: None,
+            traceparent: None,
         };
         let client = support::nats_client(&fleet.nats.url()).await;
         let js = async_nats::jetstream::new(client);
@@ -1421,6 +1463,9 @@ fn a_forged_finished_event_is_not_recorded() {
                 elapsed_ms: 1,
                 fuel_used: None,
                 ticket: ticket.to_string(),
+                kind: None,
+                waited_ms: None,
+                memory_peak: None,
             });
             for msg_id in [
                 format!("forged-{n}"),
@@ -1709,5 +1754,105 @@ fn blob_buckets_keep_to_their_byte_limits_and_refuse_cleanly() {
         // Without the flag, the workers' bucket has no limit again.
         let results = js.get_stream("OBJ_sandmill-results").await.unwrap();
         assert!(results.get_info().await.unwrap().config.max_bytes <= 0);
+    });
+}
+
+#[test]
+fn worker_metrics_and_json_logs_of_server_and_worker_join_by_trace() {
+    run_test(Duration::from_secs(240), async {
+        let logs = tempfile::tempdir().unwrap();
+        let mut fleet = Fleet::start_logging_json(&[], logs.path()).await;
+        let hash = fleet.upload(guests::NOOP).await;
+        let metrics_port = support::free_port();
+        let listen = format!("127.0.0.1:{metrics_port}");
+        fleet.start_worker_with("w1", "", 2, &["--metrics-listen", &listen]);
+        support::wait_port(metrics_port, Duration::from_secs(30));
+        let total = 200;
+        let id = fleet.submit(sweep(&hash, total)).await;
+        let finished = fleet.finished(id, Duration::from_secs(120)).await;
+        assert_eq!(finished["status"], "succeeded", "{finished}");
+
+        // The worker's own metrics: its two slots, the calls it ran.
+        let text = fleet
+            .http
+            .get(format!("http://{listen}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let worker = support::metrics::parse(&text);
+        assert_eq!(worker.sum("sandmill_worker_slots", &[]), 2.0, "{text}");
+        let ran = worker.sum(
+            "sandmill_worker_calls_total",
+            &[("kind", "task"), ("verdict", "succeeded")],
+        );
+        assert!(ran >= total as f64, "{text}");
+        // The server's: every attempt recorded, with its queue wait.
+        let text = fleet
+            .http
+            .get(format!("{}/metrics", fleet.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let server = support::metrics::parse(&text);
+        let recorded = server.sum(
+            "sandmill_tasks_finished_total",
+            &[("kind", "task"), ("verdict", "succeeded")],
+        );
+        assert!(recorded >= total as f64, "{text}");
+        assert!(server.sum("sandmill_task_queue_wait_seconds_count", &[]) >= total as f64);
+
+        // The logs: JSON lines; the server's line about a task and the
+        // worker's name the same job, task, attempt and trace.
+        let read = |name: &str| -> Vec<Value> {
+            std::fs::read_to_string(logs.path().join(name))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect()
+        };
+        let serve = read("serve.log");
+        let recorded: Vec<&Value> = serve
+            .iter()
+            .filter(|l| l["message"] == "attempt recorded")
+            .collect();
+        assert!(
+            recorded.len() >= total as usize,
+            "{} recorded lines",
+            recorded.len()
+        );
+        let line = recorded[recorded.len() / 2];
+        let field = |l: &Value, k: &str| l[k].clone();
+        let (task, trace) = (field(line, "task_id"), field(line, "trace_id"));
+        assert_eq!(field(line, "job_id"), json!(id), "{line}");
+        assert_eq!(trace.as_str().unwrap().len(), 32, "{line}");
+        let queued = serve.iter().any(|l| {
+            l["message"] == "attempt queued" && l["task_id"] == task && l["trace_id"] == trace
+        });
+        assert!(
+            queued,
+            "the server's queueing of task {task} names its trace"
+        );
+        let worker = read("worker.log");
+        let ended = worker.iter().find(|l| {
+            l["message"] == "attempt ended"
+                && l["spans"].as_array().is_some_and(|spans| {
+                    spans.iter().any(|s| {
+                        s["task_id"] == task
+                            && s["trace_id"] == trace
+                            && s["job_id"] == json!(id)
+                            && s["attempt"] == json!(0)
+                    })
+                })
+        });
+        assert!(
+            ended.is_some(),
+            "no worker line about task {task} with trace {trace}"
+        );
     });
 }

@@ -14,7 +14,8 @@ use sandmill_runtime::sandbox::CallKind;
 use sandmill_server::jobfile::JobFile;
 use sandmill_server::model::{JobKind, JobStatus, TaskState};
 use sandmill_server::store::{
-    CancelRefused, Fired, Item, NewJob, NewSchedule, NewSpec, Store, Stored,
+    CancelRefused, Fired, Item, JobFilter, JobSort, NewJob, NewSchedule, NewSpec, SortValue, Store,
+    Stored,
 };
 
 fn job(total: i64, items: Vec<Item>, max_attempts: i64) -> NewJob {
@@ -73,6 +74,9 @@ fn result(task_id: i64, attempt: i64, verdict: Verdict, retryable: bool) -> Task
         elapsed_ms: 3,
         fuel_used: None,
         ticket: String::new(),
+        kind: None,
+        waited_ms: None,
+        memory_peak: None,
     })
 }
 
@@ -546,29 +550,128 @@ async fn suite(store: Store) {
     assert_eq!(store.counts(&row).await.unwrap().failed, 100);
 
     // Listing: filter by status, newest update first, a page at a time.
-    let all = store.jobs(None, None, None, 10).await.unwrap();
+    let newest = JobFilter {
+        descending: true,
+        ..JobFilter::default()
+    };
+    let all = store.jobs(None, &newest, None, 10).await.unwrap();
     assert_eq!(all.len(), 3);
-    let page = store.jobs(None, None, None, 2).await.unwrap();
-    let rest = store
-        .jobs(None, None, Some((page[1].updated_at, page[1].id)), 10)
-        .await
-        .unwrap();
+    let page = store.jobs(None, &newest, None, 2).await.unwrap();
+    let after = (SortValue::Number(page[1].updated_at), page[1].id);
+    let rest = store.jobs(None, &newest, Some(after), 10).await.unwrap();
     assert_eq!(rest.len(), 1);
     assert!(!page.iter().any(|j| j.id == rest[0].id));
+    let status = |status| JobFilter {
+        status: Some(status),
+        ..newest.clone()
+    };
     let failed = store
-        .jobs(None, Some(JobStatus::Failed), None, 10)
+        .jobs(None, &status(JobStatus::Failed), None, 10)
         .await
         .unwrap();
     assert_eq!(failed.len(), 2);
     assert!(
         store
-            .jobs(None, Some(JobStatus::Running), None, 10)
+            .jobs(None, &status(JobStatus::Running), None, 10)
             .await
             .unwrap()
             .is_empty()
     );
+    job_list_filters_and_sorts(&store, &all).await;
     schedules(&store).await;
     tenants_take_turns(&store).await;
+}
+
+/// Name (any case, wildcards literal), label and time filters; every sort
+/// column both ways, a page at a time, gives each job once in order.
+async fn job_list_filters_and_sorts(store: &Store, all: &[sandmill_server::store::JobRow]) {
+    let named = |name: &str| JobFilter {
+        name: Some(name.to_owned()),
+        ..JobFilter::default()
+    };
+    let first = &all[0].name;
+    let upper = first.to_uppercase();
+    let found = store.jobs(None, &named(&upper), None, 10).await.unwrap();
+    assert!(found.iter().any(|j| j.id == all[0].id), "{upper}");
+    assert!(
+        store
+            .jobs(None, &named("%"), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .jobs(None, &named("_"), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let labelled = JobFilter {
+        labels: vec![("zone".into(), "nowhere".into())],
+        ..JobFilter::default()
+    };
+    assert!(
+        store
+            .jobs(None, &labelled, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let created = all.iter().map(|j| j.created_at).max().unwrap();
+    let later = JobFilter {
+        created_from: Some(created + 1),
+        ..JobFilter::default()
+    };
+    assert!(store.jobs(None, &later, None, 10).await.unwrap().is_empty());
+    let earlier = JobFilter {
+        created_to: Some(created + 1),
+        ..JobFilter::default()
+    };
+    assert_eq!(
+        store.jobs(None, &earlier, None, 10).await.unwrap().len(),
+        all.len()
+    );
+    for sort in [
+        JobSort::Updated,
+        JobSort::Created,
+        JobSort::Id,
+        JobSort::Name,
+        JobSort::Status,
+        JobSort::Tasks,
+        JobSort::Priority,
+    ] {
+        for descending in [false, true] {
+            let filter = JobFilter {
+                sort,
+                descending,
+                ..JobFilter::default()
+            };
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store.jobs(None, &filter, after.clone(), 1).await.unwrap();
+                let Some(last) = page.last() else { break };
+                after = Some((sort.value_of(last), last.id));
+                seen.push(last.clone());
+            }
+            let ids: Vec<i64> = seen.iter().map(|j| j.id).collect();
+            let mut expected: Vec<&sandmill_server::store::JobRow> = all.iter().collect();
+            expected.sort_by(|a, b| {
+                let key = |j: &sandmill_server::store::JobRow| (sort.value_of(j), j.id);
+                let (a, b) = (key(a), key(b));
+                let order = match (&a.0, &b.0) {
+                    (SortValue::Number(x), SortValue::Number(y)) => x.cmp(y),
+                    (SortValue::Text(x), SortValue::Text(y)) => x.cmp(y),
+                    _ => unreachable!(),
+                }
+                .then(a.1.cmp(&b.1));
+                if descending { order.reverse() } else { order }
+            });
+            let expected: Vec<i64> = expected.iter().map(|j| j.id).collect();
+            assert_eq!(ids, expected, "{sort:?} descending {descending}");
+        }
+    }
 }
 
 /// The backlog gives each tenant's jobs in turn: one tenant's many jobs
@@ -591,11 +694,14 @@ async fn tenants_take_turns(store: &Store) {
     let ids: Vec<i64> = round.iter().map(|b| b.job_id).collect();
     assert_eq!(ids, vec![alphas[0], beta, alphas[1], alphas[2]]);
     assert_eq!(round[1].tenant, "beta");
-    let listed = store.jobs(Some("beta"), None, None, 100).await.unwrap();
+    let listed = store
+        .jobs(Some("beta"), &JobFilter::default(), None, 100)
+        .await
+        .unwrap();
     assert_eq!(listed.iter().map(|j| j.id).collect::<Vec<_>>(), vec![beta]);
     assert_eq!(
         store
-            .jobs(Some("alpha"), None, None, 100)
+            .jobs(Some("alpha"), &JobFilter::default(), None, 100)
             .await
             .unwrap()
             .len(),

@@ -26,6 +26,7 @@ pub mod broker;
 pub mod error;
 pub mod labels;
 pub mod message;
+pub mod metrics;
 pub mod reason;
 pub mod records;
 pub mod sandbox;

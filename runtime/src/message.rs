@@ -126,6 +126,14 @@ pub struct TaskMessage {
     /// report on it).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ticket: String,
+    /// When the broker queued this message (ms since the Unix epoch; set
+    /// on fetch, not part of the message): the start of its queue wait.
+    #[serde(skip)]
+    pub published_ms: Option<i64>,
+    /// The W3C `traceparent` its message carried (set on fetch from the
+    /// NATS headers, not part of the message).
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 /// A slice of a blob: one of a task's inputs.
@@ -176,6 +184,64 @@ impl TaskMessage {
     /// The broker's idempotency key: one live message per task attempt.
     pub fn dedup_key(&self) -> (i64, i64) {
         (self.task_id, self.attempt)
+    }
+
+    /// This attempt's trace context: the one its message carried, else
+    /// the one derived from its ids.
+    pub fn trace(&self) -> TraceContext {
+        self.traceparent
+            .as_deref()
+            .and_then(TraceContext::parse)
+            .unwrap_or_else(|| TraceContext::of(self.job_id, self.task_id, self.attempt))
+    }
+}
+
+/// The W3C trace context of one attempt of a task: the trace is the
+/// task's, the span its attempt's. Both are derived from the ids, so the
+/// server and the worker name the same trace without sharing state; it
+/// travels in the task message's `traceparent` header all the same, for
+/// tools that follow headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 32 hex digits.
+    pub trace_id: String,
+    /// 16 hex digits.
+    pub span_id: String,
+}
+
+impl TraceContext {
+    /// The context of `attempt` of `task_id` of `job_id`.
+    pub fn of(job_id: i64, task_id: i64, attempt: i64) -> TraceContext {
+        use sha2::{Digest, Sha256};
+        let trace = Sha256::digest(format!("sandmill-trace:{job_id}:{task_id}").as_bytes());
+        let span = Sha256::digest(format!("sandmill-span:{job_id}:{task_id}:{attempt}").as_bytes());
+        TraceContext {
+            trace_id: hex::encode(&trace[..16]),
+            span_id: hex::encode(&span[..8]),
+        }
+    }
+
+    /// The `traceparent` header's value (version 00, sampled).
+    pub fn header(&self) -> String {
+        format!("00-{}-{}-01", self.trace_id, self.span_id)
+    }
+
+    /// Reads a `traceparent` value; `None` unless well formed.
+    pub fn parse(header: &str) -> Option<TraceContext> {
+        let mut parts = header.trim().split('-');
+        let (version, trace, span, _flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, n: usize| {
+            s.len() == n
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        (version == "00" && hex(trace, 32) && hex(span, 16) && parts.next().is_none()).then(|| {
+            TraceContext {
+                trace_id: trace.to_owned(),
+                span_id: span.to_owned(),
+            }
+        })
     }
 }
 
@@ -263,6 +329,16 @@ pub struct TaskResult {
     /// The task message's [`TaskMessage::ticket`].
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ticket: String,
+    /// The task's kind, as its message said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<CallKind>,
+    /// How long the attempt waited in its queue, in milliseconds (from
+    /// the broker's clock to the worker's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_ms: Option<i64>,
+    /// The largest size the guest's linear memory grew to, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_peak: Option<u64>,
 }
 
 impl TaskResult {
@@ -320,6 +396,9 @@ pub fn clip(text: &mut String, max: usize) {
 }
 
 /// What workers tell the control plane.
+// Most events are `Finished`: boxing it would cost an allocation per
+// event to shrink the rare others.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum TaskEvent {
@@ -410,6 +489,13 @@ pub struct WorkerInfo {
     pub version: String,
     /// Tasks it is running now (at most its capacity).
     pub running: Vec<i64>,
+    /// Tasks it has begun since it started.
+    #[serde(default)]
+    pub started: u64,
+    /// Slot-milliseconds it has spent running tasks since it started, as
+    /// of `last_seen` (its utilization is the rise of this over time).
+    #[serde(default)]
+    pub busy_ms: u64,
     /// Tasks it has finished since it started.
     pub finished: u64,
     /// When it started (ms since the Unix epoch).
@@ -436,6 +522,8 @@ impl WorkerInfo {
             capacity,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             running: Vec::new(),
+            started: 0,
+            busy_ms: 0,
             finished: 0,
             started_at: now,
             last_seen: now,
@@ -499,6 +587,9 @@ mod tests {
             elapsed_ms: 1,
             fuel_used: None,
             ticket: String::new(),
+            kind: None,
+            waited_ms: None,
+            memory_peak: None,
         }
     }
 

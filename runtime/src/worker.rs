@@ -11,7 +11,7 @@
 //! are retried with backoff while the worker keeps the task, and past
 //! [`BLOB_PATIENCE`] the task is handed back unrun, spending no attempt.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,36 +53,54 @@ const HAND_BACK_DELAY: Duration = Duration::from_secs(10);
 /// slots.
 #[derive(Debug, Default)]
 pub struct Presence {
-    running: Mutex<BTreeSet<i64>>,
+    /// Tasks running, and since when.
+    running: Mutex<BTreeMap<i64, Instant>>,
+    started: AtomicU64,
     finished: AtomicU64,
+    /// Slot-milliseconds of tasks that ended.
+    busy_ms: AtomicU64,
+    /// Whether its slots count in [`metrics::WORKER`](crate::metrics::WORKER)
+    /// (a pool's do).
+    counted: bool,
 }
 
 impl Presence {
     fn start(&self, task_id: i64) {
+        if self.counted {
+            crate::metrics::WORKER.slot_busy();
+        }
+        self.started.fetch_add(1, Ordering::Relaxed);
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(task_id);
+            .insert(task_id, Instant::now());
     }
 
     fn end(&self, task_id: i64) {
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&task_id);
+        if self.counted {
+            crate::metrics::WORKER.slot_free();
+        }
+        // Under the lock: an entry never sees the task in neither place.
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(began) = running.remove(&task_id) {
+            let ms = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.busy_ms.fetch_add(ms, Ordering::Relaxed);
+        }
+        drop(running);
         self.finished.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `base` with the running tasks, the finished count and the time now.
     pub fn entry(&self, base: &WorkerInfo) -> WorkerInfo {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let running_ms: u64 = running
+            .values()
+            .map(|began| u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX))
+            .sum();
         WorkerInfo {
-            running: self
-                .running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .copied()
-                .collect(),
+            running: running.keys().copied().collect(),
+            busy_ms: self.busy_ms.load(Ordering::Relaxed) + running_ms,
+            started: self.started.load(Ordering::Relaxed),
             finished: self.finished.load(Ordering::Relaxed),
             last_seen: now_ms(),
             ..base.clone()
@@ -128,6 +146,7 @@ pub async fn keep_registered(
 /// yielding), its registry entry, and the way to stop them.
 pub struct WorkerPool {
     id: String,
+    capacity: usize,
     broker: Arc<dyn Broker>,
     drain: watch::Sender<bool>,
     slots: Vec<std::thread::JoinHandle<()>>,
@@ -171,7 +190,11 @@ impl WorkerPool {
         if cfg!(target_os = "linux") {
             remove_stale_scratch();
         }
-        let presence = Arc::new(Presence::default());
+        let presence = Arc::new(Presence {
+            counted: true,
+            ..Presence::default()
+        });
+        crate::metrics::WORKER.add_slots(base.capacity.max(1));
         let (drain, stop) = watch::channel(false);
         let mut slots = Vec::new();
         let loaded: Arc<Mutex<HashMap<String, Module>>> = Arc::default();
@@ -206,6 +229,7 @@ impl WorkerPool {
         ));
         Ok(WorkerPool {
             id: base.id,
+            capacity: base.capacity.max(1),
             broker,
             drain,
             slots,
@@ -226,6 +250,7 @@ impl WorkerPool {
         })
         .await;
         self.registry.abort();
+        crate::metrics::WORKER.remove_slots(self.capacity);
         match self.broker.leave(&self.id).await {
             Ok(()) => true,
             Err(error) => {
@@ -353,7 +378,7 @@ impl Worker {
                     if (fetch_size < FETCH_BATCH || task.delivered > 1)
                         && let Err(error) = self.broker.announce(vec![started]).await
                     {
-                        tracing::warn!(%error, task_id = task.task_id, "announcing a start failed");
+                        tracing::warn!(%error, job_id = task.job_id, task_id = task.task_id, attempt = task.attempt, "announcing a start failed");
                     }
                     self.presence.start(task.task_id);
                     let ran = self.execute(&task, &drain).await;
@@ -361,7 +386,7 @@ impl Worker {
                     match ran {
                         Ran::Done(result) => *result,
                         Ran::HandBack(error) => {
-                            tracing::warn!(%error, task_id = task.task_id, retry_in = ?HAND_BACK_DELAY,
+                            tracing::warn!(%error, job_id = task.job_id, task_id = task.task_id, attempt = task.attempt, retry_in = ?HAND_BACK_DELAY,
                                 "blob store unavailable; handing the task back unrun");
                             let broker = self.broker.clone();
                             tokio::spawn(async move {
@@ -439,7 +464,7 @@ impl Worker {
         let acks = tasks.iter().map(|task| self.broker.done(task));
         for (task, ack) in tasks.iter().zip(futures_util::future::join_all(acks).await) {
             if let Err(error) = ack {
-                tracing::warn!(%error, task_id = task.task_id, "ack failed; a duplicate result may follow (and be ignored)");
+                tracing::warn!(%error, job_id = task.job_id, task_id = task.task_id, attempt = task.attempt, "ack failed; a duplicate result may follow (and be ignored)");
             }
         }
         true
@@ -475,6 +500,9 @@ impl Worker {
             elapsed_ms: 0,
             fuel_used: None,
             ticket: task.ticket.clone(),
+            kind: Some(task.kind),
+            waited_ms: task.published_ms.map(|at| (now_ms() - at).max(0)),
+            memory_peak: None,
         }
     }
 
@@ -511,6 +539,7 @@ impl Worker {
             .unwrap_or_else(|e| e.into_inner())
             .get(hash)
         {
+            crate::metrics::WORKER.module_load("memory");
             return Ok(Ok(module.clone()));
         }
         let bytes = match self.blob(self.module_blobs.as_ref(), hash, drain).await? {
@@ -596,10 +625,22 @@ impl Worker {
 
     /// Runs one attempt: every failure of the call becomes a failed
     /// result; an unavailable blob store hands the task back unrun.
-    #[tracing::instrument(skip_all, fields(task_id = task.task_id, attempt = task.attempt))]
+    #[tracing::instrument(name = "task", skip_all, fields(
+        job_id = task.job_id,
+        task_id = task.task_id,
+        attempt = task.attempt,
+        trace_id = %task.trace().trace_id,
+        span_id = %task.trace().span_id,
+        worker = %self.id,
+    ))]
     pub async fn execute(&self, task: &TaskMessage, drain: &watch::Receiver<bool>) -> Ran {
+        tracing::debug!(kind = task.kind.name(), "attempt starting");
         match self.try_execute(task, drain).await {
-            Ok(result) => Ran::Done(Box::new(result)),
+            Ok(result) => {
+                tracing::debug!(verdict = ?result.verdict, reason = ?result.reason,
+                    elapsed_ms = result.elapsed_ms, "attempt ended");
+                Ran::Done(Box::new(result))
+            }
             Err(error) => Ran::HandBack(error),
         }
     }
@@ -764,6 +805,7 @@ impl Worker {
         result.counters = outcome.counters;
         result.elapsed_ms = i64::try_from(outcome.elapsed.as_millis()).unwrap_or(i64::MAX);
         result.fuel_used = outcome.fuel_used;
+        result.memory_peak = Some(outcome.memory_peak);
         let mut outcome_result = outcome.result;
         if let Some(error) = merge_errors.and_then(|e| e.take()) {
             // A run file went bad under the merge: the guest saw a cut

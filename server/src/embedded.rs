@@ -138,6 +138,7 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
     tokio::spawn(scheduler.clone().watch_mapreduce());
     tokio::spawn(scheduler.clone().run_schedules());
     tokio::spawn(scheduler.clone().run_retention());
+    tokio::spawn(scheduler.clone().run_utilization());
     tokio::spawn(scheduler.clone().run_blob_collection());
     // The slots run sweeps: batch work, below the API and the fast path
     // in the CPU's eyes, so a call does not wait for a core behind them.

@@ -195,6 +195,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<Server> {
     tokio::spawn(scheduler.clone().watch_mapreduce());
     tokio::spawn(scheduler.clone().run_schedules());
     tokio::spawn(scheduler.clone().run_retention());
+    tokio::spawn(scheduler.clone().run_utilization());
     tokio::spawn(scheduler.clone().run_blob_collection());
     scheduler.run_subscriptions().await?;
     Ok(Server {
@@ -332,4 +333,29 @@ async fn refuse_taken_id(broker: &dyn Broker, id: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Serves this process's metrics at `/metrics` (and `/healthz`) on
+/// `listener`, plain HTTP, until the task is aborted.
+pub fn serve_metrics(listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        sandmill_runtime::metrics::CONTENT_TYPE,
+                    )],
+                    sandmill_runtime::metrics::encode(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::warn!(%error, "the metrics listener stopped");
+        }
+    })
 }

@@ -16,6 +16,7 @@
 //!   in one process (`sandmill dev`, `sandmill run`).
 //! - [`fleet`]: the parts of `sandmill serve` and `sandmill worker`, on
 //!   NATS JetStream.
+//! - [`metrics`]: the control plane's Prometheus metrics.
 //!
 //! Only [`store`] touches SQL; only the binary reads the environment.
 
@@ -25,6 +26,7 @@ pub mod embedded;
 pub mod events;
 pub mod fleet;
 pub mod jobfile;
+pub mod metrics;
 pub mod model;
 pub mod scheduler;
 pub mod store;

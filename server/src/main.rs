@@ -11,21 +11,33 @@ fn main() -> ExitCode {
     return_large_blocks();
     sandmill_server::background::compile_in_the_background();
     let args = cli::Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SANDMILL_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,rustls_platform_verifier=off")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SANDMILL_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,rustls_platform_verifier=off")
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        cli::LogFormat::Text => logs.init(),
+        // Each line lists the spans it is in with their fields (a task's
+        // job, task, attempt and trace ids).
+        cli::LogFormat::Json => {
+            cli::out::json_lines();
+            logs.json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(true)
+                .init()
+        }
+    }
     match cli::run(args) {
         Ok(code) => code,
         Err(error) => {
             // One line a user can act on: the chain of causes, outermost first.
-            cli::out::stderr(
-                format!("error: {}\n", format!("{error:#}").replace('\n', " ")).as_bytes(),
-            );
+            cli::out::error_line(&format!(
+                "error: {}\n",
+                format!("{error:#}").replace('\n', " ")
+            ));
             ExitCode::FAILURE
         }
     }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod collection;
+pub mod metrics;
 pub mod openapi;
 
 use std::net::TcpListener;

@@ -1,7 +1,8 @@
 //! progress: works through `steps` steps, burning `spin` loop iterations
 //! each, and reports its progress after every step (`host.progress`), so
-//! a client following the job sees it move. With `fail` it fails at the
-//! end with that message. Returns its parameters' `echo` (or nothing).
+//! a client following the job sees it move. With `log` it writes that line
+//! to its log first; with `fail` it fails at the end with that message.
+//! Returns its parameters' `echo` (or nothing).
 //! Numbers may come as JSON numbers or as strings (a sweep's CSV rows).
 //!
 //! ```sh
@@ -37,6 +38,9 @@ fn run(_input: &[u8], ctx: &mut Context) -> Result<Vec<u8>> {
     let params: Value = ctx.params()?;
     let steps = number(&params, "steps")?;
     let iterations = number(&params, "spin")?;
+    if let Some(line) = params["log"].as_str() {
+        eprintln!("{line}");
+    }
     for step in 0..steps {
         spin(iterations);
         ctx.progress(step + 1, steps);

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 
 use super::{Broker, BrokerError, BrokerErrorKind};
 use crate::labels::Labels;
-use crate::message::{TaskEvent, TaskMessage, WorkerInfo};
+use crate::message::{TaskEvent, TaskMessage, WorkerInfo, now_ms};
 
 /// Tasks the in-process queue holds at most by default.
 pub const DEFAULT_TASK_CAPACITY: usize = 1 << 20;
@@ -228,8 +228,10 @@ impl Broker for MemoryBroker {
                     return Err(closed());
                 }
                 let mut added = 0;
+                let now = now_ms();
                 while state.len < self.task_capacity {
-                    let Some(task) = tasks.next() else { break };
+                    let Some(mut task) = tasks.next() else { break };
+                    task.published_ms = Some(now);
                     added += usize::from(state.push(task, false));
                 }
                 added
@@ -399,6 +401,10 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn events_waiting(&self) -> Result<Option<u64>, BrokerError> {
+        Ok(Some(self.lock_events().queue.len() as u64))
+    }
+
     async fn events(&self, max: usize) -> Result<Vec<TaskEvent>, BrokerError> {
         loop {
             let notified = self.event_ready.notified();
@@ -450,6 +456,8 @@ mod tests {
             output_blob: false,
             delivered: 1,
             ticket: String::new(),
+            published_ms: None,
+            traceparent: None,
         }
     }
 

@@ -180,6 +180,12 @@ pub trait Broker: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Events reported and not yet taken by the recorder (`None`: this
+    /// broker cannot tell, or it is a worker's).
+    async fn events_waiting(&self) -> Result<Option<u64>, BrokerError> {
+        Ok(None)
+    }
+
     /// How deep each first-in-first-out task queue is, for the dispatcher
     /// to keep only a short stretch of work queued ahead of a job that
     /// comes later; `None` for a broker whose queues take turns between

@@ -36,7 +36,12 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use super::{Broker, BrokerError, BrokerErrorKind};
 use crate::labels::Labels;
-use crate::message::{MAX_PRIORITY, RESERVED_LANE, TaskEvent, TaskMessage, WorkerInfo};
+use crate::message::{
+    MAX_PRIORITY, RESERVED_LANE, TaskEvent, TaskMessage, TraceContext, WorkerInfo,
+};
+
+/// The W3C trace context header task messages and their events carry.
+const TRACEPARENT: &str = "traceparent";
 
 /// How long a delivered task may go without an ack or progress before
 /// JetStream delivers it to another worker (by default).
@@ -509,9 +514,16 @@ impl NatsBroker {
         fetched
             .into_iter()
             .map(|(mut task, message)| {
-                task.delivered = message
-                    .info()
-                    .map_or(1, |info| u32::try_from(info.delivered).unwrap_or(u32::MAX));
+                if let Ok(info) = message.info() {
+                    task.delivered = u32::try_from(info.delivered).unwrap_or(u32::MAX);
+                    task.published_ms =
+                        i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).ok();
+                }
+                task.traceparent = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(TRACEPARENT))
+                    .map(|v| v.as_str().to_owned());
                 in_flight.entry(task.dedup_key()).or_default().push(message);
                 task
             })
@@ -575,6 +587,7 @@ impl NatsBroker {
                 task_subject(&token, priority, task.job_id, task.task_id),
                 id,
                 payload,
+                TraceContext::of(task.job_id, task.task_id, task.attempt).header(),
             ));
         }
         self.publish_all(items).await?;
@@ -584,11 +597,16 @@ impl NatsBroker {
         Ok(())
     }
 
-    async fn publish_all(&self, items: Vec<(String, String, Vec<u8>)>) -> Result<(), BrokerError> {
+    /// Publishes `(subject, message id, payload, traceparent)` items.
+    async fn publish_all(
+        &self,
+        items: Vec<(String, String, Vec<u8>, String)>,
+    ) -> Result<(), BrokerError> {
         let mut pending = futures_util::stream::FuturesOrdered::new();
-        for (subject, id, payload) in items {
+        for (subject, id, payload, trace) in items {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", id.as_str());
+            headers.insert(TRACEPARENT, trace.as_str());
             let ack = self
                 .js
                 .publish_with_headers(subject, headers, payload.into())
@@ -813,6 +831,7 @@ impl Broker for NatsBroker {
                     format!("sandmill.events.{job}.{task}"),
                     format!("event-{task}-{attempt}-{kind}"),
                     payload,
+                    TraceContext::of(job, task, attempt).header(),
                 ))
             })
             .collect::<Result<Vec<_>, BrokerError>>()?;
@@ -961,6 +980,15 @@ impl Broker for NatsBroker {
 
     async fn queue_depths(&self) -> Result<Option<Vec<super::QueueDepth>>, BrokerError> {
         Ok(Some(self.depths().await?))
+    }
+
+    async fn events_waiting(&self) -> Result<Option<u64>, BrokerError> {
+        let Some(events) = &self.events else {
+            return Ok(None);
+        };
+        let mut events = events.clone();
+        let info = events.info().await.map_err(unavailable)?;
+        Ok(Some(info.num_pending + info.num_ack_pending as u64))
     }
 
     async fn forget_job(&self, job_id: i64, labels: &Labels) -> Result<(), BrokerError> {

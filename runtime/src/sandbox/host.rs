@@ -129,6 +129,8 @@ impl tokio::io::AsyncWrite for LogSink {
 /// the failure is classified as a memory limit, not a confusing trap.
 pub(crate) struct MemoryLimiter {
     pub limit: u64,
+    /// The largest size a memory grew to (or asked to).
+    pub peak: u64,
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -138,6 +140,7 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _max: Option<usize>,
     ) -> Result<bool> {
+        self.peak = self.peak.max(desired as u64);
         if desired as u64 > self.limit {
             return Err(wasmtime::Error::new(HostAbort(ExecError::MemoryLimit {
                 limit: self.limit,

@@ -391,6 +391,8 @@ pub struct Outcome {
     pub progress: Option<(u64, u64)>,
     /// Fuel consumed, when metered.
     pub fuel_used: Option<u64>,
+    /// The largest size the guest's linear memory grew to, in bytes.
+    pub memory_peak: u64,
     /// Wall time of the call.
     pub elapsed: Duration,
 }
@@ -601,6 +603,7 @@ impl Sandbox {
         check_header(bytes)?;
         let hash: [u8; 32] = Sha256::digest(bytes).into();
         if let Some(module) = self.modules().get(&hash) {
+            crate::metrics::WORKER.module_load("memory");
             return Ok(module);
         }
         let module = Module {
@@ -676,11 +679,17 @@ impl Sandbox {
             && let Some(component) = cache::read(&flavor.engine, key, flavor.name, &data.hash, path)
         {
             self.inner.from_disk.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::WORKER.module_load("disk");
             return Ok(component);
         }
+        let began = Instant::now();
         let component = Component::new(&flavor.engine, &data.bytes)
             .map_err(|e| ExecError::InvalidModule(one_line(&e)))?;
         self.inner.compiled.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::WORKER
+            .compile_seconds
+            .observe(began.elapsed().as_secs_f64());
+        crate::metrics::WORKER.module_load("compiled");
         if let Some((key, path)) = &disk {
             cache::write(&component, key, flavor.name, &data.hash, path);
             if let Some(dir) = &self.inner.config.cache_dir {
@@ -703,11 +712,20 @@ impl Sandbox {
             counters: BTreeMap::new(),
             progress: None,
             fuel_used: None,
+            memory_peak: 0,
             elapsed: Duration::ZERO,
         };
+        let kind = call.kind.name();
         outcome.result = self.run(module, call, &log, &mut outcome).await;
         (outcome.log, outcome.log_truncated) = log.take();
         outcome.elapsed = start.elapsed();
+        crate::metrics::WORKER.call(
+            kind,
+            outcome.result.is_ok(),
+            outcome.elapsed,
+            outcome.fuel_used,
+            outcome.memory_peak,
+        );
         if let Err(error) = &outcome.result {
             tracing::debug!(reason = %error.reason(), %error, "call failed");
         }
@@ -762,6 +780,7 @@ impl Sandbox {
             table: Default::default(),
             limiter: MemoryLimiter {
                 limit: limits.memory_bytes,
+                peak: 0,
             },
             log: log.clone(),
             params,
@@ -810,6 +829,7 @@ impl Sandbox {
             outcome.fuel_used = store.get_fuel().ok().map(|left| fuel - left);
         }
         let state = store.data_mut();
+        outcome.memory_peak = state.limiter.peak;
         outcome.counters = std::mem::take(&mut state.counters);
         outcome.progress = state.progress;
         let output = result?;

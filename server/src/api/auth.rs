@@ -127,6 +127,13 @@ pub fn hash_secret(secret: &str) -> String {
     sandmill_runtime::blob::hash(secret.as_bytes())
 }
 
+/// Paths answered without a token: liveness, and the web UI's page and
+/// assets (which hold no data: the page asks for a token, then calls the
+/// API with it).
+pub fn is_public(path: &str) -> bool {
+    path == "/healthz" || path == "/" || path.starts_with("/ui/")
+}
+
 /// The middleware of [`AuthMode::Tokens`]: 401 without a live token, 403
 /// for a reader that would change something.
 pub async fn require_token(
@@ -134,7 +141,7 @@ pub async fn require_token(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if request.uri().path() == "/healthz" {
+    if is_public(request.uri().path()) {
         return next.run(request).await;
     }
     let secret = request

@@ -1,4 +1,4 @@
-//! Liveness, readiness and the OpenAPI document.
+//! Liveness, readiness, metrics and the OpenAPI document.
 
 use axum::Router;
 use axum::extract::State;
@@ -15,6 +15,27 @@ pub fn router() -> Router<AppState> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+}
+
+/// Prometheus metrics of this process, in the OpenMetrics text format:
+/// tasks finished by kind, verdict and reason; task durations and queue
+/// waits; tasks waiting per label set; the recorder's lag; HTTP requests
+/// by route and status; and, when workers run in this process (`sandmill
+/// dev`), their slots, module compiles and loads and guest fuel and memory.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "the metrics",
+        content_type = "application/openmetrics-text", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let text = crate::metrics::scrape(&state.scheduler).await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            sandmill_runtime::metrics::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// Liveness: the process answers.

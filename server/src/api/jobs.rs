@@ -19,7 +19,8 @@ use super::views::{
 use super::{ApiPath, ApiQuery, AppState, RawBody};
 use crate::jobfile::{self, JobFile};
 use crate::model::{JobKind, JobStatus, TaskState};
-use crate::store::{JobRow, Store};
+use crate::store::{JobFilter, JobRow, JobSort, SortValue, Store};
+use sandmill_runtime::labels::Labels;
 
 /// Most steps a graph shows (a pipeline has at most as many steps as a
 /// job may have tasks; past this, the graph is cut).
@@ -64,6 +65,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/jobs/{id}/definition", get(job_definition))
         .route("/v1/jobs/{id}/tasks", get(list_tasks))
         .route("/v1/jobs/{id}/graph", get(job_graph))
+        .route("/v1/jobs/{id}/failures", get(job_failures))
 }
 
 /// Submits a job (a job file as JSON; modules and inputs by `sha256:` or
@@ -85,38 +87,105 @@ pub async fn submit_job(
     Ok((StatusCode::CREATED, Json(JobCreated { id })))
 }
 
-/// Filters and paging of the job list.
+/// Filters, order and paging of the job list.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct JobQuery {
     /// Only jobs with this status.
     pub status: Option<JobStatus>,
+    /// Only jobs whose name holds this text (any case).
+    pub name: Option<String>,
+    /// Only jobs with all these labels: `k=v,k2=v2`.
+    pub label: Option<String>,
+    /// Only jobs created at or after this time (RFC 3339).
+    pub from: Option<String>,
+    /// Only jobs created before this time (RFC 3339).
+    pub to: Option<String>,
+    /// The column to sort by (then by id): `updated` (the default),
+    /// `created`, `id`, `name`, `status`, `tasks` or `priority`.
+    #[param(value_type = Option<String>)]
+    pub sort: Option<JobSort>,
+    /// `desc` (the default) or `asc`.
+    #[param(value_type = Option<String>)]
+    pub order: Option<SortOrder>,
     /// Page size (default 50, at most 1000).
     pub limit: Option<u32>,
-    /// Where to continue: a `next_cursor` from the previous page.
+    /// Where to continue: a `next_cursor` from the previous page (of the
+    /// same order).
     pub cursor: Option<String>,
 }
 
-/// Jobs, most recently updated first.
+/// Which way a list goes.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SortOrder {
+    /// Smallest first.
+    Asc,
+    /// Largest first.
+    Desc,
+}
+
+/// Jobs (not a pipeline's steps), most recently updated first, or as
+/// `sort` and `order` say; filtered by status, name, labels and creation
+/// time.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobQuery),
     responses((status = 200, description = "a page of jobs", body = Page<JobView>),
-        (status = 400, description = "a bad filter, cursor or limit", body = ErrorBody)))]
+        (status = 400, description = "a bad filter, order, cursor or limit", body = ErrorBody)))]
 pub async fn list_jobs(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<JobQuery>,
 ) -> Result<Json<Page<JobView>>, ApiError> {
     let limit = page_size(query.limit, 50, 1000)?;
+    let labels = match query.label.as_deref() {
+        Some(text) => Labels::parse(text)
+            .map_err(|e| ApiError::bad_field("label", e.to_string()))?
+            .0
+            .into_iter()
+            .collect(),
+        None => Vec::new(),
+    };
+    let filter = JobFilter {
+        status: query.status,
+        name: query.name.filter(|n| !n.is_empty()),
+        labels,
+        created_from: query
+            .from
+            .as_deref()
+            .map(|t| crate::scheduler::instant("from", t))
+            .transpose()?,
+        created_to: query
+            .to
+            .as_deref()
+            .map(|t| crate::scheduler::instant("to", t))
+            .transpose()?,
+        sort: query.sort.unwrap_or_default(),
+        descending: query.order != Some(SortOrder::Asc),
+    };
     let after = query
         .cursor
         .as_deref()
-        .map(decode_cursor::<(i64, i64)>)
+        .map(decode_cursor::<(JobSort, SortValue, i64)>)
+        .transpose()?
+        .map(|(sort, value, id)| {
+            if sort == filter.sort {
+                Ok((value, id))
+            } else {
+                Err(ApiError::bad_field(
+                    "cursor",
+                    "comes from a list in another order",
+                ))
+            }
+        })
         .transpose()?;
     let store = state.scheduler.store();
     let rows = store
-        .jobs(caller.scope(), query.status, after, limit as i64 + 1)
+        .jobs(caller.scope(), &filter, after, limit as i64 + 1)
         .await?;
-    let page = Page::of(rows, limit, |j| (j.updated_at, j.id));
+    let page = Page::of(rows, limit, |j| {
+        (filter.sort, filter.sort.value_of(j), j.id)
+    });
     let mut items = Vec::with_capacity(page.items.len());
     for job in &page.items {
         items.push(job_view(store, job).await?);
@@ -140,6 +209,60 @@ pub async fn get_job(
     let store = state.scheduler.store();
     let job = visible_job(store, &caller, id).await?;
     Ok(Json(job_view(store, &job).await?))
+}
+
+/// Failed tasks that share a reason.
+#[derive(Debug, serde::Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FailureGroup {
+    /// Why they failed (`unknown` when no reason was recorded).
+    #[schema(example = "timeout")]
+    pub reason: String,
+    /// How many.
+    pub count: i64,
+    /// One of them (the first).
+    pub sample_task: i64,
+    /// Its error, cut to 512 bytes.
+    pub sample_error: Option<String>,
+}
+
+/// A job's failed tasks (a pipeline's: its steps'), grouped by reason,
+/// the largest group first, each with a sample task to follow. One page:
+/// reasons are few.
+#[utoipa::path(get, path = "/v1/jobs/{id}/failures", tag = "jobs", params(("id" = i64, Path)),
+    responses((status = 200, description = "failures by reason", body = Page<FailureGroup>),
+        (status = 400, description = "the id is not a number", body = ErrorBody),
+        (status = 404, description = "no such job", body = ErrorBody)))]
+pub async fn job_failures(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<Page<FailureGroup>>, ApiError> {
+    let store = state.scheduler.store();
+    visible_job(store, &caller, id).await?;
+    let items = store
+        .failures_by_reason(id)
+        .await?
+        .into_iter()
+        .map(|(reason, count, sample_task, error)| FailureGroup {
+            reason: reason.unwrap_or_else(|| "unknown".to_owned()),
+            count,
+            sample_task,
+            sample_error: error.map(|mut e| {
+                if e.len() > 512 {
+                    let mut cut = 512;
+                    while !e.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    e.truncate(cut);
+                }
+                e
+            }),
+        })
+        .collect();
+    Ok(Json(Page {
+        items,
+        next_cursor: None,
+    }))
 }
 
 /// A pipeline's graph: each step with its state and task counts, and

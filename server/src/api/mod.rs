@@ -6,7 +6,7 @@
 //!
 //! One module per resource, each with its `router()`:
 //! [`health`], [`modules`], [`specs`], [`jobs`], [`tasks`], [`run`],
-//! [`workers`], [`schedules`], [`subscriptions`], [`reservations`],
+//! [`workers`], [`utilization`], [`schedules`], [`subscriptions`], [`reservations`],
 //! [`events`] (live, as
 //! Server-Sent Events);
 //! [`views`] holds
@@ -24,6 +24,8 @@ pub mod schedules;
 pub mod specs;
 pub mod subscriptions;
 pub mod tasks;
+pub mod ui;
+pub mod utilization;
 pub mod views;
 pub mod workers;
 
@@ -151,6 +153,8 @@ pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
         .merge(tasks::router())
         .merge(run::router())
         .merge(workers::router())
+        .merge(utilization::router())
+        .merge(ui::router())
         .merge(events::router())
         .merge(schedules::router())
         .merge(subscriptions::router())
@@ -171,8 +175,35 @@ pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
             auth::guard_local,
         )),
     };
-    // Outermost: a refused request costs nothing else.
-    router.layer(axum::middleware::from_fn_with_state(limits, limit_requests))
+    // Outermost: a refused request costs nothing else; and every answer
+    // is measured, refusals included.
+    crate::metrics::init();
+    router
+        .layer(axum::middleware::from_fn_with_state(limits, limit_requests))
+        .layer(axum::middleware::from_fn(measure))
+}
+
+/// Times every request into `sandmill_http_request_duration_seconds`, by
+/// its route's template (`/v1/jobs/:id`, never an id).
+async fn measure(request: Request, next: axum::middleware::Next) -> Response {
+    let began = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        // `/v1/jobs/:id`: the template, in the form most scrapers' parsers
+        // read (some stop a label value at its first `}`).
+        .map_or_else(
+            || "unmatched".to_owned(),
+            |p| p.as_str().replace('{', ":").replace('}', ""),
+        );
+    let response = next.run(request).await;
+    let method = match method.as_str() {
+        "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS" => method.as_str(),
+        _ => "other",
+    };
+    crate::metrics::SERVER.request(method, &route, response.status().as_u16(), began.elapsed());
+    response
 }
 
 /// The limits every request passes first.
@@ -294,6 +325,7 @@ fn closing(mut response: Response) -> Response {
         health::healthz,
         health::readyz,
         health::openapi,
+        health::metrics,
         modules::upload_module,
         modules::get_module,
         modules::upload_input,
@@ -310,6 +342,7 @@ fn closing(mut response: Response) -> Response {
         jobs::job_definition,
         jobs::list_tasks,
         jobs::job_graph,
+        jobs::job_failures,
         tasks::get_task,
         tasks::task_output,
         tasks::task_logs,
@@ -319,6 +352,7 @@ fn closing(mut response: Response) -> Response {
         tasks::get_blob,
         run::run,
         workers::list_workers,
+        utilization::utilization,
         events::all_events,
         events::job_events,
         schedules::create_schedule,

@@ -143,6 +143,20 @@ pub enum ClientCommand {
     },
     /// List the fleet's workers: live, draining or lost.
     Workers,
+    /// The fleet live: workers and their slots, throughput, the busiest
+    /// jobs; redrawn every `--every` (from the live event stream).
+    Top {
+        /// How often to redraw.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+        every: std::time::Duration,
+        /// Stop after this many frames (default: until Ctrl-C). Frames
+        /// follow one another when stdout is not a terminal.
+        #[arg(long)]
+        frames: Option<u64>,
+        /// Busiest jobs shown.
+        #[arg(long, default_value_t = 10)]
+        jobs: usize,
+    },
     /// List schedules (job files with `schedule` or `every`, created by
     /// `sandmill submit`), or pause, resume or delete one.
     Schedules {
@@ -231,6 +245,7 @@ pub enum ReservationAction {
     },
 }
 
+#[derive(Clone)]
 pub(super) struct Server {
     pub(super) base: String,
     pub(super) http: reqwest::Client,
@@ -271,7 +286,7 @@ impl Server {
         Self::check(response).await
     }
 
-    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    pub(super) async fn get_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.get(path)
             .await?
             .json()
@@ -784,6 +799,11 @@ pub fn run(
                 tell!("subscription `{name}` deleted");
                 Ok(ExitCode::SUCCESS)
             }
+            ClientCommand::Top {
+                every,
+                frames,
+                jobs,
+            } => super::top::top(&server, every, frames, jobs).await,
             ClientCommand::Workers => {
                 say!(
                     "{:<20}  {:<8}  {:>8}  {:>7}  {:>9}  labels",

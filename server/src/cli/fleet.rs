@@ -167,6 +167,12 @@ pub struct WorkerArgs {
     /// go to another worker after the ack wait).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     stop_within: Duration,
+    /// Serve this worker's Prometheus metrics at `http://ADDR/metrics`
+    /// (slots busy and free, calls by kind and verdict, their durations,
+    /// module compiles and loads, guest fuel and memory). Plain HTTP, no
+    /// token: bind it to an address only Prometheus reaches.
+    #[arg(long, env = "SANDMILL_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     grants: GrantArgs,
     #[command(flatten)]
@@ -281,11 +287,25 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             allowed_grants: args.grants.allow_grants.clone(),
         })
         .await?;
+        let metrics = match args.metrics_listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?;
+                let shown = format!(", metrics on http://{}/metrics", listener.local_addr()?);
+                Some((fleet::serve_metrics(listener), shown))
+            }
+            None => None,
+        };
         tell!(
-            "sandmill worker {id}: {concurrency} slot(s), labels [{labels}], nats {}",
-            args.nats.options().shown()
+            "sandmill worker {id}: {concurrency} slot(s), labels [{labels}], nats {}{}",
+            args.nats.options().shown(),
+            metrics.as_ref().map_or("", |(_, shown)| shown.as_str())
         );
         stopped(stop).await;
+        if let Some((task, _)) = metrics {
+            task.abort();
+        }
         tell!("sandmill worker {id}: draining (running tasks finish, fetched ones go back)");
         match tokio::time::timeout(args.stop_within, pool.drain()).await {
             Ok(true) => tell!("sandmill worker {id}: stopped, left the registry"),

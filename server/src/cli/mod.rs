@@ -12,6 +12,7 @@ mod resolve;
 mod run;
 mod settings;
 mod token;
+mod top;
 mod watch;
 
 use std::process::ExitCode;
@@ -38,8 +39,29 @@ pub struct Args {
     /// an HTTPS server, like one serving its own `--tls-cert`.
     #[arg(long, global = true, env = "SANDMILL_CA_CERT", value_name = "PEM")]
     ca_cert: Option<std::path::PathBuf>,
+    /// How log lines (on stderr; `SANDMILL_LOG` sets the level) are
+    /// written: `text` for people, `json` (one object per line, with the
+    /// fields of the spans it is in: job, task, attempt and trace ids of a
+    /// task) for log collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "SANDMILL_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Plain text.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand, Debug)]

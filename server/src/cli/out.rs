@@ -3,6 +3,42 @@
 //! other write error on stderr is ignored (there is nowhere left to say it).
 
 use std::io::{ErrorKind, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether lines for people on stderr are written as JSON log lines
+/// (`--log-format json`), so that everything a process writes there is
+/// one JSON object per line.
+static JSON_LINES: AtomicBool = AtomicBool::new(false);
+
+/// Writes [`tell!`] lines as JSON objects from now on.
+pub fn json_lines() {
+    JSON_LINES.store(true, Ordering::Relaxed);
+}
+
+/// Writes one line for people on stderr (as a JSON log line after
+/// [`json_lines`]).
+pub fn tell_line(line: &str) {
+    line_at("INFO", line);
+}
+
+/// Writes the line of a command's failure on stderr (as [`tell_line`]).
+pub fn error_line(line: &str) {
+    line_at("ERROR", line);
+}
+
+fn line_at(level: &str, line: &str) {
+    if JSON_LINES.load(Ordering::Relaxed) {
+        let object = serde_json::json!({
+            "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+            "level": level,
+            "message": line.trim_end_matches('\n'),
+            "target": "sandmill",
+        });
+        stderr(format!("{object}\n").as_bytes());
+    } else {
+        stderr(line.as_bytes());
+    }
+}
 
 /// Writes bytes to stdout.
 pub fn stdout(bytes: &[u8]) -> std::io::Result<()> {
@@ -36,7 +72,7 @@ pub(crate) use say;
 /// `eprintln!` that ends quietly on a closed pipe.
 macro_rules! tell {
     ($($arg:tt)*) => {
-        $crate::cli::out::stderr(format!("{}\n", format_args!($($arg)*)).as_bytes())
+        $crate::cli::out::tell_line(&format!("{}\n", format_args!($($arg)*)))
     };
 }
 pub(crate) use tell;

@@ -87,6 +87,8 @@ fn message(call: &CallView) -> anyhow::Result<TaskMessage> {
         output_blob: false,
         delivered: 1,
         ticket: String::new(),
+        published_ms: None,
+        traceparent: None,
     })
 }
 

@@ -41,6 +41,11 @@ pub struct SchedulerArgs {
     /// before they are deleted, like `30d` or `12h`; `forever` keeps them.
     #[arg(long, env = "SANDMILL_RETAIN", default_value = "30d", value_parser = parse_retain)]
     pub retain: Retain,
+    /// How often the workers' utilization is sampled for
+    /// `/v1/utilization` (kept as long as `--retain`).
+    #[arg(long, env = "SANDMILL_UTILIZATION_EVERY", value_parser = humantime::parse_duration,
+        default_value = "10s")]
+    pub utilization_every: Duration,
     /// How long a stored blob no job, task, schedule or module names is
     /// kept before it is deleted, like `6h`; `forever` keeps every blob.
     /// It must cover an upload's way to the job that reads it and a
@@ -218,6 +223,7 @@ impl SchedulerArgs {
             queue_idle: sandmill_server::scheduler::DEFAULT_QUEUE_IDLE,
             event_buffer: self.event_buffer.max(1),
             retain: self.retain.0,
+            utilization_every: self.utilization_every,
             blob_grace: self.blob_grace.0,
             ceilings: Ceilings {
                 memory_bytes: self.max_memory.0,

@@ -317,6 +317,13 @@ impl Scheduler {
         }
         self.mark_reserved(&mut messages);
         self.stamp(&mut messages);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for m in &messages {
+                let trace = m.trace();
+                tracing::debug!(job_id = m.job_id, task_id = m.task_id, attempt = m.attempt,
+                    trace_id = %trace.trace_id, span_id = %trace.span_id, "attempt queued");
+            }
+        }
         let n = messages.len();
         if let Err(error) = self.inner.broker.publish(messages).await {
             tracing::warn!(tasks = n, %error, "publishing failed; the tasks stay queued for the reconciler");

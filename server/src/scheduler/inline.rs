@@ -129,6 +129,8 @@ impl Scheduler {
             output_blob: false,
             delivered: 1,
             ticket: String::new(),
+            published_ms: None,
+            traceparent: None,
         };
         let handle = tokio::runtime::Handle::current();
         let store = self.inner.store.clone();
@@ -152,6 +154,7 @@ impl Scheduler {
         let (job_id, task_id, mut result) = recorded;
         result.job_id = job_id;
         result.task_id = task_id;
+        crate::metrics::SERVER.finished(&result);
         self.inner.finished.send_modify(|n| *n += 1);
         let (succeeded, failed, status) = match result.verdict {
             Verdict::Succeeded => (1, 0, JobStatus::Succeeded),

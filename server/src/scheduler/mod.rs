@@ -38,6 +38,7 @@ mod schedules;
 mod submit;
 mod subscriptions;
 mod tickets;
+mod utilization;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -60,6 +61,7 @@ pub use blob_gc::{Collected, DEFAULT_BLOB_GRACE};
 pub use ceilings::Ceilings;
 pub use inline::{Inline, InlineRun};
 pub use mapreduce::part_name;
+pub(crate) use reservations::instant;
 pub use reservations::{
     DEFAULT_MAX_RESERVATIONS, DEFAULT_RESERVABLE_SLOTS, DEFAULT_RESERVATION_AHEAD,
     ReservationLimits,
@@ -67,6 +69,7 @@ pub use reservations::{
 pub use retention::DEFAULT_RETAIN;
 pub use schedules::firing_of;
 pub use submit::{SubmitOptions, Submitted};
+pub use utilization::DEFAULT_UTILIZATION_EVERY;
 
 /// The tenant of an open server, and of what was made before tenants.
 pub const DEFAULT_TENANT: &str = "default";
@@ -232,6 +235,9 @@ pub struct SchedulerConfig {
     pub compile_timeout: Duration,
     /// What reservations may book.
     pub reservations: ReservationLimits,
+    /// How often utilization is sampled (see
+    /// [`DEFAULT_UTILIZATION_EVERY`]).
+    pub utilization_every: Duration,
 }
 
 /// Uploaded modules compiled at once by default.
@@ -262,6 +268,7 @@ impl Default for SchedulerConfig {
             max_compiles: DEFAULT_MAX_COMPILES,
             compile_timeout: DEFAULT_COMPILE_TIMEOUT,
             reservations: ReservationLimits::default(),
+            utilization_every: DEFAULT_UTILIZATION_EVERY,
         }
     }
 }
@@ -365,6 +372,11 @@ impl Scheduler {
     /// The database.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.inner.broker
     }
 
     /// The blob store.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sandmill_runtime::Reason;
 use sandmill_runtime::broker::BrokerErrorKind;
-use sandmill_runtime::message::{TaskEvent, TaskResult, Verdict};
+use sandmill_runtime::message::{TaskEvent, TaskResult, TraceContext, Verdict};
 
 use super::Scheduler;
 use crate::events::{What, short_error};
@@ -55,6 +55,17 @@ impl Scheduler {
             let Some(recorded) = self.record_until_done(&events).await else {
                 return;
             };
+            crate::metrics::SERVER.recorded(&events);
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                for event in &events {
+                    if let TaskEvent::Finished(r) = event {
+                        let trace = TraceContext::of(r.job_id, r.task_id, r.attempt);
+                        tracing::debug!(job_id = r.job_id, task_id = r.task_id, attempt = r.attempt,
+                            trace_id = %trace.trace_id, span_id = %trace.span_id,
+                            verdict = ?r.verdict, worker = %r.worker, "attempt recorded");
+                    }
+                }
+            }
             if let Err(error) = self.inner.broker.events_recorded().await {
                 tracing::warn!(%error, "acking recorded events failed; they will be recorded again, harmlessly");
             }

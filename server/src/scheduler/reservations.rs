@@ -85,7 +85,7 @@ impl Reserved {
 }
 
 /// A time as ms since the epoch, from RFC 3339 (or `now`).
-fn instant(field: &str, text: &str) -> Result<i64, Invalid> {
+pub(crate) fn instant(field: &str, text: &str) -> Result<i64, Invalid> {
     if text.trim() == "now" {
         return Ok(now_ms());
     }

@@ -257,6 +257,8 @@ impl Template {
             output_blob: self.output_blob,
             delivered: 1,
             ticket: String::new(),
+            published_ms: None,
+            traceparent: None,
         }
     }
 }
@@ -689,6 +691,27 @@ impl Store {
             tenant: r.try_get(3)?,
             queue: r.try_get::<JsonText<Labels>, _>(4)?.0.token(),
         }))
+        .collect::<Result<Vec<_>, _>>()?);
+        Ok(rows)
+    }
+
+    /// Tasks waiting to start, per label set of the running jobs: those
+    /// not dispatched yet, those to run again and those queued. At most
+    /// `limit` label sets, the most waiting first.
+    pub async fn queued_by_labels(&self, limit: i64) -> Result<Vec<(Labels, i64)>, StoreError> {
+        let rows = on_pool!(self, pool => sqlx::query(
+            "SELECT labels, CAST(SUM(n) AS BIGINT) AS waiting FROM ( \
+                 SELECT labels, total_tasks - dispatched + reruns AS n FROM jobs WHERE status = 'running' \
+                 UNION ALL \
+                 SELECT j.labels, 1 AS n FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.state = $1 \
+             ) AS waiting GROUP BY labels ORDER BY waiting DESC LIMIT $2",
+        )
+        .bind(Text(TaskState::Queued))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| Ok::<_, sqlx::Error>((r.try_get::<JsonText<Labels>, _>(0)?.0, r.try_get(1)?)))
         .collect::<Result<Vec<_>, _>>()?);
         Ok(rows)
     }

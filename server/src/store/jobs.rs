@@ -261,34 +261,89 @@ impl Store {
         Ok(created)
     }
 
-    /// A page of jobs, most recently updated first, optionally of one
-    /// tenant and one status: the first `limit` after the cursor
-    /// `(updated_at, id)`.
+    /// Top-level jobs (a pipeline's steps are shown with it) matching
+    /// `filter`, sorted by `filter.sort` then id, the first `limit` after
+    /// `after` (the sort value and id of the previous page's last).
     pub async fn jobs(
         &self,
         tenant: Option<&str>,
-        status: Option<JobStatus>,
-        after: Option<(i64, i64)>,
+        filter: &JobFilter,
+        after: Option<(SortValue, i64)>,
         limit: i64,
     ) -> Result<Vec<JobRow>, StoreError> {
+        let column = filter.sort.column();
+        let (cmp, dir) = if filter.descending {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
         let rows = on_pool!(self, pool => {
-            // A pipeline's steps are shown with it, not on their own.
             let mut q = QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE parent_id IS NULL"));
             if let Some(tenant) = tenant {
                 q.push(" AND tenant = ").push_bind(tenant.to_owned());
             }
-            if let Some(status) = status {
+            if let Some(status) = filter.status {
                 q.push(" AND status = ").push_bind(Text(status));
             }
-            if let Some((updated_at, id)) = after {
-                q.push(" AND (updated_at < ").push_bind(updated_at)
-                    .push(" OR (updated_at = ").push_bind(updated_at)
-                    .push(" AND id < ").push_bind(id)
-                    .push("))");
+            if let Some(name) = &filter.name {
+                q.push(" AND LOWER(name) LIKE ")
+                    .push_bind(format!("%{}%", like_escaped(&name.to_lowercase())))
+                    .push(" ESCAPE '\\'");
             }
-            q.push(" ORDER BY updated_at DESC, id DESC LIMIT ").push_bind(limit);
+            for (key, value) in &filter.labels {
+                // Labels are stored as compact JSON: `"k":"v"` is the pair.
+                let pair = serde_json::to_string(&serde_json::json!({ key: value }))
+                    .unwrap_or_default();
+                let pair = pair.trim_start_matches('{').trim_end_matches('}');
+                q.push(" AND labels LIKE ")
+                    .push_bind(format!("%{}%", like_escaped(pair)))
+                    .push(" ESCAPE '\\'");
+            }
+            if let Some(from) = filter.created_from {
+                q.push(" AND created_at >= ").push_bind(from);
+            }
+            if let Some(to) = filter.created_to {
+                q.push(" AND created_at < ").push_bind(to);
+            }
+            if let Some((value, id)) = &after {
+                for (i, op) in [cmp, "="].into_iter().enumerate() {
+                    q.push(if i == 0 { " AND (" } else { " OR (" });
+                    q.push(format!("{column} {op} "));
+                    match value {
+                        SortValue::Number(n) => q.push_bind(*n),
+                        SortValue::Text(t) => q.push_bind(t.clone()),
+                    };
+                }
+                q.push(format!(" AND id {cmp} ")).push_bind(*id).push("))");
+            }
+            q.push(format!(" ORDER BY {column} {dir}, id {dir} LIMIT ")).push_bind(limit);
             q.build_query_as::<JobRow>().fetch_all(pool).await?
         });
+        Ok(rows)
+    }
+
+    /// A job's failed tasks (a pipeline's: its steps'), grouped by
+    /// reason, the largest group first: (reason, count, the lowest task
+    /// id of the group, that task's error). At most 100 groups.
+    pub async fn failures_by_reason(
+        &self,
+        job_id: i64,
+    ) -> Result<Vec<(Option<String>, i64, i64, Option<String>)>, StoreError> {
+        let rows = on_pool!(self, pool => sqlx::query(
+            "SELECT f.reason, f.n, f.sample, t.error FROM ( \
+                 SELECT reason, COUNT(*) AS n, MIN(id) AS sample FROM tasks \
+                 WHERE job_id IN (SELECT id FROM jobs WHERE id = $1 OR parent_id = $1) \
+                   AND state = $2 AND replaced_by IS NULL \
+                 GROUP BY reason \
+             ) AS f JOIN tasks t ON t.id = f.sample ORDER BY f.n DESC, f.sample LIMIT 100",
+        )
+        .bind(job_id)
+        .bind(Text(TaskState::Failed))
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+        .collect::<Result<Vec<_>, _>>()?);
         Ok(rows)
     }
 
@@ -609,4 +664,93 @@ impl Store {
         });
         Ok(audit)
     }
+}
+
+/// What a job list shows, and in what order.
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    /// Only jobs with this status.
+    pub status: Option<JobStatus>,
+    /// Only jobs whose name holds this (any case).
+    pub name: Option<String>,
+    /// Only jobs with all these labels.
+    pub labels: Vec<(String, String)>,
+    /// Only jobs created at or after this (ms since the epoch).
+    pub created_from: Option<i64>,
+    /// Only jobs created before this.
+    pub created_to: Option<i64>,
+    /// The order.
+    pub sort: JobSort,
+    /// Largest first.
+    pub descending: bool,
+}
+
+/// A column a job list is sorted by (then by id).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobSort {
+    /// When it last changed (the default).
+    #[default]
+    Updated,
+    /// When it was created.
+    Created,
+    /// Its id.
+    Id,
+    /// Its name.
+    Name,
+    /// Its status.
+    Status,
+    /// Its number of tasks.
+    Tasks,
+    /// Its priority.
+    Priority,
+}
+
+impl JobSort {
+    fn column(self) -> &'static str {
+        match self {
+            JobSort::Updated => "updated_at",
+            JobSort::Created => "created_at",
+            JobSort::Id => "id",
+            JobSort::Name => "name",
+            JobSort::Status => "status",
+            JobSort::Tasks => "total_tasks",
+            JobSort::Priority => "priority",
+        }
+    }
+
+    /// `job`'s value in this column.
+    pub fn value_of(self, job: &JobRow) -> SortValue {
+        match self {
+            JobSort::Updated => SortValue::Number(job.updated_at),
+            JobSort::Created => SortValue::Number(job.created_at),
+            JobSort::Id => SortValue::Number(job.id),
+            JobSort::Name => SortValue::Text(job.name.clone()),
+            JobSort::Status => SortValue::Text(job.status.0.to_string()),
+            JobSort::Tasks => SortValue::Number(job.total_tasks),
+            JobSort::Priority => SortValue::Number(job.priority),
+        }
+    }
+}
+
+/// A value of a sort column, as a cursor keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum SortValue {
+    /// A whole number.
+    Number(i64),
+    /// Text.
+    Text(String),
+}
+
+/// `text` with LIKE's wildcards and the escape character escaped (by `\`).
+fn like_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

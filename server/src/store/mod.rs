@@ -47,6 +47,7 @@ mod subscriptions;
 mod tasks;
 mod tokens;
 pub mod types;
+mod utilization;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -58,7 +59,7 @@ use sqlx::sqlite::{
 
 pub use blobs::{BlobText, TextCursor, TextRow, blob_names};
 pub use catalog::NewSpec;
-pub use jobs::{CancelRefused, Expired, Item, NewJob};
+pub use jobs::{CancelRefused, Expired, Item, JobFilter, JobSort, NewJob, SortValue};
 pub use mapreduce::{MapResult, PhaseCounts, RunningTask};
 pub use pipeline::{
     DraftInput, FOLLOW_OUTPUTS, NewStep, PAUSE_BEFORE_PLANNING, SpecInput, StepOutput, StepRow,
@@ -75,6 +76,7 @@ pub use schedules::{Fired, NewSchedule, ScheduleRow, ScheduleTotals};
 pub use subscriptions::{NewSubscription, SubscriptionRow};
 pub use tasks::Stored;
 pub use tokens::TokenRow;
+pub use utilization::{Point, Sample, TOTAL};
 
 /// Rows per multi-row INSERT: well under SQLite's 32,766 bound variables.
 const INSERT_CHUNK: usize = 1_000;

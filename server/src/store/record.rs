@@ -628,6 +628,9 @@ mod tests {
             elapsed_ms: 0,
             fuel_used: None,
             ticket: String::new(),
+            kind: None,
+            waited_ms: None,
+            memory_peak: None,
         })
     }
 

@@ -74,6 +74,8 @@ impl LiveRow {
             output_blob: false,
             delivered: 1,
             ticket: String::new(),
+            published_ms: None,
+            traceparent: None,
         }
     }
 }

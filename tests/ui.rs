@@ -1,0 +1,367 @@
+//! The web UI in a real browser: Debian's headless Chromium, driven over
+//! WebDriver (chromedriver), against a real `sandmill dev`. Screenshots of
+//! each page are kept in `target/tmp/ui-screenshots/` (test artifacts).
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use sandmill_test_artifacts as guests;
+use serde_json::{Value, json};
+use support::{Killed, dev, free_port, ok, sandmill};
+
+fn run_test<F: Future<Output = ()>>(limit: Duration, test: F) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        tokio::time::timeout(limit, test)
+            .await
+            .expect("the test finished in time")
+    });
+}
+
+/// chromedriver on a free port, and a headless Chromium session in it.
+async fn browser() -> (Killed, Client) {
+    for tool in ["chromium", "chromedriver"] {
+        assert!(
+            Command::new(tool)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+            "{tool} is missing: `bash scripts/setup.sh` installs Debian's chromium and chromium-driver"
+        );
+    }
+    let port = free_port();
+    let driver = Killed::spawn(
+        Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    support::wait_port(port, Duration::from_secs(30));
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+            "--disable-dev-shm-usage", "--window-size=1280,900"]}),
+    );
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a Chromium session");
+    (driver, client)
+}
+
+fn shots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    let png = client.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    std::fs::write(shots().join(format!("{name}.png")), png).unwrap();
+}
+
+/// Waits until `css` matches an element whose text satisfies `check`;
+/// returns that text.
+async fn wait_text(client: &Client, css: &str, check: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    loop {
+        if let Ok(found) = client.find_all(Locator::Css(css)).await {
+            for element in found {
+                if let Ok(text) = element.text().await {
+                    if check(&text) {
+                        return text;
+                    }
+                    last = text;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{css}: no element as expected (last text {last:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn count(client: &Client, css: &str) -> usize {
+    client.find_all(Locator::Css(css)).await.unwrap().len()
+}
+
+/// A pipeline whose first step takes a few seconds and whose second fails
+/// with a message after writing a log line.
+fn pipeline(dir: &std::path::Path) -> PathBuf {
+    let text = format!(
+        r#"name = "ui-pipeline"
+[[step]]
+name = "slow"
+module = "{progress}"
+params = {{ steps = "12", spin = "4000000000", echo = "slow done" }}
+[[step]]
+name = "bad"
+module = "{progress}"
+inputs = ["step:slow"]
+params = {{ fail = "the input was bad on purpose", log = "reading what slow wrote" }}
+[limits]
+timeout = "60s"
+"#,
+        progress = guests::PROGRESS
+    );
+    let path = dir.join("ui-pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn the_ui_follows_a_failing_pipeline_live_to_its_failed_task() {
+    run_test(Duration::from_secs(300), async {
+        let dev = dev(&[]);
+        let state = tempfile::tempdir().unwrap();
+        let cli = |args: &[&str]| {
+            support::output_within(
+                sandmill(state.path())
+                    .args(["--server", &dev.base])
+                    .args(args),
+                Duration::from_secs(60),
+            )
+        };
+        // A plain sweep first, so the status filter has something to
+        // leave out.
+        let sweep = state.path().join("sweep.toml");
+        std::fs::write(
+            &sweep,
+            format!(
+                "name = \"ui-sweep\"\n[sweep]\nmodule = \"{}\"\ncount = 3\n",
+                guests::NOOP
+            ),
+        )
+        .unwrap();
+        let sweep_id: i64 = ok(&cli(&["submit", sweep.to_str().unwrap(), "--wait"]))
+            .trim()
+            .parse()
+            .unwrap();
+        let file = pipeline(state.path());
+        let id: i64 = ok(&cli(&["submit", file.to_str().unwrap()]))
+            .trim()
+            .parse()
+            .unwrap();
+
+        let (_driver, client) = browser().await;
+        // The job list shows it, running.
+        client.goto(&format!("{}/#/jobs", dev.base)).await.unwrap();
+        let row = format!("#jobs tr[data-job=\"{id}\"]");
+        wait_text(&client, &row, |t| t.contains("ui-pipeline")).await;
+        wait_text(
+            &client,
+            &format!("#jobs tr[data-job=\"{sweep_id}\"]"),
+            |t| t.contains("succeeded"),
+        )
+        .await;
+        screenshot(&client, "jobs").await;
+
+        // Its page, opened while it runs, turns to failed without a
+        // reload: the graph marks the failing step.
+        client
+            .find(Locator::Css(&format!("{row} a")))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text(&client, "#job-status", |t| t == "running").await;
+        let marker: Value = client
+            .execute("window.__sameDocument = 'yes'; return 1;", vec![])
+            .await
+            .unwrap();
+        assert_eq!(marker, json!(1));
+        screenshot(&client, "job-running").await;
+        wait_text(&client, "#job-status", |t| t == "failed").await;
+        let same: Value = client
+            .execute("return window.__sameDocument || null;", vec![])
+            .await
+            .unwrap();
+        assert_eq!(same, json!("yes"), "the page was not reloaded");
+        assert_eq!(
+            count(
+                &client,
+                "svg#graph g.node[data-step=\"bad\"][data-status=\"failed\"]"
+            )
+            .await,
+            1
+        );
+        assert_eq!(
+            count(
+                &client,
+                "svg#graph g.node[data-step=\"slow\"][data-status=\"succeeded\"]"
+            )
+            .await,
+            1
+        );
+        assert_eq!(
+            count(
+                &client,
+                "svg#graph path.edge[data-from=\"slow\"][data-to=\"bad\"]"
+            )
+            .await,
+            1
+        );
+        wait_text(&client, "#failures li", |t| t.contains("guest-error")).await;
+        screenshot(&client, "job").await;
+
+        // Following the failure's sample task shows its error and log.
+        client
+            .find(Locator::Css("#failures li a"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text(&client, "#task-state", |t| t == "failed").await;
+        wait_text(&client, "#task-error", |t| {
+            t.contains("the input was bad on purpose")
+        })
+        .await;
+        wait_text(&client, "#task-log", |t| {
+            t.contains("reading what slow wrote")
+        })
+        .await;
+        screenshot(&client, "task").await;
+
+        // Filtering the list by status narrows it.
+        client.goto(&format!("{}/#/jobs", dev.base)).await.unwrap();
+        wait_text(
+            &client,
+            &format!("#jobs tr[data-job=\"{sweep_id}\"]"),
+            |_| true,
+        )
+        .await;
+        let before = count(&client, "#jobs tbody tr").await;
+        assert!(before >= 2);
+        client
+            .find(Locator::Css("#f-status"))
+            .await
+            .unwrap()
+            .select_by_value("failed")
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while count(&client, &format!("#jobs tr[data-job=\"{sweep_id}\"]")).await > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the filter did not narrow the list"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        wait_text(&client, &row, |t| t.contains("failed")).await;
+        assert!(count(&client, "#jobs tbody tr").await < before);
+        let url = client.current_url().await.unwrap();
+        assert!(url.as_str().contains("status=failed"), "{url}");
+        // Sorting by a column orders the rows by it.
+        client
+            .find(Locator::Css("#f-status"))
+            .await
+            .unwrap()
+            .select_by_value("")
+            .await
+            .unwrap();
+        wait_text(
+            &client,
+            &format!("#jobs tr[data-job=\"{sweep_id}\"]"),
+            |_| true,
+        )
+        .await;
+        client
+            .find(Locator::Css("th[data-sort=\"name\"]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text(&client, "th.sorted[data-sort=\"name\"]", |_| true).await;
+        let first = wait_text(&client, "#jobs tbody tr:first-child", |_| true).await;
+        assert!(
+            first.contains("ui-sweep"),
+            "name descending puts ui-sweep first: {first}"
+        );
+        screenshot(&client, "jobs-sorted").await;
+
+        // The other pages draw.
+        for (page, css) in [
+            ("workers", "#workers tr[data-worker=\"embedded\"]"),
+            ("specs", "h1"),
+            ("schedules", "h1"),
+            ("subscriptions", "h1"),
+        ] {
+            client
+                .goto(&format!("{}/#/{page}", dev.base))
+                .await
+                .unwrap();
+            wait_text(&client, css, |t| !t.is_empty()).await;
+            screenshot(&client, page).await;
+        }
+        client.close().await.unwrap();
+    });
+}
+
+#[test]
+fn the_ui_asks_for_a_token_and_works_with_one() {
+    run_test(Duration::from_secs(180), async {
+        let pg = support::Postgres::start();
+        let database = pg.database();
+        let nats = support::Nats::start();
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let cache = tempfile::tempdir().unwrap();
+        let _serve = Killed::spawn(
+            Command::new(env!("CARGO_BIN_EXE_sandmill"))
+                .args(["serve", "--database", &database, "--listen"])
+                .arg(format!("127.0.0.1:{port}"))
+                .args(["--nats", &nats.url(), "--cache-dir"])
+                .arg(cache.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let http = sandmill_server::tls::default_client();
+        support::wait_ready(&http, &base).await;
+        let secret = support::token(&database, "alpha", "reader");
+        // The page itself needs no token; the API does.
+        let page = http.get(format!("{base}/")).send().await.unwrap();
+        assert_eq!(page.status(), 200);
+        assert!(page.text().await.unwrap().contains("/ui/app.js"));
+        let api = http.get(format!("{base}/v1/jobs")).send().await.unwrap();
+        assert_eq!(api.status(), 401);
+
+        let (_driver, client) = browser().await;
+        client.goto(&format!("{base}/#/jobs")).await.unwrap();
+        let input = client
+            .wait()
+            .for_element(Locator::Css("#token"))
+            .await
+            .unwrap();
+        screenshot(&client, "login").await;
+        input.send_keys(&secret).await.unwrap();
+        client
+            .find(Locator::Css("#login button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text(&client, "h1", |t| t == "Jobs").await;
+        wait_text(&client, "#live", |t| t.contains("live")).await;
+        client.close().await.unwrap();
+    });
+}
