@@ -341,6 +341,11 @@ async fn suite(database: Option<String>) {
     let task = client.get(&format!("/v1/tasks/{task_id}")).await.json();
     assert_eq!(task["attempts"][0]["state"], "succeeded");
     assert_eq!(task["task"]["output"]["size"], 7);
+    // The guest's peak memory, as a size: whole 64 KiB pages.
+    let memory = task["attempts"][0]["memory_peak"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(memory.ends_with("KiB") || memory.ends_with("MiB"), "{task}");
     let logs = client.get(&format!("/v1/tasks/{task_id}/logs")).await;
     assert!(logs.text().starts_with("== attempt 0 on embedded/"));
     // A job without steps is a one-step graph.

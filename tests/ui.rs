@@ -238,6 +238,12 @@ fn the_ui_follows_a_failing_pipeline_live_to_its_failed_task() {
             t.contains("reading what slow wrote")
         })
         .await;
+        // Its attempt: the worker, and the guest's memory.
+        wait_text(&client, "#attempts td.memory", |t| t.ends_with("iB")).await;
+        wait_text(&client, "#attempts tr[data-attempt=\"0\"]", |t| {
+            t.contains("embedded/")
+        })
+        .await;
         screenshot(&client, "task").await;
 
         // Filtering the list by status narrows it.

@@ -594,6 +594,10 @@ pub struct AttemptView {
     pub elapsed: String,
     /// Fuel used, when metered.
     pub fuel_used: Option<i64>,
+    /// The largest the guest's linear memory grew to (`null` when the
+    /// worker did not say).
+    #[schema(example = "1088KiB")]
+    pub memory_peak: Option<String>,
     /// Its log (read it at `/v1/tasks/{id}/logs`).
     pub log: LogView,
     /// Counters the guest reported.
@@ -620,6 +624,9 @@ impl AttemptView {
                 u64::try_from(attempt.elapsed_ms).unwrap_or(0),
             )),
             fuel_used: attempt.fuel_used,
+            memory_peak: attempt
+                .memory_peak
+                .map(|m| size(u64::try_from(m).unwrap_or(0))),
             log: LogView {
                 size: attempt.log_size,
                 truncated: attempt.log_truncated != 0,

@@ -52,15 +52,24 @@ impl Scheduler {
                 _ = stopping.wait_for(|s| *s) => return,
             }
             let at = now_ms();
-            match self.sample_utilization(at, previous, &mut seen).await {
+            let sampled = self.sample_utilization(at, previous, &mut seen).await;
+            let pruned = match self.inner.config.retain {
+                Some(retain) => {
+                    let before = at - i64::try_from(retain.as_millis()).unwrap_or(i64::MAX);
+                    self.inner.store.prune_utilization(before).await.map(drop)
+                }
+                None => Ok(()),
+            };
+            // Stopping: the database may be closed under the sampler.
+            if self.is_stopping() {
+                return;
+            }
+            match sampled {
                 Ok(()) => previous = Some(at),
                 Err(error) => tracing::warn!(%error, "sampling utilization failed"),
             }
-            if let Some(retain) = self.inner.config.retain {
-                let before = at - i64::try_from(retain.as_millis()).unwrap_or(i64::MAX);
-                if let Err(error) = self.inner.store.prune_utilization(before).await {
-                    tracing::warn!(%error, "deleting old utilization samples failed");
-                }
+            if let Err(error) = pruned {
+                tracing::warn!(%error, "deleting old utilization samples failed");
             }
         }
     }

@@ -304,7 +304,8 @@ per_backend! {
         for chunk in attempts.chunks(RECORD_CHUNK) {
             let mut insert = QueryBuilder::new(
                 "INSERT INTO attempts (task_id, attempt, state, reason, error, worker, elapsed_ms, \
-                 fuel_used, log, log_hash, log_size, log_truncated, counters, finished_at, started_at) ",
+                 fuel_used, log, log_hash, log_size, log_truncated, counters, finished_at, started_at, \
+                 memory_peak) ",
             );
             insert.push_values(chunk.iter(), |mut row, (result, reason)| {
                 let (log_hash, log_size) = match &result.log_blob {
@@ -325,7 +326,8 @@ per_backend! {
                     .push_bind(i64::from(result.log_truncated))
                     .push_bind(JsonText(result.counters.clone()))
                     .push_bind(now)
-                    .push_bind(result.started_ms);
+                    .push_bind(result.started_ms)
+                    .push_bind(result.memory_peak.map(|m| i64::try_from(m).unwrap_or(i64::MAX)));
             });
             insert.push(" ON CONFLICT (task_id, attempt) DO NOTHING");
             insert.build().execute(&mut **tx).await?;

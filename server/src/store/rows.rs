@@ -26,7 +26,7 @@ pub const TASK_COLUMNS: &str = "t.id, t.job_id, t.seq, t.state, COALESCE(t.param
 
 /// Columns of [`AttemptRow`], in order.
 pub const ATTEMPT_COLUMNS: &str = "task_id, attempt, state, reason, error, worker, elapsed_ms, fuel_used, \
-     log_size, log_hash, log_truncated, counters, finished_at, started_at";
+     log_size, log_hash, log_truncated, counters, finished_at, started_at, memory_peak";
 
 /// The kinds a module exports, stored comma-separated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -297,4 +297,6 @@ pub struct AttemptRow {
     pub finished_at: i64,
     /// When the worker began it (ms, the worker's clock), if it said.
     pub started_at: Option<i64>,
+    /// The guest's peak linear memory in bytes, if the worker said.
+    pub memory_peak: Option<i64>,
 }

@@ -134,8 +134,8 @@ const INSERT_TASK: &str = "INSERT INTO tasks (job_id, seq, state, attempt, reaso
      VALUES ($1, 0, $2, 0, $3, $4, $5, $6, $7, 1, $8, $9, $9, $10, $11) RETURNING id";
 
 const INSERT_ATTEMPT: &str = "INSERT INTO attempts (task_id, attempt, state, reason, error, worker, \
-     elapsed_ms, fuel_used, log, log_hash, log_size, log_truncated, counters, finished_at) \
-     VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+     elapsed_ms, fuel_used, log, log_hash, log_size, log_truncated, counters, finished_at, memory_peak) \
+     VALUES ($1, 0, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
 /// Writes whole calls (see the module docs). Cheap to share.
 pub struct RunWriter {
@@ -313,6 +313,11 @@ impl Store {
             .bind(i64::from(run.result.log_truncated))
             .bind(JsonText(run.result.counters.clone()))
             .bind(v.now)
+            .bind(
+                run.result
+                    .memory_peak
+                    .map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+            )
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -388,6 +393,9 @@ fn write_sqlite(
             i64::from(run.result.log_truncated),
             v.counters,
             v.now,
+            run.result
+                .memory_peak
+                .map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
         ])?;
     tx.commit()?;
     Ok((job_id, task_id))

@@ -358,10 +358,11 @@ async function taskView(id) {
     t.restart_of ? [el("dt", {}, "runs again"), el("dd", {}, link("#/tasks/" + t.restart_of, "task " + t.restart_of))] : null,
     t.replaced_by ? [el("dt", {}, "replaced by"), el("dd", {}, link("#/tasks/" + t.replaced_by, "task " + t.replaced_by))] : null));
   if (t.error) parts.push(el("h2", {}, `Error · ${t.reason || ""}`), el("pre", { id: "task-error", class: "error" }, t.error));
-  parts.push(el("h2", {}, "Attempts"), table(["attempt", "verdict", "reason", "worker", "elapsed", "fuel", "log", "finished"],
+  parts.push(el("h2", {}, "Attempts"), table(["attempt", "verdict", "reason", "worker", "elapsed", "fuel", "memory", "log", "finished"],
     detail.attempts.map((a) => el("tr", { "data-attempt": a.attempt },
       el("td", { class: "num" }, a.attempt), el("td", {}, badge(a.state)), el("td", {}, a.reason || ""),
       el("td", {}, a.worker), el("td", {}, a.elapsed), el("td", { class: "num" }, a.fuel_used ?? "—"),
+      el("td", { class: "num memory" }, a.memory_peak ?? "—"),
       el("td", {}, `${a.log.size} B${a.log.truncated ? " (cut)" : ""}`), el("td", {}, when(a.finished_at)))), { id: "attempts" }));
   const log = await preview(`/v1/tasks/${id}/logs`);
   parts.push(el("h2", {}, "Log"), el("pre", { id: "task-log" }, log ? (log.text || "(empty)") + (log.more ? "\n…" : "") : "(none)"));
