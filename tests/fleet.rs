@@ -50,29 +50,15 @@ impl Drop for Fleet {
 impl Fleet {
     /// Postgres, nats-server and `sandmill serve` (with `serve_args`).
     async fn start(serve_args: &[&str]) -> Fleet {
-        let pg = support::Postgres::start();
-        let database = pg.database();
-        let nats = support::Nats::start();
-        let port = support::free_port();
-        let mut fleet = Fleet {
-            _pg: pg,
-            nats,
-            database,
-            cache: tempfile::tempdir().unwrap(),
-            port,
-            base: format!("http://127.0.0.1:{port}"),
-            serve: None,
-            serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
-            workers: Vec::new(),
-            http: sandmill_server::tls::default_client(),
-            json_logs: None,
-        };
-        fleet.start_serve().await;
-        fleet
+        Fleet::start_with(serve_args, None).await
     }
 
     /// [`Fleet::start`] with every process logging JSON into `logs`.
     async fn start_logging_json(serve_args: &[&str], logs: &std::path::Path) -> Fleet {
+        Fleet::start_with(serve_args, Some(logs.to_owned())).await
+    }
+
+    async fn start_with(serve_args: &[&str], json_logs: Option<std::path::PathBuf>) -> Fleet {
         let pg = support::Postgres::start();
         let database = pg.database();
         let nats = support::Nats::start();
@@ -88,7 +74,7 @@ impl Fleet {
             serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
             workers: Vec::new(),
             http: sandmill_server::tls::default_client(),
-            json_logs: Some(logs.to_owned()),
+            json_logs,
         };
         fleet.start_serve().await;
         fleet
@@ -1773,16 +1759,8 @@ fn worker_metrics_and_json_logs_of_server_and_worker_join_by_trace() {
         assert_eq!(finished["status"], "succeeded", "{finished}");
 
         // The worker's own metrics: its two slots, the calls it ran.
-        let text = fleet
-            .http
-            .get(format!("http://{listen}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let worker = support::metrics::parse(&text);
+        let (text, worker) =
+            support::metrics::scrape(&fleet.http, &format!("http://{listen}/metrics")).await;
         assert_eq!(worker.sum("sandmill_worker_slots", &[]), 2.0, "{text}");
         let ran = worker.sum(
             "sandmill_worker_calls_total",
@@ -1790,16 +1768,8 @@ fn worker_metrics_and_json_logs_of_server_and_worker_join_by_trace() {
         );
         assert!(ran >= total as f64, "{text}");
         // The server's: every attempt recorded, with its queue wait.
-        let text = fleet
-            .http
-            .get(format!("{}/metrics", fleet.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let server = support::metrics::parse(&text);
+        let (text, server) =
+            support::metrics::scrape(&fleet.http, &format!("{}/metrics", fleet.base)).await;
         let recorded = server.sum(
             "sandmill_tasks_finished_total",
             &[("kind", "task"), ("verdict", "succeeded")],

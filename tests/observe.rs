@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sandmill_test_artifacts as guests;
 use serde_json::{Value, json};
-use support::{dev, get_json, ok, sandmill, submit_json, upload_module};
+use support::{dev, get_json, ok, run_test, sandmill, submit_json, upload_module};
 
 /// Loop turns per task: tens of milliseconds each.
 const SPIN: u64 = 300_000_000;
@@ -25,26 +25,10 @@ fn sweep(module: &str, tasks: usize, spin: u64) -> Value {
     json!({"name": "spin", "sweep": {"module": module, "rows": rows}, "cache": false})
 }
 
-fn run_test<F: Future<Output = ()>>(limit: Duration, test: F) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        tokio::time::timeout(limit, test)
-            .await
-            .expect("the test finished in time")
-    });
-}
-
 async fn scrape(http: &reqwest::Client, base: &str) -> support::metrics::Scrape {
-    let response = http.get(format!("{base}/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/openmetrics-text; version=1.0.0; charset=utf-8"
-    );
-    support::metrics::parse(&response.text().await.unwrap())
+    support::metrics::scrape(http, &format!("{base}/metrics"))
+        .await
+        .1
 }
 
 async fn job_status(http: &reqwest::Client, base: &str, id: i64) -> String {

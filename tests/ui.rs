@@ -13,19 +13,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use sandmill_test_artifacts as guests;
 use serde_json::{Value, json};
-use support::{Killed, dev, free_port, ok, sandmill};
-
-fn run_test<F: Future<Output = ()>>(limit: Duration, test: F) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        tokio::time::timeout(limit, test)
-            .await
-            .expect("the test finished in time")
-    });
-}
+use support::{Killed, dev, free_port, ok, run_test, sandmill};
 
 /// chromedriver on a free port, and a headless Chromium session in it.
 async fn browser() -> (Killed, Client) {

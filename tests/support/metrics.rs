@@ -4,6 +4,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+/// `GET url` (a `/metrics`), its text parsed by [`parse`]; its content
+/// type must be OpenMetrics'.
+pub async fn scrape(http: &reqwest::Client, url: &str) -> (String, Scrape) {
+    let response = http.get(url).send().await.expect("GET /metrics");
+    assert_eq!(response.status(), 200, "{url}");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = response.text().await.expect("the metrics' text");
+    let scrape = parse(&text);
+    (text, scrape)
+}
+
 /// One scrape: its samples by name and labels.
 #[derive(Debug, Default)]
 pub struct Scrape {

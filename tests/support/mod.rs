@@ -975,3 +975,16 @@ pub async fn reserved_slots(base: &str, database: &str, mode: &str) {
     let (status, _) = beta.get(&format!("/v1/reservations/{id}")).await;
     assert_eq!(status, 404);
 }
+
+/// Runs `test` on a multi-threaded runtime, failing it past `limit`.
+pub fn run_test<F: std::future::Future<Output = ()>>(limit: Duration, test: F) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        tokio::time::timeout(limit, test)
+            .await
+            .expect("the test finished in time")
+    });
+}
