@@ -258,6 +258,19 @@ async fn suite(database: Option<String>) {
         client.get(&format!("/v1/modules/{module}")).await.json()["size"],
         noop.len()
     );
+    // Listed, once, a page at a time; the refused upload is not there.
+    let modules = client.all("/v1/modules?limit=1").await;
+    assert_eq!(
+        modules
+            .iter()
+            .map(|m| m["module"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!(module)]
+    );
+    assert_eq!(
+        client.get("/v1/modules?cursor=garbage").await.code(),
+        "bad_request"
+    );
 
     // Specs.
     let spec = json!({"name": "echo", "version": "1", "module": module, "kind": "task",

@@ -642,6 +642,7 @@ fn tenants_see_only_their_own_and_env_secrets_never_show() {
         }
         for list in [
             "/v1/jobs",
+            "/v1/modules",
             "/v1/specs",
             "/v1/schedules",
             "/v1/subscriptions",

@@ -295,7 +295,7 @@ fn the_ui_follows_a_failing_pipeline_live_to_its_failed_task() {
         // The other pages draw.
         for (page, css) in [
             ("workers", "#workers tr[data-worker=\"embedded\"]"),
-            ("specs", "h1"),
+            ("specs", "#modules tr[data-module]"),
             ("schedules", "h1"),
             ("subscriptions", "h1"),
         ] {

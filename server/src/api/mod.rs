@@ -328,6 +328,7 @@ fn closing(mut response: Response) -> Response {
         health::metrics,
         modules::upload_module,
         modules::get_module,
+        modules::list_modules,
         modules::upload_input,
         specs::put_spec,
         specs::list_specs,

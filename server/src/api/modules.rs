@@ -7,13 +7,13 @@ use axum::{Json, Router};
 
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
-use super::views::{InputRef, ModuleView};
-use super::{ApiPath, AppState, RawBody};
+use super::views::{InputRef, ModuleView, Page, PageQuery};
+use super::{ApiPath, ApiQuery, AppState, RawBody};
 
 /// The routes of this module.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/modules", post(upload_module))
+        .route("/v1/modules", post(upload_module).get(list_modules))
         .route("/v1/modules/{hash}", get(get_module))
         .route("/v1/inputs", post(upload_input))
 }
@@ -35,6 +35,27 @@ pub async fn upload_module(
     Ok(Json(ModuleView::new(
         &state.scheduler.upload_module(&caller.tenant, body).await?,
     )))
+}
+
+/// The modules the caller's tenant uploaded (an admin: every module),
+/// newest first.
+#[utoipa::path(get, path = "/v1/modules", tag = "modules", params(PageQuery),
+    responses((status = 200, description = "a page of modules", body = Page<ModuleView>),
+        (status = 400, description = "a bad cursor or limit", body = ErrorBody)))]
+pub async fn list_modules(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<Page<ModuleView>>, ApiError> {
+    let (limit, after) = query.page::<(i64, String)>()?;
+    let rows = state
+        .scheduler
+        .store()
+        .modules(caller.scope(), after, limit as i64 + 1)
+        .await?;
+    Ok(Json(
+        Page::of(rows, limit, |m| (m.created_at, m.hash.clone())).map(|m| ModuleView::new(&m)),
+    ))
 }
 
 /// A module, by `sha256:<hex>` or its bare hex.

@@ -4,6 +4,8 @@
 use sandmill_runtime::labels::Labels;
 use sandmill_runtime::sandbox::{CallKind, Grants, Limits};
 
+use sqlx::QueryBuilder;
+
 use super::types::{JsonText, Text};
 use super::{ModuleRow, SpecRow, Store, StoreError, now_ms, on_pool};
 
@@ -112,6 +114,34 @@ impl Store {
         .fetch_optional(pool)
         .await?);
         Ok(row)
+    }
+
+    /// Modules `tenant` uploaded (every module for `None`), newest first:
+    /// the first `limit` after `after` (the last one's creation time and
+    /// hash).
+    pub async fn modules(
+        &self,
+        tenant: Option<&str>,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<ModuleRow>, StoreError> {
+        let rows = on_pool!(self, pool => {
+            let mut q = QueryBuilder::new("SELECT hash, size, exports, created_at FROM modules m WHERE 1 = 1");
+            if let Some(tenant) = tenant {
+                q.push(" AND EXISTS (SELECT 1 FROM uploads u WHERE u.hash = m.hash AND u.tenant = ")
+                    .push_bind(tenant.to_owned())
+                    .push(")");
+            }
+            if let Some((created_at, hash)) = &after {
+                q.push(" AND (created_at < ").push_bind(*created_at)
+                    .push(" OR (created_at = ").push_bind(*created_at)
+                    .push(" AND hash < ").push_bind(hash.clone())
+                    .push("))");
+            }
+            q.push(" ORDER BY created_at DESC, hash DESC LIMIT ").push_bind(limit);
+            q.build_query_as::<ModuleRow>().fetch_all(pool).await?
+        });
+        Ok(rows)
     }
 
     /// Registers a spec version. `Ok(false)` when the same name and version

@@ -409,11 +409,22 @@ async function listView(title, path, head, row) {
     page.next_cursor ? el("p", { class: "muted" }, "(first page)") : null);
 }
 
-const specsView = () => listView("Specs and modules", "/v1/specs?limit=200",
-  ["name", "version", "kind", "module", "labels", "created"],
-  (s) => el("tr", { "data-spec": s.name }, el("td", {}, s.name), el("td", {}, s.version), el("td", {}, s.kind),
-    el("td", {}, el("code", {}, s.module)), el("td", {}, Object.entries(s.labels).map(([k, v]) => k + "=" + v).join(",")),
-    el("td", {}, when(s.created_at))));
+async function specsView() {
+  const [specs, modules] = await Promise.all([api("/v1/specs?limit=200"), api("/v1/modules?limit=200")]);
+  const labels = (l) => Object.entries(l).map(([k, v]) => k + "=" + v).join(",");
+  show(el("h1", {}, "Specs and modules"),
+    el("h2", {}, "Specs"),
+    specs.items.length ? table(["name", "version", "kind", "module", "labels", "created"], specs.items.map((s) =>
+      el("tr", { "data-spec": s.name }, el("td", {}, s.name), el("td", {}, s.version), el("td", {}, s.kind),
+        el("td", {}, el("code", {}, s.module)), el("td", {}, labels(s.labels)), el("td", {}, when(s.created_at)))), { id: "specs" })
+      : el("p", { class: "muted" }, "none yet"),
+    el("h2", {}, "Modules"),
+    modules.items.length ? table(["module", "size", "exports", "uploaded"], modules.items.map((m) =>
+      el("tr", { "data-module": m.module }, el("td", {}, el("code", {}, m.module)), el("td", { class: "num" }, m.size + " B"),
+        el("td", {}, m.exports.join(", ")), el("td", {}, when(m.created_at)))), { id: "modules" })
+      : el("p", { class: "muted" }, "none yet"),
+    specs.next_cursor || modules.next_cursor ? el("p", { class: "muted" }, "(the newest 200)") : null);
+}
 
 const schedulesView = () => listView("Schedules", "/v1/schedules?limit=200",
   ["name", "when", "paused", "fired", "skipped", "next", "last job"],
