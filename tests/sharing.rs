@@ -1204,8 +1204,9 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn fifty_big_uploads_at_once_leave_the_server_answering_within_its_memory() {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
     run_test(Duration::from_secs(300), async {
         // Room for 4 bodies of 30 MiB and 2 modules kept loaded: small
         // enough that the 50 bodies (1.5 GiB) would show past it.
@@ -1217,13 +1218,43 @@ fn fifty_big_uploads_at_once_leave_the_server_answering_within_its_memory() {
         let noop = std::fs::read(guests::NOOP).unwrap();
         // 50 distinct modules of 30 MiB each, made before the clock starts.
         let bodies: Vec<Vec<u8>> = (0..50u8).map(|n| padded(&noop, n, 30 << 20)).collect();
-
-        // /healthz, every 20 ms while the uploads go on: the slowest answer
-        // (from a thread and a client of its own, so the test's own sending
-        // does not delay it).
+        // What earlier tests wrote goes to disk first: with gigabytes
+        // still to write back, the storm's first second was 100–240 ms
+        // slower to answer, the machine's leftovers, not the server's.
+        let synced = std::process::Command::new("sync").status().unwrap();
+        assert!(synced.success());
         let done = Arc::new(AtomicBool::new(false));
+
+        // The machine's own stalls, as the baseline: this machine is a VM
+        // on shared cores, and under the storm's writes a thread of this
+        // test that only sleeps 5 ms at a time wakes up to 50 ms late now
+        // and then. Each lateness over a millisecond is kept (when it
+        // ended, how long).
+        let stalls: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::default();
+        let control = std::thread::spawn({
+            let (stalls, done) = (stalls.clone(), done.clone());
+            move || {
+                while !done.load(Ordering::Relaxed) {
+                    let slept = Instant::now();
+                    std::thread::sleep(Duration::from_millis(5));
+                    let late = slept.elapsed().saturating_sub(Duration::from_millis(5));
+                    if late > Duration::from_millis(1) {
+                        stalls.lock().unwrap().push((Instant::now(), late));
+                    }
+                }
+            }
+        });
+
+        // /healthz, every 20 ms while the uploads go on: when each was
+        // asked and how long its answer took (from a thread and a client
+        // of its own, so the test's own sending does not delay it). And
+        // next to each, the same of an idle server on the same machine,
+        // the baseline.
+        let idle = support::dev(&[]);
+        support::wait_ready(&http, &idle.base).await;
         let probe = std::thread::spawn({
             let (base, done) = (dev.base.clone(), done.clone());
+            let idle = idle.base.clone();
             move || {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -1231,21 +1262,24 @@ fn fifty_big_uploads_at_once_leave_the_server_answering_within_its_memory() {
                     .unwrap()
                     .block_on(async move {
                         let http = sandmill_server::tls::default_client();
-                        let mut slowest = Duration::ZERO;
-                        let mut probes = 0;
+                        let mut answers = Vec::new();
+                        let mut idle_slowest = Duration::ZERO;
                         while !done.load(Ordering::Relaxed) {
-                            let asked = std::time::Instant::now();
+                            let asked = Instant::now();
                             let status = http
                                 .get(format!("{base}/healthz"))
                                 .send()
                                 .await
                                 .map(|r| r.status().as_u16());
-                            slowest = slowest.max(asked.elapsed());
+                            answers.push((asked, asked.elapsed()));
                             assert_eq!(status.ok(), Some(200));
-                            probes += 1;
+                            let asked = Instant::now();
+                            let status = http.get(format!("{idle}/healthz")).send().await;
+                            idle_slowest = idle_slowest.max(asked.elapsed());
+                            assert_eq!(status.ok().map(|r| r.status().as_u16()), Some(200));
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
-                        (slowest, probes)
+                        (answers, idle_slowest)
                     })
             }
         });
@@ -1254,7 +1288,7 @@ fn fifty_big_uploads_at_once_leave_the_server_answering_within_its_memory() {
         // a user's uploads come from elsewhere, and on this machine's two
         // cores the sending (1.5 GiB) would otherwise delay the probe's
         // own thread and be counted as the server's slowness.
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let sender = std::thread::spawn({
             let (http, base) = (http.clone(), dev.base.clone());
             move || {
@@ -1286,30 +1320,58 @@ fn fifty_big_uploads_at_once_leave_the_server_answering_within_its_memory() {
         }
         let took = started.elapsed();
         done.store(true, Ordering::Relaxed);
-        let (slowest, probes) = probe.join().unwrap();
+        let (probes, idle_slowest) = probe.join().unwrap();
+        control.join().unwrap();
+        let stalls = stalls.lock().unwrap();
         let peak = peak_memory(pid);
+
+        // Each answer's time less the machine's stalls that ended while it
+        // was awaited: the server's share of it.
+        let (slowest, share) = probes
+            .iter()
+            .map(|&(asked, took)| {
+                let stalled: Duration = stalls
+                    .iter()
+                    .filter(|&&(ended, _)| ended >= asked && ended <= asked + took)
+                    .map(|&(_, late)| late)
+                    .sum();
+                (took, took.saturating_sub(stalled))
+            })
+            .fold((Duration::ZERO, Duration::ZERO), |(a, b), (c, d)| {
+                (a.max(c), b.max(d))
+            });
+        let worst_stall = stalls.iter().map(|s| s.1).max().unwrap_or_default();
         println!(
-            "50 uploads of 30 MiB in {:.1} s; /healthz answered {probes} times, the slowest in {} ms; the server's peak memory {} MiB (before: {} MiB)",
+            "50 uploads of 30 MiB in {:.1} s; /healthz answered {} times, the slowest in {} ms \
+             ({} ms less the machine's stalls meanwhile; its worst stall {} ms; an idle \
+             server's slowest answer meanwhile {} ms); the server's peak memory {} MiB \
+             (before: {} MiB)",
             took.as_secs_f64(),
+            probes.len(),
             slowest.as_millis(),
+            share.as_millis(),
+            worst_stall.as_millis(),
+            idle_slowest.as_millis(),
             peak >> 20,
             before >> 20
         );
         assert_eq!(stored, 50);
-        // The issue's goal is 100 ms; on 2 shared cores the slowest answer
-        // was 19–77 ms in most runs, 236 ms in one CI run (printed above).
-        // Over a second without the caps. The assertion keeps to what
-        // holds on this machine every time: the server never stops
-        // answering; the figure is the measurement.
+        assert!(probes.len() > 50, "only {} answers", probes.len());
+        // The issue's goal is 100 ms throughout. Alone on this machine the
+        // slowest answer was 23–53 ms (the server's share 17–36 ms); with
+        // gigabytes of other writes going to disk, answers in the storm's
+        // first second took up to 250 ms while the idle server's stayed
+        // under 40 ms. The assertion keeps to what holds every time (the
+        // server never stops answering); the figure is the measurement.
         assert!(
-            slowest < Duration::from_millis(750),
-            "/healthz took {slowest:?}"
+            share < Duration::from_millis(500),
+            "/healthz took {share:?} of the server's (slowest answer {slowest:?})"
         );
         // Bodies held at once (128 MiB), modules kept loaded (64 MiB), the
-        // two compiles' copies and the process itself: 445–540 MiB measured;
-        // with room for every body (--max-body-memory 4GiB) the same run
-        // peaks at 2.3 GiB.
-        assert!(peak < 768 << 20, "peak memory {} MiB", peak >> 20);
+        // compiles' copies and the process itself: 300–320 MiB measured;
+        // with room for every body (--max-body-memory 4GiB) the run peaked
+        // at 2.3 GiB.
+        assert!(peak < 512 << 20, "peak memory {} MiB", peak >> 20);
     });
 }
 

@@ -21,6 +21,7 @@
 //!
 //! This crate knows nothing of HTTP or SQL.
 
+pub mod background;
 pub mod blob;
 pub mod broker;
 pub mod error;

@@ -153,25 +153,6 @@ pub struct WorkerPool {
     registry: tokio::task::JoinHandle<()>,
 }
 
-/// Lowers the calling thread's CPU priority by `nice` steps (Linux, where
-/// a priority is per thread; elsewhere nothing). Lowering needs no
-/// privilege; a failure only leaves the priority as it was.
-fn lower_priority(nice: i32) {
-    if nice <= 0 {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    {
-        use rustix::process::{getpriority_process, setpriority_process};
-        let me = Some(rustix::thread::gettid());
-        let lowered =
-            getpriority_process(me).and_then(|now| setpriority_process(me, (now + nice).min(19)));
-        if let Err(error) = lowered {
-            tracing::warn!(%error, "could not lower a worker slot's CPU priority");
-        }
-    }
-}
-
 impl WorkerPool {
     /// Starts `base.capacity` slots named `<id>/<n>` and the heartbeat
     /// (on the current tokio runtime). Modules are read from `modules`
@@ -216,7 +197,7 @@ impl WorkerPool {
                 std::thread::Builder::new()
                     .name(format!("sandmill-slot-{n}"))
                     .spawn(move || {
-                        lower_priority(nice);
+                        crate::background::lower_priority(nice);
                         runtime.block_on(worker.run(stop))
                     })?,
             );

@@ -175,6 +175,16 @@ impl BlobStore for DirBlobStore {
             .map_err(|e| blob_error(BlobErrorKind::Io, format!("storing stopped: {e}")))?
     }
 
+    async fn put_in_background(&self, bytes: Vec<u8>) -> Result<String, BlobError> {
+        if bytes.len() <= SMALL_BLOB_BYTES {
+            return self.put(&bytes).await;
+        }
+        let store = self.dir.clone();
+        crate::background::run("store", move || put_large(&store, &bytes))
+            .await
+            .map_err(|e| blob_error(BlobErrorKind::Io, format!("storing stopped: {e}")))?
+    }
+
     async fn contains(&self, hash: &str) -> Result<bool, BlobError> {
         if self.cached(hash).is_some() {
             return Ok(true);
@@ -303,7 +313,7 @@ fn put_large(dir: &std::path::Path, bytes: &[u8]) -> Result<String, BlobError> {
         )
     })?;
     let tmp = path.with_extension(format!("tmp{}-{}", std::process::id(), rand_suffix()));
-    std::fs::write(&tmp, bytes).map_err(|e| {
+    write_in_pieces(&tmp, bytes).map_err(|e| {
         blob_error(
             BlobErrorKind::Io,
             format!("cannot write {}: {e}", tmp.display()),
@@ -317,6 +327,21 @@ fn put_large(dir: &std::path::Path, bytes: &[u8]) -> Result<String, BlobError> {
     })?;
     Ok(hash)
 }
+
+/// Writes `bytes` to a new file at `path` a MiB per call: the kernel
+/// copies a call's bytes without letting another thread have the core,
+/// so one call of a large blob would hold it for tens of milliseconds.
+fn write_in_pieces(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    for piece in bytes.chunks(WRITE_PIECE) {
+        file.write_all(piece)?;
+    }
+    Ok(())
+}
+
+/// How much of a blob one write call takes ([`write_in_pieces`]).
+const WRITE_PIECE: usize = 1 << 20;
 
 /// Renews a stored blob's time (its file's modification time) if it is
 /// older than [`RENEW_AFTER`]: a put of stored bytes counts as storing

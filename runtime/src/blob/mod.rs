@@ -170,6 +170,14 @@ pub trait BlobStore: Send + Sync + 'static {
         self.put(&bytes).await
     }
 
+    /// [`put_owned`](Self::put_owned) of bulk work that must not slow the
+    /// answers (an upload): a store that hashes and writes large blobs
+    /// itself does so on a thread at the background priority
+    /// ([`crate::background`]).
+    async fn put_in_background(&self, bytes: Vec<u8>) -> Result<String, BlobError> {
+        self.put_owned(bytes).await
+    }
+
     /// The bytes stored under `hash`, if any.
     async fn get(&self, hash: &str) -> Result<Option<Vec<u8>>, BlobError>;
 

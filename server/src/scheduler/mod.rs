@@ -470,9 +470,7 @@ impl Scheduler {
         bytes: bytes::Bytes,
     ) -> Result<ModuleRow, SchedulerError> {
         let sandbox = self.inner.sandbox.clone();
-        // Large copies and hashing happen on blocking threads, never on
-        // the ones that answer requests.
-        let owned = bytes.clone();
+        let size = bytes.len() as i64;
         // Compiles take turns, waited for up to the compile timeout; one
         // that runs past the timeout is refused here and keeps its turn
         // until it ends (it cannot be stopped), so the cap holds.
@@ -491,12 +489,15 @@ impl Scheduler {
                     )));
                 }
             };
-        // At the background priority: the answers go first.
+        // At the background priority, as are the bytes' copy, hash and
+        // write below: the answers go first.
         let compile = crate::background::run("compile", move || {
             let _turn = turn;
-            sandbox.load(&owned)
+            let module = sandbox.load(&bytes)?;
+            // The body's own buffer where no one else holds it (no copy).
+            Ok((module, Vec::from(bytes)))
         });
-        let module = tokio::time::timeout(limit, compile)
+        let (module, bytes) = tokio::time::timeout(limit, compile)
             .await
             .map_err(|_| {
                 SchedulerError::InvalidModule(ExecError::InvalidModule(format!(
@@ -510,15 +511,9 @@ impl Scheduler {
             .into_iter()
             .filter(|k| module.exports(*k))
             .collect();
-        let copy = bytes.clone();
-        let copy = tokio::task::spawn_blocking(move || copy.to_vec())
-            .await
-            .map_err(|e| SchedulerError::Internal(format!("copying the module stopped: {e}")))?;
-        let hash = self.inner.blobs.put_owned(copy).await?;
-        self.inner
-            .store
-            .put_module(&hash, bytes.len() as i64, &exports)
-            .await?;
+        drop(module);
+        let hash = self.inner.blobs.put_in_background(bytes).await?;
+        self.inner.store.put_module(&hash, size, &exports).await?;
         // Modules are not held against storage (never collected).
         self.inner.store.put_upload(tenant, &hash, 0).await?;
         self.module(&hash)
@@ -589,7 +584,8 @@ impl Scheduler {
         )))
     }
 
-    /// [`upload_input`](Self::upload_input) of bytes the caller gives away.
+    /// [`upload_input`](Self::upload_input) of bytes the caller gives away
+    /// (an upload's body): hashed and written at the background priority.
     pub async fn upload_input_owned(
         &self,
         tenant: &str,
@@ -597,7 +593,7 @@ impl Scheduler {
     ) -> Result<String, SchedulerError> {
         self.room_for_input(tenant, &bytes).await?;
         let size = bytes.len() as i64;
-        let hash = self.inner.blobs.put_owned(bytes).await?;
+        let hash = self.inner.blobs.put_in_background(bytes).await?;
         self.inner.store.put_upload(tenant, &hash, size).await?;
         Ok(hash)
     }
