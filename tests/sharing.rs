@@ -312,6 +312,38 @@ fn slow_clients_and_crowds_are_cut_off_by_the_http_limits() {
 }
 
 #[test]
+fn an_upload_that_stalls_holds_up_no_other_upload() {
+    use tokio::io::AsyncReadExt;
+    run_test(Duration::from_secs(120), async {
+        let dev = dev(&[]);
+        let http = sandmill_server::tls::default_client();
+        support::wait_ready(&http, &dev.base).await;
+        // Half of a 1 MiB module, then nothing: bodies take turns at being
+        // copied, and one that waits for its client must not keep the
+        // turn.
+        let half = "\0".repeat(512 << 10);
+        let mut stalled = stalled(
+            dev.port,
+            &format!(
+                "POST /v1/modules HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/wasm\r\nContent-Length: {}\r\n\r\n{half}",
+                dev.port,
+                1 << 20
+            ),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Another upload is stored while the stalled one still waits for
+        // its body (unanswered until its 60 s --body-timeout).
+        let module = upload_module(&http, &dev.base, guests::NOOP).await;
+        assert!(!module.is_empty());
+        let mut answer = [0u8; 1];
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(200), stalled.read(&mut answer)).await;
+        assert!(waiting.is_err(), "the stalled upload was answered first");
+    });
+}
+
+#[test]
 fn run_calls_past_the_waiting_cap_are_accepted_without_waiting() {
     run_test(Duration::from_secs(180), async {
         let dev = dev(&["--max-waiting-runs", "1"]);
@@ -1272,6 +1304,17 @@ fn fifty_big_uploads_at_once_leave_the_server_answering_within_its_memory() {
                                 .await
                                 .map(|r| r.status().as_u16());
                             answers.push((asked, asked.elapsed()));
+                            if asked.elapsed() > Duration::from_millis(25) {
+                                let now = std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .unwrap();
+                                eprintln!(
+                                    "SLOW {:?} ended at {:.6} {:?}",
+                                    asked.elapsed(),
+                                    now.as_secs_f64(),
+                                    Instant::now()
+                                );
+                            }
                             assert_eq!(status.ok(), Some(200));
                             let asked = Instant::now();
                             let status = http.get(format!("{idle}/healthz")).send().await;
@@ -1284,15 +1327,18 @@ fn fifty_big_uploads_at_once_leave_the_server_answering_within_its_memory() {
             }
         });
 
-        // All sent at once, from a thread at the background priority:
-        // a user's uploads come from elsewhere, and on this machine's two
-        // cores the sending (1.5 GiB) would otherwise delay the probe's
-        // own thread and be counted as the server's slowness.
+        // All sent at once, from a thread at the background priority, on
+        // connections of its own (one pooled by the test's runtime would
+        // be sent from there): a user's uploads come from elsewhere, and
+        // on this machine's two cores the sending (1.5 GiB) would
+        // otherwise delay the probe's own thread and be counted as the
+        // server's slowness.
         let started = Instant::now();
         let sender = std::thread::spawn({
-            let (http, base) = (http.clone(), dev.base.clone());
+            let base = dev.base.clone();
             move || {
                 sandmill_server::background::lower_priority();
+                let http = sandmill_server::tls::default_client();
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -1357,14 +1403,13 @@ fn fifty_big_uploads_at_once_leave_the_server_answering_within_its_memory() {
         );
         assert_eq!(stored, 50);
         assert!(probes.len() > 50, "only {} answers", probes.len());
-        // The goal is 100 ms throughout. Alone on this machine the
-        // slowest answer was 23–53 ms (the server's share 17–36 ms); with
-        // gigabytes of other writes going to disk, answers in the storm's
-        // first second took up to 250 ms while the idle server's stayed
-        // under 40 ms. The assertion keeps to what holds every time (the
-        // server never stops answering); the figure is the measurement.
+        // The goal: 100 ms throughout, of the server's own. On
+        // this machine's 2 shared cores, with 12–16 GiB of page cache, the
+        // slowest answer was 15–34 ms (before bodies took turns at being
+        // copied: 21–117 ms); with 3 GB of other writes during the storm,
+        // 24–78 ms (the server's share 16–59 ms).
         assert!(
-            share < Duration::from_millis(500),
+            share < Duration::from_millis(100),
             "/healthz took {share:?} of the server's (slowest answer {slowest:?})"
         );
         // Bodies held at once (128 MiB), modules kept loaded (64 MiB), the

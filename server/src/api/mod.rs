@@ -139,6 +139,7 @@ pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
         body_memory: Arc::new(Semaphore::new(body_kib as usize)),
         body_kib,
         max_body_bytes: config.max_body_bytes,
+        copying: CopyTurns::new(),
     });
     let state = AppState {
         waiting_runs: Arc::new(Semaphore::new(config.max_waiting_runs)),
@@ -215,6 +216,23 @@ struct Limits {
     body_memory: Arc<Semaphore>,
     body_kib: u32,
     max_body_bytes: usize,
+    /// Bodies copied at once ([`CopyTurns`]).
+    copying: CopyTurns,
+}
+
+/// Turns at copying bodies' pieces: one fewer than the machine's cores
+/// (at least one), so a storm of uploads leaves a thread free to answer
+/// other requests. A turn is held while a piece that has arrived is
+/// copied, never while waiting for the client (a slow client holds up no
+/// one).
+#[derive(Clone)]
+struct CopyTurns(Arc<Semaphore>);
+
+impl CopyTurns {
+    fn new() -> CopyTurns {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        CopyTurns(Arc::new(Semaphore::new(cores.saturating_sub(1).max(1))))
+    }
 }
 
 /// `bytes` in KiB, rounded up (at most `u32::MAX`).
@@ -272,6 +290,7 @@ async fn limit_requests(
     // body's grows as it comes).
     let room = declared.map_or(0, |length| length.min(limits.max_body_bytes));
     request.extensions_mut().insert(BodyDeadline { at, room });
+    request.extensions_mut().insert(limits.copying.clone());
     let _room = if body == 0 {
         None
     } else {
@@ -455,7 +474,8 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let reading = req.extensions().get::<BodyDeadline>().copied();
-        let read = read_body(req, reading.map_or(0, |r| r.room));
+        let turns = req.extensions().get::<CopyTurns>().cloned();
+        let read = read_body(req, reading.map_or(0, |r| r.room), turns);
         let read = match reading {
             None => read.await,
             Some(BodyDeadline { at, .. }) => match tokio::time::timeout_at(at, read).await {
@@ -481,7 +501,7 @@ const TURN_BYTES: usize = 256 << 10;
 /// upload is spread over its arrival in small steps between other
 /// requests, not done at once at its end (a 30 MiB copy held a thread that
 /// answers requests for tens of milliseconds).
-async fn read_body(req: Request, room: usize) -> Result<Bytes, Response> {
+async fn read_body(req: Request, room: usize, turns: Option<CopyTurns>) -> Result<Bytes, Response> {
     use axum::RequestExt;
     use futures_util::StreamExt;
     let mut pieces = req.into_limited_body().into_data_stream();
@@ -490,6 +510,11 @@ async fn read_body(req: Request, room: usize) -> Result<Bytes, Response> {
     while let Some(piece) = pieces.next().await {
         match piece {
             Ok(piece) => {
+                // A piece that has arrived is copied in a turn.
+                let _turn = match &turns {
+                    Some(CopyTurns(turns)) => turns.acquire().await.ok(),
+                    None => None,
+                };
                 body.extend_from_slice(&piece);
                 // While the client sends faster than it is read, every
                 // read is ready at once: the task would hold its thread
