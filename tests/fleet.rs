@@ -1826,3 +1826,31 @@ fn worker_metrics_and_json_logs_of_server_and_worker_join_by_trace() {
         );
     });
 }
+
+/// A cached sweep three windows long ends on the fleet too: cache hits
+/// take no room in the window, and the dispatcher goes on without an
+/// event to wake it.
+#[test]
+fn a_cached_sweep_past_the_window_ends_on_the_fleet() {
+    run_test(Duration::from_secs(300), async {
+        let mut fleet = Fleet::start(&["--window", "64", "--reconcile-every", "10m"]).await;
+        fleet.start_worker("w1", "", 2);
+        support::seams::cached_sweep_past_the_window(&fleet.base, 64, "fleet").await;
+    });
+}
+
+/// Cancel on the fleet: the workers hear of it on `sandmill.cancel`
+/// (under the least-privilege worker user), interrupt their running
+/// guests and drop what they fetched; their slots take other work at once.
+#[test]
+fn cancel_interrupts_running_guests_on_the_fleet() {
+    run_test(Duration::from_secs(300), async {
+        let mut fleet = Fleet::start(&[]).await;
+        let metrics_port = support::free_port();
+        let listen = format!("127.0.0.1:{metrics_port}");
+        fleet.start_worker_with("w1", "", 2, &["--metrics-listen", &listen]);
+        support::wait_port(metrics_port, Duration::from_secs(30));
+        let metrics = format!("http://{listen}/metrics");
+        support::seams::cancel_frees_the_slots(&fleet.base, 2, Some(&metrics), "fleet").await;
+    });
+}

@@ -17,13 +17,15 @@
 //! - [`reason`]: why an attempt failed, one list for every part.
 //! - [`error`]: errors callers match on by kind, keeping their source.
 //! - [`shuffle`]: a map-reduce job's partitions, spills and merges.
-//! - [`worker`]: the loop that fetches tasks, runs them and reports back.
+//! - [`worker`]: the loop that fetches tasks, runs them and reports back;
+//!   [`cancels`]: how it stops the attempts of jobs that ended early.
 //!
 //! This crate knows nothing of HTTP or SQL.
 
 pub mod background;
 pub mod blob;
 pub mod broker;
+pub mod cancels;
 pub mod error;
 pub mod labels;
 pub mod message;

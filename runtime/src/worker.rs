@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::blob::{BlobError, BlobErrorKind, BlobStore};
 use crate::broker::{Broker, BrokerError, BrokerErrorKind};
+use crate::cancels::Cancels;
 use crate::message::Shuffle;
 use crate::message::{
     BlobRef, HEARTBEAT_EVERY, INLINE_LOG_BYTES, INLINE_OUTPUT_BYTES, OutputRef, PROGRESS_EVERY,
@@ -27,7 +28,7 @@ use crate::message::{
 };
 use crate::reason::Reason;
 use crate::sandbox::{
-    Call, CallInput, CallKind, ExecError, Module, Output, ProgressSink, Sandbox, SpillTo,
+    Call, CallInput, CallKind, ExecError, Interrupt, Module, Output, ProgressSink, Sandbox, SpillTo,
 };
 
 /// Task attempts one worker loop takes per fetch, at most.
@@ -151,6 +152,7 @@ pub struct WorkerPool {
     drain: watch::Sender<bool>,
     slots: Vec<std::thread::JoinHandle<()>>,
     registry: tokio::task::JoinHandle<()>,
+    cancels: tokio::task::JoinHandle<()>,
 }
 
 impl WorkerPool {
@@ -179,6 +181,7 @@ impl WorkerPool {
         let (drain, stop) = watch::channel(false);
         let mut slots = Vec::new();
         let loaded: Arc<Mutex<HashMap<String, Module>>> = Arc::default();
+        let cancels = Arc::new(Cancels::default());
         for n in 0..base.capacity.max(1) {
             let mut worker = Worker::new(
                 format!("{}/{n}", base.id),
@@ -186,7 +189,8 @@ impl WorkerPool {
                 broker.clone(),
                 blobs.clone(),
             )
-            .with_presence(presence.clone());
+            .with_presence(presence.clone())
+            .with_cancels(cancels.clone());
             worker.modules = loaded.clone();
             worker.module_blobs = modules.clone();
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -208,6 +212,7 @@ impl WorkerPool {
             presence,
             stop,
         ));
+        let cancels = tokio::spawn(crate::cancels::listen(broker.clone(), cancels));
         Ok(WorkerPool {
             id: base.id,
             capacity: base.capacity.max(1),
@@ -215,6 +220,7 @@ impl WorkerPool {
             drain,
             slots,
             registry,
+            cancels,
         })
     }
 
@@ -231,6 +237,7 @@ impl WorkerPool {
         })
         .await;
         self.registry.abort();
+        self.cancels.abort();
         crate::metrics::WORKER.remove_slots(self.capacity);
         match self.broker.leave(&self.id).await {
             Ok(()) => true,
@@ -252,6 +259,7 @@ pub struct Worker {
     module_blobs: Arc<dyn BlobStore>,
     modules: Arc<Mutex<HashMap<String, Module>>>,
     presence: Arc<Presence>,
+    cancels: Arc<Cancels>,
 }
 
 impl Worker {
@@ -270,7 +278,15 @@ impl Worker {
             blobs,
             modules: Arc::default(),
             presence: Arc::default(),
+            cancels: Arc::default(),
         }
+    }
+
+    /// Shares `cancels` (the process's word of jobs ended early) with this
+    /// loop: their attempts are interrupted, their fetched tasks dropped.
+    pub fn with_cancels(mut self, cancels: Arc<Cancels>) -> Self {
+        self.cancels = cancels;
+        self
     }
 
     /// Shares `presence` (the process's registry view) with this loop.
@@ -342,7 +358,14 @@ impl Worker {
                         return;
                     }
                 }
+                let Some(switch) = self.cancels.start(&task) else {
+                    // Its job ended early: dropped unrun, for good (the
+                    // control plane recorded its end).
+                    self.drop_unrun(&task).await;
+                    continue;
+                };
                 let result = if task.delivered > self.broker.max_deliveries() {
+                    self.cancels.end(task.task_id);
                     self.lost(&task)
                 } else {
                     let started = TaskEvent::Started {
@@ -362,8 +385,15 @@ impl Worker {
                         tracing::warn!(%error, job_id = task.job_id, task_id = task.task_id, attempt = task.attempt, "announcing a start failed");
                     }
                     self.presence.start(task.task_id);
-                    let ran = self.execute(&task, &drain).await;
+                    let ran = self.execute(&task, &drain, Some(&switch)).await;
                     self.presence.end(task.task_id);
+                    self.cancels.end(task.task_id);
+                    if switch.is_set() {
+                        // Interrupted, or ended as its job was cancelled:
+                        // either way its end is recorded already.
+                        self.drop_unrun(&task).await;
+                        continue;
+                    }
                     match ran {
                         Ran::Done(result) => *result,
                         Ran::HandBack(error) => {
@@ -449,6 +479,20 @@ impl Worker {
             }
         }
         true
+    }
+
+    /// Acks a task of a job that ended early without reporting a result,
+    /// so it is not delivered again.
+    async fn drop_unrun(&self, task: &TaskMessage) {
+        tracing::debug!(
+            job_id = task.job_id,
+            task_id = task.task_id,
+            attempt = task.attempt,
+            "its job ended early; dropped"
+        );
+        if let Err(error) = self.broker.done(task).await {
+            tracing::warn!(%error, job_id = task.job_id, task_id = task.task_id, "dropping a task of a cancelled job failed; it may be delivered again and dropped then");
+        }
     }
 
     /// The result of a task its workers kept vanishing under.
@@ -614,9 +658,14 @@ impl Worker {
         span_id = %task.trace().span_id,
         worker = %self.id,
     ))]
-    pub async fn execute(&self, task: &TaskMessage, drain: &watch::Receiver<bool>) -> Ran {
+    pub async fn execute(
+        &self,
+        task: &TaskMessage,
+        drain: &watch::Receiver<bool>,
+        interrupt: Option<&Interrupt>,
+    ) -> Ran {
         tracing::debug!(kind = task.kind.name(), "attempt starting");
-        match self.try_execute(task, drain).await {
+        match self.try_execute(task, drain, interrupt).await {
             Ok(result) => {
                 tracing::debug!(verdict = ?result.verdict, reason = ?result.reason,
                     elapsed_ms = result.elapsed_ms, "attempt ended");
@@ -630,6 +679,7 @@ impl Worker {
         &self,
         task: &TaskMessage,
         drain: &watch::Receiver<bool>,
+        interrupt: Option<&Interrupt>,
     ) -> Result<TaskResult, BlobError> {
         let mut result = self.blank(task);
         result.started_ms = Some(now_ms());
@@ -670,6 +720,7 @@ impl Worker {
                 seed: task.seed.unwrap_or(task.task_id as u64),
                 attempt: u32::try_from(task.attempt).unwrap_or(u32::MAX),
                 progress: None,
+                interrupt: interrupt.cloned(),
             };
             let outcome = self.sandbox.call(&preprocessor, call).await;
             preprocess_log = outcome.log;
@@ -761,6 +812,7 @@ impl Worker {
             seed: task.seed.unwrap_or(task.task_id as u64),
             attempt: u32::try_from(task.attempt).unwrap_or(u32::MAX),
             progress: Some(progress_sink(self.broker.clone(), task)),
+            interrupt: interrupt.cloned(),
         };
         let mut outcome = self.sandbox.call(&module, call).await;
         if !preprocess_log.is_empty() {

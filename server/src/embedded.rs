@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use sandmill_runtime::blob::DirBlobStore;
 use sandmill_runtime::broker::{DEFAULT_EVENT_BYTES, MemoryBroker};
+use sandmill_runtime::labels::Labels;
 use sandmill_runtime::message::WorkerInfo;
 use sandmill_runtime::sandbox::{Sandbox, SandboxConfig};
 use sandmill_runtime::worker::{Worker, WorkerPool};
@@ -45,6 +46,9 @@ pub struct EmbeddedConfig {
     /// Bytes of compiled modules kept on disk (see
     /// [`SandboxConfig::max_cache_bytes`]).
     pub max_cache_bytes: u64,
+    /// What its worker slots offer: as on a fleet, a task needing labels
+    /// they lack waits (and its job says why) until its queue timeout.
+    pub labels: Labels,
 }
 
 impl EmbeddedConfig {
@@ -58,6 +62,7 @@ impl EmbeddedConfig {
             allowed_grants: SandboxConfig::default().allowed_grants,
             max_kept_module_bytes: SandboxConfig::default().max_kept_module_bytes,
             max_cache_bytes: SandboxConfig::default().max_cache_bytes,
+            labels: Labels::default(),
         }
     }
 }
@@ -109,10 +114,10 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
     })?;
     // The window bounds the queue; the rest is room for small jobs, which
     // are dispatched as they are accepted.
-    let broker = Arc::new(MemoryBroker::with_capacity(
-        config.scheduler.window * 2 + 4_096,
-        DEFAULT_EVENT_BYTES,
-    ));
+    let broker = Arc::new(
+        MemoryBroker::with_capacity(config.scheduler.window * 2 + 4_096, DEFAULT_EVENT_BYTES)
+            .with_offers(config.labels.clone()),
+    );
     let scheduler = Scheduler::new(
         store,
         broker.clone(),
@@ -140,10 +145,12 @@ pub async fn start(config: EmbeddedConfig) -> anyhow::Result<Embedded> {
     tokio::spawn(scheduler.clone().run_retention());
     tokio::spawn(scheduler.clone().run_utilization());
     tokio::spawn(scheduler.clone().run_blob_collection());
+    // Says why labelled jobs wait, and times them out, as on the fleet.
+    tokio::spawn(scheduler.clone().reconcile());
     // The slots run sweeps: batch work, below the API and the fast path
     // in the CPU's eyes, so a call does not wait for a core behind them.
     let workers = WorkerPool::start(
-        WorkerInfo::starting("embedded", Default::default(), config.workers.max(1)),
+        WorkerInfo::starting("embedded", config.labels.clone(), config.workers.max(1)),
         sandbox,
         broker.clone(),
         blobs.clone(),

@@ -9,6 +9,7 @@
 pub mod collection;
 pub mod metrics;
 pub mod openapi;
+pub mod seams;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

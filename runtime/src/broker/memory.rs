@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::stream::BoxStream;
 use tokio::sync::Notify;
 
 use super::{Broker, BrokerError, BrokerErrorKind};
@@ -41,7 +42,13 @@ pub struct MemoryBroker {
     workers: Mutex<BTreeMap<String, WorkerInfo>>,
     task_capacity: usize,
     event_bytes: usize,
+    /// Jobs ended early, to the worker slots that listen.
+    cancelled: tokio::sync::broadcast::Sender<i64>,
 }
+
+/// Word of cancelled jobs held for a listener that lags: past it, the
+/// oldest is lost (its tasks run and are ignored, as before cancels).
+const CANCEL_BACKLOG: usize = 1_024;
 
 /// One priority's tasks: a queue per tenant, the tenants taking turns.
 #[derive(Default)]
@@ -98,11 +105,26 @@ struct Tasks {
     len: usize,
     queued: HashSet<(i64, i64)>,
     closed: bool,
+    /// What this process's workers offer (see
+    /// [`MemoryBroker::with_offers`]); `None`: they take every task.
+    offers: Option<Labels>,
+    /// Tasks needing labels the workers do not offer: held, never
+    /// fetched, until their job ends (the control plane's queue timeout,
+    /// or a cancel). Bounded by the dispatch window, as the lanes are.
+    held: Vec<TaskMessage>,
 }
 
 impl Tasks {
+    /// Queues `task` for the workers; false when it is a duplicate, or
+    /// held because no worker here offers its labels.
     fn push(&mut self, task: TaskMessage, front: bool) -> bool {
         if !self.queued.insert(task.dedup_key()) {
+            return false;
+        }
+        if let Some(offers) = &self.offers
+            && !task.labels.satisfied_by(offers)
+        {
+            self.held.push(task);
             return false;
         }
         self.lanes
@@ -171,7 +193,16 @@ impl MemoryBroker {
             workers: Mutex::default(),
             task_capacity: tasks.max(1),
             event_bytes: event_bytes.max(1),
+            cancelled: tokio::sync::broadcast::channel(CANCEL_BACKLOG).0,
         }
+    }
+
+    /// Workers here offer `offers` only: a task needing other labels is
+    /// held, as on a fleet with no such worker, and the control plane says
+    /// why it waits and times it out (see [`Broker::enforces_labels`]).
+    pub fn with_offers(self, offers: Labels) -> Self {
+        self.lock_tasks().offers = Some(offers);
+        self
     }
 
     /// Wakes every waiting fetch with a `Closed` error.
@@ -334,7 +365,11 @@ impl Broker for MemoryBroker {
     async fn forget_job(&self, job_id: i64, _labels: &Labels) -> Result<(), BrokerError> {
         let mut state = self.lock_tasks();
         let Tasks {
-            lanes, queued, len, ..
+            lanes,
+            queued,
+            len,
+            held,
+            ..
         } = &mut *state;
         for lane in lanes.values_mut() {
             lane.retain(|task| {
@@ -347,9 +382,47 @@ impl Broker for MemoryBroker {
             });
         }
         lanes.retain(|_, lane| !lane.is_empty());
+        held.retain(|task| {
+            let keep = task.job_id != job_id;
+            if !keep {
+                queued.remove(&task.dedup_key());
+            }
+            keep
+        });
         drop(state);
         self.task_room.notify_waiters();
         Ok(())
+    }
+
+    async fn cancel_jobs(&self, jobs: &[i64]) -> Result<(), BrokerError> {
+        for &job in jobs {
+            // No one listening is no error.
+            let _ = self.cancelled.send(job);
+        }
+        Ok(())
+    }
+
+    async fn cancels(&self) -> Result<Option<BoxStream<'static, i64>>, BrokerError> {
+        let heard = self.cancelled.subscribe();
+        let jobs = futures_util::stream::unfold(heard, |mut heard| async move {
+            loop {
+                match heard.recv().await {
+                    Ok(job) => return Some((job, heard)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
+                        tracing::warn!(
+                            lost,
+                            "word of cancelled jobs lost; their tasks here run on"
+                        );
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(Some(Box::pin(jobs)))
+    }
+
+    fn enforces_labels(&self) -> bool {
+        self.lock_tasks().offers.is_some()
     }
 
     async fn heartbeat(&self, info: &WorkerInfo) -> Result<(), BrokerError> {

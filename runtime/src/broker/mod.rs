@@ -9,6 +9,7 @@ mod memory;
 mod nats;
 
 use async_trait::async_trait;
+use futures_util::stream::BoxStream;
 
 pub use memory::{DEFAULT_EVENT_BYTES, DEFAULT_TASK_CAPACITY, MemoryBroker};
 pub use nats::{MAX_DELIVERIES, NatsBroker, NatsConfig};
@@ -157,6 +158,21 @@ pub trait Broker: Send + Sync + 'static {
     /// Best effort: a message it misses only runs and is ignored.
     async fn forget_job(&self, _job_id: i64, _labels: &Labels) -> Result<(), BrokerError> {
         Ok(())
+    }
+
+    /// Tells workers that these jobs ended early (cancelled, failed for
+    /// good, past their queue timeout): they interrupt the jobs' running
+    /// attempts and drop their fetched ones (see
+    /// [`cancels`](crate::cancels)). Best effort: a worker that misses it
+    /// runs them, and their results are ignored.
+    async fn cancel_jobs(&self, _jobs: &[i64]) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// The jobs that ended early, as the control plane tells them (worker
+    /// side), from now on; `None` for a broker that carries no such word.
+    async fn cancels(&self) -> Result<Option<BoxStream<'static, i64>>, BrokerError> {
+        Ok(None)
     }
 
     /// Removes the task queues of label sets (and priorities) that held

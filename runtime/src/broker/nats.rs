@@ -20,6 +20,9 @@
 //!   (JSON, limits retention, so any NATS client can subscribe); the control
 //!   plane reads them with the durable consumer `recorder` and acks each
 //!   after the database commit.
+//! - Cancels: the control plane publishes a job's id on `sandmill.cancel`
+//!   (core NATS) when the job ends early; workers interrupt its running
+//!   attempts and drop its fetched ones (see [`crate::cancels`]).
 //! - Registry: key/value bucket `sandmill-workers`, one entry per worker id,
 //!   rewritten every heartbeat, removed when a worker leaves on purpose.
 //!
@@ -32,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv, stream};
 use async_trait::async_trait;
+use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::{Broker, BrokerError, BrokerErrorKind};
@@ -76,6 +80,9 @@ const QUEUE_REFRESH: Duration = Duration::from_secs(2);
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Where publishers tell idle workers that tasks arrived (core NATS).
 const WAKE_SUBJECT: &str = "sandmill.wake";
+/// Where the control plane tells workers that a job ended early (core
+/// NATS; the payload is the job id in decimal).
+pub const CANCEL_SUBJECT: &str = "sandmill.cancel";
 
 const TASK_STREAM: &str = "SANDMILL_TASKS";
 const EVENT_STREAM: &str = "SANDMILL_EVENTS";
@@ -989,6 +996,35 @@ impl Broker for NatsBroker {
         let mut events = events.clone();
         let info = events.info().await.map_err(unavailable)?;
         Ok(Some(info.num_pending + info.num_ack_pending as u64))
+    }
+
+    async fn cancel_jobs(&self, jobs: &[i64]) -> Result<(), BrokerError> {
+        for job in jobs {
+            self.client
+                .publish(CANCEL_SUBJECT, job.to_string().into())
+                .await
+                .map_err(unavailable)?;
+        }
+        // Out now, not with the next batch of writes.
+        self.client.flush().await.map_err(unavailable)
+    }
+
+    async fn cancels(&self) -> Result<Option<BoxStream<'static, i64>>, BrokerError> {
+        let heard = self
+            .client
+            .subscribe(CANCEL_SUBJECT)
+            .await
+            .map_err(unavailable)?;
+        let jobs = heard.filter_map(|message| async move {
+            let job = std::str::from_utf8(&message.payload)
+                .ok()
+                .and_then(|text| text.parse::<i64>().ok());
+            if job.is_none() {
+                tracing::warn!(subject = %message.subject, "ignoring a cancel that names no job");
+            }
+            job
+        });
+        Ok(Some(Box::pin(jobs)))
     }
 
     async fn forget_job(&self, job_id: i64, labels: &Labels) -> Result<(), BrokerError> {

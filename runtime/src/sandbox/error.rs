@@ -69,6 +69,11 @@ pub enum ExecError {
     /// The host failed, not the guest (e.g. no free instance slot).
     #[error("sandbox failure: {0}")]
     Host(String),
+    /// The call's [`Interrupt`](super::Interrupt) was thrown: its job ended
+    /// early (cancelled). A worker reports no result for it: the task's
+    /// end is already recorded.
+    #[error("interrupted: its job was cancelled")]
+    Cancelled,
 }
 
 /// The kind of trap, as wasmtime reports it.
@@ -112,7 +117,8 @@ impl ExecError {
             | ExecError::ModuleTooLarge { .. }
             | ExecError::MissingExport { .. } => Reason::ModuleInvalid,
             ExecError::BadGrant(_) => Reason::BadGrant,
-            ExecError::Host(_) => Reason::HostError,
+            // Never stored (see the variant); the host stopped it.
+            ExecError::Host(_) | ExecError::Cancelled => Reason::HostError,
         }
     }
 
@@ -120,7 +126,10 @@ impl ExecError {
     pub fn is_deterministic(&self) -> bool {
         !matches!(
             self,
-            ExecError::Timeout(_) | ExecError::Host(_) | ExecError::BadGrant(_)
+            ExecError::Timeout(_)
+                | ExecError::Host(_)
+                | ExecError::BadGrant(_)
+                | ExecError::Cancelled
         )
     }
 }

@@ -25,6 +25,7 @@
 mod cache;
 mod error;
 mod host;
+mod interrupt;
 mod limits;
 pub mod net;
 mod wasi;
@@ -43,6 +44,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use error::{ExecError, TrapKind};
 use error::{FailureContext, classify, one_line};
 use host::{HostState, LogSink, MemoryLimiter};
+pub use interrupt::Interrupt;
 pub use limits::*;
 pub use wasi::FIXED_WALL_CLOCK;
 
@@ -272,6 +274,9 @@ pub struct Call {
     /// Where the guest's `host.progress` calls go while it runs (the
     /// latest one wins); the last one is also in [`Outcome::progress`].
     pub progress: Option<ProgressSink>,
+    /// Stops the call when thrown (its job ended early): it fails with
+    /// [`ExecError::Cancelled`].
+    pub interrupt: Option<Interrupt>,
 }
 
 /// Told each of a running guest's `host.progress` calls, `(done, total)`,
@@ -303,6 +308,7 @@ impl Call {
             spill: None,
             attempt: 0,
             progress: None,
+            interrupt: None,
         }
     }
 
@@ -751,6 +757,7 @@ impl Sandbox {
             spill,
             attempt,
             progress: progress_sink,
+            interrupt,
         } = call;
         let metered = limits.fuel.is_some();
         let flavor = self.flavor(metered)?;
@@ -802,8 +809,31 @@ impl Sandbox {
         let mut store = Store::new(&flavor.engine, state);
         store.limiter(|s| &mut s.limiter);
         let ticks = limits.timeout.as_millis() / EPOCH_TICK.as_millis() + 1;
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.epoch_deadline_trap();
+        let ticks = u64::try_from(ticks).unwrap_or(u64::MAX);
+        match &interrupt {
+            None => {
+                store.set_epoch_deadline(ticks);
+                store.epoch_deadline_trap();
+            }
+            // Looked at every tick: a thrown switch stops the guest, and
+            // the timeout is counted here in ticks.
+            Some(switch) => {
+                let switch = switch.clone();
+                let mut left = ticks;
+                store.epoch_deadline_callback(move |_| {
+                    if switch.is_set() {
+                        return Err(wasmtime::Error::new(error::HostAbort(ExecError::Cancelled)));
+                    }
+                    left = left.saturating_sub(1);
+                    Ok(if left == 0 {
+                        wasmtime::UpdateDeadline::Interrupt
+                    } else {
+                        wasmtime::UpdateDeadline::Continue(1)
+                    })
+                });
+                store.set_epoch_deadline(1);
+            }
+        }
         if let Some(fuel) = limits.fuel {
             store
                 .set_fuel(fuel)
@@ -813,7 +843,19 @@ impl Sandbox {
         // The epoch deadline stops a guest that computes; this timer stops
         // one that waits in the host (a WASI sleep or poll).
         let run = invoke(&mut store, &loaded.pre, kind, export, combine, input);
-        let result = match tokio::time::timeout(limits.timeout, run).await {
+        let interrupted = async {
+            match &interrupt {
+                Some(switch) => switch.wait().await,
+                None => std::future::pending().await,
+            }
+        };
+        let run = async {
+            tokio::select! {
+                ran = tokio::time::timeout(limits.timeout, run) => ran,
+                () = interrupted => Ok(Err(wasmtime::Error::new(error::HostAbort(ExecError::Cancelled)))),
+            }
+        };
+        let result = match run.await {
             Ok(Ok(result)) => result,
             Ok(Err(error)) => {
                 let cx = FailureContext {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use sandmill_runtime::labels::Labels;
 use sandmill_server::api::auth::LocalGuard;
 use sandmill_server::api::{self, ApiConfig, DEFAULT_MAX_BODY_BYTES};
 use sandmill_server::embedded::{self, DEFAULT_STOP_WITHIN, EmbeddedConfig};
@@ -28,6 +29,11 @@ pub struct DevArgs {
     /// Worker loops (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Labels its workers offer, k=v,...: as on a fleet, a job needing
+    /// labels they lack waits (its status says why) until its queue
+    /// timeout.
+    #[arg(long, env = "SANDMILL_LABELS", default_value = "")]
+    labels: String,
     /// A database URL (postgres://...) instead of SQLite in the data folder.
     #[arg(long, env = "SANDMILL_DATABASE")]
     database: Option<String>,
@@ -89,6 +95,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         if let Some(workers) = args.workers {
             config.workers = workers;
         }
+        config.labels = Labels::parse(&args.labels).context("--labels")?;
         let instance = embedded::start(config).await?;
         if let Some(urls) = &args.nats {
             let client = sandmill_server::fleet::NatsOptions {

@@ -119,7 +119,7 @@ pub async fn replay(call: &CallView, blobs: Vec<(String, Vec<u8>)>) -> anyhow::R
         store.clone(),
     );
     let (_keep, drain) = tokio::sync::watch::channel(false);
-    let result = match worker.execute(&task, &drain).await {
+    let result = match worker.execute(&task, &drain, None).await {
         Ran::Done(result) => result,
         Ran::HandBack(error) => anyhow::bail!("cannot read the call's blobs: {error}"),
     };

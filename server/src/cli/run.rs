@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
+use sandmill_runtime::labels::Labels;
 use sandmill_server::embedded::{self, DEFAULT_STOP_WITHIN, EmbeddedConfig};
 use sandmill_server::model::{JobKind, JobStatus, TaskState};
 use sandmill_server::scheduler::{DEFAULT_TENANT, Owner, Scheduler};
@@ -36,6 +37,11 @@ pub struct RunArgs {
     /// Worker loops (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Labels its workers offer, k=v,...: as on a fleet, a job needing
+    /// labels they lack waits (its status says why) until its queue
+    /// timeout.
+    #[arg(long, env = "SANDMILL_LABELS", default_value = "")]
+    labels: String,
     /// Keep the instance's data here instead of a temporary folder.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -81,6 +87,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(workers) = args.workers {
         config.workers = workers;
     }
+    config.labels = Labels::parse(&args.labels).context("--labels")?;
     let instance = embedded::start(config).await?;
     let scheduler = instance.scheduler.clone();
     // Whatever happens, the instance stops before its folder goes.
@@ -94,6 +101,19 @@ async fn run_job(scheduler: &Scheduler, args: &RunArgs) -> anyhow::Result<ExitCo
     let mut job = resolve(&args.job, &args.input, &Local(scheduler)).await?;
     if args.no_cache {
         job.cache = Some(false);
+    }
+    // A job this machine's workers cannot take would wait out its queue
+    // timeout: said at once instead.
+    let offers = Labels::parse(&args.labels).context("--labels")?;
+    let needs = std::iter::once(&job.labels)
+        .chain(job.steps.iter().filter_map(|step| step.labels.as_ref()));
+    for needs in needs {
+        let needs = Labels(needs.clone());
+        anyhow::ensure!(
+            needs.satisfied_by(&offers),
+            "this job needs workers offering labels {needs}; `sandmill run` offers [{offers}]: \
+             run it with --labels {needs}, or submit it to a fleet whose workers offer them"
+        );
     }
     // The job's own time: accepted (its modules and inputs are in) to ended.
     let started = Instant::now();

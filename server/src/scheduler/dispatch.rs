@@ -179,14 +179,19 @@ impl Scheduler {
         // Tenants past their quota of time start nothing.
         jobs.retain(|j| !self.spent(&j.tenant));
         let mut dispatched = 0;
+        // Tasks that ended as they were dispatched (cache hits) took no
+        // room: nothing will wake the dispatcher for the room they left,
+        // so it goes again at once.
+        let mut ended_unrun = 0;
         for (tenant, room) in reserved {
             let mut theirs: Vec<&Backlog> = jobs.iter().filter(|j| j.tenant == tenant).collect();
             theirs.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.job_id));
             let mut planned = Vec::new();
             plan_within(room, &theirs, &mut planned);
             for (job_id, n) in planned {
-                let created = self.dispatch_job(job_id, n).await?;
+                let (created, queued) = self.dispatch_job(job_id, n).await?;
                 dispatched += created;
+                ended_unrun += created - queued;
                 if let Some(job) = jobs.iter_mut().find(|j| j.job_id == job_id) {
                     job.remaining -= created;
                 }
@@ -206,13 +211,14 @@ impl Scheduler {
         }
         let room = window - live;
         for (job_id, n, queue) in self.plan_ahead(room, &jobs).await {
-            let created = self.dispatch_job(job_id, n).await?;
+            let (created, queued) = self.dispatch_job(job_id, n).await?;
             dispatched += created;
+            ended_unrun += created - queued;
             if let Some((token, priority)) = queue {
-                self.lock_ahead().published(&token, priority, created);
+                self.lock_ahead().published(&token, priority, queued);
             }
         }
-        Ok(dispatched > 0 && more_jobs)
+        Ok(dispatched > 0 && (more_jobs || ended_unrun > 0))
     }
 
     fn lock_ahead(&self) -> std::sync::MutexGuard<'_, Ahead> {
@@ -278,9 +284,10 @@ impl Scheduler {
     }
 
     /// Creates and publishes up to `n` of a job's next tasks; how many it
-    /// created.
-    async fn dispatch_job(&self, job_id: i64, n: i64) -> Result<i64, super::SchedulerError> {
+    /// created, and how many of those it queued (the rest were cached).
+    async fn dispatch_job(&self, job_id: i64, n: i64) -> Result<(i64, i64), super::SchedulerError> {
         let mut left = n;
+        let mut queued_all = 0;
         while left > 0 {
             let round = self
                 .inner
@@ -291,6 +298,7 @@ impl Scheduler {
             // Cached tasks take no room, but count toward the round.
             let created = queued + round.cached;
             left -= created;
+            queued_all += queued;
             self.inner.live.fetch_add(queued, Ordering::Relaxed);
             self.publish(round.messages).await;
             if round.ended {
@@ -300,7 +308,7 @@ impl Scheduler {
                 break;
             }
         }
-        Ok(n - left.max(0))
+        Ok((n - left.max(0), queued_all))
     }
 
     /// Publishes task messages, parameters too large to travel inline

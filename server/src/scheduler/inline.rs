@@ -136,7 +136,7 @@ impl Scheduler {
         let store = self.inner.store.clone();
         let recorded = tokio::task::block_in_place(|| {
             handle.block_on(async {
-                let result = match inline.worker.execute(&task, &inline.never).await {
+                let result = match inline.worker.execute(&task, &inline.never, None).await {
                     Ran::Done(result) => result.bounded(),
                     Ran::HandBack(error) => return Err(SchedulerError::Blob(error)),
                 };

@@ -131,7 +131,7 @@ impl Scheduler {
                 self.inner.live.fetch_sub(live, Ordering::Relaxed);
                 self.job_changed(job_id);
                 self.inner.dispatch.notify_one();
-                self.forget(job_id).await;
+                self.stop_job(job_id).await;
                 // A map-reduce step: what reads it is blocked.
                 let scheduler = self.clone();
                 tokio::spawn(async move { scheduler.job_ended(job_id).await });

@@ -618,7 +618,7 @@ impl Scheduler {
                 }
                 if let Ok(live) = self.inner.store.cancel_job(step.id).await? {
                     self.inner.live.fetch_sub(live, Ordering::Relaxed);
-                    self.forget(step.id).await;
+                    self.stop_job(step.id).await;
                 }
             }
         }
@@ -627,13 +627,24 @@ impl Scheduler {
                 self.inner.live.fetch_sub(live, Ordering::Relaxed);
                 self.job_changed(job_id);
                 self.inner.dispatch.notify_one();
-                self.forget(job_id).await;
+                self.stop_job(job_id).await;
                 Ok(())
             }
             Err(CancelRefused::NotFound) => Err(SchedulerError::NotFound(format!("job {job_id}"))),
             Err(CancelRefused::Finished(status)) => Err(SchedulerError::Conflict(format!(
                 "job {job_id} already finished ({status})"
             ))),
+        }
+    }
+
+    /// A job ended early with every live task of it recorded as ended
+    /// (cancelled, or failed for good): its queued messages are dropped
+    /// and workers told to interrupt its running attempts and drop the
+    /// ones they fetched, so its slots are free at once (best effort).
+    async fn stop_job(&self, job_id: i64) {
+        self.forget(job_id).await;
+        if let Err(error) = self.inner.broker.cancel_jobs(&[job_id]).await {
+            tracing::warn!(job_id, %error, "could not tell workers the job ended; its running attempts run on and are ignored");
         }
     }
 

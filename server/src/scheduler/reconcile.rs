@@ -43,7 +43,8 @@ impl Scheduler {
         Ok(n)
     }
 
-    /// The reconciler, until the broker closes (see the module docs).
+    /// The reconciler, until the broker closes or the scheduler stops (see
+    /// the module docs).
     pub async fn reconcile(self) {
         let mut last_absent = tokio::time::Instant::now();
         let mut last_queues = tokio::time::Instant::now();
@@ -51,6 +52,9 @@ impl Scheduler {
             .clamp(Duration::from_secs(1), Duration::from_secs(60));
         loop {
             tokio::time::sleep(WAITING_EVERY).await;
+            if self.is_stopping() {
+                return;
+            }
             if let Err(error) = self.check_waiting().await {
                 if matches!(&error, SchedulerError::Broker(e) if e.kind() == BrokerErrorKind::Closed)
                 {
@@ -172,6 +176,8 @@ impl Scheduler {
                 tracing::warn!(job_id, %error, "queued tasks timed out");
                 let expired = self.inner.store.expire_queued(job_id, &error).await?;
                 self.inner.live.fetch_sub(expired.tasks, Ordering::Relaxed);
+                // The room they held is other jobs' now.
+                self.inner.dispatch.notify_one();
                 if expired.ended {
                     self.job_changed(job_id);
                 }
