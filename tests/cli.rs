@@ -437,7 +437,7 @@ fn https_serves_the_api_and_the_cli_trusts_it_through_ca_cert() {
     assert_eq!(untrusted.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&untrusted.stderr);
     assert!(
-        stderr.contains("cannot reach https://localhost"),
+        stderr.contains("cannot reach a Sandmill server at https://localhost"),
         "{stderr}"
     );
     // Plain HTTP to the TLS port gets no HTTP answer.
@@ -503,4 +503,79 @@ fn https_serves_the_api_and_the_cli_trusts_it_through_ca_cert() {
         !mismatched.status.success() && stderr.contains("does not fit"),
         "{stderr}"
     );
+}
+
+/// `--database` is taken on either side of `token`'s and `quota`'s
+/// subcommands (the README writes it after them); without one, the
+/// command says how to give it.
+#[test]
+fn operator_commands_take_the_database_before_or_after_their_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sandmill.db");
+    let db = path(&db);
+    let state = dir.path();
+    let after = ok(&run(
+        state,
+        &[
+            "token",
+            "create",
+            "--database",
+            db,
+            "--tenant",
+            "ops",
+            "--role",
+            "admin",
+        ],
+    ));
+    assert!(after.trim().starts_with("smt_"), "{after}");
+    let before = ok(&run(
+        state,
+        &["token", "--database", db, "create", "--tenant", "ops"],
+    ));
+    assert!(before.trim().starts_with("smt_"), "{before}");
+    let listed = ok(&run(state, &["token", "list", "--database", db]));
+    assert_eq!(listed.matches("ops").count(), 2, "{listed}");
+    ok(&run(
+        state,
+        &[
+            "quota",
+            "set",
+            "--database",
+            db,
+            "--tenant",
+            "ops",
+            "--open-tasks",
+            "5",
+        ],
+    ));
+    let quotas = ok(&run(state, &["quota", "--database", db, "list"]));
+    assert!(quotas.contains("ops"), "{quotas}");
+    let missing = support::sandmill(state)
+        .env_remove("SANDMILL_DATABASE")
+        .args(["token", "list"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert!(said.contains("--database"), "{said}");
+    assert_eq!(said.trim().lines().count(), 1, "one line: {said}");
+}
+
+/// A client command with no server to talk to says how to start one or
+/// point at one, in one line.
+#[test]
+fn a_client_with_no_server_says_how_to_start_or_find_one() {
+    let state = tempfile::tempdir().unwrap();
+    let nowhere = format!("http://127.0.0.1:{}", support::free_port());
+    let refused = run(state.path(), &["--server", &nowhere, "jobs"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    for hint in [
+        nowhere.as_str(),
+        "sandmill dev",
+        "--server",
+        "SANDMILL_SERVER",
+    ] {
+        assert!(said.contains(hint), "{hint}: {said}");
+    }
 }

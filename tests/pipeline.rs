@@ -515,6 +515,34 @@ fn a_failing_middle_step_blocks_only_what_reads_it() {
         assert_eq!(job["tasks"]["failed"], 2, "{job}");
         assert_eq!(job["tasks"]["succeeded"], 6 + 1 + 1, "{job}");
 
+        // The CLI on the pipeline and on its step: `failed` lists the
+        // step's failures (naming it), `status --graph` each step's job.
+        let cli = |args: &[&str]| {
+            let mut all = vec!["--server", dev.base.as_str()];
+            all.extend_from_slice(args);
+            support::output_within(sandmill(state.path()).args(&all), LIMIT)
+        };
+        let id_text = id.to_string();
+        let failed = cli(&["failed", &id_text]);
+        let listed = ok(&failed);
+        let said = String::from_utf8_lossy(&failed.stderr);
+        assert_eq!(listed.lines().count(), 2, "{listed}");
+        assert!(
+            listed.lines().all(|l| l.starts_with("step score: task ")),
+            "{listed}"
+        );
+        assert!(said.contains("2 task(s) of pipeline"), "{said}");
+        let score_job = score["job_id"].as_i64().unwrap().to_string();
+        let of_step = ok(&cli(&["failed", &score_job]));
+        assert_eq!(of_step.lines().count(), 2, "{of_step}");
+        let csv = ok(&cli(&["failed", &score_job, "--csv"]));
+        assert_eq!(csv.lines().count(), 3, "a header and two rows: {csv}");
+        let refused = cli(&["failed", &id_text, "--csv"]);
+        assert!(!refused.status.success());
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("STEP_JOB --csv"));
+        let drawn = ok(&cli(&["status", &id_text, "--graph"]));
+        assert!(drawn.contains(&format!("[job {score_job}]")), "{drawn}");
+
         // Over HTTP, a cycle is a 400 naming its step.
         let response = dev
             .http

@@ -15,8 +15,8 @@ use sandmill_server::api::views::{
     CallView, GraphView, JobCreated, JobView, ModuleView, Page, RestartRequest, ResubmitRequest,
     RetryView, TaskCounts, TaskDetail, TaskView, WorkerView,
 };
-use sandmill_server::jobfile::{JobFile, LimitsSection};
-use sandmill_server::model::{JobStatus, TaskState};
+use sandmill_server::jobfile::LimitsSection;
+use sandmill_server::model::{JobKind, JobStatus, TaskState};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -260,6 +260,15 @@ struct Refused {
 }
 
 impl Server {
+    /// What to say when the server does not answer: where the client
+    /// looked, and how to start a server or point at another.
+    pub(super) fn unreachable(&self) -> String {
+        format!(
+            "cannot reach a Sandmill server at {}; start one with `sandmill dev`, or point at yours with --server URL or SANDMILL_SERVER",
+            self.base
+        )
+    }
+
     pub(super) async fn check(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
         if response.status().is_success() {
             return Ok(response);
@@ -282,7 +291,7 @@ impl Server {
             .get(format!("{}{path}", self.base))
             .send()
             .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
+            .with_context(|| self.unreachable())?;
         Self::check(response).await
     }
 
@@ -307,7 +316,7 @@ impl Server {
             .body(body)
             .send()
             .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
+            .with_context(|| self.unreachable())?;
         Self::check(response).await
     }
 
@@ -317,7 +326,7 @@ impl Server {
             .delete(format!("{}{path}", self.base))
             .send()
             .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
+            .with_context(|| self.unreachable())?;
         Self::check(response).await
     }
 
@@ -507,6 +516,13 @@ pub fn run(
                 if wait {
                     return super::watch::follow(&server, created.id, false).await;
                 }
+                // The id alone on stdout (for scripts); what next on stderr.
+                tell!(
+                    "job {} submitted; follow it with `sandmill watch {}` (or `sandmill status {}`)",
+                    created.id,
+                    created.id,
+                    created.id
+                );
                 Ok(ExitCode::SUCCESS)
             }
             ClientCommand::Status { job: None, .. } => list(&server, None, 20).await,
@@ -901,6 +917,8 @@ fn draw_graph(graph: &GraphView) -> Vec<String> {
             if step.tasks.cached > 0 {
                 line.push_str(&format!(" ({} cached)", step.tasks.cached));
             }
+            // The step's own job: what `failed`, `fetch`, `logs` take.
+            line.push_str(&format!("  [job {}]", step.job_id));
             if !inputs.is_empty() {
                 line.push_str(&format!("  ← {}", inputs.join(", ")));
             }
@@ -911,12 +929,43 @@ fn draw_graph(graph: &GraphView) -> Vec<String> {
 
 /// The tasks of a job that did not succeed, in order: a line each, or
 /// their parameters as CSV (the columns of the CSV the sweep came from,
-/// in its order; else the parameters' names).
+/// in its order; else the parameters' names). A pipeline's are its
+/// steps', each line naming its step.
 async fn failed(server: &Server, id: i64, csv: bool) -> anyhow::Result<ExitCode> {
-    let definition: JobFile = server
+    let job = server.job(id).await?;
+    if job.kind != JobKind::Pipeline {
+        let n = failed_of(server, id, csv, None).await?;
+        tell!("{n} task(s) of job {id} did not succeed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    anyhow::ensure!(
+        !csv,
+        "a pipeline's steps each have their own parameters: run `sandmill failed STEP_JOB --csv` \
+         for one step (`sandmill status {id} --graph` shows their job ids)"
+    );
+    let graph: GraphView = server.get_json(&format!("/v1/jobs/{id}/graph")).await?;
+    let mut n = 0;
+    for step in &graph.steps {
+        n += failed_of(server, step.job_id, false, Some(&step.name)).await?;
+    }
+    tell!("{n} task(s) of pipeline {id}'s steps did not succeed");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// [`failed`] of one job (a pipeline's step: `step` names it on each
+/// line); how many did not succeed.
+async fn failed_of(server: &Server, id: i64, csv: bool, step: Option<&str>) -> anyhow::Result<u64> {
+    // Read loosely: a step's definition is its step section, not a job
+    // file.
+    let definition: Value = server
         .get_json(&format!("/v1/jobs/{id}/definition"))
         .await?;
-    let mut columns = definition.sweep.as_ref().and_then(|s| s.columns.clone());
+    let mut columns: Option<Vec<String>> = definition["sweep"]["columns"].as_array().map(|names| {
+        names
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect()
+    });
     let mut writer = csv.then(|| csv::Writer::from_writer(std::io::stdout()));
     if let (Some(writer), Some(columns)) = (writer.as_mut(), &columns) {
         writer.write_record(columns)?;
@@ -933,8 +982,9 @@ async fn failed(server: &Server, id: i64, csv: bool) -> anyhow::Result<ExitCode>
                 }
                 n += 1;
                 let Some(writer) = writer.as_mut() else {
+                    let step = step.map(|s| format!("step {s}: ")).unwrap_or_default();
                     say!(
-                        "task {} #{} {}[{}]: {}",
+                        "{step}task {} #{} {}[{}]: {}",
                         task.id,
                         task.seq,
                         task.state,
@@ -964,8 +1014,7 @@ async fn failed(server: &Server, id: i64, csv: bool) -> anyhow::Result<ExitCode>
     if let Some(mut writer) = writer {
         writer.flush()?;
     }
-    tell!("{n} task(s) of job {id} did not succeed");
-    Ok(ExitCode::SUCCESS)
+    Ok(n)
 }
 
 /// A task's detail, a line a fact.

@@ -9,13 +9,12 @@ use sandmill_server::fleet::connect_store;
 use sandmill_server::store::Quota;
 
 use super::out::{say, tell};
-use super::token::check_tenant;
+use super::token::{DatabaseArg, check_tenant};
 
 #[derive(Args, Debug)]
 pub struct QuotaArgs {
-    /// The server's database (postgres://... or a SQLite path).
-    #[arg(long, env = "SANDMILL_DATABASE")]
-    database: String,
+    #[command(flatten)]
+    database: DatabaseArg,
     #[command(subcommand)]
     action: QuotaAction,
 }
@@ -67,7 +66,7 @@ pub fn run(args: QuotaArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let store = connect_store(&args.database).await?;
+        let store = connect_store(args.database.url()?).await?;
         let shown = |n: Option<i64>| n.map_or_else(|| "default".to_owned(), |n| n.to_string());
         let bytes = |n: Option<i64>| {
             n.map_or_else(

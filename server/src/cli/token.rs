@@ -13,11 +13,29 @@ use super::out::{say, tell};
 
 #[derive(Args, Debug)]
 pub struct TokenArgs {
-    /// The server's database (postgres://... or a SQLite path).
-    #[arg(long, env = "SANDMILL_DATABASE")]
-    database: String,
+    #[command(flatten)]
+    database: DatabaseArg,
     #[command(subcommand)]
     action: TokenAction,
+}
+
+/// `--database` of an operator's command, taken before or after its
+/// subcommand (`sandmill token --database X create` and `sandmill token
+/// create --database X` alike).
+#[derive(Args, Debug)]
+pub(super) struct DatabaseArg {
+    /// The server's database (postgres://... or a SQLite path).
+    #[arg(long, env = "SANDMILL_DATABASE", global = true)]
+    database: Option<String>,
+}
+
+impl DatabaseArg {
+    /// The database's URL, or a one-line error saying how to give it.
+    pub(super) fn url(&self) -> anyhow::Result<&str> {
+        self.database.as_deref().context(
+            "which database? give the server's with --database postgres://... (or a SQLite path), or set SANDMILL_DATABASE",
+        )
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -61,7 +79,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
                 check_tenant(&tenant)?;
                 let role = Role::parse(&role)
                     .with_context(|| format!("--role `{role}`: one of admin, user, reader"))?;
-                let store = connect_store(&args.database).await?;
+                let store = connect_store(args.database.url()?).await?;
                 let (id, secret) = new_token()?;
                 store
                     .put_token(&id, &hash_secret(&secret), &tenant, role.as_str())
@@ -73,7 +91,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             TokenAction::List => {
-                let store = connect_store(&args.database).await?;
+                let store = connect_store(args.database.url()?).await?;
                 say!("{:<12}  {:<24}  {:<6}  state", "id", "tenant", "role");
                 let mut after: Option<String> = None;
                 loop {
@@ -96,7 +114,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             TokenAction::Revoke { id } => {
-                let store = connect_store(&args.database).await?;
+                let store = connect_store(args.database.url()?).await?;
                 store
                     .revoke_token(&id)
                     .await?

@@ -45,7 +45,7 @@ pub async fn follow(server: &Server, id: i64, verbose: bool) -> anyhow::Result<E
             Err(error) => {
                 let since = *lost_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() > RECONNECT_FOR {
-                    return Err(error).with_context(|| format!("cannot reach {}", server.base));
+                    return Err(error).with_context(|| server.unreachable());
                 }
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(Duration::from_secs(2));
