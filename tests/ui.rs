@@ -359,3 +359,99 @@ fn the_ui_asks_for_a_token_and_works_with_one() {
         client.close().await.unwrap();
     });
 }
+
+/// The API requests (not the event stream) the page made since the last
+/// call, read from its own performance entries, and clears them.
+async fn requests_since(client: &Client) -> Vec<String> {
+    let names: Value = client
+        .execute(
+            "const names = performance.getEntriesByType('resource')
+                .filter((e) => e.name.includes('/v1/') && !e.name.includes('/v1/events'))
+                .map((e) => e.name);
+             performance.clearResourceTimings();
+             performance.setResourceTimingBufferSize(100000);
+             return names;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    names
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Leaves `page` open for `span` while the big job runs; its requests per
+/// second, printed. At most one a second on average (plus the first
+/// draw's), whatever the event rate.
+async fn calm_for(client: &Client, page: &str, span: Duration) -> f64 {
+    requests_since(client).await;
+    tokio::time::sleep(span).await;
+    let made = requests_since(client).await;
+    let rate = made.len() as f64 / span.as_secs_f64();
+    eprintln!(
+        "ui calm: {page} open {span:?} on a running 300,000-task job: {} requests ({rate:.2}/s) besides one event stream",
+        made.len()
+    );
+    assert!(
+        rate <= 1.1,
+        "{page}: {} requests in {span:?}: {made:?}",
+        made.len()
+    );
+    rate
+}
+
+/// Pages left open on a busy server stay calm: a running 300,000-task
+/// job's page, the job list and the workers page each make about a
+/// request a second (one event stream besides), still show the live
+/// counts, and text typed into a filter is not lost to a redraw.
+#[test]
+fn pages_left_open_on_a_busy_job_stay_calm_and_live() {
+    run_test(Duration::from_secs(300), async {
+        let dev = dev(&[]);
+        let http = sandmill_server::tls::default_client();
+        support::wait_ready(&http, &dev.base).await;
+        let noop = support::upload_module(&http, &dev.base, guests::NOOP).await;
+        let id = support::submit_json(
+            &http,
+            &dev.base,
+            &json!({"name": "busy", "cache": false, "sweep": {"module": noop, "count": 300000}}),
+        )
+        .await;
+        let (_driver, client) = browser().await;
+        let span = Duration::from_secs(20);
+
+        let open = async |page: &str| {
+            client.goto(&format!("{}/{page}", dev.base)).await.unwrap();
+            wait_text(&client, "#live", |t| t.contains("live")).await;
+        };
+        let page = format!("#/jobs/{id}");
+        open(&page).await;
+        // Live: the count of succeeded tasks moves without a reload.
+        let first = wait_text(&client, "[data-count=succeeded] .n", |_| true).await;
+        let moved = wait_text(&client, "[data-count=succeeded] .n", |t| t != first).await;
+        assert_ne!(first, moved);
+        calm_for(&client, &page, span).await;
+        screenshot(&client, "busy-job").await;
+
+        open("#/jobs").await;
+        calm_for(&client, "#/jobs", span / 2).await;
+        // Typing into the name filter while rows change is kept.
+        let name = client.find(Locator::Css("#f-name")).await.unwrap();
+        name.send_keys("bus").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let value = client
+            .execute("return document.querySelector('#f-name').value;", vec![])
+            .await
+            .unwrap();
+        assert_eq!(value, "bus", "typed text lost to a redraw");
+
+        open("#/workers").await;
+        calm_for(&client, "#/workers", span / 2).await;
+        let job = support::job(&http, &dev.base, id).await;
+        eprintln!("ui calm: the job by then: {}", job["tasks"]);
+        client.close().await.unwrap();
+    });
+}

@@ -253,7 +253,8 @@ per_backend! {
         for chunk in finals.chunks(RECORD_CHUNK) {
             let mut update = QueryBuilder::new(
                 "UPDATE tasks SET state = v.column3, reason = v.column4, error = v.column5, \
-                 output = v.column6, output_hash = v.column7, output_size = v.column8, prior = NULL, finished_at = ",
+                 output = v.column6, output_hash = v.column7, output_size = v.column8, prior = NULL, \
+                 started_at = COALESCE(tasks.started_at, v.column9), finished_at = ",
             );
             update.push_bind(now).push(" FROM (");
             update.push_values(chunk.iter(), |mut row, f| {
@@ -276,7 +277,9 @@ per_backend! {
                     .push_bind(result.error.as_deref().map(|e| safe_text(e, MAX_ERROR_BYTES)))
                     .push_bind(output)
                     .push_bind(output_hash)
-                    .push_bind(output_size);
+                    .push_bind(output_size)
+                    // A quick task's start is told only by its end.
+                    .push_bind(result.started_ms);
             });
             // A backup's result counts, and so does the attempt it backs
             // up (`prior`): the first of the two to finish.

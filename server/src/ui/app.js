@@ -7,7 +7,7 @@ const TOKEN_KEY = "sandmill-token";
 const PAGE = 50;
 /** Bytes of a log or an output shown on a page (the rest is a download). */
 const PREVIEW_BYTES = 64 * 1024;
-const COLORS = { succeeded: "#1f8a4c", failed: "#c62f2f", blocked: "#c62f2f", running: "#2f6fd0",
+const COLORS = { succeeded: "#1f8a4c", failed: "#c62f2f", blocked: "#7a4a9a", running: "#2f6fd0",
   cancelled: "#8a8f98", queued: "#b7791f", pending: "#b7791f" };
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -23,7 +23,11 @@ function headers(extra = {}) {
 
 class Unauthorized extends Error {}
 
+/** Requests `api` made, so live redraws can be spaced by what they cost. */
+let fetches = 0;
+
 async function api(path, options = {}) {
+  fetches += 1;
   const r = await fetch(path, { ...options, headers: headers(options.headers || {}) });
   if (r.status === 401) throw new Unauthorized();
   if (!r.ok) {
@@ -59,6 +63,60 @@ function svg(tag, attrs = {}, ...children) {
 const badge = (s) => el("span", { class: "status " + s, "data-status": s }, s);
 const link = (href, text) => el("a", { href }, text);
 const when = (t) => (t ? t.replace("T", " ").replace(/\.\d+Z$/, "Z") : "—");
+/** A count with thousands separators (19,224,033). */
+const num = (n) => (n === null || n === undefined ? "—" : Number(n).toLocaleString("en-US"));
+/** A header cell of a numeric column: right-aligned, as its cells are. */
+const numTh = (label) => el("th", { class: "num" }, label);
+
+/** Bytes in the largest binary unit that keeps a number of at least 1. */
+function bytes(n) {
+  if (n === null || n === undefined) return "—";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = Number(n), i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
+  return i === 0 ? `${v} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
+}
+
+/** A duration in ms as a person reads it: 2 ms, 1.4 s, 3 min 5 s, 2 h 4 min. */
+function duration(ms) {
+  if (ms === null || ms === undefined || Number.isNaN(ms)) return "—";
+  if (ms < 1000) return `${Math.max(0, Math.round(ms))} ms`;
+  const s = ms / 1000;
+  if (s < 60) return `${s.toFixed(1)} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ${Math.floor(s % 60)} s`;
+  const h = Math.floor(m / 60);
+  if (h < 48) return `${h} h ${m % 60} min`;
+  return `${Math.floor(h / 24)} d ${h % 24} h`;
+}
+
+/** A job's time from submission to its end, or to now while it runs. */
+function elapsedMs(job) {
+  const end = job.finished_at ? Date.parse(job.finished_at) : Date.now();
+  return end - Date.parse(job.created_at);
+}
+
+/** Tasks that ended (a cached task is counted among the succeeded). */
+const ended = (t) => t.succeeded + t.failed + t.cancelled;
+
+/** A progress bar of task counts, with its percentage as its title. */
+function progress(t, id) {
+  const total = Math.max(t.total, ended(t), 1);
+  const pct = (100 * ended(t)) / total;
+  return el("progress", { id, max: total, value: ended(t), class: t.failed ? "failing" : null,
+    title: `${pct.toFixed(1)}% · ${num(ended(t))} of ${num(t.total)}` });
+}
+
+/** Rate and ETA of a running job, from its ended tasks and its age. */
+function pace(job) {
+  const t = job.tasks;
+  const secs = elapsedMs(job) / 1000;
+  const done = ended(t);
+  if (job.status !== "running" || secs <= 0 || !done) return null;
+  const rate = done / secs;
+  const left = Math.max(0, t.total - done);
+  return `${num(Math.round(rate * 10) / 10)} tasks/s · about ${duration((left / rate) * 1000)} left`;
+}
 
 function table(head, rows, attrs = {}) {
   return el("table", attrs,
@@ -67,7 +125,8 @@ function table(head, rows, attrs = {}) {
 }
 
 function show(...nodes) {
-  main().replaceChildren(...nodes);
+  // Nothing of a view that chose to leave a part out shows (no "null").
+  main().replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false));
 }
 
 function failure(error) {
@@ -91,8 +150,20 @@ function login(message) {
 
 // ---- live events ---------------------------------------------------------
 
-const listeners = new Set();
 let lastEventId = null;
+/** Bumped by each navigation: a view begun under an older one neither
+ *  shows nor listens when its requests come back. */
+let generation = 0;
+/** The view's one listener, `{ gen, matches, redraw }`: a redraw sets it
+ *  again (it replaces, never adds), a navigation clears it. */
+let watcher = null;
+/** A redraw waits at least a second per request its last one made, so a
+ *  page makes about one request a second whatever the event rate. */
+const REDRAW_EVERY_MS = 1000;
+let redrawCost = 1;
+let redrawTimer = null;
+let redrawing = false;
+let redrawWanted = false;
 
 /** Follows `/v1/events` (through fetch, so the token goes along). */
 async function follow() {
@@ -124,7 +195,7 @@ async function follow() {
           if (data.length) {
             let event;
             try { event = JSON.parse(data.join("\n")); } catch (_) { continue; }
-            for (const f of listeners) f(event);
+            heard(event);
           }
         }
       }
@@ -135,15 +206,45 @@ async function follow() {
   }
 }
 
-/** Calls `redraw` (at most every 500 ms) on events `matches` accepts,
- *  until the view changes. */
-function onEvents(matches, redraw) {
-  let timer = null;
-  const f = (event) => {
-    if (!matches(event) || timer) return;
-    timer = setTimeout(() => { timer = null; if (listeners.has(f)) redraw(); }, 500);
-  };
-  listeners.add(f);
+/** Calls `redraw` on events `matches` accepts, until the view changes;
+ *  `gen` is the generation the view was begun under. */
+function onEvents(gen, matches, redraw) {
+  if (gen !== generation) return;
+  watcher = { gen, matches, redraw };
+}
+
+function heard(event) {
+  if (watcher && watcher.matches(event)) wantRedraw();
+}
+
+/** Someone typing into a field of the page: a redraw would lose it. */
+function typing() {
+  const a = document.activeElement;
+  return a && main().contains(a) && ["INPUT", "SELECT", "TEXTAREA"].includes(a.tagName);
+}
+
+function wantRedraw() {
+  redrawWanted = true;
+  if (redrawTimer || redrawing) return;
+  redrawTimer = setTimeout(async () => {
+    redrawTimer = null;
+    const w = watcher;
+    if (!w || w.gen !== generation) { redrawWanted = false; return; }
+    if (typing()) { wantRedraw(); return; }
+    redrawWanted = false;
+    redrawing = true;
+    const before = fetches;
+    try {
+      await w.redraw();
+    } catch (error) {
+      // A page already drawn stays; a dropped request is tried again.
+      if (error instanceof Unauthorized) failure(error);
+      else redrawWanted = true;
+    }
+    redrawCost = Math.max(1, fetches - before);
+    redrawing = false;
+    if (redrawWanted) wantRedraw();
+  }, REDRAW_EVERY_MS * redrawCost);
 }
 
 // ---- views ---------------------------------------------------------------
@@ -152,6 +253,7 @@ const JOB_STATUSES = ["running", "succeeded", "failed", "cancelled", "blocked"];
 
 /** The job list: filters and order live in the URL, pages by cursor. */
 async function jobsView(params) {
+  const gen = generation;
   const q = new URLSearchParams(params);
   const sort = q.get("sort") || "updated";
   const order = q.get("order") || "desc";
@@ -185,27 +287,30 @@ async function jobsView(params) {
     el("td", {}, link("#/jobs/" + j.id, j.name)),
     el("td", {}, j.kind),
     el("td", { class: "state" }, badge(j.status)),
-    el("td", { class: "num" }, j.tasks.total),
-    el("td", { class: "num" }, j.tasks.succeeded),
-    el("td", { class: "num" }, j.tasks.failed),
+    el("td", { class: "num" }, num(j.tasks.total)),
+    el("td", { class: "num" }, num(j.tasks.succeeded)),
+    el("td", { class: "num" }, num(j.tasks.failed)),
+    el("td", { class: "bar" }, progress(j.tasks)),
+    el("td", { class: "num elapsed" }, duration(elapsedMs(j))),
     el("td", {}, Object.entries(j.labels).map(([k, v]) => k + "=" + v).join(",")),
     el("td", {}, when(j.created_at)),
     el("td", {}, when(j.updated_at))));
   const list = table([header("id", "id", "num"), header("name", "name"), "kind", header("status", "status"),
-    header("tasks", "tasks", "num"), el("th", { class: "num" }, "ok"), el("th", { class: "num" }, "failed"),
+    header("tasks", "tasks", "num"), numTh("ok"), numTh("failed"), "progress", numTh("elapsed"),
     "labels", header("created", "created"), header("updated", "updated")], rows, { id: "jobs" });
   const pager = el("div", { class: "pager" },
     el("button", { id: "prev", disabled: !cursors.length, onclick: () => go({ at: cursors.slice(0, -1).join(",") }) }, "← newer"),
     el("span", { class: "muted" }, page.items.length ? `${page.items.length} shown` : "no jobs match"),
     el("button", { id: "next", disabled: !page.next_cursor, onclick: () => go({ at: [...cursors, page.next_cursor].join(",") }) }, "more →"));
+  if (gen !== generation) return;
   show(el("h1", {}, "Jobs"), filters, list, pager);
-  onEvents((e) => e.type === "job", () => jobsView(params).catch(failure));
+  onEvents(gen, (e) => e.type === "job", () => jobsView(params));
 }
 
 function counts(tasks) {
   const order = ["total", "pending", "queued", "running", "succeeded", "failed", "cancelled", "cached"];
   return el("div", { class: "cards", id: "counts" }, order.map((k) =>
-    el("div", { class: "card", "data-count": k }, el("div", { class: "n" }, tasks[k] ?? 0), el("div", { class: "k" }, k))));
+    el("div", { class: "card", "data-count": k }, el("div", { class: "n" }, num(tasks[k] ?? 0)), el("div", { class: "k" }, k))));
 }
 
 /** A pipeline drawn as layers: each step right of the steps it reads. */
@@ -238,7 +343,7 @@ function graph(view) {
   const nodes = view.steps.map((s) => {
     const p = at[s.name];
     const color = COLORS[s.status] || "#8a8f98";
-    const done = s.tasks.succeeded + s.tasks.failed + s.tasks.cancelled + (s.tasks.cached || 0);
+    const done = ended(s.tasks);
     const node = svg("g", { class: "node", "data-step": s.name, "data-status": s.status, transform: `translate(${p.x},${p.y})` },
       svg("title", {}, `${s.name}: ${s.status}`),
       svg("rect", { width: W, height: H, stroke: color }),
@@ -254,6 +359,7 @@ function graph(view) {
 }
 
 async function jobView(id, params) {
+  const gen = generation;
   const job = await api(`/v1/jobs/${id}`);
   const q = new URLSearchParams(params);
   const state = q.get("state") || "";
@@ -265,19 +371,28 @@ async function jobView(id, params) {
     el("dt", {}, "module"), el("dd", {}, el("code", {}, job.module)),
     el("dt", {}, "created"), el("dd", {}, when(job.created_at)),
     el("dt", {}, "finished"), el("dd", {}, when(job.finished_at)),
+    el("dt", {}, "elapsed"), el("dd", { id: "job-elapsed" }, duration(elapsedMs(job))),
+    pace(job) ? [el("dt", {}, "pace"), el("dd", { id: "job-pace" }, pace(job))] : null,
+    el("dt", {}, "priority"), el("dd", {}, job.priority),
+    el("dt", {}, "attempts"), el("dd", {}, `at most ${job.max_attempts} per task`),
+    el("dt", {}, "limits"), el("dd", { id: "job-limits" }, [`timeout ${job.limits.timeout}`, `memory ${job.limits.memory}`,
+      `output ${job.limits.output}`, `log ${job.limits.log}`, job.limits.fuel ? `fuel ${num(job.limits.fuel)}` : null,
+      `queue timeout ${job.queue_timeout}`].filter(Boolean).join(" · ")),
+    el("dt", {}, "labels"), el("dd", { id: "job-labels" }, Object.entries(job.labels).map(([k, v]) => k + "=" + v).join(", ") || "none (any worker)"),
     job.pipeline ? [el("dt", {}, "pipeline"), el("dd", {}, link("#/jobs/" + job.pipeline, job.pipeline))] : null,
     job.waiting ? [el("dt", {}, "waiting"), el("dd", {}, job.waiting.reason)] : null));
-  parts.push(el("h2", {}, "Tasks"), counts(job.tasks));
+  parts.push(el("h2", {}, "Tasks"), progress(job.tasks, "job-progress"), counts(job.tasks));
   if (job.mapreduce) {
     const m = job.mapreduce;
-    parts.push(el("h2", {}, `Phases · now ${m.phase}`), table(["phase", "total", "succeeded", "failed", "running"],
+    parts.push(el("h2", {}, `Phases · now ${m.phase}`), table(["phase", "progress", numTh("total"), numTh("succeeded"), numTh("failed"), numTh("running")],
       [["map", m.maps], ["reduce", m.reduces]].map(([n, c]) => el("tr", { "data-phase": n },
-        el("td", {}, n), el("td", { class: "num" }, c.total), el("td", { class: "num" }, c.succeeded),
-        el("td", { class: "num" }, c.failed), el("td", { class: "num" }, c.running)))));
+        el("td", {}, n), el("td", { class: "bar" }, progress(c)), el("td", { class: "num" }, num(c.total)),
+        el("td", { class: "num" }, num(c.succeeded)), el("td", { class: "num" }, num(c.failed)),
+        el("td", { class: "num" }, num(c.running))))));
   }
   if (Object.keys(job.counters || {}).length) {
-    parts.push(el("h2", {}, "Counters"), table(["counter", "value"],
-      Object.entries(job.counters).map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", { class: "num" }, v)))));
+    parts.push(el("h2", {}, "Counters"), table(["counter", numTh("value")],
+      Object.entries(job.counters).map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", { class: "num" }, num(v))))));
   }
   if (job.kind === "pipeline") {
     const g = await api(`/v1/jobs/${id}/graph`);
@@ -299,7 +414,7 @@ async function jobView(id, params) {
       el("option", { value: "" }, "any"),
       ["pending", "queued", "running", "succeeded", "failed", "cancelled", "cached"].map((s) => el("option", { value: s, selected: s === state }, s)));
     parts.push(el("h2", {}, "Task list "), el("div", { class: "filters" }, el("label", {}, "state", pick)));
-    parts.push(table(["id", "seq", "state", "attempt", "reason", "started", "finished"], tasks.items.map((t) =>
+    parts.push(table([numTh("id"), numTh("seq"), "state", numTh("attempt"), "reason", "started", "finished"], tasks.items.map((t) =>
       el("tr", { "data-task": t.id },
         el("td", { class: "num" }, link("#/tasks/" + t.id, t.id)), el("td", { class: "num" }, t.seq),
         el("td", {}, badge(t.state)), el("td", { class: "num" }, t.attempt), el("td", {}, t.reason || ""),
@@ -308,9 +423,10 @@ async function jobView(id, params) {
       parts.push(el("div", { class: "pager" }, link(`#/jobs/${id}?state=${state}&at=${encodeURIComponent(tasks.next_cursor)}`, "more →")));
     }
   }
+  if (gen !== generation) return;
   show(...parts);
-  onEvents((e) => e.job_id === job.id || e.job_id === job.pipeline || (job.kind === "pipeline" && e.type === "job"),
-    () => jobView(id, params).catch(failure));
+  onEvents(gen, (e) => e.job_id === job.id || e.job_id === job.pipeline || (job.kind === "pipeline" && e.type === "job"),
+    () => jobView(id, params));
 }
 
 /** The first `PREVIEW_BYTES` of `path`, and whether there was more. */
@@ -358,17 +474,18 @@ async function taskView(id) {
     t.restart_of ? [el("dt", {}, "runs again"), el("dd", {}, link("#/tasks/" + t.restart_of, "task " + t.restart_of))] : null,
     t.replaced_by ? [el("dt", {}, "replaced by"), el("dd", {}, link("#/tasks/" + t.replaced_by, "task " + t.replaced_by))] : null));
   if (t.error) parts.push(el("h2", {}, `Error · ${t.reason || ""}`), el("pre", { id: "task-error", class: "error" }, t.error));
-  parts.push(el("h2", {}, "Attempts"), table(["attempt", "verdict", "reason", "worker", "elapsed", "fuel", "memory", "log", "finished"],
+  parts.push(el("h2", {}, "Attempts"), table([numTh("attempt"), "verdict", "reason", "worker", numTh("elapsed"), numTh("fuel"), numTh("memory"), numTh("log"), "finished"],
     detail.attempts.map((a) => el("tr", { "data-attempt": a.attempt },
       el("td", { class: "num" }, a.attempt), el("td", {}, badge(a.state)), el("td", {}, a.reason || ""),
-      el("td", {}, a.worker), el("td", {}, a.elapsed), el("td", { class: "num" }, a.fuel_used ?? "—"),
+      el("td", {}, a.worker), el("td", { class: "num" }, a.elapsed === "0s" ? "< 1 ms" : a.elapsed),
+      el("td", { class: "num" }, a.fuel_used === null || a.fuel_used === undefined ? "—" : num(a.fuel_used)),
       el("td", { class: "num memory" }, a.memory_peak ?? "—"),
-      el("td", {}, `${a.log.size} B${a.log.truncated ? " (cut)" : ""}`), el("td", {}, when(a.finished_at)))), { id: "attempts" }));
+      el("td", { class: "num" }, `${bytes(a.log.size)}${a.log.truncated ? " (cut)" : ""}`), el("td", {}, when(a.finished_at)))), { id: "attempts" }));
   const log = await preview(`/v1/tasks/${id}/logs`);
   parts.push(el("h2", {}, "Log"), el("pre", { id: "task-log" }, log ? (log.text || "(empty)") + (log.more ? "\n…" : "") : "(none)"));
   if (t.output) {
     const out = await preview(t.output.href);
-    parts.push(el("h2", {}, `Output · ${t.output.size} B `,
+    parts.push(el("h2", {}, `Output · ${bytes(t.output.size)} `,
       el("button", { id: "download", onclick: () => download(t.output.href, `task-${t.id}.out`) }, "download")),
     el("pre", { id: "task-output" }, out ? out.text + (out.more ? "\n…" : "") : ""));
   }
@@ -385,22 +502,24 @@ function sparkline(points, key, max) {
 }
 
 async function workersView() {
+  const gen = generation;
   const [workers, use] = await Promise.all([api("/v1/workers?limit=100"),
     api("/v1/utilization?step=1m&limit=100").catch(() => ({ workers: { items: [] }, total: [] }))]);
   const series = {};
   for (const s of use.workers.items) series[s.worker] = s.points;
   const rows = workers.items.map((w) => el("tr", { "data-worker": w.id },
-    el("td", {}, w.id), el("td", {}, badge(w.status)), el("td", { class: "num" }, w.running.length),
-    el("td", { class: "num" }, w.capacity), el("td", { class: "num" }, w.finished),
+    el("td", {}, w.id), el("td", {}, badge(w.status)), el("td", { class: "num" }, num(w.running.length)),
+    el("td", { class: "num" }, num(w.capacity)), el("td", { class: "num" }, num(w.finished)),
     el("td", {}, Object.entries(w.labels).map(([k, v]) => k + "=" + v).join(",")),
     el("td", {}, sparkline(series[w.id] || [], "busy", w.capacity)), el("td", {}, when(w.last_seen))));
   const total = use.total || [];
+  if (gen !== generation) return;
   show(el("h1", {}, "Workers"),
     el("p", { class: "muted" }, "Busy slots over the last hour, a point a minute, from /v1/utilization."),
     el("div", { class: "cards" }, el("div", { class: "card" }, el("div", { class: "n" }, sparkline(total, "busy", Math.max(1, ...total.map((p) => p.slots)))), el("div", { class: "k" }, "fleet busy slots"))),
     el("h2", {}, ""),
-    table(["id", "status", "busy", "slots", "finished", "labels", "busy (1h)", "last seen"], rows, { id: "workers" }));
-  onEvents((e) => e.type === "task" && (e.state === "running" || e.state === "succeeded"), () => workersView().catch(failure));
+    table(["id", "status", numTh("busy"), numTh("slots"), numTh("finished"), "labels", "busy (1h)", "last seen"], rows, { id: "workers" }));
+  onEvents(gen, (e) => e.type === "task" && (e.state === "running" || e.state === "succeeded"), () => workersView());
 }
 
 async function listView(title, path, head, row) {
@@ -419,21 +538,21 @@ async function specsView() {
         el("td", {}, el("code", {}, s.module)), el("td", {}, labels(s.labels)), el("td", {}, when(s.created_at)))), { id: "specs" })
       : el("p", { class: "muted" }, "none yet"),
     el("h2", {}, "Modules"),
-    modules.items.length ? table(["module", "size", "exports", "uploaded"], modules.items.map((m) =>
-      el("tr", { "data-module": m.module }, el("td", {}, el("code", {}, m.module)), el("td", { class: "num" }, m.size + " B"),
+    modules.items.length ? table(["module", numTh("size"), "exports", "uploaded"], modules.items.map((m) =>
+      el("tr", { "data-module": m.module }, el("td", {}, el("code", {}, m.module)), el("td", { class: "num" }, bytes(m.size)),
         el("td", {}, m.exports.join(", ")), el("td", {}, when(m.created_at)))), { id: "modules" })
       : el("p", { class: "muted" }, "none yet"),
     specs.next_cursor || modules.next_cursor ? el("p", { class: "muted" }, "(the newest 200)") : null);
 }
 
 const schedulesView = () => listView("Schedules", "/v1/schedules?limit=200",
-  ["name", "when", "paused", "fired", "skipped", "next", "last job"],
+  ["name", "when", "paused", numTh("fired"), numTh("skipped"), "next", "last job"],
   (s) => el("tr", { "data-schedule": s.name }, el("td", {}, s.name), el("td", {}, s.schedule || ("every " + s.every)),
-    el("td", {}, s.paused ? "yes" : "no"), el("td", { class: "num" }, s.fired), el("td", { class: "num" }, s.skipped),
+    el("td", {}, s.paused ? "yes" : "no"), el("td", { class: "num" }, num(s.fired)), el("td", { class: "num" }, num(s.skipped)),
     el("td", {}, when(s.next_at)), el("td", {}, s.last_job_id ? link("#/jobs/" + s.last_job_id, s.last_job_id) : "—")));
 
 const subscriptionsView = () => listView("Subscriptions", "/v1/subscriptions?limit=200",
-  ["name", "version", "subject", "queue group", "in flight", "job", "results to", "created"],
+  ["name", numTh("version"), "subject", "queue group", numTh("in flight"), "job", "results to", "created"],
   (s) => el("tr", { "data-subscription": s.name }, el("td", {}, s.name), el("td", { class: "num" }, s.version),
     el("td", {}, el("code", {}, s.subject)), el("td", {}, s.queue ? "yes" : "no"), el("td", { class: "num" }, s.max_in_flight),
     el("td", {}, link("#/jobs/" + s.job_id, s.job_id)), el("td", {}, el("code", {}, s.results_subject)), el("td", {}, when(s.created_at))));
@@ -441,7 +560,9 @@ const subscriptionsView = () => listView("Subscriptions", "/v1/subscriptions?lim
 // ---- routing -------------------------------------------------------------
 
 async function route() {
-  listeners.clear();
+  generation += 1;
+  watcher = null;
+  redrawCost = 1;
   const hash = location.hash.replace(/^#\/?/, "") || "jobs";
   const [path, params = ""] = hash.split("?");
   const [section, id] = path.split("/");
