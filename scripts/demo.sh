@@ -3,7 +3,8 @@
 # mode (`sandmill run`): the first command of the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+# Only what building and running needs: no database server, browser or NATS.
+bash scripts/setup.sh build
 
 echo "demo: building the guest examples (wasm32-wasip2)" >&2
 cargo build --quiet --release --target wasm32-wasip2 --manifest-path guest-examples/Cargo.toml

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what building and testing Sandmill needs, when it is missing.
-# Idempotent: a second run only checks.
+# Idempotent: a second run only checks. `setup.sh build` installs only what
+# building and running needs (the demo's case); with no argument, what the
+# tests need too (Postgres, Chromium, nats-server).
 set -euo pipefail
+what="${1:-tests}"
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     echo "setup: adding the wasm32-wasip2 target" >&2
@@ -15,6 +18,10 @@ for component in rustfmt clippy; do
         rustup component add "$component"
     fi
 done
+
+if [ "$what" = build ]; then
+    exit 0
+fi
 
 # Postgres, for the storage and API suites that run once per backend.
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
