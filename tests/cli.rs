@@ -579,3 +579,57 @@ fn a_client_with_no_server_says_how_to_start_or_find_one() {
         assert!(said.contains(hint), "{hint}: {said}");
     }
 }
+
+/// A `count` sweep with `[sweep.params]` gives every task that table;
+/// `status` shows the job's labels and parameters (on a dev whose workers
+/// offer the labels).
+#[test]
+fn a_count_sweep_takes_constant_params_and_status_shows_them_with_labels() {
+    let state = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let server = format!("http://127.0.0.1:{port}");
+    let _dev = support::Killed::spawn(
+        support::dev_command(data.path(), port).args(["--labels", "zone=eu"]),
+    );
+    support::wait_port(port, Duration::from_secs(60));
+    let file = state.path().join("constant.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"constant\"\nlabels = {{ zone = \"eu\" }}\n[sweep]\nmodule = \"{}\"\ncount = 3\n[sweep.params]\nsize = 7\nmode = \"fast\"\n",
+            sandmill_test_artifacts::NOOP
+        ),
+    )
+    .unwrap();
+    let client = |args: &[&str]| {
+        let mut all = vec!["--server", server.as_str()];
+        all.extend_from_slice(args);
+        run(state.path(), &all)
+    };
+    let id = ok(&client(&["submit", path(&file), "--wait"]));
+    let status = ok(&client(&["status", id.trim()]));
+    assert!(status.contains("3 succeeded"), "{status}");
+    assert!(status.contains("labels: zone=eu"), "{status}");
+    assert!(
+        status.contains(r#"params: {"mode":"fast","size":7}"#),
+        "{status}"
+    );
+    // Each task got the table.
+    let url = format!("{server}/v1/jobs/{}/tasks", id.trim());
+    let tasks = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(support::get_json(
+            &sandmill_server::tls::default_client(),
+            &url,
+        ));
+    let items = tasks["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    for task in items {
+        assert_eq!(
+            task["params"],
+            serde_json::json!({"size": 7, "mode": "fast"}),
+            "{task}"
+        );
+    }
+}

@@ -1854,3 +1854,13 @@ fn cancel_interrupts_running_guests_on_the_fleet() {
         support::seams::cancel_frees_the_slots(&fleet.base, 2, Some(&metrics), "fleet").await;
     });
 }
+
+/// `max_running = 2` on a fleet worker with three slots.
+#[test]
+fn max_running_caps_a_job_on_the_fleet() {
+    run_test(Duration::from_secs(300), async {
+        let mut fleet = Fleet::start(&[]).await;
+        fleet.start_worker("w1", "", 3);
+        support::seams::max_running_caps_a_job(&fleet.base, 2, "fleet, 3 slots").await;
+    });
+}

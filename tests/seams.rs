@@ -76,3 +76,12 @@ fn labelled_jobs_wait_for_dev_workers_offering_their_labels() {
         seams::labels_decide_where_tasks_run(&gpu.base, true, "dev --labels gpu=a100").await;
     });
 }
+
+/// `max_running = 1` on dev's two slots: one task at a time.
+#[test]
+fn max_running_caps_a_job_on_dev() {
+    support::run_test(Duration::from_secs(300), async {
+        let dev = dev(None).await;
+        seams::max_running_caps_a_job(&dev.base, 1, "dev, 2 slots").await;
+    });
+}

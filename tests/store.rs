@@ -40,6 +40,7 @@ fn job(total: i64, items: Vec<Item>, max_attempts: i64) -> NewJob {
         mapreduce: None,
         cache: false,
         resubmit_of: None,
+        max_running: None,
     }
 }
 

@@ -4,9 +4,11 @@
 //! name = "thumbnails"
 //! priority = 0                 # 0 to 9, higher first (default 0; /v1/run: 9)
 //! max_attempts = 3             # for retryable failures (timeouts)
+//! max_running = 8              # tasks queued or running at once (default: no cap)
 //! [sweep]
 //! module = "guest-examples/target/wasm32-wasip2/release/noop.wasm"
 //! params = "photos.csv"        # one task per row; or: count = 10000
+//!                              # (with [sweep.params], a table every task gets)
 //! [limits]
 //! memory = "128MiB"
 //! timeout = "30s"
@@ -58,6 +60,12 @@ pub struct JobFile {
     /// Attempts per task for retryable failures (1 to 100, default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Tasks of this job queued or running at once, at most (default: no
+    /// cap but the dispatch window's), like Airflow's `max_active_tasks`;
+    /// a pipeline's steps each keep to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub max_running: Option<u32>,
     /// One call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskSection>,
@@ -409,9 +417,10 @@ pub struct SweepSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<String>,
     /// A CSV file whose rows are the tasks' parameters (CLI; the CLI sends
-    /// its rows as `rows`).
+    /// its rows as `rows`); or, with `count`, a table of parameters every
+    /// task gets (`[sweep.params]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub params: Option<String>,
+    pub params: Option<SweepParams>,
     /// Parameter rows, inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
@@ -427,6 +436,17 @@ pub struct SweepSection {
     /// sees (`sandmill run --input` fills this in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<Vec<NamedInput>>,
+}
+
+/// A sweep's `params`: a CSV file of rows, or one table for every task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum SweepParams {
+    /// The path of a CSV file, one task per row (the CLI reads it).
+    Csv(String),
+    /// The parameters of every task of a `count` sweep.
+    #[schema(value_type = Object)]
+    Table(serde_json::Map<String, serde_json::Value>),
 }
 
 /// `[mapreduce]`: the module's map over each split of the inputs, its
@@ -1032,6 +1052,7 @@ impl JobFile {
                 .as_ref()
                 .map(|r| r.count + 1)
                 .or(self.max_attempts),
+            max_running: self.max_running,
             task: step.mapreduce.is_none().then(|| TaskSection {
                 module: step.module.clone(),
                 kind: step.kind.clone(),
@@ -1103,6 +1124,12 @@ impl JobFile {
                     "{p} is not between 0 and {}",
                     sandmill_runtime::message::MAX_PRIORITY
                 ),
+            ));
+        }
+        if self.max_running == Some(0) {
+            return Err(Invalid::field(
+                "max_running",
+                "must be at least 1 (leave it out for no cap)",
             ));
         }
         if let Some(n) = self.max_attempts
@@ -1210,7 +1237,20 @@ impl JobFile {
             }
             return Ok(Backlog::Inputs(inputs));
         }
-        match (&sweep.rows, sweep.count, &sweep.params) {
+        // A table of parameters goes with `count`; it is the tasks'
+        // parameters, not a source of tasks.
+        let csv = match &sweep.params {
+            Some(SweepParams::Csv(path)) => Some(path),
+            Some(SweepParams::Table(_)) if sweep.count.is_none() => {
+                return Err(Invalid::field(
+                    "sweep.params",
+                    "a table of parameters goes with count (every task gets it); \
+                     for parameters per task, use rows or a CSV file",
+                ));
+            }
+            Some(SweepParams::Table(_)) | None => None,
+        };
+        match (&sweep.rows, sweep.count, csv) {
             (Some(rows), None, None) => {
                 if rows.len() as u64 > max_tasks {
                     return Err(too_many("sweep.rows", rows.len()));
@@ -1240,10 +1280,17 @@ impl JobFile {
     /// The parameters of tasks without rows of their own, as JSON: the
     /// task's table, or `{}`.
     pub fn task_params(&self, max_bytes: usize) -> Result<String, Invalid> {
-        let (field, params) = match (&self.task, &self.mapreduce) {
-            (Some(task), _) => ("task.params", task.params.as_ref()),
-            (None, Some(mr)) => ("mapreduce.params", mr.params.as_ref()),
-            (None, None) => ("", None),
+        let (field, params) = match (&self.task, &self.mapreduce, &self.sweep) {
+            (Some(task), _, _) => ("task.params", task.params.clone()),
+            (None, Some(mr), _) => ("mapreduce.params", mr.params.clone()),
+            (None, None, Some(sweep)) => match &sweep.params {
+                Some(SweepParams::Table(table)) => (
+                    "sweep.params",
+                    Some(serde_json::Value::Object(table.clone())),
+                ),
+                _ => ("", None),
+            },
+            (None, None, None) => ("", None),
         };
         let Some(params) = params else {
             return Ok("{}".to_owned());
@@ -1590,5 +1637,30 @@ mod tests {
         );
         let rows = csv_rows(b"size,name\n1,a\n2,b\n").unwrap();
         assert_eq!(rows[1]["name"], "b");
+    }
+
+    #[test]
+    fn a_count_sweep_takes_one_table_of_params_for_every_task() {
+        let job: JobFile = toml::from_str(
+            "name = \"x\"\n[sweep]\nmodule = \"m\"\ncount = 3\n[sweep.params]\nsize = 7\nmode = \"fast\"\n",
+        )
+        .unwrap();
+        assert!(matches!(job.backlog(10), Ok(Backlog::Count(3))));
+        let params: serde_json::Value =
+            serde_json::from_str(&job.task_params(1 << 10).unwrap()).unwrap();
+        assert_eq!(params, serde_json::json!({"size": 7, "mode": "fast"}));
+        // A path is still a CSV file's; a table without count is refused.
+        let csv: JobFile =
+            toml::from_str("name = \"x\"\n[sweep]\nmodule = \"m\"\nparams = \"p.csv\"\n").unwrap();
+        assert!(matches!(
+            csv.sweep.as_ref().unwrap().params,
+            Some(SweepParams::Csv(_))
+        ));
+        let rows: JobFile = toml::from_str(
+            "name = \"x\"\n[sweep]\nmodule = \"m\"\nrows = [{a = \"1\"}]\n[sweep.params]\nsize = 7\n",
+        )
+        .unwrap();
+        let refused = rows.backlog(10).unwrap_err().to_string();
+        assert!(refused.contains("goes with count"), "{refused}");
     }
 }

@@ -840,7 +840,7 @@ pub fn cli_as(base: &str, token: &str, args: &[&str]) -> std::process::Output {
 }
 
 /// When a task of a job's page started and ended, as ms since the epoch.
-fn run_times(task: &serde_json::Value) -> Option<(u128, u128)> {
+pub fn run_times(task: &serde_json::Value) -> Option<(u128, u128)> {
     let at = |field: &str| {
         humantime::parse_rfc3339_weak(task[field].as_str()?)
             .ok()?

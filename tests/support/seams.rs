@@ -159,3 +159,49 @@ pub async fn labels_decide_where_tasks_run(base: &str, offered: bool, mode: &str
     assert_eq!(job["tasks"]["failed"], 3, "{job}");
     eprintln!("labels ({mode}): a gpu=a100 job waited, said why, and timed out");
 }
+
+/// `max_running = cap` on a server whose slots outnumber it: the job's
+/// tasks (12 of 300 ms each) never run more than `cap` at once, by their
+/// recorded start and end times, and do run `cap` at once; the job ends.
+pub async fn max_running_caps_a_job(base: &str, cap: u64, mode: &str) {
+    let http = sandmill_server::tls::default_client();
+    let looping = super::upload_module(&http, base, sandmill_test_artifacts::HOSTILE_LOOP).await;
+    let id = super::submit_json(
+        &http,
+        base,
+        &json!({"name": "capped", "max_running": cap, "cache": false, "max_attempts": 1,
+            "limits": {"timeout": "300ms"}, "sweep": {"module": looping, "count": 12}}),
+    )
+    .await;
+    let job = wait_ended(&http, base, id, Duration::from_secs(120)).await;
+    assert_eq!(job["max_running"], cap, "{job}");
+    assert_eq!(job["tasks"]["failed"], 12, "each task times out: {job}");
+    let page = super::get_json(&http, &format!("{base}/v1/jobs/{id}/tasks?limit=100")).await;
+    let mut edges: Vec<(u128, i32)> = Vec::new();
+    for task in page["items"].as_array().expect("tasks") {
+        let (start, end) = super::run_times(task).unwrap_or_else(|| panic!("no run times: {task}"));
+        edges.push((start, 1));
+        edges.push((end, -1));
+    }
+    // Ends before starts at the same millisecond: a task dispatched
+    // after another's end was recorded started no earlier.
+    edges.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    eprintln!("max_running ({mode}): at most {most} of the job's tasks ran at once (cap {cap})");
+    if most != cap as i32 {
+        for task in page["items"].as_array().expect("tasks") {
+            eprintln!(
+                "  task {} {:?} {} {}",
+                task["id"],
+                super::run_times(task),
+                task["started_at"],
+                task["finished_at"]
+            );
+        }
+    }
+    assert_eq!(most, cap as i32, "the cap holds, and is used");
+}

@@ -314,6 +314,9 @@ pub struct JobView {
     pub labels: BTreeMap<String, String>,
     /// Attempts per task for retryable failures.
     pub max_attempts: i64,
+    /// Its tasks queued or running at once, at most (`null`: no cap but
+    /// the dispatch window's).
+    pub max_running: Option<i64>,
     /// How long its tasks may wait while no live worker can take them.
     #[schema(example = "1h")]
     pub queue_timeout: String,
@@ -390,6 +393,7 @@ impl JobView {
             grants: GrantsView::from(&job.grants.0),
             labels: job.labels.0.0.clone(),
             max_attempts: job.max_attempts,
+            max_running: job.max_running,
             queue_timeout: duration(Duration::from_millis(
                 u64::try_from(job.queue_timeout_ms).unwrap_or(0),
             )),

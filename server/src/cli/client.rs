@@ -555,6 +555,23 @@ pub fn run(
                         .collect();
                     say!("counters: {}", counters.join(" "));
                 }
+                if !job.labels.is_empty() {
+                    let labels: Vec<String> =
+                        job.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    say!("labels: {}", labels.join(","));
+                }
+                // The parameters every task gets (a sweep's rows are its
+                // tasks': `sandmill task` shows each).
+                let definition: Value = server
+                    .get_json(&format!("/v1/jobs/{}/definition", job.id))
+                    .await?;
+                let params = ["task", "mapreduce", "sweep"]
+                    .iter()
+                    .map(|section| &definition[section]["params"])
+                    .find(|p| p.as_object().is_some_and(|p| !p.is_empty()));
+                if let Some(params) = params {
+                    say!("params: {params}");
+                }
                 if let Some(waiting) = &job.waiting {
                     say!("waiting: {} (since {})", waiting.reason, waiting.since);
                 }

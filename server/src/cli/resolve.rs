@@ -112,7 +112,8 @@ pub async fn resolve(
     }
     if let Some(sweep) = &mut job.sweep {
         sweep.module = module.clone();
-        if let Some(csv) = sweep.params.take() {
+        if let Some(jobfile::SweepParams::Csv(csv)) = sweep.params.clone() {
+            sweep.params = None;
             let file = local(&csv);
             let bytes = std::fs::read(&file)
                 .with_context(|| format!("sweep.params: cannot read {}", file.display()))?;

@@ -185,6 +185,7 @@ impl Scheduler {
                     mapreduce,
                     cache: job.cache.unwrap_or(true),
                     resubmit_of: None,
+                    max_running: own.max_running.map(i64::from),
                 },
                 name: step.name.clone(),
                 inputs,
@@ -215,6 +216,7 @@ impl Scheduler {
             mapreduce: None,
             cache: job.cache.unwrap_or(true),
             resubmit_of: None,
+            max_running: job.max_running.map(i64::from),
         };
         let names = || {
             let mut names = parent.blobs();
@@ -360,13 +362,20 @@ impl Scheduler {
             }
         };
         let total = items.len() as i64;
+        // Within the pipeline's cap on tasks at once, if it has one.
+        let cap = self
+            .inner
+            .store
+            .job(step_id)
+            .await?
+            .and_then(|job| job.max_running);
         let Some((messages, ended)) = self
             .inner
             .store
             .plan_step(
                 step_id,
                 &items,
-                SMALL_JOB,
+                cap.map_or(SMALL_JOB, |cap| SMALL_JOB.min(cap)),
                 total <= FOLLOW_OUTPUTS && step.readers > 0 && !step.mapreduce,
             )
             .await?
@@ -377,8 +386,9 @@ impl Scheduler {
         self.inner
             .live
             .fetch_add(messages.len() as i64, Ordering::Relaxed);
+        let sent = messages.len() as i64;
         self.publish(messages).await;
-        if total > SMALL_JOB {
+        if total > sent {
             self.inner.dispatch.notify_one();
         }
         if ended {

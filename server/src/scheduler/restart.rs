@@ -146,9 +146,14 @@ impl Scheduler {
             mapreduce: None,
             cache: job.cache == 1,
             resubmit_of: Some(job_id),
+            max_running: job.max_running,
         };
         self.charge_quota(&new.tenant, new.total).await?;
-        let dispatch_now = if new.total <= SMALL_JOB { new.total } else { 0 };
+        let dispatch_now = if new.total <= SMALL_JOB {
+            new.max_running.map_or(new.total, |cap| new.total.min(cap))
+        } else {
+            0
+        };
         let (id, dispatched) = self
             .naming_blobs(|| new.blobs(), async {
                 Ok(store.create_job(&new, dispatch_now).await?)

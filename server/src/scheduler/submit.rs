@@ -80,10 +80,11 @@ impl Scheduler {
         self.charge_quota(&owner.tenant, new.total).await?;
         // A tenant in its reserved slots has its tasks dispatched into
         // them, by the dispatcher (a call someone waits for goes now).
+        // A small job goes out now, within its own cap on tasks at once.
         let dispatch_now = if new.total <= SMALL_JOB
             && (options.wait_for_task || !self.holds_reservation(&owner.tenant))
         {
-            new.total
+            new.max_running.map_or(new.total, |cap| new.total.min(cap))
         } else {
             0
         };
@@ -315,6 +316,7 @@ impl Scheduler {
             mapreduce,
             cache: job.cache.unwrap_or(true),
             resubmit_of: None,
+            max_running: job.max_running.map(i64::from),
         })
     }
 

@@ -25,7 +25,8 @@ pub struct Backlog {
     pub tenant: String,
     /// Its priority.
     pub priority: i64,
-    /// Tasks not dispatched yet.
+    /// Tasks it may dispatch now: those not dispatched yet, within its
+    /// cap on tasks at once (`max_running`) less those queued or running.
     pub remaining: i64,
     /// The token of its label set (its tasks' queue, with the priority).
     pub queue: String,
@@ -673,24 +674,35 @@ impl Store {
     pub async fn backlog(&self, limit: i64) -> Result<Vec<Backlog>, StoreError> {
         // Every tenant's first job, then every tenant's second, ...: a
         // tenant's many jobs do not keep another's out of the round.
-        let rows = on_pool!(self, pool => sqlx::query(
-            "SELECT id, priority, remaining, tenant, labels FROM ( \
-                 SELECT id, priority, total_tasks - dispatched + reruns AS remaining, tenant, labels, \
+        // A capped job's live tasks are counted on the partial index of
+        // live tasks (at most its cap of them); a job at its cap waits
+        // for an end, which wakes the dispatcher.
+        let rows = on_pool!(self, pool => sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, priority, remaining, tenant, labels, max_running, live FROM ( \
+                 SELECT id, priority, total_tasks - dispatched + reruns AS remaining, tenant, labels, max_running, \
+                        CASE WHEN max_running IS NULL THEN 0 ELSE \
+                            (SELECT COUNT(*) FROM tasks t WHERE t.job_id = jobs.id AND t.{LIVE_SQL}) END AS live, \
                         ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY priority DESC, id) AS place \
                  FROM jobs WHERE status = 'running' AND (dispatched < total_tasks OR reruns > 0) \
-             ) AS backlog ORDER BY place, priority DESC, id LIMIT $1",
-        )
+             ) AS backlog WHERE max_running IS NULL OR live < max_running \
+             ORDER BY place, priority DESC, id LIMIT $1",
+        )))
         .bind(limit)
         .fetch_all(pool)
         .await?
         .into_iter()
-        .map(|r| Ok::<_, sqlx::Error>(Backlog {
-            job_id: r.try_get(0)?,
-            priority: r.try_get(1)?,
-            remaining: r.try_get(2)?,
-            tenant: r.try_get(3)?,
-            queue: r.try_get::<JsonText<Labels>, _>(4)?.0.token(),
-        }))
+        .map(|r| {
+            let remaining: i64 = r.try_get(2)?;
+            let cap: Option<i64> = r.try_get(5)?;
+            let live: i64 = r.try_get(6)?;
+            Ok::<_, sqlx::Error>(Backlog {
+                job_id: r.try_get(0)?,
+                priority: r.try_get(1)?,
+                remaining: cap.map_or(remaining, |cap| remaining.min(cap - live)),
+                tenant: r.try_get(3)?,
+                queue: r.try_get::<JsonText<Labels>, _>(4)?.0.token(),
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?);
         Ok(rows)
     }

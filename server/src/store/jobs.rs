@@ -77,6 +77,8 @@ pub struct NewJob {
     pub cache: bool,
     /// The job whose tasks it runs again (`sandmill resubmit`).
     pub resubmit_of: Option<i64>,
+    /// Tasks queued or running at once, at most (`None`: no cap).
+    pub max_running: Option<i64>,
 }
 
 /// Why a cancel did nothing.
@@ -108,9 +110,9 @@ per_backend! {
             "INSERT INTO jobs (name, kind, status, priority, task_kind, module_hash, limits, grants, labels, \
              definition, task_params, task_input_hash, task_input_name, has_items, total_tasks, dispatched, \
              succeeded, failed, cancelled, max_attempts, queue_timeout_ms, created_at, updated_at, \
-             maps, reducers, shuffle, planned, cache, resubmit_of, tenant) \
+             maps, reducers, shuffle, planned, cache, resubmit_of, tenant, max_running) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, 0, 0, 0, $16, $17, $18, $18, \
-             $19, $20, $21, $22, $23, $24, $25) \
+             $19, $20, $21, $22, $23, $24, $25, $26) \
              RETURNING id",
         )
         .bind(safe_text(&job.name, 1024))
@@ -140,6 +142,7 @@ per_backend! {
         .bind(i64::from(job.cache))
         .bind(job.resubmit_of)
         .bind(job.tenant.clone())
+        .bind(job.max_running)
         .fetch_one(&mut **tx)
         .await?
         .try_get(0)
