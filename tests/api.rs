@@ -205,6 +205,10 @@ async fn suite(database: Option<String>) {
     assert_eq!(client.get("/readyz").await.status, StatusCode::OK);
     let openapi = client.get("/v1/openapi.json").await;
     assert_eq!(openapi.status, StatusCode::OK);
+    // An open server's one person: the default tenant, as an admin.
+    let me = client.get("/v1/whoami").await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.json(), json!({"tenant": "default", "role": "admin"}));
 
     // The registry: the embedded worker pool is one live worker.
     let workers = client.get("/v1/workers").await;

@@ -356,6 +356,31 @@ fn the_ui_asks_for_a_token_and_works_with_one() {
             .unwrap();
         wait_text(&client, "h1", |t| t == "Jobs").await;
         wait_text(&client, "#live", |t| t.contains("live")).await;
+
+        // A reader is offered no action: a job of its tenant's, made with
+        // a user's token, shows none.
+        let noop = support::As::new(&http, &base, &database, "alpha", "user");
+        let module = noop.upload(guests::NOOP).await;
+        let (status, created) = noop
+            .post(
+                "/v1/jobs",
+                json!({"name": "theirs", "task": {"module": module}}),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_i64().unwrap();
+        client.goto(&format!("{base}/#/jobs/{id}")).await.unwrap();
+        wait_text(&client, "h1", |t| t.starts_with(&format!("Job {id} "))).await;
+        assert_eq!(
+            count(&client, "#job-actions").await,
+            0,
+            "a reader sees no actions"
+        );
+        assert_eq!(
+            count(&client, "#main button").await,
+            0,
+            "a reader sees no buttons"
+        );
         client.close().await.unwrap();
     });
 }
@@ -383,9 +408,8 @@ async fn requests_since(client: &Client) -> Vec<String> {
         .collect()
 }
 
-/// Leaves `page` open for `span` while the big job runs; its requests per
-/// second, printed. At most one a second on average (plus the first
-/// draw's), whatever the event rate.
+/// Leaves the open `page` for `span` while the big job runs; its requests
+/// per second, printed. About one a second, whatever the event rate.
 async fn calm_for(client: &Client, page: &str, span: Duration) -> f64 {
     requests_since(client).await;
     tokio::time::sleep(span).await;
@@ -395,8 +419,10 @@ async fn calm_for(client: &Client, page: &str, span: Duration) -> f64 {
         "ui calm: {page} open {span:?} on a running 300,000-task job: {} requests ({rate:.2}/s) besides one event stream",
         made.len()
     );
+    // One a second, give or take the one redraw (up to 4 requests) that
+    // the window's edge can cut.
     assert!(
-        rate <= 1.1,
+        made.len() as f64 <= span.as_secs_f64() + 4.0,
         "{page}: {} requests in {span:?}: {made:?}",
         made.len()
     );
@@ -452,6 +478,222 @@ fn pages_left_open_on_a_busy_job_stay_calm_and_live() {
         calm_for(&client, "#/workers", span / 2).await;
         let job = support::job(&http, &dev.base, id).await;
         eprintln!("ui calm: the job by then: {}", job["tasks"]);
+        client.close().await.unwrap();
+    });
+}
+
+/// Clicks `#id`, then its confirmation `#id-yes`.
+async fn click_and_confirm(client: &Client, id: &str) {
+    click(client, &format!("#{id}")).await;
+    click(client, &format!("#{id}-yes")).await;
+}
+
+/// Clicks `css` once it is there; again if a live redraw replaced the
+/// element between finding and clicking it.
+async fn click(client: &Client, css: &str) {
+    for _ in 0..20 {
+        let found = client
+            .wait()
+            .at_most(Duration::from_secs(30))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match found.click().await {
+            Ok(()) => return,
+            Err(fantoccini::error::CmdError::Standard(e))
+                if e.error == fantoccini::error::ErrorStatus::StaleElementReference =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{css}: {e}"),
+        }
+    }
+    panic!("{css}: replaced under every click");
+}
+
+/// Polls `GET base path` until `check` holds (30 s at most); the answer.
+async fn until_api(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    check: impl Fn(u16, &Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = http.get(format!("{base}{path}")).send().await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if check(status, &body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path}: {status} {body}, not as expected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The UI acts: cancel, retry, resubmit with another timeout and delete a
+/// job; restart a task; pause, resume and delete a schedule; delete a
+/// subscription. Each is clicked and confirmed in the page, and the API
+/// then shows the change.
+#[test]
+fn the_ui_cancels_retries_resubmits_restarts_and_deletes() {
+    run_test(Duration::from_secs(300), async {
+        let nats = support::Nats::start();
+        let dev = dev(&["--nats", &nats.url()]);
+        let base = dev.base.clone();
+        let http = sandmill_server::tls::default_client();
+        support::wait_ready(&http, &base).await;
+        let looping = support::upload_module(&http, &base, guests::HOSTILE_LOOP).await;
+        let noop = support::upload_module(&http, &base, guests::NOOP).await;
+        let (_driver, client) = browser().await;
+
+        // Cancel a running job of endless tasks.
+        let endless = support::submit_json(
+            &http,
+            &base,
+            &json!({"name": "endless", "cache": false, "max_attempts": 1,
+                "limits": {"timeout": "30s"}, "sweep": {"module": looping, "count": 4}}),
+        )
+        .await;
+        client
+            .goto(&format!("{base}/#/jobs/{endless}"))
+            .await
+            .unwrap();
+        wait_text(&client, "#job-status", |t| t == "running").await;
+        click_and_confirm(&client, "cancel").await;
+        until_api(&http, &base, &format!("/v1/jobs/{endless}"), |_, j| {
+            j["status"] == "cancelled"
+        })
+        .await;
+        wait_text(&client, "#job-status", |t| t == "cancelled").await;
+        screenshot(&client, "job-actions").await;
+
+        // Resubmit as a new job with a 1 s timeout.
+        click(&client, "#resubmit").await;
+        client
+            .find(Locator::Css("#resubmit-timeout"))
+            .await
+            .unwrap()
+            .send_keys("1s")
+            .await
+            .unwrap();
+        click(&client, "#resubmit-go").await;
+        let jobs = until_api(
+            &http,
+            &base,
+            "/v1/jobs?sort=id&order=desc&limit=1",
+            |_, p| p["items"][0]["resubmit_of"] == endless,
+        )
+        .await;
+        let again = jobs["items"][0].clone();
+        assert_eq!(again["limits"]["timeout"], "1s", "{again}");
+        let again_id = again["id"].as_i64().unwrap();
+        wait_text(&client, "h1", |t| {
+            t.starts_with(&format!("Job {again_id} "))
+        })
+        .await;
+        until_api(&http, &base, &format!("/v1/jobs/{again_id}"), |_, j| {
+            j["status"] == "failed"
+        })
+        .await;
+
+        // Retry runs its failed tasks again, as new tasks of the same job.
+        wait_text(&client, "#job-status", |t| t == "failed").await;
+        click_and_confirm(&client, "retry").await;
+        until_api(
+            &http,
+            &base,
+            &format!("/v1/jobs/{again_id}/tasks?limit=100"),
+            |_, p| {
+                p["items"].as_array().is_some_and(|tasks| {
+                    tasks.iter().filter(|t| t["restart_of"].is_i64()).count() == 4
+                })
+            },
+        )
+        .await;
+        until_api(&http, &base, &format!("/v1/jobs/{again_id}"), |_, j| {
+            j["status"] == "failed"
+        })
+        .await;
+
+        // Delete the first job.
+        client
+            .goto(&format!("{base}/#/jobs/{endless}"))
+            .await
+            .unwrap();
+        click_and_confirm(&client, "delete").await;
+        until_api(&http, &base, &format!("/v1/jobs/{endless}"), |s, _| {
+            s == 404
+        })
+        .await;
+        wait_text(&client, "h1", |t| t == "Jobs").await;
+
+        // Restart a task: a new run that names the old.
+        let one = support::submit_json(
+            &http,
+            &base,
+            &json!({"name": "one", "task": {"module": noop}}),
+        )
+        .await;
+        let tasks = until_api(&http, &base, &format!("/v1/jobs/{one}/tasks"), |_, p| {
+            p["items"][0]["state"] == "succeeded"
+        })
+        .await;
+        let task = tasks["items"][0]["id"].as_i64().unwrap();
+        client
+            .goto(&format!("{base}/#/tasks/{task}"))
+            .await
+            .unwrap();
+        click_and_confirm(&client, "restart").await;
+        wait_text(&client, "h1", |t| {
+            t.starts_with("Task ") && !t.starts_with(&format!("Task {task} "))
+        })
+        .await;
+        let heading = wait_text(&client, "h1", |_| true).await;
+        let run: i64 = heading.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let detail = until_api(&http, &base, &format!("/v1/tasks/{run}"), |s, _| s == 200).await;
+        assert_eq!(detail["task"]["restart_of"], task, "{detail}");
+
+        // A schedule: pause, resume, delete.
+        let created = http
+            .post(format!("{base}/v1/schedules"))
+            .json(&json!({"name": "hourly", "every": "1h", "task": {"module": noop}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        client.goto(&format!("{base}/#/schedules")).await.unwrap();
+        click_and_confirm(&client, "pause-hourly").await;
+        until_api(&http, &base, "/v1/schedules/hourly", |_, s| {
+            s["paused"] == true
+        })
+        .await;
+        click_and_confirm(&client, "resume-hourly").await;
+        until_api(&http, &base, "/v1/schedules/hourly", |_, s| {
+            s["paused"] == false
+        })
+        .await;
+        click_and_confirm(&client, "delete-hourly").await;
+        until_api(&http, &base, "/v1/schedules/hourly", |s, _| s == 404).await;
+
+        // A subscription: delete.
+        let created = http
+            .post(format!("{base}/v1/subscriptions"))
+            .json(&json!({"name": "echo", "subject": "ui.echo", "module": noop, "queue": false}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        client
+            .goto(&format!("{base}/#/subscriptions"))
+            .await
+            .unwrap();
+        screenshot(&client, "subscriptions-actions").await;
+        click_and_confirm(&client, "delete-echo").await;
+        until_api(&http, &base, "/v1/subscriptions/echo", |s, _| s == 404).await;
         client.close().await.unwrap();
     });
 }

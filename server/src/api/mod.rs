@@ -7,6 +7,7 @@
 //! One module per resource, each with its `router()`:
 //! [`health`], [`modules`], [`specs`], [`jobs`], [`tasks`], [`run`],
 //! [`workers`], [`utilization`], [`schedules`], [`subscriptions`], [`reservations`],
+//! [`whoami`],
 //! [`events`] (live, as
 //! Server-Sent Events);
 //! [`views`] holds
@@ -27,6 +28,7 @@ pub mod tasks;
 pub mod ui;
 pub mod utilization;
 pub mod views;
+pub mod whoami;
 pub mod workers;
 
 use std::sync::Arc;
@@ -160,6 +162,7 @@ pub fn router(scheduler: Scheduler, config: ApiConfig) -> Router {
         .merge(schedules::router())
         .merge(subscriptions::router())
         .merge(reservations::router())
+        .merge(whoami::router())
         .layer(DefaultBodyLimit::max(limit));
     let router = match state.config.auth {
         auth::AuthMode::Open => router,
@@ -392,6 +395,7 @@ fn closing(mut response: Response) -> Response {
         reservations::list_reservations,
         reservations::get_reservation,
         reservations::delete_reservation,
+        whoami::whoami,
     ),
     modifiers(&Guarded)
 )]

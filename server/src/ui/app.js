@@ -30,12 +30,49 @@ async function api(path, options = {}) {
   fetches += 1;
   const r = await fetch(path, { ...options, headers: headers(options.headers || {}) });
   if (r.status === 401) throw new Unauthorized();
+  if (r.status === 204) return null;
   if (!r.ok) {
     let message = r.status + " " + r.statusText;
     try { const body = await r.json(); message = body.message || message; } catch (_) {}
     throw new Error(message);
   }
   return r.json();
+}
+
+/** The caller, `{ tenant, role }`, asked once per token. */
+let me = null;
+async function whoami() {
+  if (!me) me = await api("/v1/whoami");
+  return me;
+}
+/** Whether the caller may change things (a reader may not): actions are
+ *  shown only then. */
+const mayAct = () => me !== null && me.role !== "reader";
+
+/** `method path` with a JSON body; the answer's JSON (null for 204). */
+const send = (method, path, body) => api(path, body === undefined ? { method }
+  : { method, headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+
+/** A button that asks before it acts: a click puts "question yes no" in
+ *  its place; yes runs `act`, whose refusal is shown beside it. */
+function action(id, label, question, act) {
+  const box = el("span", { class: "action", id: id + "-box" });
+  const reset = () => box.replaceChildren(el("button", { id, onclick: ask }, label));
+  const ask = () => {
+    const note = el("span", { class: "error", id: id + "-error" });
+    box.replaceChildren(el("span", { class: "confirm" }, question, " "),
+      el("button", { class: "danger", id: id + "-yes", onclick: async () => {
+        try {
+          await act();
+        } catch (error) {
+          if (error instanceof Unauthorized) return failure(error);
+          note.textContent = " " + (error.message || error);
+        }
+      } }, "yes"), " ",
+      el("button", { id: id + "-no", onclick: reset }, "no"), note);
+  };
+  reset();
+  return box;
 }
 
 /** An element: el("td", {class: "num"}, "text", child, ...). */
@@ -103,7 +140,8 @@ const ended = (t) => t.succeeded + t.failed + t.cancelled;
 function progress(t, id) {
   const total = Math.max(t.total, ended(t), 1);
   const pct = (100 * ended(t)) / total;
-  return el("progress", { id, max: total, value: ended(t), class: t.failed ? "failing" : null,
+  const cls = t.failed ? "failing" : t.cancelled ? "stopped" : null;
+  return el("progress", { id, max: total, value: ended(t), class: cls,
     title: `${pct.toFixed(1)}% · ${num(ended(t))} of ${num(t.total)}` });
 }
 
@@ -139,6 +177,7 @@ function login(message) {
   const form = el("form", { id: "login", onsubmit: (e) => {
     e.preventDefault();
     localStorage.setItem(TOKEN_KEY, input.value.trim());
+    me = null;
     route();
   } },
     el("h1", {}, "A token, please"),
@@ -217,10 +256,12 @@ function heard(event) {
   if (watcher && watcher.matches(event)) wantRedraw();
 }
 
-/** Someone typing into a field of the page: a redraw would lose it. */
+/** Someone typing into a field of the page, or answering a question it
+ *  asked (a confirmation, the resubmit form): a redraw would lose it. */
 function typing() {
   const a = document.activeElement;
-  return a && main().contains(a) && ["INPUT", "SELECT", "TEXTAREA"].includes(a.tagName);
+  if (a && main().contains(a) && ["INPUT", "SELECT", "TEXTAREA"].includes(a.tagName)) return true;
+  return main().querySelector(".confirm, #resubmit-go") !== null;
 }
 
 function wantRedraw() {
@@ -375,12 +416,14 @@ async function jobView(id, params) {
     pace(job) ? [el("dt", {}, "pace"), el("dd", { id: "job-pace" }, pace(job))] : null,
     el("dt", {}, "priority"), el("dd", {}, job.priority),
     el("dt", {}, "attempts"), el("dd", {}, `at most ${job.max_attempts} per task`),
+    job.max_running ? [el("dt", {}, "at once"), el("dd", { id: "job-max-running" }, `at most ${num(job.max_running)} tasks queued or running`)] : null,
     el("dt", {}, "limits"), el("dd", { id: "job-limits" }, [`timeout ${job.limits.timeout}`, `memory ${job.limits.memory}`,
       `output ${job.limits.output}`, `log ${job.limits.log}`, job.limits.fuel ? `fuel ${num(job.limits.fuel)}` : null,
       `queue timeout ${job.queue_timeout}`].filter(Boolean).join(" · ")),
     el("dt", {}, "labels"), el("dd", { id: "job-labels" }, Object.entries(job.labels).map(([k, v]) => k + "=" + v).join(", ") || "none (any worker)"),
     job.pipeline ? [el("dt", {}, "pipeline"), el("dd", {}, link("#/jobs/" + job.pipeline, job.pipeline))] : null,
     job.waiting ? [el("dt", {}, "waiting"), el("dd", {}, job.waiting.reason)] : null));
+  if (mayAct()) parts.push(jobActions(job));
   parts.push(el("h2", {}, "Tasks"), progress(job.tasks, "job-progress"), counts(job.tasks));
   if (job.mapreduce) {
     const m = job.mapreduce;
@@ -429,6 +472,61 @@ async function jobView(id, params) {
     () => jobView(id, params));
 }
 
+/** What a job's page offers to do: cancel a running job; retry, resubmit
+ *  (with other limits) or delete an ended one. */
+function jobActions(job) {
+  const bar = el("div", { class: "actions", id: "job-actions" });
+  if (job.status === "running") {
+    bar.append(action("cancel", "Cancel", `Cancel job ${job.id}, stopping its running tasks?`, async () => {
+      await send("POST", `/v1/jobs/${job.id}/cancel`);
+      route();
+    }));
+    return bar;
+  }
+  if (job.kind !== "mapreduce" && job.tasks.failed > 0) {
+    bar.append(action("retry", "Retry failed", `Run its ${num(job.tasks.failed)} failed tasks again, in this job?`, async () => {
+      await send("POST", `/v1/jobs/${job.id}/retry`);
+      route();
+    }));
+  }
+  if (job.kind === "task" || job.kind === "sweep") bar.append(resubmitForm(job));
+  if (!job.pipeline) {
+    bar.append(action("delete", "Delete", `Delete job ${job.id} with its tasks, outputs and logs?`, async () => {
+      await send("DELETE", `/v1/jobs/${job.id}`);
+      location.hash = "#/jobs";
+    }));
+  }
+  return bar;
+}
+
+/** Resubmit: its tasks (or only those that did not succeed) as a new job,
+ *  with other limits if given. */
+function resubmitForm(job) {
+  const form = el("span", { class: "resubmit", id: "resubmit-form" });
+  const open = () => {
+    const failed = el("input", { type: "checkbox", id: "resubmit-failed", checked: job.tasks.failed > 0 });
+    const timeout = el("input", { id: "resubmit-timeout", size: 8, placeholder: job.limits.timeout });
+    const memory = el("input", { id: "resubmit-memory", size: 8, placeholder: job.limits.memory });
+    const note = el("span", { class: "error", id: "resubmit-error" });
+    form.replaceChildren(el("label", {}, failed, " only tasks that did not succeed"), " timeout ", timeout, " memory ", memory, " ",
+      el("button", { id: "resubmit-go", onclick: async () => {
+        const limits = {};
+        if (timeout.value.trim()) limits.timeout = timeout.value.trim();
+        if (memory.value.trim()) limits.memory = memory.value.trim();
+        try {
+          const created = await send("POST", `/v1/jobs/${job.id}/resubmit`, { failed: failed.checked, limits });
+          location.hash = "#/jobs/" + created.id;
+        } catch (error) {
+          if (error instanceof Unauthorized) return failure(error);
+          note.textContent = " " + (error.message || error);
+        }
+      } }, "Resubmit as a new job"), " ", el("button", { id: "resubmit-cancel", onclick: close }, "never mind"), note);
+  };
+  const close = () => form.replaceChildren(el("button", { id: "resubmit", onclick: open }, "Resubmit…"));
+  close();
+  return form;
+}
+
 /** The first `PREVIEW_BYTES` of `path`, and whether there was more. */
 async function preview(path) {
   const r = await fetch(path, { headers: headers() });
@@ -473,6 +571,17 @@ async function taskView(id) {
     el("dt", {}, "finished"), el("dd", {}, when(t.finished_at)),
     t.restart_of ? [el("dt", {}, "runs again"), el("dd", {}, link("#/tasks/" + t.restart_of, "task " + t.restart_of))] : null,
     t.replaced_by ? [el("dt", {}, "replaced by"), el("dd", {}, link("#/tasks/" + t.replaced_by, "task " + t.replaced_by))] : null));
+  if (mayAct() && !["pending", "queued", "running"].includes(t.state)) {
+    const restart = (downstream) => async () => {
+      const run = await send("POST", `/v1/tasks/${t.id}/restart`, { downstream });
+      location.hash = "#/tasks/" + run.task.id;
+    };
+    const job = await api(`/v1/jobs/${t.job_id}`);
+    parts.push(el("div", { class: "actions", id: "task-actions" },
+      action("restart", "Restart", `Run task ${t.id} again as a new task?`, restart(false)),
+      job.pipeline ? action("restart-downstream", "Restart with what reads it",
+        "Run it again, then every step after it?", restart(true)) : null));
+  }
   if (t.error) parts.push(el("h2", {}, `Error · ${t.reason || ""}`), el("pre", { id: "task-error", class: "error" }, t.error));
   parts.push(el("h2", {}, "Attempts"), table([numTh("attempt"), "verdict", "reason", "worker", numTh("elapsed"), numTh("fuel"), numTh("memory"), numTh("log"), "finished"],
     detail.attempts.map((a) => el("tr", { "data-attempt": a.attempt },
@@ -522,9 +631,17 @@ async function workersView() {
   onEvents(gen, (e) => e.type === "task" && (e.state === "running" || e.state === "succeeded"), () => workersView());
 }
 
-async function listView(title, path, head, row) {
+/** A list page; `acts(item)` gives a row's actions, shown to those who
+ *  may act. */
+async function listView(title, path, head, row, acts) {
   const page = await api(path);
-  show(el("h1", {}, title), page.items.length ? table(head, page.items.map(row)) : el("p", { class: "muted" }, "none yet"),
+  const rows = page.items.map((item) => {
+    const tr = row(item);
+    if (acts && mayAct()) tr.append(el("td", { class: "actions" }, acts(item)));
+    return tr;
+  });
+  const heads = acts && mayAct() ? [...head, ""] : head;
+  show(el("h1", {}, title), page.items.length ? table(heads, rows) : el("p", { class: "muted" }, "none yet"),
     page.next_cursor ? el("p", { class: "muted" }, "(first page)") : null);
 }
 
@@ -549,13 +666,27 @@ const schedulesView = () => listView("Schedules", "/v1/schedules?limit=200",
   ["name", "when", "paused", numTh("fired"), numTh("skipped"), "next", "last job"],
   (s) => el("tr", { "data-schedule": s.name }, el("td", {}, s.name), el("td", {}, s.schedule || ("every " + s.every)),
     el("td", {}, s.paused ? "yes" : "no"), el("td", { class: "num" }, num(s.fired)), el("td", { class: "num" }, num(s.skipped)),
-    el("td", {}, when(s.next_at)), el("td", {}, s.last_job_id ? link("#/jobs/" + s.last_job_id, s.last_job_id) : "—")));
+    el("td", {}, when(s.next_at)), el("td", {}, s.last_job_id ? link("#/jobs/" + s.last_job_id, s.last_job_id) : "—")),
+  (s) => {
+    const at = `/v1/schedules/${encodeURIComponent(s.name)}`;
+    const key = s.name.replace(/[^A-Za-z0-9_-]/g, "_");
+    return [
+      s.paused
+        ? action(`resume-${key}`, "Resume", `Resume ${s.name}?`, async () => { await send("POST", at + "/resume"); route(); })
+        : action(`pause-${key}`, "Pause", `Pause ${s.name}? It fires no more until resumed.`, async () => { await send("POST", at + "/pause"); route(); }),
+      " ",
+      action(`delete-${key}`, "Delete", `Delete schedule ${s.name}? Its jobs stay.`, async () => { await send("DELETE", at); route(); }),
+    ];
+  });
 
 const subscriptionsView = () => listView("Subscriptions", "/v1/subscriptions?limit=200",
   ["name", numTh("version"), "subject", "queue group", numTh("in flight"), "job", "results to", "created"],
   (s) => el("tr", { "data-subscription": s.name }, el("td", {}, s.name), el("td", { class: "num" }, s.version),
     el("td", {}, el("code", {}, s.subject)), el("td", {}, s.queue ? "yes" : "no"), el("td", { class: "num" }, s.max_in_flight),
-    el("td", {}, link("#/jobs/" + s.job_id, s.job_id)), el("td", {}, el("code", {}, s.results_subject)), el("td", {}, when(s.created_at))));
+    el("td", {}, link("#/jobs/" + s.job_id, s.job_id)), el("td", {}, el("code", {}, s.results_subject)), el("td", {}, when(s.created_at))),
+  (s) => action(`delete-${s.name.replace(/[^A-Za-z0-9_-]/g, "_")}`, "Delete",
+    `Delete subscription ${s.name}? Its messages stop becoming tasks; its job ends.`,
+    async () => { await send("DELETE", `/v1/subscriptions/${encodeURIComponent(s.name)}`); route(); }));
 
 // ---- routing -------------------------------------------------------------
 
@@ -569,6 +700,7 @@ async function route() {
   for (const a of document.querySelectorAll("header nav a")) a.classList.toggle("active", a.dataset.nav === section);
   $("#logout").hidden = !token();
   try {
+    await whoami();
     if (section === "jobs" && id) await jobView(Number(id), params);
     else if (section === "jobs") await jobsView(params);
     else if (section === "tasks" && id) await taskView(Number(id));
@@ -584,7 +716,7 @@ async function route() {
 
 window.addEventListener("hashchange", route);
 window.addEventListener("DOMContentLoaded", () => {
-  $("#logout").addEventListener("click", () => { localStorage.removeItem(TOKEN_KEY); route(); });
+  $("#logout").addEventListener("click", () => { localStorage.removeItem(TOKEN_KEY); me = null; route(); });
   route();
   follow();
 });
