@@ -94,6 +94,36 @@ async fn an_every_schedule_fires_on_time_and_catches_up_once_after_a_crash() {
         let last_job = row["last_job_id"].as_i64().unwrap();
         let job: Value = support::job(&http, &base, last_job).await;
         assert_eq!(job["name"], "tick");
+        assert_eq!(job["schedule"], "tick", "a job names the schedule that submitted it");
+
+        // The job list can leave a schedule's runs out, or list only them.
+        let plain = support::submit_json(
+            &http,
+            &base,
+            &serde_json::json!({"name": "plain", "task": {"module": support::upload_module(&http, &base, guests::NOOP).await}}),
+        )
+        .await;
+        let names = |page: &Value| -> Vec<String> {
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let unscheduled =
+            support::get_json(&http, &format!("{base}/v1/jobs?scheduled=false&limit=1000")).await;
+        assert_eq!(names(&unscheduled), ["plain"], "{unscheduled}");
+        let ticks = support::get_json(&http, &format!("{base}/v1/jobs?schedule=tick&limit=1000")).await;
+        assert!(names(&ticks).len() >= 9 && names(&ticks).iter().all(|n| n == "tick"), "{ticks}");
+        // (It goes on firing meanwhile: counts only grow.)
+        let only = support::get_json(&http, &format!("{base}/v1/jobs?scheduled=true&limit=1000")).await;
+        assert!(names(&only).len() >= names(&ticks).len(), "{only}");
+        assert!(names(&only).iter().all(|n| n == "tick"), "{only}");
+        let all = support::get_json(&http, &format!("{base}/v1/jobs?limit=1000")).await;
+        assert!(names(&all).len() > names(&ticks).len(), "{all}");
+        assert!(names(&all).contains(&"plain".to_owned()), "{all}");
+        assert_eq!(support::job(&http, &base, plain).await["schedule"], Value::Null);
 
         // Killed for five seconds: on start it fires once for all it
         // missed, then on time again (a burst would be five or more).

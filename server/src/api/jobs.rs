@@ -102,6 +102,11 @@ pub struct JobQuery {
     pub from: Option<String>,
     /// Only jobs created before this time (RFC 3339).
     pub to: Option<String>,
+    /// Only the jobs this schedule submitted.
+    pub schedule: Option<String>,
+    /// `false`: leave out the jobs schedules submitted (list one
+    /// schedule's with `schedule`); `true`: only those.
+    pub scheduled: Option<bool>,
     /// The column to sort by (then by id): `updated` (the default),
     /// `created`, `id`, `name`, `status`, `tasks` or `priority`.
     #[param(value_type = Option<String>)]
@@ -127,8 +132,8 @@ pub enum SortOrder {
 }
 
 /// Jobs (not a pipeline's steps), most recently updated first, or as
-/// `sort` and `order` say; filtered by status, name, labels and creation
-/// time.
+/// `sort` and `order` say; filtered by status, name, labels, creation
+/// time and the schedule that submitted them.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobQuery),
     responses((status = 200, description = "a page of jobs", body = Page<JobView>),
         (status = 400, description = "a bad filter, order, cursor or limit", body = ErrorBody)))]
@@ -160,6 +165,8 @@ pub async fn list_jobs(
             .as_deref()
             .map(|t| crate::scheduler::instant("to", t))
             .transpose()?,
+        schedule: query.schedule.filter(|s| !s.is_empty()),
+        scheduled: query.scheduled,
         sort: query.sort.unwrap_or_default(),
         descending: query.order != Some(SortOrder::Asc),
     };

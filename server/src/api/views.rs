@@ -330,6 +330,8 @@ pub struct JobView {
     pub step: Option<String>,
     /// The job whose tasks this one runs again (`sandmill resubmit`).
     pub resubmit_of: Option<i64>,
+    /// The schedule that submitted it (`null` for other jobs).
+    pub schedule: Option<String>,
     /// The guests' counters (`ctx.counter`), summed over every task's
     /// successful attempt.
     pub counters: BTreeMap<String, i64>,
@@ -411,6 +413,7 @@ impl JobView {
             pipeline: job.parent_id,
             step: job.step.clone(),
             resubmit_of: job.resubmit_of,
+            schedule: job.schedule.clone(),
             counters: job.counters.0.clone(),
             waiting: match (&job.waiting, job.waiting_since) {
                 (Some(reason), Some(since)) => Some(Waiting {

@@ -308,6 +308,14 @@ impl Store {
             if let Some(to) = filter.created_to {
                 q.push(" AND created_at < ").push_bind(to);
             }
+            if let Some(schedule) = &filter.schedule {
+                q.push(" AND schedule = ").push_bind(schedule.clone());
+            }
+            match filter.scheduled {
+                Some(true) => q.push(" AND schedule IS NOT NULL"),
+                Some(false) => q.push(" AND schedule IS NULL"),
+                None => &mut q,
+            };
             if let Some((value, id)) = &after {
                 for (i, op) in [cmp, "="].into_iter().enumerate() {
                     q.push(if i == 0 { " AND (" } else { " OR (" });
@@ -682,6 +690,10 @@ pub struct JobFilter {
     pub created_from: Option<i64>,
     /// Only jobs created before this.
     pub created_to: Option<i64>,
+    /// Only the jobs this schedule submitted.
+    pub schedule: Option<String>,
+    /// Only jobs a schedule submitted (`true`), or none of them (`false`).
+    pub scheduled: Option<bool>,
     /// The order.
     pub sort: JobSort,
     /// Largest first.

@@ -15,7 +15,7 @@ use crate::model::{JobKind, JobStatus, TaskState};
 pub const JOB_COLUMNS: &str = "id, name, kind, status, priority, task_kind, module_hash, limits, grants, \
      labels, task_params, task_input_hash, task_input_name, has_items, total_tasks, dispatched, \
      succeeded, failed, cancelled, max_attempts, queue_timeout_ms, waiting, waiting_since, created_at, \
-     updated_at, finished_at, maps, reducers, planned, counters, parent_id, step, cache, cached, reruns, resubmit_of, preprocess_hash, tenant, max_running";
+     updated_at, finished_at, maps, reducers, planned, counters, parent_id, step, cache, cached, reruns, resubmit_of, preprocess_hash, tenant, max_running, schedule";
 
 /// Columns of [`TaskRow`], in order, from `tasks t JOIN jobs j`.
 pub const TASK_COLUMNS: &str = "t.id, t.job_id, t.seq, t.state, COALESCE(t.params, j.task_params) AS params, \
@@ -178,6 +178,8 @@ pub struct JobRow {
     pub tenant: String,
     /// Tasks queued or running at once, at most (`None`: no cap).
     pub max_running: Option<i64>,
+    /// The schedule that submitted it.
+    pub schedule: Option<String>,
 }
 
 impl JobRow {

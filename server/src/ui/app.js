@@ -300,7 +300,12 @@ async function jobsView(params) {
   const order = q.get("order") || "desc";
   const cursors = (q.get("at") || "").split(",").filter(Boolean);
   const query = new URLSearchParams({ limit: String(PAGE), sort, order });
-  for (const k of ["status", "name", "label", "from", "to"]) if (q.get(k)) query.set(k, q.get(k));
+  for (const k of ["status", "name", "label", "from", "to", "schedule"]) if (q.get(k)) query.set(k, q.get(k));
+  // Schedules' runs are left out unless asked for (or one schedule's are):
+  // sixty firings would swamp the list.
+  const runs = q.get("schedule") ? "all" : q.get("scheduled") || "hide";
+  if (runs === "hide") query.set("scheduled", "false");
+  else if (runs === "only") query.set("scheduled", "true");
   if (cursors.length) query.set("cursor", cursors[cursors.length - 1]);
   const page = await api("/v1/jobs?" + query);
 
@@ -315,8 +320,11 @@ async function jobsView(params) {
     JOB_STATUSES.map((s) => el("option", { value: s, selected: q.get("status") === s }, s)));
   const text = (id, key, placeholder) => el("input", { id, value: q.get(key) || "", placeholder,
     onchange: (e) => go({ [key]: e.target.value.trim(), at: "" }) });
+  const scheduled = el("select", { id: "f-scheduled", onchange: (e) => go({ scheduled: e.target.value === "hide" ? "" : e.target.value, schedule: "", at: "" }) },
+    [["hide", "hidden"], ["all", "shown"], ["only", "only them"]].map(([v, label]) => el("option", { value: v, selected: runs === v }, label)));
   const filters = el("div", { class: "filters" },
     field("f-status", "status", status),
+    field("f-scheduled", "schedules' runs", scheduled),
     field("f-name", "name", text("f-name", "name", "part of the name")),
     field("f-label", "labels", text("f-label", "label", "k=v,k2=v2")),
     field("f-from", "created from", text("f-from", "from", "2026-12-01T00:00:00Z")),
@@ -326,7 +334,7 @@ async function jobsView(params) {
   const rows = page.items.map((j) => el("tr", { "data-job": j.id },
     el("td", { class: "num" }, link("#/jobs/" + j.id, j.id)),
     el("td", {}, link("#/jobs/" + j.id, j.name)),
-    el("td", {}, j.kind),
+    el("td", {}, j.kind, j.schedule ? [" · ", link("#/jobs?schedule=" + encodeURIComponent(j.schedule), "⏱ " + j.schedule)] : null),
     el("td", { class: "state" }, badge(j.status)),
     el("td", { class: "num" }, num(j.tasks.total)),
     el("td", { class: "num" }, num(j.tasks.succeeded)),
@@ -344,7 +352,8 @@ async function jobsView(params) {
     el("span", { class: "muted" }, page.items.length ? `${page.items.length} shown` : "no jobs match"),
     el("button", { id: "next", disabled: !page.next_cursor, onclick: () => go({ at: [...cursors, page.next_cursor].join(",") }) }, "more →"));
   if (gen !== generation) return;
-  show(el("h1", {}, "Jobs"), filters, list, pager);
+  const title = q.get("schedule") ? el("h1", {}, "Jobs of schedule ", el("code", {}, q.get("schedule"))) : el("h1", {}, "Jobs");
+  show(title, filters, list, pager);
   onEvents(gen, (e) => e.type === "job", () => jobsView(params));
 }
 
@@ -422,6 +431,8 @@ async function jobView(id, params) {
       `queue timeout ${job.queue_timeout}`].filter(Boolean).join(" · ")),
     el("dt", {}, "labels"), el("dd", { id: "job-labels" }, Object.entries(job.labels).map(([k, v]) => k + "=" + v).join(", ") || "none (any worker)"),
     job.pipeline ? [el("dt", {}, "pipeline"), el("dd", {}, link("#/jobs/" + job.pipeline, job.pipeline))] : null,
+    job.schedule ? [el("dt", {}, "schedule"), el("dd", { id: "job-schedule" },
+      link("#/jobs?schedule=" + encodeURIComponent(job.schedule), job.schedule), " (its runs)")] : null,
     job.waiting ? [el("dt", {}, "waiting"), el("dd", {}, job.waiting.reason)] : null));
   if (mayAct()) parts.push(jobActions(job));
   parts.push(el("h2", {}, "Tasks"), progress(job.tasks, "job-progress"), counts(job.tasks));
@@ -663,10 +674,11 @@ async function specsView() {
 }
 
 const schedulesView = () => listView("Schedules", "/v1/schedules?limit=200",
-  ["name", "when", "paused", numTh("fired"), numTh("skipped"), "next", "last job"],
+  ["name", "when", "paused", numTh("fired"), numTh("skipped"), "next", "last job", "runs"],
   (s) => el("tr", { "data-schedule": s.name }, el("td", {}, s.name), el("td", {}, s.schedule || ("every " + s.every)),
     el("td", {}, s.paused ? "yes" : "no"), el("td", { class: "num" }, num(s.fired)), el("td", { class: "num" }, num(s.skipped)),
-    el("td", {}, when(s.next_at)), el("td", {}, s.last_job_id ? link("#/jobs/" + s.last_job_id, s.last_job_id) : "—")),
+    el("td", {}, when(s.next_at)), el("td", {}, s.last_job_id ? link("#/jobs/" + s.last_job_id, s.last_job_id) : "—"),
+    el("td", {}, link("#/jobs?schedule=" + encodeURIComponent(s.name), "its jobs"))),
   (s) => {
     const at = `/v1/schedules/${encodeURIComponent(s.name)}`;
     const key = s.name.replace(/[^A-Za-z0-9_-]/g, "_");
