@@ -205,6 +205,20 @@ async fn suite(database: Option<String>) {
     assert_eq!(client.get("/readyz").await.status, StatusCode::OK);
     let openapi = client.get("/v1/openapi.json").await;
     assert_eq!(openapi.status, StatusCode::OK);
+    // An open server's document asks for no token anywhere.
+    let document = openapi.json();
+    assert!(document["security"].is_null(), "{}", document["security"]);
+    assert!(
+        document["components"]["securitySchemes"]
+            .as_object()
+            .is_none_or(|s| s.is_empty())
+    );
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            assert!(operation["security"].is_null(), "{method} {path}");
+            assert!(operation["responses"]["401"].is_null(), "{method} {path}");
+        }
+    }
     // An open server's one person: the default tenant, as an admin.
     let me = client.get("/v1/whoami").await;
     assert_eq!(me.status, StatusCode::OK);
@@ -1521,6 +1535,19 @@ async fn suite(database: Option<String>) {
             assert_eq!(read_only.code(), "forbidden");
         }
     }
+
+    // A server with tokens documents the bearer token it asks for.
+    let request = Request::builder()
+        .uri("/v1/openapi.json")
+        .header("authorization", format!("Bearer {reader}"))
+        .body(Body::empty())
+        .unwrap();
+    let document = guarded.request(request).await.json();
+    assert_eq!(document["security"], json!([{"bearer": []}]));
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
 
     // Every documented route and status was seen, except those that need
     // a dependency down or a blob bucket full (checked where one is: the

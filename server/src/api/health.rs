@@ -60,9 +60,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// This document.
+/// This document: with a bearer token required on every route but
+/// `/healthz` (`--auth tokens`), or with no security requirement on an
+/// open server (`sandmill dev`'s default), as the server it came from is.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "health",
     responses((status = 200, description = "the OpenAPI document", content_type = "application/json", body = Object)))]
-pub async fn openapi() -> impl IntoResponse {
-    axum::Json(super::openapi_document())
+pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
+    axum::Json(super::openapi_document_for(state.config.auth))
 }

@@ -470,6 +470,33 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// The document as a server with `auth` serves it: an open server asks
+/// for no token, so it states no security requirement and no bearer
+/// scheme (its routes answer no 401).
+pub fn openapi_document_for(auth: auth::AuthMode) -> utoipa::openapi::OpenApi {
+    let mut doc = openapi_document();
+    if auth == auth::AuthMode::Open {
+        doc.security = None;
+        if let Some(components) = &mut doc.components {
+            components.security_schemes.clear();
+        }
+        for item in doc.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                operation.security = None;
+                operation.responses.responses.remove("401");
+            }
+        }
+    }
+    doc
+}
+
 /// A raw body whose rejections (too large, unreadable) are [`ErrorBody`]s.
 pub struct RawBody(pub Bytes);
 
