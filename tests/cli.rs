@@ -192,6 +192,14 @@ fn client_commands_against_a_dev_server() {
             .unwrap()
             .contains("Alice 6\n")
     );
+    // Beside the parts, what each is: part, task id, seq, params.
+    let index = std::fs::read_to_string(out.path().join("index.csv")).unwrap();
+    let mut lines = index.lines();
+    assert_eq!(lines.next(), Some("part,task_id,seq,params"), "{index}");
+    assert!(
+        lines.next().unwrap().starts_with("part-00000,1,0,"),
+        "{index}"
+    );
     let logs = ok(&client(&["logs", "1"]));
     assert!(logs.starts_with("== attempt 0 on embedded/"), "{logs}");
     let cancel = client(&["cancel", "LAST"]);

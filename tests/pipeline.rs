@@ -542,6 +542,29 @@ fn a_failing_middle_step_blocks_only_what_reads_it() {
         assert!(String::from_utf8_lossy(&refused.stderr).contains("STEP_JOB --csv"));
         let drawn = ok(&cli(&["status", &id_text, "--graph"]));
         assert!(drawn.contains(&format!("[job {score_job}]")), "{drawn}");
+        // fetch writes each step's outputs in a folder of its own, with
+        // its index.csv.
+        let out = tempfile::tempdir().unwrap();
+        let fetched = cli(&["fetch", &id_text, "-o", out.path().to_str().unwrap()]);
+        ok(&fetched);
+        for name in ["parse", "score", "copy"] {
+            let index = std::fs::read_to_string(out.path().join(name).join("index.csv")).unwrap();
+            assert!(
+                index.starts_with("part,task_id,seq,params\n"),
+                "{name}: {index}"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(out.path().join("copy").join("part-00000")).unwrap(),
+            copied
+        );
+        // score's two failures wrote no part; total was never planned.
+        let scored = std::fs::read_dir(out.path().join("score")).unwrap().count();
+        assert_eq!(scored, 6 + 1, "six parts and the index");
+        assert_eq!(
+            std::fs::read_dir(out.path().join("total")).unwrap().count(),
+            1
+        );
 
         // Over HTTP, a cycle is a 400 naming its step.
         let response = dev

@@ -688,45 +688,7 @@ pub fn run(
                 super::out::stdout(&text)?;
                 Ok(ExitCode::SUCCESS)
             }
-            ClientCommand::Fetch { job, output } => {
-                let id = job_id(&job)?;
-                std::fs::create_dir_all(&output)
-                    .with_context(|| format!("cannot create {}", output.display()))?;
-                // Of a map-reduce job, the last phase's outputs, numbered
-                // by partition.
-                let first_output = match server.job(id).await?.mapreduce {
-                    Some(mr) if mr.reduces.total > 0 => mr.maps.total,
-                    _ => 0,
-                };
-                let mut written = 0;
-                let server = &server;
-                let output = &output;
-                server
-                    .pages(
-                        &format!("/v1/jobs/{id}/tasks?limit=1000"),
-                        async |task: TaskView| {
-                            let done =
-                                matches!(task.state, TaskState::Succeeded | TaskState::Cached);
-                            if !done || task.seq < first_output {
-                                return Ok(());
-                            }
-                            let bytes = server
-                                .get(&format!("/v1/tasks/{}/output", task.id))
-                                .await?
-                                .bytes()
-                                .await?;
-                            std::fs::write(
-                                output.join(format!("part-{:05}", task.seq - first_output)),
-                                &bytes,
-                            )?;
-                            written += 1;
-                            Ok(())
-                        },
-                    )
-                    .await?;
-                tell!("wrote {written} output(s) to {}", output.display());
-                Ok(ExitCode::SUCCESS)
-            }
+            ClientCommand::Fetch { job, output } => fetch(&server, job_id(&job)?, &output).await,
             ClientCommand::Cancel { job } => {
                 let id = job_id(&job)?;
                 let job: JobView = server
@@ -942,6 +904,133 @@ fn draw_graph(graph: &GraphView) -> Vec<String> {
             line
         })
         .collect()
+}
+
+/// Outputs downloaded at once by `fetch`.
+const FETCH_AT_ONCE: usize = 16;
+
+/// Tasks `fetch` holds at a time (their outputs are written before the
+/// next are listed), so memory does not grow with the job.
+const FETCH_BATCH: usize = 256;
+
+/// Writes a job's outputs into `dir` as `part-NNNNN` (a map-reduce job's:
+/// its last phase's, numbered by partition), with `index.csv` beside them
+/// (part, task id, seq, params); a pipeline's, a folder per step.
+async fn fetch(server: &Server, id: i64, dir: &Path) -> anyhow::Result<ExitCode> {
+    let job = server.job(id).await?;
+    if job.kind != JobKind::Pipeline {
+        let written = fetch_job(server, &job, dir).await?;
+        tell!(
+            "wrote {written} output(s) and index.csv to {}",
+            dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let graph: GraphView = server.get_json(&format!("/v1/jobs/{id}/graph")).await?;
+    let mut written = 0;
+    for step in &graph.steps {
+        let step_job = server.job(step.job_id).await?;
+        written += fetch_job(server, &step_job, &dir.join(folder_name(&step.name))).await?;
+    }
+    tell!(
+        "wrote {written} output(s) of {} step(s) to {}, a folder per step with its index.csv",
+        graph.steps.len(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A step's name as a folder name: what is not a letter, digit, `.`, `-`
+/// or `_` becomes `_` (and `.` or `..` alone would climb out).
+fn folder_name(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe.chars().all(|c| c == '.') {
+        safe.replace('.', "_")
+    } else {
+        safe
+    }
+}
+
+/// [`fetch`] of one job (not a pipeline); how many outputs it wrote.
+async fn fetch_job(server: &Server, job: &JobView, dir: &Path) -> anyhow::Result<u64> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let first_output = match &job.mapreduce {
+        Some(mr) if mr.reduces.total > 0 => mr.maps.total,
+        _ => 0,
+    };
+    let index_path = dir.join("index.csv");
+    let mut index = csv::Writer::from_path(&index_path)
+        .with_context(|| format!("cannot write {}", index_path.display()))?;
+    index.write_record(["part", "task_id", "seq", "params"])?;
+    let mut batch: Vec<TaskView> = Vec::with_capacity(FETCH_BATCH);
+    let mut written = 0;
+    server
+        .pages(
+            &format!("/v1/jobs/{}/tasks?limit=1000", job.id),
+            async |task: TaskView| {
+                let done = matches!(task.state, TaskState::Succeeded | TaskState::Cached);
+                if done && task.seq >= first_output {
+                    batch.push(task);
+                }
+                if batch.len() >= FETCH_BATCH {
+                    written +=
+                        write_parts(server, &mut batch, first_output, dir, &mut index).await?;
+                }
+                Ok(())
+            },
+        )
+        .await?;
+    written += write_parts(server, &mut batch, first_output, dir, &mut index).await?;
+    index.flush()?;
+    Ok(written)
+}
+
+/// Downloads the outputs of `tasks` ([`FETCH_AT_ONCE`] at a time), writes
+/// each as its part and a row of `index`; empties `tasks`.
+async fn write_parts(
+    server: &Server,
+    tasks: &mut Vec<TaskView>,
+    first_output: i64,
+    dir: &Path,
+    index: &mut csv::Writer<std::fs::File>,
+) -> anyhow::Result<u64> {
+    use futures_util::{StreamExt, TryStreamExt};
+    let downloads = tasks.iter().map(|task| async move {
+        let bytes = server
+            .get(&format!("/v1/tasks/{}/output", task.id))
+            .await?
+            .bytes()
+            .await?;
+        let part = format!("part-{:05}", task.seq - first_output);
+        std::fs::write(dir.join(&part), &bytes)
+            .with_context(|| format!("cannot write {}", dir.join(&part).display()))?;
+        anyhow::Ok(part)
+    });
+    // In order, so index.csv follows the parts.
+    let parts: Vec<String> = futures_util::stream::iter(downloads)
+        .buffered(FETCH_AT_ONCE)
+        .try_collect()
+        .await?;
+    for (task, part) in tasks.iter().zip(&parts) {
+        index.write_record([
+            part.clone(),
+            task.id.to_string(),
+            task.seq.to_string(),
+            task.params.to_string(),
+        ])?;
+    }
+    let n = tasks.len() as u64;
+    tasks.clear();
+    Ok(n)
 }
 
 /// The tasks of a job that did not succeed, in order: a line each, or
