@@ -542,6 +542,15 @@ fn a_failing_middle_step_blocks_only_what_reads_it() {
         assert!(String::from_utf8_lossy(&refused.stderr).contains("STEP_JOB --csv"));
         let drawn = ok(&cli(&["status", &id_text, "--graph"]));
         assert!(drawn.contains(&format!("[job {score_job}]")), "{drawn}");
+        // watch of the ended pipeline: its steps' counts, exit 2.
+        let watched = cli(&["watch", &id_text]);
+        assert_eq!(watched.status.code(), Some(2));
+        let said = String::from_utf8_lossy(&watched.stderr);
+        assert!(said.contains(&format!("job {id} failed: ")), "{said}");
+        assert!(
+            said.contains("2 failed") && !said.contains("no tasks"),
+            "{said}"
+        );
         // fetch writes each step's outputs in a folder of its own, with
         // its index.csv.
         let out = tempfile::tempdir().unwrap();

@@ -330,7 +330,7 @@ impl Server {
         Self::check(response).await
     }
 
-    async fn job(&self, id: i64) -> anyhow::Result<JobView> {
+    pub(super) async fn job(&self, id: i64) -> anyhow::Result<JobView> {
         self.get_json(&format!("/v1/jobs/{id}")).await
     }
 

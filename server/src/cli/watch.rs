@@ -71,7 +71,13 @@ pub async fn follow(server: &Server, id: i64, verbose: bool) -> anyhow::Result<E
                 })?;
                 if let Some(status) = view.apply(id, &event, verbose, &bar) {
                     bar.finish();
-                    tell!("job {id} {status}: {}", counts_of(&view.counts()));
+                    // The server's own counts (a pipeline's: its steps'
+                    // sums), not the events' tally.
+                    let counts = match server.job(id).await {
+                        Ok(job) => job.tasks,
+                        Err(_) => view.counts(),
+                    };
+                    tell!("job {id} {status}: {}", counts_of(&counts));
                     return Ok(if status == JobStatus::Succeeded {
                         ExitCode::SUCCESS
                     } else {
@@ -87,6 +93,8 @@ pub async fn follow(server: &Server, id: i64, verbose: bool) -> anyhow::Result<E
 #[derive(Default)]
 struct JobWatch {
     job: Option<JobEventView>,
+    /// A pipeline's steps, by job id: their counts are the pipeline's.
+    steps: BTreeMap<i64, JobEventView>,
     /// Tasks of the job seen running, with their last progress.
     running: BTreeMap<i64, Option<(u64, u64)>>,
 }
@@ -107,6 +115,11 @@ impl JobWatch {
                 if job.status.is_final() {
                     self.running.clear();
                 }
+            }
+            EventView::Job(step) if step.parent_id == Some(id) => {
+                self.steps.insert(step.job_id, step.clone());
+                let total: i64 = self.steps.values().map(|s| s.tasks.total).sum();
+                bar.set_length(u64::try_from(total).unwrap_or(0));
             }
             EventView::Job(_) => {}
             EventView::Task(task) => match task.state {
@@ -174,7 +187,14 @@ impl JobWatch {
         let Some(job) = &self.job else {
             return TaskCounts::default();
         };
-        let t = &job.tasks;
+        // A pipeline has no tasks of its own: its steps' add up.
+        let mut t = job.tasks;
+        for step in self.steps.values() {
+            t.total += step.tasks.total;
+            t.succeeded += step.tasks.succeeded;
+            t.failed += step.tasks.failed;
+            t.cancelled += step.tasks.cancelled;
+        }
         let running = i64::try_from(self.running.len()).unwrap_or(i64::MAX);
         let rest = (t.total - t.succeeded - t.failed - t.cancelled).max(0);
         let running = if job.status.is_final() {
