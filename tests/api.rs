@@ -337,6 +337,24 @@ async fn suite(database: Option<String>) {
         client.get("/v1/specs?limit=0").await.status,
         StatusCode::BAD_REQUEST
     );
+    // Past a list's documented maximum is refused too, not cut.
+    for (path, max) in [
+        ("/v1/specs", 1000),
+        ("/v1/workers", 1000),
+        ("/v1/jobs", 1000),
+    ] {
+        let past = client.get(&format!("{path}?limit={}", max + 1)).await;
+        assert_eq!(past.status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(
+            past.text().contains(&format!("between 1 and {max}")),
+            "{}",
+            past.text()
+        );
+        assert_eq!(
+            client.get(&format!("{path}?limit={max}")).await.status,
+            StatusCode::OK
+        );
+    }
     assert_eq!(
         client.get("/v1/specs/echo?cursor=x").await.status,
         StatusCode::BAD_REQUEST
@@ -840,6 +858,11 @@ async fn suite(database: Option<String>) {
         .await;
     assert_eq!(twice.status, StatusCode::OK);
     assert_eq!(twice.json()["task"]["id"], rerun);
+    // A `null` body is an absent one.
+    let null = client
+        .post(&format!("/v1/tasks/{first_id}/restart"), b"null".to_vec())
+        .await;
+    assert_eq!(null.status, StatusCode::OK, "{}", null.text());
     assert_eq!(
         client
             .post_json("/v1/tasks/x/restart", json!({}))
@@ -1495,6 +1518,12 @@ async fn suite(database: Option<String>) {
             .replace("{name}", "x")
             .replace("{hash}", "00");
         let method = method.to_uppercase();
+        if path.contains("{id}") {
+            // An id past i64 is a 400 (documented), never a 404 or 500.
+            let past = uri.replace("/1", "/9223372036854775808");
+            let reply = client.send(&method, &past, Vec::new()).await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{method} {past}");
+        }
         let bare = guarded.send(&method, &uri, Vec::new()).await;
         if path == "/healthz" {
             assert_eq!(bare.status, StatusCode::OK);

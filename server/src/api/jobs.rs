@@ -115,6 +115,7 @@ pub struct JobQuery {
     #[param(value_type = Option<String>)]
     pub order: Option<SortOrder>,
     /// Page size (default 50, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Where to continue: a `next_cursor` from the previous page (of the
     /// same order).
@@ -440,6 +441,7 @@ pub struct TaskQuery {
     /// Only tasks in this state.
     pub state: Option<TaskState>,
     /// Page size (default 1000, at most 10000).
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
     /// Where to continue: a `next_cursor` from the previous page.
     pub cursor: Option<String>,

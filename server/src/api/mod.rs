@@ -437,6 +437,11 @@ impl utoipa::Modify for Guarded {
                     continue;
                 }
                 let responses = &mut operation.responses.responses;
+                if path.contains("{id}") {
+                    responses.entry("400".to_owned()).or_insert_with(|| {
+                        reply("the id is not a whole number from 1 to 9223372036854775807").into()
+                    });
+                }
                 responses
                     .entry("401".to_owned())
                     .or_insert_with(|| reply("no live token (`--auth tokens`)").into());
@@ -641,7 +646,10 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromR
 pub(crate) fn parse_json_or_default<T: serde::de::DeserializeOwned + Default>(
     body: &[u8],
 ) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    // An optional body may be absent, or `null` (as a generated client
+    // sends an unset optional body).
+    let text = body.trim_ascii();
+    if text.is_empty() || text == b"null" {
         Ok(T::default())
     } else {
         parse_json(body)

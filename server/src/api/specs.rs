@@ -135,6 +135,7 @@ pub async fn put_spec(
 #[into_params(parameter_in = Query)]
 pub struct SpecQuery {
     /// Page size (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Where to continue: a `next_cursor` from the previous page.
     pub cursor: Option<String>,

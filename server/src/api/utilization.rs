@@ -38,6 +38,7 @@ pub struct UtilizationQuery {
     /// buckets, at least 1s); at most 1000 buckets.
     pub step: Option<String>,
     /// Workers per page (default 20, at most 100).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// Where the workers' page continues: a `next_cursor` from before.
     pub cursor: Option<String>,

@@ -108,6 +108,7 @@ pub fn decode_cursor<C: serde::de::DeserializeOwned>(cursor: &str) -> Result<C, 
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Page size (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Where to continue: a `next_cursor` from the previous page.
     pub cursor: Option<String>,
@@ -122,15 +123,16 @@ impl PageQuery {
     }
 }
 
-/// A page size: `limit`, or the default, at most `max`.
+/// A page size: `limit` (1 to `max`, as the document says), or the
+/// default.
 pub fn page_size(limit: Option<u32>, default: u32, max: u32) -> Result<usize, ApiError> {
     match limit {
         None => Ok(default as usize),
-        Some(0) => Err(ApiError::bad_field(
+        Some(n) if n == 0 || n > max => Err(ApiError::bad_field(
             "limit",
             format!("must be between 1 and {max}"),
         )),
-        Some(n) => Ok(n.min(max) as usize),
+        Some(n) => Ok(n as usize),
     }
 }
 
