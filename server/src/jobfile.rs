@@ -59,6 +59,7 @@ pub struct JobFile {
     pub priority: Option<u8>,
     /// Attempts per task for retryable failures (1 to 100, default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<u32>,
     /// Tasks of this job queued or running at once, at most (default: no
     /// cap but the dispatch window's), like Airflow's `max_active_tasks`;

@@ -416,7 +416,7 @@ fn sse(cursor: Cursor) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> 
 /// tenant), live (for dashboards). Resumable: send the last `id` seen as
 /// `Last-Event-ID`.
 #[utoipa::path(get, path = "/v1/events", tag = "events",
-    params(("Last-Event-ID" = Option<String>, Header, description = "the last event id seen: resume after it")),
+    params(("Last-Event-ID" = Option<String>, Header, description = "the last event id seen: resume after it", pattern = "^[0-9]{1,19}$")),
     responses((status = 200, description = "Server-Sent Events; each `data:` is an EventView", content_type = "text/event-stream", body = EventView),
         (status = 400, description = "a bad Last-Event-ID", body = ErrorBody)))]
 pub async fn all_events(
@@ -445,7 +445,7 @@ pub async fn all_events(
 /// resuming). Resumable: send the last `id` seen as `Last-Event-ID`.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "events",
     params(("id" = i64, Path),
-        ("Last-Event-ID" = Option<String>, Header, description = "the last event id seen: resume after it")),
+        ("Last-Event-ID" = Option<String>, Header, description = "the last event id seen: resume after it", pattern = "^[0-9]{1,19}$")),
     responses((status = 200, description = "Server-Sent Events; each `data:` is an EventView", content_type = "text/event-stream", body = EventView),
         (status = 400, description = "a bad id or Last-Event-ID", body = ErrorBody),
         (status = 404, description = "no such job", body = ErrorBody)))]

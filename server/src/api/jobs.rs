@@ -109,10 +109,10 @@ pub struct JobQuery {
     pub scheduled: Option<bool>,
     /// The column to sort by (then by id): `updated` (the default),
     /// `created`, `id`, `name`, `status`, `tasks` or `priority`.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, pattern = "^(updated|created|id|name|status|tasks|priority)$")]
     pub sort: Option<JobSort>,
     /// `desc` (the default) or `asc`.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, pattern = "^(asc|desc)$")]
     pub order: Option<SortOrder>,
     /// Page size (default 50, at most 1000).
     #[param(minimum = 1, maximum = 1000)]

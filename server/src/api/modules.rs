@@ -59,7 +59,7 @@ pub async fn list_modules(
 }
 
 /// A module, by `sha256:<hex>` or its bare hex.
-#[utoipa::path(get, path = "/v1/modules/{hash}", tag = "modules", params(("hash" = String, Path)),
+#[utoipa::path(get, path = "/v1/modules/{hash}", tag = "modules", params(("hash" = String, Path, description = "a sha256, 64 hex digits", pattern = "^[0-9a-f]{64}$")),
     responses((status = 200, description = "the module", body = ModuleView),
         (status = 404, description = "no such module", body = ErrorBody)))]
 pub async fn get_module(

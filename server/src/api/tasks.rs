@@ -131,7 +131,7 @@ async fn call_view(
 /// A blob a task's call reads (its module, preprocessor or an input), for
 /// `sandmill replay`.
 #[utoipa::path(get, path = "/v1/tasks/{id}/blobs/{hash}", tag = "tasks",
-    params(("id" = i64, Path), ("hash" = String, Path)),
+    params(("id" = i64, Path), ("hash" = String, Path, description = "a sha256, 64 hex digits", pattern = "^[0-9a-f]{64}$")),
     responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 400, description = "the id is not a number, or the hash no sha256", body = ErrorBody),
         (status = 404, description = "no such task, or its call reads no such blob", body = ErrorBody),
@@ -224,7 +224,7 @@ pub(crate) async fn stored_body(
 /// A stored blob's bytes: any (a module, an input, an output, a log) to an
 /// admin; to a tenant's token, the modules and inputs its tenant uploaded
 /// (a task's call's blobs: `/v1/tasks/{id}/blobs/{hash}`).
-#[utoipa::path(get, path = "/v1/blobs/{hash}", tag = "tasks", params(("hash" = String, Path)),
+#[utoipa::path(get, path = "/v1/blobs/{hash}", tag = "tasks", params(("hash" = String, Path, description = "a sha256, 64 hex digits", pattern = "^[0-9a-f]{64}$")),
     responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 400, description = "not a sha256", body = ErrorBody),
         (status = 404, description = "no such blob (of the tenant's)", body = ErrorBody)))]

@@ -71,11 +71,15 @@ pub async fn follow(server: &Server, id: i64, verbose: bool) -> anyhow::Result<E
                 })?;
                 if let Some(status) = view.apply(id, &event, verbose, &bar) {
                     bar.finish();
-                    // The server's own counts (a pipeline's: its steps'
-                    // sums), not the events' tally.
-                    let counts = match server.job(id).await {
-                        Ok(job) => job.tasks,
-                        Err(_) => view.counts(),
+                    // A pipeline's counts are its steps' sums, which its
+                    // stream may not have told (it ended before it was
+                    // followed): the server's. A job with tasks of its
+                    // own has them in its last event: no second request.
+                    let own = view.counts();
+                    let counts = if view.steps.is_empty() && own.total > 0 {
+                        own
+                    } else {
+                        server.job(id).await.map_or(own, |job| job.tasks)
                     };
                     tell!("job {id} {status}: {}", counts_of(&counts));
                     return Ok(if status == JobStatus::Succeeded {
