@@ -424,14 +424,7 @@ impl utoipa::Modify for Guarded {
                 .build()
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for operation in operations.into_iter().flatten() {
+            for operation in operations_mut(item) {
                 if path == "/healthz" {
                     operation.security = Some(vec![SecurityRequirement::default()]);
                     continue;
@@ -475,6 +468,21 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
+/// The operations of a path, those it has.
+fn operations_mut(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// The document as a server with `auth` serves it: an open server asks
 /// for no token, so it states no security requirement and no bearer
 /// scheme (its routes answer no 401).
@@ -486,14 +494,7 @@ pub fn openapi_document_for(auth: auth::AuthMode) -> utoipa::openapi::OpenApi {
             components.security_schemes.clear();
         }
         for item in doc.paths.paths.values_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for operation in operations.into_iter().flatten() {
+            for operation in operations_mut(item) {
                 operation.security = None;
                 operation.responses.responses.remove("401");
             }
