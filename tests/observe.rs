@@ -234,11 +234,23 @@ fn utilization_adds_up_over_a_run_and_top_shows_the_fleet() {
             assert!(Instant::now() < deadline, "the sweep did not end");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        // A sample after the end holds the last counts.
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        let to = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-        let url = format!("{}/v1/utilization?from={from}&to={to}&step=1s", dev.base);
-        let view = get_json(&http, &url).await;
+        // A sample after the worker's next heartbeat (every 3 s) holds the
+        // last counts: read until one does, or a deadline far past it.
+        let ended_at = Instant::now();
+        let finished_in = |view: &Value| -> i64 {
+            view["total"].as_array().map_or(0, |points| {
+                points.iter().filter_map(|p| p["finished"].as_i64()).sum()
+            })
+        };
+        let (view, to) = loop {
+            let to = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            let url = format!("{}/v1/utilization?from={from}&to={to}&step=1s", dev.base);
+            let view = get_json(&http, &url).await;
+            if finished_in(&view) >= tasks as i64 || ended_at.elapsed() > Duration::from_secs(15) {
+                break (view, to);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         assert_eq!(view["step"], "1s", "{view}");
         assert_eq!(view["sampled_every"], "200ms", "{view}");
         let total = view["total"].as_array().unwrap();
