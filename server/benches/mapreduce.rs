@@ -187,7 +187,15 @@ fn read_outputs(dir: &Path) -> (usize, u64) {
     let mut distinct = 0;
     let mut total = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
-        let text = std::fs::read(entry.unwrap().path()).unwrap();
+        let path = entry.unwrap().path();
+        // The parts, not `fetch`'s index.csv beside them.
+        if !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+        {
+            continue;
+        }
+        let text = std::fs::read(path).unwrap();
         for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let (_, value) = sandmill_runtime::records::parse_line(line).unwrap();
             distinct += 1;
